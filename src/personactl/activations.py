@@ -1,0 +1,107 @@
+"""Hidden states of every layer from one batched forward pass, reduced per text.
+
+The forward runs the backbone without its LM head (no logits over positions)
+and returns HF's `hidden_states`: index 0 is the embedding output, index l the
+output of block l-1 (for the last layer HF reports it after the final norm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from .models import Backbone
+
+Positions = Literal["response_avg", "prompt_avg", "prompt_last", "last", "all_avg"]
+POSITIONS: tuple[str, ...] = ("response_avg", "prompt_avg", "prompt_last", "last", "all_avg")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Left-padded token ids with the prompt/response split of every row."""
+
+    input_ids: torch.Tensor  # [batch, seq]
+    attention_mask: torch.Tensor  # [batch, seq]
+    prompt_mask: torch.Tensor  # [batch, seq] bool, prompt tokens
+    response_mask: torch.Tensor  # [batch, seq] bool, response tokens
+
+
+def make_batch(backbone: Backbone, prompts: Sequence[str], responses: Sequence[str] | None = None) -> Batch:
+    """Tokenize prompt and response apart (so the split is exact) and left-pad."""
+    responses = list(responses) if responses is not None else [""] * len(prompts)
+    prompt_ids = backbone.encode(prompts)
+    response_ids = backbone.encode(responses)
+    rows = [p + r for p, r in zip(prompt_ids, response_ids)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), backbone.pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    prompt_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        start = width - len(p) - len(r)
+        ids[i, start:] = torch.tensor(p + r, dtype=torch.long)
+        attention[i, start:] = 1
+        prompt_mask[i, start : start + len(p)] = True
+        response_mask[i, start + len(p) :] = True
+    return Batch(ids, attention, prompt_mask, response_mask)
+
+
+@torch.no_grad()
+def hidden_states(backbone: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """All layers' hidden states, [n_layers+1, batch, seq, hidden], without logits."""
+    device = backbone.device
+    out = backbone.model.base_model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    return torch.stack(out.hidden_states)
+
+
+def reduce_positions(states: torch.Tensor, batch: Batch, positions: Positions) -> torch.Tensor:
+    """Reduce [layers, batch, seq, hidden] to [batch, layers, hidden] by position rule."""
+    if positions == "last":
+        reduced = states[:, :, -1]
+    elif positions == "prompt_last":
+        last = batch.prompt_mask.long().cumsum(1).argmax(1)  # index of the last prompt token
+        reduced = states[:, torch.arange(states.shape[1]), last]
+    else:
+        mask = {
+            "response_avg": batch.response_mask,
+            "prompt_avg": batch.prompt_mask,
+            "all_avg": batch.attention_mask.bool(),
+        }[positions]
+        if positions == "response_avg" and not bool(mask.any(1).all()):
+            raise ValueError("response_avg needs a non-empty response for every text")
+        weights = mask.to(states.device, states.dtype)
+        reduced = (states * weights[None, :, :, None]).sum(2) / weights.sum(1)[None, :, None]
+    return reduced.transpose(0, 1).float().cpu()
+
+
+def collect(
+    backbone: Backbone,
+    prompts: Sequence[str],
+    responses: Sequence[str] | None = None,
+    *,
+    positions: Positions = "response_avg",
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Reduced activations of every layer for each (prompt, response): [n, layers+1, hidden]."""
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions '{positions}': use one of {', '.join(POSITIONS)}")
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        batch = make_batch(
+            backbone,
+            prompts[start : start + batch_size],
+            None if responses is None else responses[start : start + batch_size],
+        )
+        states = hidden_states(backbone, batch.input_ids, batch.attention_mask)
+        chunks.append(reduce_positions(states, batch, positions))
+        if on_batch is not None:
+            on_batch(len(batch.input_ids))
+    return torch.cat(chunks)

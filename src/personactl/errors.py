@@ -1,0 +1,41 @@
+"""User-facing errors: each message says what was wrong and what to do.
+
+The CLI prints the message of any PersonactlError on one line and exits with
+code 2; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PersonactlError(Exception):
+    """Base class of every mistake the user can fix."""
+
+    exit_code = 2
+
+
+class ModelLoadError(PersonactlError):
+    """A model spec that names nothing loadable (alias, folder, .gguf, hub id)."""
+
+
+class ArchitectureError(PersonactlError):
+    """A model whose decoder blocks cannot be found."""
+
+
+class LayerError(PersonactlError):
+    """A layer index outside the model's range."""
+
+
+class VectorFileError(PersonactlError):
+    """A vector file that is missing, corrupt, a pickle or of another format."""
+
+
+class IncompatibleVectorError(PersonactlError):
+    """A vector made for another model (hidden size or layer count differ)."""
+
+
+class TraitError(PersonactlError):
+    """A trait file that is missing, malformed or too small."""
+
+
+class SteeringError(PersonactlError):
+    """A steering request that cannot be applied (shapes, positions, batch)."""

@@ -1,0 +1,138 @@
+"""From a trait to a PersonaVector: contrastive answers, activations, a direction per layer.
+
+Answers are generated under each positive and negative instruction for every
+extraction question (or taken as given for a ContrastiveTexts trait), then the
+activations of all layers over prompt + answer come from one forward pass per
+batch and an aggregator turns the pairs into directions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from . import activations
+from ._io import write_text_atomic
+from .aggregators import METHODS, separation
+from .errors import TraitError
+from .generation import chat_prompt, format_prompts, generate
+from .models import Backbone
+from .progress import progress_bar
+from .traits import AnyTrait, ContrastiveTexts
+from .vectors import PersonaVector
+
+
+@dataclass(frozen=True)
+class ContrastivePair:
+    """One question answered under a positive and a negative instruction."""
+
+    pair: int
+    question: str
+    pos_prompt: str
+    pos_answer: str
+    neg_prompt: str
+    neg_answer: str
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How answers are generated and reduced. Defaults fit a CPU and a 135M model."""
+
+    method: str = "mean_diff"
+    positions: str = "response_avg"
+    max_new_tokens: int = 48
+    samples_per_question: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 16
+    n_questions: int | None = None
+
+
+def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings()) -> list[ContrastivePair]:
+    """Contrastive answers for every (instruction pair, question, sample)."""
+    if isinstance(trait, ContrastiveTexts):
+        return [ContrastivePair(i, "", "", p, "", n) for i, (p, n) in enumerate(zip(trait.positive_texts, trait.negative_texts))]
+    questions = trait.questions[: settings.n_questions]
+    keys = [(i, q) for i in range(len(trait.instructions)) for q in questions for _ in range(settings.samples_per_question)]
+    pos_prompts = format_prompts(backbone, [chat_prompt(q, trait.instructions[i].pos) for i, q in keys])
+    neg_prompts = format_prompts(backbone, [chat_prompt(q, trait.instructions[i].neg) for i, q in keys])
+    with progress_bar(f"generating {trait.name} answers", 2 * len(keys)) as advance:
+        answers = generate(
+            backbone,
+            pos_prompts + neg_prompts,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            on_batch=advance,
+        )
+    half = len(keys)
+    return [
+        ContrastivePair(i, q, pos_prompts[k], answers[k], neg_prompts[k], answers[half + k])
+        for k, (i, q) in enumerate(keys)
+    ]
+
+
+def vector_from_pairs(
+    backbone: Backbone,
+    pairs: list[ContrastivePair],
+    *,
+    trait: str,
+    method: str = "mean_diff",
+    positions: str = "response_avg",
+    batch_size: int = 16,
+) -> PersonaVector:
+    """Directions per layer from the pairs' activations (one forward pass per batch)."""
+    if not pairs:
+        raise TraitError(f"no contrastive pairs for trait '{trait}': nothing to extract from")
+    if method not in METHODS:
+        raise TraitError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    kept = [p for p in pairs if p.pos_answer.strip() and p.neg_answer.strip()]
+    if positions == "response_avg" and not kept:
+        raise TraitError(f"every answer for trait '{trait}' is empty: raise --max-new-tokens or check the model")
+    pairs = kept if positions == "response_avg" else pairs
+    prompts = [p.pos_prompt for p in pairs] + [p.neg_prompt for p in pairs]
+    responses = [p.pos_answer for p in pairs] + [p.neg_answer for p in pairs]
+    with progress_bar("capturing activations", len(prompts)) as advance:
+        acts = activations.collect(
+            backbone, prompts, responses, positions=positions, batch_size=batch_size, on_batch=advance  # type: ignore[arg-type]
+        )
+    pos, neg = acts[: len(pairs)], acts[len(pairs) :]
+    directions = METHODS[method](pos, neg)
+    return PersonaVector(
+        directions,
+        trait=trait,
+        model=backbone.name,
+        method=method,
+        positions=positions,
+        n_samples=len(pairs),
+        separation=separation(pos, neg, directions).tolist(),
+    )
+
+
+def extract(
+    backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings()
+) -> tuple[PersonaVector, list[ContrastivePair]]:
+    """Generate contrastive answers for `trait` and compute its persona vector."""
+    torch.manual_seed(settings.seed)
+    pairs = generate_pairs(backbone, trait, settings)
+    vector = vector_from_pairs(
+        backbone, pairs, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size
+    )
+    vector.extra["settings"] = asdict(settings)
+    return vector, pairs
+
+
+def save_pairs(pairs: Iterable[ContrastivePair], path: str | Path) -> Path:
+    """Write the contrastive answers as JSONL (atomically)."""
+    return write_text_atomic(path, "".join(json.dumps(asdict(p)) + "\n" for p in pairs))
+
+
+def load_pairs(path: str | Path) -> list[ContrastivePair]:
+    """Read contrastive answers written by save_pairs."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [ContrastivePair(**json.loads(line)) for line in lines if line.strip()]
