@@ -27,6 +27,16 @@ class Batch:
     prompt_mask: torch.Tensor  # [batch, seq] bool, prompt tokens
     response_mask: torch.Tensor  # [batch, seq] bool, response tokens
 
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Positions that skip the left padding (absolute-position models need them)."""
+        return position_ids(self.attention_mask)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2 ... from each row's first real token; padding gets 0."""
+    return (attention_mask.long().cumsum(1) - 1).clamp_min(0)
+
 
 def make_batch(backbone: Backbone, prompts: Sequence[str], responses: Sequence[str] | None = None) -> Batch:
     """Tokenize prompt and response apart (so the split is exact) and left-pad."""
@@ -55,6 +65,7 @@ def hidden_states(backbone: Backbone, input_ids: torch.Tensor, attention_mask: t
     out = backbone.model.base_model(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
+        position_ids=position_ids(attention_mask).to(device),
         output_hidden_states=True,
         use_cache=False,
     )

@@ -167,7 +167,8 @@ def steer(backbone: Backbone, *terms: SteeringTerm, prompt_length: int | None = 
     handles = []
     try:
         for layer, prepared in by_layer.items():
-            handles.append(backbone.block(layer).register_forward_hook(_LayerHook(prepared, prompt_length)))
+            # prepend: run before transformers' own output-capturing hooks, so hidden_states show the steering
+            handles.append(backbone.block(layer).register_forward_hook(_LayerHook(prepared, prompt_length), prepend=True))
         yield
     finally:
         for handle in handles:

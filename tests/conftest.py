@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random models built from configs (no download) and the embedded model."""
+
+from __future__ import annotations
+
+import os
+import string
+
+import pytest
+import torch
+
+os.environ.setdefault("PERSONACTL_PROGRESS", "0")
+
+TINY_ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
+SIMPLE_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def char_tokenizer(chat_template: str | None = SIMPLE_TEMPLATE):
+    """A character-level fast tokenizer: every printable character is a token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<system>", "<user>", "<assistant>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(string.printable)))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+    )
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def tiny_model(arch: str):
+    """A 3-block random causal LM of the given architecture with a 48-d residual stream."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    vocab = 128
+    common = dict(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "llama":
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common))
+    elif arch == "gemma3":
+        model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, head_dim=12, sliding_window=8))
+    elif arch == "gpt2":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=48, n_layer=3, n_head=4,
+                                                 bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    else:
+        raise ValueError(arch)
+    return model.eval()
+
+
+def tiny_backbone(arch: str):
+    from personactl import from_model
+
+    template = None if arch == "gpt2" else SIMPLE_TEMPLATE  # gpt2 exercises the plain fallback
+    return from_model(tiny_model(arch), char_tokenizer(template), name=f"tiny-{arch}")
+
+
+@pytest.fixture(params=TINY_ARCHS)
+def tiny(request):
+    """A tiny random Backbone, once per architecture."""
+    return tiny_backbone(request.param)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct, loaded once per test session."""
+    from personactl import load_model
+
+    return load_model("smollm2-135m")
