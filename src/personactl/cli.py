@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -198,18 +197,12 @@ def demo(
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line and return exit code 2."""
     try:
-        app(args=argv, prog_name="personactl", standalone_mode=False)
+        app(args=argv, prog_name="personactl")  # usage errors: click prints them and exits 2
     except PersonactlError as exc:
-        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.Abort:
-        err.print("aborted")
-        return 1
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

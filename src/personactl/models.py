@@ -278,6 +278,9 @@ def load_model(
     `dtype` is "float32", "float16", "bfloat16" or "auto" (the checkpoint's own).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - slow import
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr to real messages
 
     source, extra, name = resolve_source(spec)
     kwargs: dict[str, Any] = dict(extra)

@@ -1,0 +1,82 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from personactl import PersonaVector
+from personactl.cli import run
+
+from conftest import char_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def vector_file(tmp_path):
+    torch.manual_seed(0)
+    return PersonaVector(torch.randn(4, 48), trait="random").save(tmp_path / "v.safetensors")
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_traits_list_and_show(capsys):
+    assert run(["traits", "list"]) == 0
+    assert "pirate" in capsys.readouterr().out
+    assert run(["traits", "show", "pirate"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "pirate"
+
+
+def test_generate_with_baseline_as_json(model_dir, vector_file, capsys):
+    code = run(["generate", "--model", str(model_dir), "--vector", str(vector_file), "--layer", "2",
+                "--coef", "8", "--prompt", "hi", "--baseline", "--json", "--max-new-tokens", "4"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    row = result["results"][0]
+    assert set(row) == {"prompt", "steered", "baseline"} and result["layers"] == [2]
+
+
+def test_monitor_prints_every_layer(model_dir, vector_file, capsys):
+    assert run(["monitor", "--model", str(model_dir), "--vector", str(vector_file), "--prompt", "hi", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["layers"] == [1, 2, 3] and len(result["projections"][0]) == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--model", "no-such-alias!", "--prompt", "hi"], "not a model alias"),
+        (["generate", "--model", "{model}", "--vector", "{vector}", "--layer", "9", "--prompt", "hi"], "layer 9 is out of range"),
+        (["generate", "--model", "{model}", "--vector", "{tmp}/missing.safetensors", "--layer", "1", "--prompt", "hi"], "not found"),
+        (["generate", "--model", "{model}", "--vector", "{tmp}/corrupt.safetensors", "--layer", "1", "--prompt", "hi"], "not a readable"),
+        (["generate", "--model", "{model}", "--vector", "{tmp}/evil.pt", "--layer", "1", "--prompt", "hi"], "refusing"),
+        (["generate", "--model", "{model}", "--vector", "{tmp}/wide.safetensors", "--layer", "1", "--prompt", "hi"], "hidden size"),
+        (["extract", "--model", "{model}", "--trait", "{tmp}/empty.json"], "invalid trait"),
+        (["extract", "--model", "{model}", "--trait", "nonexistent"], "no trait"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(argv, message, model_dir, vector_file, tmp_path, capsys):
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    (tmp_path / "empty.json").write_text(json.dumps({"name": "empty", "instructions": [], "questions": []}))
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"f": print}, fh)
+    PersonaVector(torch.zeros(4, 64)).save(tmp_path / "wide.safetensors")
+    filled = [a.format(model=model_dir, vector=vector_file, tmp=tmp_path) for a in argv]
+    assert run(filled) == 2
+    err = _error_line(capsys)
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_vector_without_layer_is_a_usage_error(model_dir, vector_file, capsys):
+    assert run(["generate", "--model", str(model_dir), "--vector", str(vector_file), "--prompt", "hi"]) == 2
+    assert "--layer" in capsys.readouterr().err
