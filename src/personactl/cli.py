@@ -18,6 +18,7 @@ app = typer.Typer(
     help="Find, measure, steer and move the character traits (personas) of language models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 traits_app = typer.Typer(help="List and show trait definitions.", no_args_is_help=True)
 app.add_typer(traits_app, name="traits")

@@ -8,6 +8,7 @@ layer l >= 1 is the output of decoder block l-1.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -16,7 +17,8 @@ import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -251,6 +253,25 @@ def resolve_source(spec: str) -> tuple[str, dict[str, Any], str]:
     return spec, {}, spec
 
 
+@contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """Silence transformers' plain tqdm bar while it de-quantizes a GGUF file."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils  # noqa: PLC0415
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers (one quick TCP connect, no retries)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
@@ -293,8 +314,9 @@ def load_model(
     if source == spec and not Path(spec).exists() and not hub_reachable():
         extra["local_files_only"] = kwargs["local_files_only"] = True  # only the local HF cache
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with _quiet_gguf_conversion():
+            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         if source == spec and not Path(spec).exists():
             raise ModelLoadError(

@@ -1,0 +1,39 @@
+"""Write one benchmark's rows as a section of docs/benchmarks.md (and JSON beside it)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def write_section(name: str, title: str, rows: list[dict], note: str = "") -> Path:
+    """Replace (or append) the section `name` in docs/benchmarks.md; write docs/benchmarks/<name>.json."""
+    json_path = ROOT / "docs" / "benchmarks" / f"{name}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2) + "\n")
+    headers = list(rows[0])
+    lines = [f"<!-- {name} -->", f"## {title}", "", f"Machine: {machine()}", ""]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(r[h]) for h in headers) + " |" for r in rows]
+    lines += ([""] + [note] if note else []) + [f"<!-- /{name} -->"]
+    section = "\n".join(lines)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nRatios measured in one process, one run each; absolute times vary with the machine.\n"
+    pattern = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+    return DOC
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
