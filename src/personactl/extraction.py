@@ -77,6 +77,26 @@ def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSett
     ]
 
 
+def usable_pairs(pairs: list[ContrastivePair], positions: str) -> list[ContrastivePair]:
+    """Pairs whose answers can be averaged (both non-empty) when positions average the response."""
+    if positions != "response_avg":
+        return pairs
+    return [p for p in pairs if p.pos_answer.strip() and p.neg_answer.strip()]
+
+
+def pair_activations(
+    backbone: Backbone, pairs: list[ContrastivePair], *, positions: str = "response_avg", batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduced activations of the positive and the negative side: two [n_pairs, layers+1, hidden]."""
+    prompts = [p.pos_prompt for p in pairs] + [p.neg_prompt for p in pairs]
+    responses = [p.pos_answer for p in pairs] + [p.neg_answer for p in pairs]
+    with progress_bar("capturing activations", len(prompts)) as advance:
+        acts = activations.collect(
+            backbone, prompts, responses, positions=positions, batch_size=batch_size, on_batch=advance  # type: ignore[arg-type]
+        )
+    return acts[: len(pairs)], acts[len(pairs) :]
+
+
 def vector_from_pairs(
     backbone: Backbone,
     pairs: list[ContrastivePair],
@@ -87,21 +107,14 @@ def vector_from_pairs(
     batch_size: int = 16,
 ) -> PersonaVector:
     """Directions per layer from the pairs' activations (one forward pass per batch)."""
-    if not pairs:
-        raise TraitError(f"no contrastive pairs for trait '{trait}': nothing to extract from")
     if method not in METHODS:
         raise TraitError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
-    kept = [p for p in pairs if p.pos_answer.strip() and p.neg_answer.strip()]
-    if positions == "response_avg" and not kept:
+    if not pairs:
+        raise TraitError(f"no contrastive pairs for trait '{trait}': nothing to extract from")
+    pairs = usable_pairs(pairs, positions)
+    if not pairs:
         raise TraitError(f"every answer for trait '{trait}' is empty: raise --max-new-tokens or check the model")
-    pairs = kept if positions == "response_avg" else pairs
-    prompts = [p.pos_prompt for p in pairs] + [p.neg_prompt for p in pairs]
-    responses = [p.pos_answer for p in pairs] + [p.neg_answer for p in pairs]
-    with progress_bar("capturing activations", len(prompts)) as advance:
-        acts = activations.collect(
-            backbone, prompts, responses, positions=positions, batch_size=batch_size, on_batch=advance  # type: ignore[arg-type]
-        )
-    pos, neg = acts[: len(pairs)], acts[len(pairs) :]
+    pos, neg = pair_activations(backbone, pairs, positions=positions, batch_size=batch_size)
     directions = METHODS[method](pos, neg)
     return PersonaVector(
         directions,

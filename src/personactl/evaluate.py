@@ -1,0 +1,249 @@
+"""Sweeps: methods x layers x coefficients x evaluation questions x samples, judged.
+
+A sweep is a list of independent records keyed by their condition. Records are
+appended to `runs/<name>/results.jsonl` and flushed one batch at a time, so a
+killed run resumes where it stopped and never writes a key twice. The summary
+per condition (mean trait, mean coherence, collapse rate, each with a
+bootstrap 95% CI) goes to `summary.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence, Union
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from ._io import write_text_atomic
+from .errors import PersonactlError
+from .generation import chat_prompt, format_prompts
+from .judges.base import Judges
+from .judges.text import perplexity, text_metrics
+from .methods import GenerationSettings, SteeringMethod
+from .models import Backbone
+from .progress import progress_bar
+
+
+class SweepError(PersonactlError):
+    """A sweep that cannot run or resume as asked."""
+
+
+class SweepConfig(BaseModel):
+    """Everything that defines a sweep; a resumed run must match it."""
+
+    name: str = Field("sweep", pattern=r"^[\w.-]+$", description="run folder name under the output dir")
+    model: str = "smollm2-135m"
+    trait: str = "pirate"
+    vector: str | None = Field(None, description="persona vector file; extracted when absent")
+    methods: list[str] = Field(default_factory=lambda: ["vector"], min_length=1)
+    layers: Union[list[int], Literal["auto"]] = "auto"
+    coefs: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1)
+    samples: int = Field(1, ge=1, description="answers per (question, condition)")
+    n_questions: int | None = Field(None, ge=1, description="first N evaluation questions (default: all)")
+    judge: str = "embed"
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+    positions: Literal["all", "prompt", "response"] = "all"
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> "SweepConfig":
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("samples > 1 needs --temperature > 0 (greedy answers would repeat)")
+        return self
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(self.max_new_tokens, self.temperature, self.seed, self.batch_size)
+
+
+def validate_config(data: dict[str, Any]) -> SweepConfig:
+    """SweepConfig from a mapping, with a one-line error."""
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise SweepError(f"invalid sweep config: {where}: {first['msg']}") from exc
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One row to generate: a question under one method, layer, coefficient and sample."""
+
+    method: str
+    layer: int
+    coef: float
+    question_id: int
+    sample: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}|L{self.layer}|c{self.coef:g}|q{self.question_id}|s{self.sample}"
+
+
+def plan(config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[int], n_questions: int) -> list[Condition]:
+    """Every condition of the sweep, grouped so that one (method, layer) shares batches."""
+    rows = []
+    for method in methods:
+        for layer in layers if method.uses_layers else [0]:
+            for sample in range(config.samples):
+                for q in range(n_questions):
+                    rows.extend(Condition(method.name, layer, c, q, sample) for c in config.coefs)
+    return rows
+
+
+class ResultsFile:
+    """Append-only JSONL of records; tolerates (and trims) a line cut by a kill."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        if path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):  # the last line was cut mid-write: drop it
+            with open(self.path, "r+b") as fh:
+                fh.truncate(len(complete))
+        for line in complete.decode("utf-8").splitlines():
+            if line.strip():
+                self.records.append(json.loads(line))
+
+    @property
+    def done(self) -> set[str]:
+        return {r["key"] for r in self.records}
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records.extend(records)
+
+
+def run_sweep(
+    config: SweepConfig,
+    backbone: Backbone,
+    methods: Sequence[SteeringMethod],
+    layers: Sequence[int],
+    questions: Sequence[str],
+    judges: Judges,
+    run_dir: Path,
+) -> list[dict[str, Any]]:
+    """Generate, judge and append every missing record; returns all records of the run."""
+    claim_run_dir(config, run_dir)
+    results = ResultsFile(run_dir / "results.jsonl")
+    done = results.done
+    by_name = {m.name: m for m in methods}
+    todo = [c for c in plan(config, methods, layers, len(questions)) if c.key not in done]
+    with progress_bar(f"sweep {config.name}", len(todo)) as advance:
+        for group in _batches(todo, config.batch_size):
+            qs = [questions[c.question_id] for c in group]
+            answers = by_name[group[0].method].generate(qs, [c.coef for c in group], group[0].layer)
+            results.append(_judge(backbone, judges, group, qs, answers))
+            advance(len(group))
+    write_summary(results.records, run_dir / "summary.csv")
+    return results.records
+
+
+def claim_run_dir(config: SweepConfig, run_dir: Path) -> None:
+    """Write config.json, or check that a run being resumed had the same config."""
+    path = run_dir / "config.json"
+    wanted = config.model_dump()
+    if path.exists():
+        found = json.loads(path.read_text(encoding="utf-8")).get("sweep")
+        if found is not None and found != wanted:
+            diff = sorted(k for k in wanted if found.get(k) != wanted[k])
+            raise SweepError(
+                f"{run_dir} holds a sweep with another config ({', '.join(diff)} differ): use another --name/--out or delete it"
+            )
+        return
+    write_text_atomic(path, json.dumps({"sweep": wanted}, indent=2))
+
+
+def _batches(conditions: Sequence[Condition], size: int) -> Iterator[list[Condition]]:
+    """Consecutive runs of the same (method, layer, sample), at most `size` long."""
+    group: list[Condition] = []
+    for c in conditions:
+        if group and ((c.method, c.layer, c.sample) != (group[0].method, group[0].layer, group[0].sample) or len(group) == size):
+            yield group
+            group = []
+        group.append(c)
+    if group:
+        yield group
+
+
+def _judge(backbone: Backbone, judges: Judges, group: Sequence[Condition], qs: Sequence[str], answers: Sequence[str]) -> list[dict[str, Any]]:
+    trait = judges.trait.score(qs, answers)
+    coherence = judges.coherence.score(qs, answers)
+    ppl = perplexity(backbone, format_prompts(backbone, [chat_prompt(q) for q in qs]), answers)
+    records = []
+    for c, q, a, t, coh, p in zip(group, qs, answers, trait, coherence, ppl):
+        metrics = text_metrics(a)
+        records.append({
+            "key": c.key, "method": c.method, "layer": c.layer, "coef": c.coef, "question_id": c.question_id,
+            "question": q, "sample": c.sample, "answer": a, "trait": t, "coherence": coh, "perplexity": p,
+            "collapsed": metrics.collapsed, "n_tokens": len(backbone.encode([a])[0]),
+        })
+    return records
+
+
+def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) with a percentile bootstrap CI (scipy); degenerate samples give a zero-width interval."""
+    from scipy.stats import bootstrap  # noqa: PLC0415
+
+    data = np.asarray([v for v in values if v is not None], dtype=float)
+    if data.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(data.mean())
+    if data.size < 2 or np.all(data == data[0]):
+        return mean, mean, mean
+    res = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile", random_state=seed)
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+SUMMARY_FIELDS = [
+    "method", "layer", "coef", "n", "trait_mean", "trait_lo", "trait_hi", "coherence_mean", "coherence_lo",
+    "coherence_hi", "collapse_rate", "collapse_lo", "collapse_hi", "perplexity_mean",
+]
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, layer, coef) with means and bootstrap 95% CIs."""
+    groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["layer"], r["coef"]), []).append(r)
+    rows = []
+    for (method, layer, coef), recs in sorted(groups.items()):
+        trait = bootstrap_ci([r["trait"] for r in recs])
+        coherence = bootstrap_ci([r["coherence"] for r in recs])
+        collapse = bootstrap_ci([float(r["collapsed"]) for r in recs])
+        ppl = [r["perplexity"] for r in recs if r["perplexity"] is not None]
+        rows.append({
+            "method": method, "layer": layer, "coef": coef, "n": len(recs),
+            "trait_mean": trait[0], "trait_lo": trait[1], "trait_hi": trait[2],
+            "coherence_mean": coherence[0], "coherence_lo": coherence[1], "coherence_hi": coherence[2],
+            "collapse_rate": collapse[0], "collapse_lo": collapse[1], "collapse_hi": collapse[2],
+            "perplexity_mean": float(np.mean(ppl)) if ppl else float("nan"),
+        })
+    return rows
+
+
+def write_summary(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """summary.csv (atomic), one row per condition."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS)
+    writer.writeheader()
+    for row in summarize(records):
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return write_text_atomic(path, buffer.getvalue())

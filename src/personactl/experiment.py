@@ -1,0 +1,125 @@
+"""One evaluation run end to end: vector, judges, layer choice, sweep, report.
+
+Every step leaves its product in the run folder (`vector.safetensors`,
+`pairs.jsonl`, `judge.json`, `layers.json`, `projections.json`,
+`results.jsonl`, `summary.csv`, `report.html`), and a re-run reuses what is
+there, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._io import write_text_atomic
+from .evaluate import SweepConfig, SweepError, claim_run_dir, run_sweep, summarize
+from .extraction import ContrastivePair, ExtractionSettings, extract, load_pairs, pair_activations, save_pairs, usable_pairs
+from .judges.base import Judges
+from .judges.factory import make_judges
+from .layer_selection import LayerSelection, LayerScore, projections, select_layer
+from .methods import MethodContext, make_method
+from .models import Backbone, load_model
+from .traits import Trait, load_trait
+from .vectors import PersonaVector, load_vector
+
+
+@dataclass
+class RunResult:
+    """What a run produced and where."""
+
+    run_dir: Path
+    records: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    layers: list[int]
+    selection: LayerSelection | None
+    report: Path | None
+
+
+def update_info(run_dir: Path, **sections: Any) -> None:
+    """Merge sections into config.json (next to the sweep's own config)."""
+    path = run_dir / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    data.update(sections)
+    write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def _vector_and_pairs(config: SweepConfig, backbone: Backbone, trait: Trait, run_dir: Path) -> tuple[PersonaVector, list[ContrastivePair]]:
+    """The given vector (with its pairs file if any), the run's cached one, or a fresh extraction."""
+    if config.vector:
+        vector = load_vector(config.vector, backbone=backbone)
+        pairs_file = Path(config.vector).with_suffix(".pairs.jsonl")
+        return vector, load_pairs(pairs_file) if pairs_file.exists() else []
+    cached, pairs_file = run_dir / "vector.safetensors", run_dir / "pairs.jsonl"
+    if cached.exists() and pairs_file.exists():
+        return load_vector(cached, backbone=backbone), load_pairs(pairs_file)
+    vector, pairs = extract(backbone, trait, ExtractionSettings(seed=config.seed))
+    save_pairs(pairs, pairs_file)
+    vector.save(cached)
+    return vector, pairs
+
+
+def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run_dir: Path) -> Judges:
+    if config.judge == "embed" and not pairs:
+        raise SweepError("the embed judge is fitted on the extraction answers: give a vector with its .pairs.jsonl beside it, or no --vector")
+    judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+    info: dict[str, Any] = {"spec": config.judge, "trait_judge": judges.trait.name, "coherence_judge": judges.coherence.name}
+    accuracy = getattr(judges.trait, "heldout_accuracy", None)
+    if accuracy is not None:
+        info["heldout_accuracy"] = accuracy
+        judges.trait.save(run_dir / "judge.json")  # type: ignore[attr-defined]
+    update_info(run_dir, judge=info)
+    return judges
+
+
+def _layers(
+    config: SweepConfig, backbone: Backbone, vector: PersonaVector, pairs: list[ContrastivePair], judges: Judges,
+    trait: Trait, run_dir: Path,
+) -> tuple[list[int], LayerSelection | None]:
+    """Explicit layers, or the auto choice (cached in layers.json), plus projections.json for the report."""
+    saved = run_dir / "layers.json"
+    if config.layers != "auto":
+        return list(config.layers), None
+    if saved.exists():
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        return [data["chosen"]], LayerSelection([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"])
+    pairs = usable_pairs(pairs, vector.positions)
+    if not pairs:
+        raise SweepError("--layers auto needs the extraction answers: give a vector with its .pairs.jsonl, or name the layers")
+    pos, neg = pair_activations(backbone, pairs, positions=vector.positions if vector.positions != "unknown" else "response_avg")
+    probe_questions = trait.eval_questions[: min(4, len(trait.eval_questions))]
+    selection = select_layer(backbone, vector, pos, neg, judges, probe_questions, settings=config.generation(), positions=config.positions)
+    selection.save(saved)
+    chosen = selection.chosen
+    write_text_atomic(
+        run_dir / "projections.json",
+        json.dumps({"layer": chosen, "pos": projections(pos, vector, [chosen])[:, 0].tolist(), "neg": projections(neg, vector, [chosen])[:, 0].tolist()}),
+    )
+    update_info(run_dir, layer_selection={"chosen": chosen, "reason": selection.reason})
+    return [chosen], selection
+
+
+def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True) -> RunResult:
+    """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report."""
+    run_dir = Path(out_dir) / config.name
+    trait = load_trait(config.trait)
+    if not isinstance(trait, Trait):
+        raise SweepError(f"trait '{trait.name}' has no evaluation questions: sweeps need a full trait file")
+    backbone = backbone or load_model(config.model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(config, run_dir)
+    vector, pairs = _vector_and_pairs(config, backbone, trait, run_dir)
+    update_info(run_dir, vector={"trait": vector.trait, "model": vector.model, "method": vector.method, "fingerprint": vector.fingerprint()})
+    judges = _judges(config, trait, pairs, run_dir)
+    layers, selection = _layers(config, backbone, vector, pairs, judges, trait, run_dir)
+    ctx = MethodContext(backbone, trait, vector, config.generation(), config.positions)
+    methods = [make_method(name, ctx) for name in config.methods]
+    questions = trait.eval_questions[: config.n_questions]
+    records = run_sweep(config, backbone, methods, layers, questions, judges, run_dir)
+    report_path = None
+    if report:
+        from .report import write_report  # noqa: PLC0415
+
+        report_path = write_report(run_dir)
+    return RunResult(run_dir, records, summarize(records), layers, selection, report_path)

@@ -1,0 +1,1 @@
+"""Judges score answers 0-100 for a trait or for coherence; see base.TraitJudge."""

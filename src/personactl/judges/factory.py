@@ -1,0 +1,39 @@
+"""Build the (trait, coherence) judge pair from a `--judge` spec.
+
+- `embed` (default, offline): the embedding classifier fitted on the
+  extraction answers, with the repetition-based coherence score;
+- `local:MODEL`: the rubric prompts with logprob weighting on a local model;
+- `openai:MODEL`: any OpenAI-compatible endpoint (base URL and key from the
+  environment), with a disk cache.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..traits import AnyTrait, Trait
+from .base import COHERENCE_RUBRIC, Judges
+from .llm import JudgeError, parse_judge_spec
+
+
+def make_judges(spec: str, trait: AnyTrait, positives: Sequence[str] = (), negatives: Sequence[str] = ()) -> Judges:
+    """Judges for `trait`; the embedding judge is fitted on `positives` vs `negatives`."""
+    kind, model = parse_judge_spec(spec)
+    if kind == "embed":
+        from .embedding import EmbeddingJudge  # noqa: PLC0415
+        from .text import RepetitionCoherenceJudge  # noqa: PLC0415
+
+        return Judges(EmbeddingJudge.fit(positives, negatives, trait=trait.name), RepetitionCoherenceJudge())
+    if not isinstance(trait, Trait):
+        raise JudgeError(f"the {kind} judge needs a trait with a rubric; '{trait.name}' is plain contrastive texts: use --judge embed")
+    if kind == "local":
+        from ..models import load_model  # noqa: PLC0415
+        from .local import LocalJudge  # noqa: PLC0415
+
+        judge_model = load_model(model)
+        return Judges(LocalJudge(judge_model, trait.rubric), LocalJudge(judge_model, COHERENCE_RUBRIC, name=f"local:{model}:coherence"))
+    from .cache import JudgeCache  # noqa: PLC0415
+    from .llm import OpenAIJudge, coherence_judge  # noqa: PLC0415
+
+    cache = JudgeCache()
+    return Judges(OpenAIJudge(model, trait.rubric, cache=cache), coherence_judge(model, cache=cache))

@@ -1,0 +1,192 @@
+"""The LLM judge: any OpenAI-compatible endpoint, scored from one token's logprobs.
+
+As in Chen et al.'s persona_vectors judge, the filled rubric goes out as one
+user message with max_tokens=1, temperature=0 and the top-20 logprobs; the
+score is their probability-weighted mean over the integer tokens 0-100
+(`base.weighted_score`). Requests run concurrently under a semaphore, are
+retried with exponential backoff on rate limits, server errors, timeouts and
+dropped connections, and are cached on disk when a JudgeCache is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import random
+from typing import Any, Sequence
+
+import openai
+
+from ..errors import PersonactlError
+from .base import COHERENCE_RUBRIC, TOP_LOGPROBS, fill_rubric, weighted_score
+from .cache import JudgeCache
+
+BASE_URL_ENVS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL")
+API_KEY_ENVS = ("PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class JudgeError(PersonactlError):
+    """A judge that cannot run: no key, a bad spec, a request the endpoint refuses."""
+
+
+def _env(names: Sequence[str]) -> str | None:
+    """The first non-empty environment variable among `names`."""
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _first_line(err: openai.APIStatusError) -> str:
+    """The endpoint's own error message (its first line), falling back to the client's."""
+    body = err.body
+    message = body.get("message") if isinstance(body, dict) else None
+    lines = str(message or err.message).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+class OpenAIJudge:
+    """Scores (question, answer) pairs 0-100 with a rubric sent to an OpenAI-compatible chat model."""
+
+    def __init__(
+        self,
+        model: str,
+        rubric: str,
+        *,
+        name: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        cache: JudgeCache | None = None,
+        timeout: float = 60,
+    ) -> None:
+        api_key = api_key or _env(API_KEY_ENVS)
+        if not api_key:
+            raise JudgeError(
+                f"no API key for the judge model {model!r}: set PERSONACTL_JUDGE_API_KEY (or OPENAI_API_KEY), "
+                "or pass api_key; a local server that needs no key accepts any non-empty value"
+            )
+        if concurrency < 1:
+            raise JudgeError(f"judge concurrency must be at least 1, got {concurrency}")
+        self.model = model
+        self.rubric = rubric
+        self.name = name or f"openai:{model}"
+        self.base_url = base_url or _env(BASE_URL_ENVS)
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.cache = cache
+        self.timeout = timeout
+        rubric_hash = hashlib.sha256(rubric.encode()).hexdigest()[:12]
+        self.judge_id = f"openai:{model}@{self.base_url or DEFAULT_BASE_URL}#{rubric_hash}"
+
+    def __repr__(self) -> str:
+        return f"OpenAIJudge({self.name!r}, base_url={self.base_url or DEFAULT_BASE_URL!r})"
+
+    def score(self, questions: Sequence[str], answers: Sequence[str]) -> list[float | None]:
+        """Blocking `ascore`; from inside a running event loop it runs on a fresh thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.ascore(questions, answers))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.ascore(questions, answers)).result()
+
+    async def ascore(self, questions: Sequence[str], answers: Sequence[str]) -> list[float | None]:
+        """Scores in input order; cached pairs are not sent, duplicate pairs are sent once."""
+        if len(questions) != len(answers):
+            raise JudgeError(f"the judge got {len(questions)} questions but {len(answers)} answers")
+        pairs = list(zip(questions, answers))
+        known: dict[tuple[str, str], float | None] = {}
+        todo: list[tuple[str, str]] = []
+        for pair in dict.fromkeys(pairs):
+            hit, value = self.cache.get(self.judge_id, *pair) if self.cache is not None else (False, None)
+            if hit:
+                known[pair] = value
+            else:
+                todo.append(pair)
+        if todo:
+            semaphore = asyncio.Semaphore(self.concurrency)
+            async with openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout
+            ) as client:
+                tasks = [asyncio.ensure_future(self._score_one(client, semaphore, q, a)) for q, a in todo]
+                try:
+                    scores = await asyncio.gather(*tasks)
+                except BaseException:
+                    for task in tasks:
+                        task.cancel()
+                    raise
+            known.update(zip(todo, scores))
+        return [known[pair] for pair in pairs]
+
+    async def _score_one(
+        self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, question: str, answer: str
+    ) -> float | None:
+        """One judgement, retried on transient failures and stored in the cache as soon as it is known."""
+        prompt = fill_rubric(self.rubric, question, answer)
+        async with semaphore:  # held through the backoff too, so a rate-limited endpoint sees fewer calls
+            for attempt in range(self.max_retries + 1):
+                try:
+                    completion = await client.chat.completions.create(
+                        model=self.model,
+                        messages=[{"role": "user", "content": prompt}],
+                        max_tokens=1,
+                        temperature=0,
+                        logprobs=True,
+                        top_logprobs=TOP_LOGPROBS,
+                        seed=0,
+                    )
+                    break
+                except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as err:
+                    # APITimeoutError is an APIConnectionError; InternalServerError is any 5xx.
+                    if attempt == self.max_retries:
+                        raise JudgeError(
+                            f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL} still failing after "
+                            f"{self.max_retries + 1} attempts ({type(err).__name__}: {err}); "
+                            "lower the concurrency or try again later"
+                        ) from err
+                    delay = self.backoff * 2**attempt
+                    await asyncio.sleep(delay + random.uniform(0, 0.1 * delay))
+                except openai.APIStatusError as err:
+                    raise JudgeError(
+                        f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL} refused the request: "
+                        f"HTTP {err.status_code}: {_first_line(err)}"
+                    ) from err
+        choice = completion.choices[0] if completion.choices else None
+        content = choice.logprobs.content if choice is not None and choice.logprobs is not None else None
+        if not content:
+            raise JudgeError(
+                f"judge {self.model!r} returned no logprobs; use a model and server that support "
+                "logprobs=True with top_logprobs (e.g. OpenAI gpt-4.1-mini, vLLM, llama.cpp server)"
+            )
+        value = weighted_score({tok.token: tok.logprob for tok in content[0].top_logprobs})
+        if self.cache is not None:
+            self.cache.put(self.judge_id, question, answer, value)
+        return value
+
+
+def coherence_judge(model: str, **kw: Any) -> OpenAIJudge:
+    """An OpenAIJudge with the shared coherence rubric, named `<name>:coherence`."""
+    name = kw.pop("name", None) or f"openai:{model}"
+    return OpenAIJudge(model, COHERENCE_RUBRIC, name=f"{name}:coherence", **kw)
+
+
+def parse_judge_spec(spec: str) -> tuple[str, str]:
+    """'openai:MODEL' -> ('openai', MODEL), 'local:MODEL' -> ('local', MODEL), 'embed' -> ('embed', '')."""
+    text = spec.strip()
+    if text == "embed":
+        return "embed", ""
+    kind, sep, model = text.partition(":")
+    if sep and kind in ("openai", "local") and model.strip():
+        return kind, model.strip()
+    raise JudgeError(
+        f"unknown judge {spec!r}: use 'openai:MODEL' (an OpenAI-compatible endpoint, e.g. openai:gpt-4.1-mini), "
+        "'local:MODEL' (a local Hugging Face model id or folder) or 'embed' (the offline embedding judge)"
+    )

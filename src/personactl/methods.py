@@ -1,0 +1,117 @@
+"""Steering methods a sweep can compare: each turns (questions, coefficients, layer) into answers.
+
+A method is anything with a `name`, a `uses_layers` flag and
+`generate(questions, coefs, layer) -> answers`, where `coefs` holds one
+coefficient per question row, so a whole sweep runs as one batch. Later
+packages register more (LoRA directions, transferred vectors, adapters) with
+`register_method`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from .errors import PersonactlError
+from .generation import chat_prompt, generate
+from .models import Backbone
+from .steering import SteeringTerm
+from .traits import AnyTrait, Trait
+from .vectors import PersonaVector
+
+
+class MethodError(PersonactlError):
+    """An unknown or unusable steering method."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How every method generates, so methods compare on equal terms."""
+
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 32
+
+
+class SteeringMethod(Protocol):
+    name: str
+    uses_layers: bool
+
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]: ...
+
+
+@dataclass
+class MethodContext:
+    """What a method factory may need."""
+
+    backbone: Backbone
+    trait: AnyTrait
+    vector: PersonaVector | None
+    settings: GenerationSettings
+    positions: str = "all"
+
+
+@dataclass
+class VectorMethod:
+    """Activation steering h' = h + coef * v[layer], one coefficient per row."""
+
+    ctx: MethodContext
+    name: str = "vector"
+    uses_layers: bool = True
+
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]:
+        if self.ctx.vector is None:
+            raise MethodError("method 'vector' needs a persona vector: pass --vector or let the sweep extract one")
+        s = self.ctx.settings
+        term = SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)  # type: ignore[arg-type]
+        return generate(
+            self.ctx.backbone, [chat_prompt(q) for q in questions], steering=[term],
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size,
+        )
+
+
+@dataclass
+class PromptMethod:
+    """The system-prompt persona as a baseline: coef > 0 uses a positive instruction,
+    coef < 0 a negative one, 0 none; |coef| picks which instruction pair (cycled)."""
+
+    ctx: MethodContext
+    name: str = "prompt"
+    uses_layers: bool = False
+
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]:
+        trait = self.ctx.trait
+        if not isinstance(trait, Trait):
+            raise MethodError("method 'prompt' needs a trait with instructions, not plain contrastive texts")
+        s = self.ctx.settings
+        prompts = [chat_prompt(q, self._system(trait, c)) for q, c in zip(questions, coefs)]
+        return generate(
+            self.ctx.backbone, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size
+        )
+
+    @staticmethod
+    def _system(trait: Trait, coef: float) -> str | None:
+        if coef == 0:
+            return None
+        pair = trait.instructions[(max(1, round(abs(coef))) - 1) % len(trait.instructions)]
+        return pair.pos if coef > 0 else pair.neg
+
+
+MethodFactory = Callable[[MethodContext], SteeringMethod]
+_REGISTRY: dict[str, MethodFactory] = {"vector": VectorMethod, "prompt": PromptMethod}
+
+
+def register_method(name: str, factory: MethodFactory) -> None:
+    """Make `name` available to sweeps (`--methods name`)."""
+    _REGISTRY[name] = factory
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_method(name: str, ctx: MethodContext) -> SteeringMethod:
+    if name not in _REGISTRY:
+        raise MethodError(f"unknown method '{name}': use one of {', '.join(available_methods())}")
+    return _REGISTRY[name](ctx)

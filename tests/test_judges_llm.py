@@ -1,0 +1,382 @@
+"""The LLM judge: logprob weighting, and the real `openai` client against a fake endpoint on loopback.
+
+The fake server speaks the Chat Completions JSON and picks its top logprobs from
+the answer inside the prompt, so these tests exercise the real request, parsing,
+retries, concurrency and cache paths, with no network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from personactl.errors import PersonactlError
+from personactl.judges.base import COHERENCE_RUBRIC, TOP_LOGPROBS, fill_rubric, weighted_score
+from personactl.judges.cache import JudgeCache, default_cache_path
+from personactl.judges.llm import JudgeError, OpenAIJudge, coherence_judge, parse_judge_spec
+
+RUBRIC = "Is this a pirate?\n[QUESTION START]{question}[QUESTION END]\n[ANSWER START]{answer}[ANSWER END]\nSay 0-100."
+ENV_VARS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL", "PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
+
+# What the fake judge "thinks", by the answer it reads; expected scores by hand.
+PIRATE = {"90": 0.5, "100": 0.3, " 90": 0.1, "Hello": 0.1}  # (0.6*90 + 0.3*100) / 0.9
+PIRATE_SCORE = (0.6 * 90 + 0.3 * 100) / 0.9
+PLAIN = {"10": 0.6, "20": 0.2, "I": 0.2}  # (0.6*10 + 0.2*20) / 0.8
+PLAIN_SCORE = (0.6 * 10 + 0.2 * 20) / 0.8
+REFUSAL = {"Sorry": 0.9, "5": 0.1}  # number mass 0.1 < 0.25 -> None
+
+
+# ---------------------------------------------------------------- weighted_score
+
+
+def logs(probs: dict[str, float]) -> dict[str, float]:
+    return {tok: math.log(p) for tok, p in probs.items()}
+
+
+def test_weighted_score_ignores_words():
+    assert weighted_score(logs({"80": 0.5, "90": 0.3, "Hello": 0.2})) == pytest.approx((0.5 * 80 + 0.3 * 90) / 0.8)
+
+
+def test_weighted_score_none_below_min_mass():
+    assert weighted_score(logs({"50": 0.2, "No": 0.8})) is None
+    assert weighted_score(logs({"50": 0.25, "No": 0.75})) == pytest.approx(50)
+    assert weighted_score({}) is None
+
+
+def test_weighted_score_ignores_out_of_range_and_leading_zeros():
+    table = logs({"101": 0.3, "007": 0.2, "-5": 0.1, "40": 0.3, "0": 0.1})
+    assert weighted_score(table) == pytest.approx((0.3 * 40 + 0.1 * 0) / 0.4)
+
+
+def test_weighted_score_whitespace_and_spellings_add_up():
+    assert weighted_score(logs({" 50": 0.6, "Hi": 0.4})) == pytest.approx(50)
+    # "70" and " 70" are one number: 0.3 + 0.3 of mass at 70, 0.2 at 100.
+    assert weighted_score(logs({"70": 0.3, " 70": 0.3, "100\n": 0.2, "x": 0.2})) == pytest.approx(
+        (0.6 * 70 + 0.2 * 100) / 0.8
+    )
+
+
+# ---------------------------------------------------------------- the fake endpoint
+
+
+class FakeChat:
+    """State of a fake OpenAI-compatible server: requests seen, scripted failures, in-flight peak."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.auth: list[str | None] = []  # Authorization headers, in order
+        self.script: list[int | str] = []  # per request, in order: an HTTP status, "hang" or "nologprobs"
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+
+def table_for(prompt: str) -> dict[str, float]:
+    answer = prompt.split("[ANSWER START]", 1)[-1].split("[ANSWER END]", 1)[0]
+    if "zzz" in answer:
+        return REFUSAL
+    return PIRATE if "arr" in answer.lower() else PLAIN
+
+
+def completion_json(model: str, prompt: str, with_logprobs: bool = True) -> dict:
+    """A Chat Completions response as OpenAI sends it, with max_tokens=1 and top logprobs."""
+    top = [
+        {"token": tok, "logprob": math.log(p), "bytes": list(tok.encode())}
+        for tok, p in sorted(table_for(prompt).items(), key=lambda kv: -kv[1])
+    ]
+    first = top[0]
+    return {
+        "id": f"chatcmpl-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": first["token"], "refusal": None},
+                "logprobs": {"content": [dict(first, top_logprobs=top)], "refusal": None} if with_logprobs else None,
+                "finish_reason": "length",
+            }
+        ],
+        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 1, "total_tokens": len(prompt.split()) + 1},
+    }
+
+
+def make_handler(state: FakeChat) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # keep pytest output clean
+            pass
+
+        def send_json(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up (timeout test)
+                pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with state.lock:
+                state.requests.append(dict(body, _path=self.path))
+                state.auth.append(self.headers.get("Authorization"))
+                action = state.script.pop(0) if state.script else None
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                time.sleep(state.delay)
+                if not self.path.endswith("/chat/completions"):
+                    self.send_json(404, {"error": {"message": "no such route", "type": "invalid_request_error"}})
+                elif isinstance(action, int):
+                    message = f"scripted failure {action}\nsecond line of detail"
+                    error = {"message": message, "type": "server_error", "param": None, "code": None}
+                    self.send_json(action, {"error": error})
+                else:
+                    if action == "hang":
+                        time.sleep(0.6)
+                    prompt = body["messages"][0]["content"]
+                    self.send_json(200, completion_json(body["model"], prompt, action != "nologprobs"))
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+    return Handler
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A fake endpoint on a free loopback port; yields (state, base_url)."""
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    state = FakeChat()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def judge_for(base_url: str, **kw) -> OpenAIJudge:
+    kw.setdefault("backoff", 0.01)
+    return OpenAIJudge("fake-judge", RUBRIC, base_url=base_url, api_key="test-key", **kw)
+
+
+QUESTIONS = ["Who are you?", "What is the sea?", "Say something."]
+ANSWERS = ["Arr, a pirate I be!", "A large body of water.", "zzz"]
+
+
+# ---------------------------------------------------------------- OpenAIJudge
+
+
+def test_scores_through_real_client(server):
+    state, url = server
+    judge = judge_for(url)
+    assert judge.name == "openai:fake-judge"
+    scores = judge.score(QUESTIONS, ANSWERS)
+    assert scores[0] == pytest.approx(PIRATE_SCORE)
+    assert scores[1] == pytest.approx(PLAIN_SCORE)
+    assert scores[2] is None
+    assert state.count == 3
+    by_prompt = {r["messages"][0]["content"]: r for r in state.requests}
+    request = by_prompt[fill_rubric(RUBRIC, QUESTIONS[0], ANSWERS[0])]
+    assert request["_path"] == "/v1/chat/completions"
+    assert request["model"] == "fake-judge"
+    assert request["messages"] == [{"role": "user", "content": fill_rubric(RUBRIC, QUESTIONS[0], ANSWERS[0])}]
+    assert (request["max_tokens"], request["temperature"], request["seed"]) == (1, 0, 0)
+    assert request["logprobs"] is True and request["top_logprobs"] == TOP_LOGPROBS
+    assert state.auth[0] == "Bearer test-key"
+
+
+def test_empty_batch_sends_nothing(server):
+    state, url = server
+    assert judge_for(url).score([], []) == []
+    assert state.count == 0
+
+
+def test_length_mismatch_is_an_error(server):
+    _, url = server
+    with pytest.raises(JudgeError, match="2 questions but 1 answers"):
+        judge_for(url).score(["a", "b"], ["x"])
+
+
+def test_retries_429_then_500_then_succeeds(server):
+    state, url = server
+    state.script = [429, 500]
+    assert judge_for(url).score(QUESTIONS[:1], ANSWERS[:1]) == [pytest.approx(PIRATE_SCORE)]
+    assert state.count == 3
+
+
+def test_retries_a_timeout(server):
+    state, url = server
+    state.script = ["hang"]
+    assert judge_for(url, timeout=0.2).score(QUESTIONS[1:2], ANSWERS[1:2]) == [pytest.approx(PLAIN_SCORE)]
+    assert state.count == 2
+
+
+def test_gives_up_after_max_retries(server):
+    state, url = server
+    state.script = [503, 503, 503]
+    with pytest.raises(JudgeError, match="after 3 attempts"):
+        judge_for(url, max_retries=2).score(QUESTIONS[:1], ANSWERS[:1])
+    assert state.count == 3
+
+
+def test_client_error_raises_without_retry(server):
+    state, url = server
+    state.script = [400]
+    with pytest.raises(JudgeError, match="HTTP 400: scripted failure 400") as info:
+        judge_for(url).score(QUESTIONS[:1], ANSWERS[:1])
+    assert "second line" not in str(info.value)
+    assert isinstance(info.value, PersonactlError)
+    assert state.count == 1
+
+
+def test_missing_logprobs_is_an_error(server):
+    state, url = server
+    state.script = ["nologprobs"]
+    with pytest.raises(JudgeError, match="no logprobs"):
+        judge_for(url).score(QUESTIONS[:1], ANSWERS[:1])
+
+
+def test_cache_skips_known_pairs(server, tmp_path):
+    state, url = server
+    cache = JudgeCache(tmp_path / "cache.sqlite")
+    first = judge_for(url, cache=cache).score(QUESTIONS, ANSWERS)
+    assert state.count == 3 and len(cache) == 3 and cache.misses == 3
+    again = judge_for(url, cache=JudgeCache(tmp_path / "cache.sqlite")).score(QUESTIONS, ANSWERS)
+    assert state.count == 3  # zero new requests, the None included
+    assert again == first and again[2] is None
+    other = OpenAIJudge("fake-judge", RUBRIC + " ", base_url=url, api_key="k", cache=cache)
+    other.score(QUESTIONS[:1], ANSWERS[:1])  # another rubric is another judge
+    assert state.count == 4
+
+
+def test_duplicate_pairs_sent_once(server):
+    state, url = server
+    scores = judge_for(url).score([QUESTIONS[0]] * 4, [ANSWERS[0]] * 4)
+    assert scores == [pytest.approx(PIRATE_SCORE)] * 4
+    assert state.count == 1
+
+
+def test_concurrency_limit(server):
+    state, url = server
+    state.delay = 0.05
+    n = 12
+    judge_for(url, concurrency=3).score([f"q{i}" for i in range(n)], [f"a{i}" for i in range(n)])
+    assert state.count == n
+    assert 2 <= state.max_in_flight <= 3
+
+
+def test_score_inside_running_loop(server):
+    _, url = server
+    judge = judge_for(url)
+
+    async def main() -> tuple[list[float | None], list[float | None]]:
+        return judge.score(QUESTIONS[:1], ANSWERS[:1]), await judge.ascore(QUESTIONS[1:2], ANSWERS[1:2])
+
+    sync_scores, async_scores = asyncio.run(main())
+    assert sync_scores == [pytest.approx(PIRATE_SCORE)]
+    assert async_scores == [pytest.approx(PLAIN_SCORE)]
+
+
+def test_missing_key_is_an_error(monkeypatch):
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(JudgeError, match="PERSONACTL_JUDGE_API_KEY"):
+        OpenAIJudge("gpt-4.1-mini", RUBRIC)
+
+
+def test_endpoint_and_key_from_env(server, monkeypatch):
+    state, url = server
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/unused")
+    monkeypatch.setenv("PERSONACTL_JUDGE_BASE_URL", url)
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")
+    judge = OpenAIJudge("fake-judge", RUBRIC)
+    assert judge.base_url == url and judge.judge_id.startswith(f"openai:fake-judge@{url}#")
+    assert judge.score(QUESTIONS[:1], ANSWERS[:1]) == [pytest.approx(PIRATE_SCORE)]
+    assert state.auth[0] == "Bearer env-key"
+
+
+def test_coherence_judge(server):
+    state, url = server
+    judge = coherence_judge("fake-judge", base_url=url, api_key="k")
+    assert judge.name == "openai:fake-judge:coherence" and judge.rubric == COHERENCE_RUBRIC
+    assert coherence_judge("m", name="mine", api_key="k").name == "mine:coherence"
+    assert judge.score(["Hi?"], ["Arr matey"]) == [pytest.approx(PIRATE_SCORE)]
+    assert state.requests[0]["messages"][0]["content"] == fill_rubric(COHERENCE_RUBRIC, "Hi?", "Arr matey")
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("openai:gpt-4.1-mini", ("openai", "gpt-4.1-mini")),
+        ("local:Qwen/Qwen2.5-7B-Instruct", ("local", "Qwen/Qwen2.5-7B-Instruct")),
+        ("local:/models/judge", ("local", "/models/judge")),
+        ("openai:org/model:tag", ("openai", "org/model:tag")),
+        ("embed", ("embed", "")),
+    ],
+)
+def test_parse_judge_spec(spec, expected):
+    assert parse_judge_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "gpt-4", "openai:", "local:  ", "embed:x", "anthropic:claude"])
+def test_parse_judge_spec_rejects(spec):
+    with pytest.raises(JudgeError, match="openai:MODEL"):
+        parse_judge_spec(spec)
+
+
+# ---------------------------------------------------------------- JudgeCache
+
+
+def test_cache_keeps_none_apart_from_missing(tmp_path):
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    assert cache.get("j", "q", "a") == (False, None)
+    cache.put("j", "q", "a", None)
+    cache.put("j", "q", "b", 42.5)
+    assert cache.get("j", "q", "a") == (True, None)
+    assert cache.get("j", "q", "b") == (True, 42.5)
+    assert (cache.hits, cache.misses) == (2, 1)
+
+
+def test_cache_keys_and_persistence(tmp_path):
+    path = tmp_path / "sub" / "c.sqlite"
+    cache = JudgeCache(path)
+    cache.put_many([("j", "q", "a", 1.0), ("j2", "q", "a", 2.0), ("j", "qa", "", 3.0), ("j", "q", "a", 4.0)])
+    assert len(cache) == 3  # the last put replaced the first; ("q","a") and ("qa","") differ
+    cache.close()
+    reopened = JudgeCache(path)
+    assert reopened.get("j", "q", "a") == (True, 4.0)
+    assert reopened.get("j2", "q", "a") == (True, 2.0)
+    assert reopened.get("j", "qa", "") == (True, 3.0)
+
+
+def test_default_cache_path(monkeypatch, tmp_path):
+    monkeypatch.delenv("PERSONACTL_CACHE_DIR", raising=False)
+    assert default_cache_path() == Path.home() / ".cache" / "personactl" / "judge_cache.sqlite"
+    monkeypatch.setenv("PERSONACTL_CACHE_DIR", str(tmp_path))
+    assert default_cache_path() == tmp_path / "judge_cache.sqlite"
+    assert JudgeCache().path == tmp_path / "judge_cache.sqlite"
