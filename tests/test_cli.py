@@ -80,3 +80,38 @@ def test_bad_input_prints_one_line_and_exits_2(argv, message, model_dir, vector_
 def test_vector_without_layer_is_a_usage_error(model_dir, vector_file, capsys):
     assert run(["generate", "--model", str(model_dir), "--vector", str(vector_file), "--prompt", "hi"]) == 2
     assert "--layer" in capsys.readouterr().err
+
+
+def test_sweep_layers_and_report_end_to_end(model_dir, tmp_path, capsys):
+    common = ["--model", str(model_dir), "--trait", "pirate", "--out", str(tmp_path)]
+    code = run(["sweep", *common, "--name", "s", "--coefs=-1,0,1", "--layers", "auto", "--n-questions", "2",
+                "--max-new-tokens", "4", "--methods", "vector,prompt"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    run_dir = tmp_path / "s"
+    for name in ("config.json", "results.jsonl", "summary.csv", "layers.json", "report.html", "vector.safetensors"):
+        assert (run_dir / name).is_file(), name
+        assert str(run_dir / name) in printed or name not in ("results.jsonl", "summary.csv", "report.html")
+    assert "chosen" in printed
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["layer_selection"]["chosen"] in range(1, 4) and "heldout_accuracy" in config["judge"]
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 2 * 3 * 2  # (vector@chosen + prompt) x coefs x questions
+
+    assert run(["layers", *common, "--name", "l"]) == 0
+    assert "layers.png" in capsys.readouterr().out and (tmp_path / "l" / "figures" / "layers.png").is_file()
+    assert run(["report", str(run_dir)]) == 0
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_sweep_with_a_different_config_in_the_same_run_is_refused(model_dir, tmp_path, capsys):
+    common = ["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--name", "s", "--n-questions", "1",
+              "--max-new-tokens", "2", "--layers", "1"]
+    assert run([*common, "--coefs=0,1"]) == 0
+    capsys.readouterr()
+    assert run([*common, "--coefs=0,2"]) == 2
+    assert "coefs differ" in _error_line(capsys)
+
+
+def test_report_on_a_folder_without_results(tmp_path, capsys):
+    assert run(["report", str(tmp_path)]) == 2
+    assert "results.jsonl" in _error_line(capsys)

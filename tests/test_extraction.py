@@ -39,3 +39,42 @@ def test_projection_matches_manual_dot_product(tiny):
     acts = activations.collect(tiny, ["abc", "xyz"], positions="prompt_last")
     expected = torch.stack([acts[:, l] @ vector.unit(l) for l in (1, 3)], dim=1)
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+class _KeywordJudge:
+    name = "keyword"
+
+    def __init__(self, word, hit=90.0, miss=10.0):
+        self.word, self.hit, self.miss = word, hit, miss
+
+    def score(self, questions, answers):
+        return [self.hit if self.word in a else self.miss for a in answers]
+
+
+def _pair(i, pos, neg):
+    from personactl import ContrastivePair
+
+    return ContrastivePair(i, "q", "", pos, "", neg)
+
+
+def test_filter_keeps_only_pairs_that_express_the_trait_coherently():
+    from personactl.extraction import filter_pairs
+    from personactl.judges.base import Judges
+
+    pairs = [_pair(0, "arr matey", "hello"), _pair(0, "hello", "hello"), _pair(1, "arr arr", "arr"), _pair(1, "arr !!", "fine")]
+    judges = Judges(_KeywordJudge("arr"), _KeywordJudge("!!", hit=0.0, miss=100.0))
+    kept, report = filter_pairs(pairs, judges)
+    assert kept == [pairs[0]]
+    assert report.kept == {0: 1} and report.total == {0: 2, 1: 2}
+    assert report.describe() == "instruction 0: 1/2, instruction 1: 0/2"
+
+
+def test_filter_that_keeps_nothing_is_a_clear_error():
+    import pytest
+
+    from personactl import TraitError
+    from personactl.extraction import filter_pairs
+    from personactl.judges.base import Judges
+
+    with pytest.raises(TraitError, match="no pair passed"):
+        filter_pairs([_pair(0, "hello", "hello")], Judges(_KeywordJudge("arr"), _KeywordJudge("x", 100.0, 100.0)))

@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import demo as api_demo
 from .errors import PersonactlError
 
 app = typer.Typer(
@@ -23,7 +22,7 @@ app = typer.Typer(
 traits_app = typer.Typer(help="List and show trait definitions.", no_args_is_help=True)
 app.add_typer(traits_app, name="traits")
 
-out = Console()
+out = Console(soft_wrap=True)  # paths stay on one line
 err = Console(stderr=True)
 
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="alias (smollm2-135m, gemma3-270m), HF folder, .gguf file or hub id")
@@ -73,6 +72,9 @@ def extract(
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(16),
+    filter_judge: Optional[str] = typer.Option(
+        None, help="keep only pairs a judge confirms (pos trait >= 50, neg < 50, both coherent): local:MODEL or openai:MODEL"
+    ),
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
     device_map: Optional[str] = DeviceMapOpt,
@@ -82,10 +84,15 @@ def extract(
     from .extraction import extract as run_extract  # noqa: PLC0415
     from .traits import load_trait  # noqa: PLC0415
 
+    from .judges.factory import make_judges  # noqa: PLC0415
+
     loaded_trait = load_trait(trait)
+    judges = make_judges(filter_judge, loaded_trait) if filter_judge else None
     backbone = _load(model, device, dtype, device_map)
     settings = ExtractionSettings(method, positions, max_new_tokens, samples, temperature, seed, batch_size, n_questions)
-    vector, pairs = run_extract(backbone, loaded_trait, settings)
+    vector, pairs = run_extract(backbone, loaded_trait, settings, judges)
+    if "filter" in vector.extra:
+        out.print(f"pairs kept by {vector.extra['filter']['judge']}: {vector.extra['filter']['kept']}")
     path = out_path or Path("vectors") / backbone.name / f"{loaded_trait.name}.safetensors"
     vector.save(path)
     pairs_path = save_pairs(pairs, path.with_suffix(".pairs.jsonl"))
@@ -178,21 +185,137 @@ def monitor(
     out.print(table)
 
 
+def _numbers(text: str, kind: type = float) -> list:
+    """'-2,-1,0' or '-2 -1 0' -> numbers (typer has no multi-value options)."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return [kind(p) for p in parts]
+    except ValueError as exc:
+        raise typer.BadParameter(f"'{text}' is not a list of numbers such as '-2,-1,0,1,2'") from exc
+
+
+def _print_summary(summary: list[dict], title: str) -> None:
+    table = Table("method", "layer", "coef", "n", "trait [95% CI]", "coherence [95% CI]", "collapsed", "ppl", title=title)
+    for r in summary:
+        table.add_row(
+            r["method"], str(r["layer"]), f"{r['coef']:g}", str(r["n"]),
+            f"{r['trait_mean']:.1f} [{r['trait_lo']:.1f}, {r['trait_hi']:.1f}]",
+            f"{r['coherence_mean']:.1f} [{r['coherence_lo']:.1f}, {r['coherence_hi']:.1f}]",
+            f"{100 * r['collapse_rate']:.0f}%", f"{r['perplexity_mean']:.2f}",
+        )
+    out.print(table)
+
+
+def _print_run(result) -> None:
+    if result.selection is not None:
+        out.print(f"layer {result.selection.chosen} chosen: {result.selection.reason}")
+    _print_summary(result.summary, str(result.run_dir))
+    out.print(f"results: {result.run_dir / 'results.jsonl'}")
+    out.print(f"summary: {result.run_dir / 'summary.csv'}")
+    if result.report:
+        out.print(f"report:  {result.report}")
+
+
+def _sweep_config(config: Optional[Path], overrides: dict):
+    from .evaluate import validate_config  # noqa: PLC0415
+
+    data = {}
+    if config is not None:
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise typer.BadParameter(f"cannot read {config}: {exc}", param_hint="--config") from exc
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(data)
+
+
+@app.command()
+def sweep(
+    trait: Optional[str] = typer.Option(None, "--trait", "-t", help="built-in trait or trait file [default: pirate]"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec [default: smollm2-135m]"),
+    vector: Optional[str] = typer.Option(None, "--vector", "-v", help="vector file (its .pairs.jsonl beside it feeds the embed judge); extracted when absent"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt (more in later releases) [default: vector]"),
+    coefs: Optional[str] = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
+    layers: Optional[str] = typer.Option(None, help="layers, e.g. '8,12,16', or 'auto' (chosen by measured effect) [default: auto]"),
+    samples: Optional[int] = typer.Option(None, help="answers per question and condition [default: 1]"),
+    n_questions: Optional[int] = typer.Option(None, help="first N evaluation questions [default: all]"),
+    judge: Optional[str] = typer.Option(None, help="embed (offline), local:MODEL or openai:MODEL [default: embed]"),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy [default: 0]"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="[default: 48]"),
+    seed: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, help="rows per generation batch (a batch is part of a sweep) [default: 32]"),
+    name: Optional[str] = typer.Option(None, help="run name: results go to OUT/NAME [default: sweep]"),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
+    config: Optional[Path] = typer.Option(None, help="JSON file with any of these settings (flags override it)"),
+    device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+) -> None:
+    """Sweep coefficients (x layers x methods) over held-out questions, judged; resumable; writes a report."""
+    from .experiment import run as run_experiment  # noqa: PLC0415
+
+    cfg = _sweep_config(config, {
+        "trait": trait, "model": model, "vector": vector, "samples": samples, "n_questions": n_questions,
+        "judge": judge, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
+        "batch_size": batch_size, "name": name,
+        "methods": [m.strip() for m in methods.split(",")] if methods else None,
+        "coefs": _numbers(coefs) if coefs else None,
+        "layers": ("auto" if layers.strip() == "auto" else _numbers(layers, int)) if layers else None,
+    })
+    backbone = _load(cfg.model, device, dtype, None)
+    _print_run(run_experiment(cfg, out_dir, backbone=backbone))
+
+
+@app.command()
+def layers(
+    trait: str = typer.Option("pirate", "--trait", "-t", help="built-in trait or trait file"),
+    model: str = ModelOpt,
+    vector: Optional[str] = typer.Option(None, "--vector", "-v", help="vector file with its .pairs.jsonl; extracted when absent"),
+    judge: str = typer.Option("embed", help="embed, local:MODEL or openai:MODEL"),
+    name: str = typer.Option("layers", help="run name: files go to OUT/NAME"),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Per-layer effectiveness (AUROC, Cohen's d, measured steering effect) and the auto layer choice."""
+    from .evaluate import validate_config  # noqa: PLC0415
+    from .experiment import choose_layers, prepare  # noqa: PLC0415
+    from .report import plot_layer_scores  # noqa: PLC0415
+
+    cfg = validate_config({"name": name, "trait": trait, "model": model, "vector": vector, "judge": judge, "layers": "auto"})
+    prep = prepare(cfg, out_dir, _load(model, device, None, None))
+    _, selection = choose_layers(prep)
+    assert selection is not None
+    table = Table("layer", "AUROC", "Cohen's d", "effect", "coherence")
+    for r in selection.rows:
+        mark = " *" if r.layer == selection.chosen else ""
+        table.add_row(f"{r.layer}{mark}", f"{r.auroc:.3f}", f"{r.cohens_d:.2f}",
+                      "" if r.effect is None else f"{r.effect:+.1f}", "" if r.coherence is None else f"{r.coherence:.0f}")
+    out.print(table)
+    out.print(f"layer {selection.chosen} chosen: {selection.reason}")
+    out.print(f"scores: {prep.run_dir / 'layers.json'}")
+    out.print(f"plot:   {plot_layer_scores(prep.run_dir)}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run folder (runs/NAME) with results.jsonl")) -> None:
+    """Write report.html (figures embedded) for a run folder."""
+    from .report import write_report  # noqa: PLC0415
+
+    out.print(f"report: {write_report(run_dir)}")
+
+
 @app.command()
 def demo(
     model: str = ModelOpt,
-    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="where the vector and answers go"),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """The main job on the embedded model: extract `pirate`, show baseline vs steered answers."""
+    """The main job: extract pirate and optimistic, choose layers, sweep, judge offline, report."""
+    from .demo import margin, run_demo  # noqa: PLC0415
+
     backbone = _load(model, device, None, None)
-    result = api_demo.run_demo(backbone, out_dir)
-    table = Table("question", *[f"coef {c:g}" for c in result.coefs], show_lines=True, title=f"pirate, layer {result.layer}")
-    for question, answers in result.answers.items():
-        table.add_row(question, *answers)
-    out.print(table)
-    for path in result.written:
-        out.print(f"written: {path}")
+    for result in run_demo(backbone, out_dir):
+        _print_run(result)
+        out.print(margin(result).describe())
 
 
 def run(argv: list[str] | None = None) -> int:

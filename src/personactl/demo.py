@@ -1,45 +1,57 @@
-"""The main job on the embedded model: extract a trait and show steered answers."""
+"""The main job on the embedded model: two traits extracted, a layer chosen, a sweep judged, a report.
+
+For each demo trait: extract the persona vector, pick the layer by measured
+effect, sweep coefficients over the held-out questions with the offline judge
+(two sampled answers each), and write `runs/demo-<trait>/report.html`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
-from .extraction import ExtractionSettings, extract, save_pairs
-from .generation import chat_prompt, generate
+from .evaluate import SweepConfig
+from .experiment import RunResult, run
 from .models import Backbone
-from .steering import SteeringTerm
-from .traits import load_trait
 
-DEMO_COEFS = (0.0, 2.0, 4.0)
-DEMO_DEPTH = 0.3  # relative depth of the steered layer until layer selection picks it
+DEMO_TRAITS = ("pirate", "optimistic")
+DEMO_COEFS = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def demo_config(trait: str) -> SweepConfig:
+    """The sweep the demo runs for one trait."""
+    return SweepConfig(
+        name=f"demo-{trait}", trait=trait, methods=["vector"], layers="auto", coefs=DEMO_COEFS,
+        samples=2, temperature=0.7, judge="embed",
+    )
 
 
 @dataclass
-class DemoResult:
-    """Answers per evaluation question, one per coefficient, and the files written."""
+class Margin:
+    """Does the trait at +2 beat the trait at 0 beyond both confidence intervals?"""
 
-    layer: int
-    coefs: tuple[float, ...]
-    answers: dict[str, list[str]] = field(default_factory=dict)
-    written: list[Path] = field(default_factory=list)
+    at_zero: dict[str, Any]
+    at_two: dict[str, Any]
+
+    @property
+    def clear(self) -> bool:
+        return self.at_two["trait_lo"] > self.at_zero["trait_hi"]
+
+    def describe(self) -> str:
+        z, t = self.at_zero, self.at_two
+        verdict = "clear rise" if self.clear else "NO clear rise"
+        return (
+            f"trait at +2: {t['trait_mean']:.1f} [{t['trait_lo']:.1f}, {t['trait_hi']:.1f}] vs at 0: "
+            f"{z['trait_mean']:.1f} [{z['trait_lo']:.1f}, {z['trait_hi']:.1f}] -> {verdict}"
+        )
 
 
-def run_demo(backbone: Backbone, out_dir: Path, trait_name: str = "pirate", n_questions: int = 3) -> DemoResult:
-    """Extract `trait_name`, then answer held-out questions at each demo coefficient in one batch."""
-    trait = load_trait(trait_name)
-    vector, pairs = extract(backbone, trait, ExtractionSettings(n_questions=10, max_new_tokens=40, batch_size=25))
-    written = [vector.save(out_dir / f"{trait.name}.safetensors"), save_pairs(pairs, out_dir / f"{trait.name}.pairs.jsonl")]
-    layer = max(1, round(DEMO_DEPTH * backbone.n_layers))
-    questions = trait.eval_questions[:n_questions]
-    coefs = [c for _ in questions for c in DEMO_COEFS]
-    answers = generate(
-        backbone,
-        [chat_prompt(q) for q in questions for _ in DEMO_COEFS],
-        steering=[SteeringTerm(vector, layer, coefs)],
-        max_new_tokens=48,
-        batch_size=len(coefs),
-    )
-    k = len(DEMO_COEFS)
-    by_question = {q: answers[i * k : (i + 1) * k] for i, q in enumerate(questions)}
-    return DemoResult(layer, DEMO_COEFS, by_question, written)
+def margin(result: RunResult, method: str = "vector") -> Margin:
+    rows = {row["coef"]: row for row in result.summary if row["method"] == method}
+    return Margin(rows[0.0], rows[2.0])
+
+
+def run_demo(backbone: Backbone, out_dir: str | Path = "runs", traits: Sequence[str] = DEMO_TRAITS) -> list[RunResult]:
+    """Run (or resume) the demo sweep of every trait in `traits`."""
+    return [run(demo_config(trait), out_dir, backbone=backbone) for trait in traits]

@@ -100,8 +100,21 @@ def _layers(
     return [chosen], selection
 
 
-def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True) -> RunResult:
-    """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report."""
+@dataclass
+class Prepared:
+    """A run folder with its model, trait, vector, extraction answers and judges ready."""
+
+    config: SweepConfig
+    run_dir: Path
+    backbone: Backbone
+    trait: Trait
+    vector: PersonaVector
+    pairs: list[ContrastivePair]
+    judges: Judges
+
+
+def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None) -> Prepared:
+    """Claim `out_dir/<name>/` and get (or reuse) the vector, its answers and the judges."""
     run_dir = Path(out_dir) / config.name
     trait = load_trait(config.trait)
     if not isinstance(trait, Trait):
@@ -111,15 +124,25 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
     claim_run_dir(config, run_dir)
     vector, pairs = _vector_and_pairs(config, backbone, trait, run_dir)
     update_info(run_dir, vector={"trait": vector.trait, "model": vector.model, "method": vector.method, "fingerprint": vector.fingerprint()})
-    judges = _judges(config, trait, pairs, run_dir)
-    layers, selection = _layers(config, backbone, vector, pairs, judges, trait, run_dir)
-    ctx = MethodContext(backbone, trait, vector, config.generation(), config.positions)
+    return Prepared(config, run_dir, backbone, trait, vector, pairs, _judges(config, trait, pairs, run_dir))
+
+
+def choose_layers(prep: Prepared) -> tuple[list[int], LayerSelection | None]:
+    """The layers to sweep: as configured, or chosen by measured effect (`auto`)."""
+    return _layers(prep.config, prep.backbone, prep.vector, prep.pairs, prep.judges, prep.trait, prep.run_dir)
+
+
+def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True) -> RunResult:
+    """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report."""
+    prep = prepare(config, out_dir, backbone)
+    layers, selection = choose_layers(prep)
+    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions)
     methods = [make_method(name, ctx) for name in config.methods]
-    questions = trait.eval_questions[: config.n_questions]
-    records = run_sweep(config, backbone, methods, layers, questions, judges, run_dir)
+    questions = prep.trait.eval_questions[: config.n_questions]
+    records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir)
     report_path = None
     if report:
         from .report import write_report  # noqa: PLC0415
 
-        report_path = write_report(run_dir)
-    return RunResult(run_dir, records, summarize(records), layers, selection, report_path)
+        report_path = write_report(prep.run_dir)
+    return RunResult(prep.run_dir, records, summarize(records), layers, selection, report_path)

@@ -9,6 +9,7 @@ batch and an aggregator turns the pairs into directions.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -20,6 +21,7 @@ from ._io import write_text_atomic
 from .aggregators import METHODS, separation
 from .errors import TraitError
 from .generation import chat_prompt, format_prompts, generate
+from .judges.base import Judges
 from .models import Backbone
 from .progress import progress_bar
 from .traits import AnyTrait, ContrastiveTexts
@@ -128,16 +130,67 @@ def vector_from_pairs(
 
 
 def extract(
-    backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings()
+    backbone: Backbone,
+    trait: AnyTrait,
+    settings: ExtractionSettings = ExtractionSettings(),
+    judges: Judges | None = None,
 ) -> tuple[PersonaVector, list[ContrastivePair]]:
-    """Generate contrastive answers for `trait` and compute its persona vector."""
+    """Generate contrastive answers for `trait` and compute its persona vector.
+
+    With `judges`, only the pairs that pass `filter_pairs` make the vector; the
+    per-instruction counts go into the vector's metadata. Returns all pairs.
+    """
     torch.manual_seed(settings.seed)
     pairs = generate_pairs(backbone, trait, settings)
+    used = pairs
+    if judges is not None:
+        used, report = filter_pairs(pairs, judges)
     vector = vector_from_pairs(
-        backbone, pairs, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size
+        backbone, used, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size
     )
     vector.extra["settings"] = asdict(settings)
+    if judges is not None:
+        vector.extra["filter"] = {"judge": judges.trait.name, "kept": report.describe()}
     return vector, pairs
+
+
+TRAIT_THRESHOLD = 50.0
+COHERENCE_THRESHOLD = 50.0
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    """How many pairs each instruction pair kept, out of how many."""
+
+    kept: dict[int, int]
+    total: dict[int, int]
+
+    def describe(self) -> str:
+        return ", ".join(f"instruction {i}: {self.kept.get(i, 0)}/{n}" for i, n in sorted(self.total.items()))
+
+
+def filter_pairs(pairs: list[ContrastivePair], judges: Judges) -> tuple[list[ContrastivePair], FilterReport]:
+    """Keep pairs whose positive answer shows the trait (>= 50), the negative does not (< 50),
+    and both are coherent (>= 50), as Chen et al. filter before computing the vector."""
+    questions = [p.question for p in pairs] * 2
+    answers = [p.pos_answer for p in pairs] + [p.neg_answer for p in pairs]
+    trait = judges.trait.score(questions, answers)
+    coherence = judges.coherence.score(questions, answers)
+    n = len(pairs)
+    kept, total = [], Counter(p.pair for p in pairs)
+    for k, pair in enumerate(pairs):
+        pos_t, neg_t, pos_c, neg_c = trait[k], trait[n + k], coherence[k], coherence[n + k]
+        if None in (pos_t, neg_t, pos_c, neg_c):
+            continue
+        if pos_t >= TRAIT_THRESHOLD and neg_t < TRAIT_THRESHOLD and min(pos_c, neg_c) >= COHERENCE_THRESHOLD:  # type: ignore[operator]
+            kept.append(pair)
+    report = FilterReport(dict(Counter(p.pair for p in kept)), dict(total))
+    if not kept:
+        raise TraitError(
+            f"no pair passed the judge filter ({report.describe()}): the instructions may not elicit the trait "
+            "on this model; extract without filtering or write stronger instructions"
+        )
+    return kept, report
 
 
 def save_pairs(pairs: Iterable[ContrastivePair], path: str | Path) -> Path:

@@ -27,6 +27,7 @@ from .steering import SteeringTerm
 from .vectors import PersonaVector
 
 MIN_COHERENCE = 50.0
+PROBE_COEF = 2.0  # the coefficient each candidate layer is tried at
 
 
 @dataclass
@@ -133,7 +134,7 @@ def select_layer(
     questions: Sequence[str],
     *,
     candidates: Sequence[int] | None = None,
-    coef: float = 3.0,
+    coef: float = PROBE_COEF,
     settings: GenerationSettings = GenerationSettings(),
     positions: str = "all",
 ) -> LayerSelection:

@@ -371,6 +371,16 @@ def _draw_all(run: RunData) -> dict[str, Path]:
     return figures
 
 
+def plot_layer_scores(run_dir: str | Path) -> Path:
+    """figures/layers.png from a folder's layers.json alone (for `personactl layers`)."""
+    import matplotlib
+
+    run_dir = Path(run_dir)
+    run = RunData(run_dir, {}, [], [], layers=_read_json(run_dir / "layers.json", "layer scores"))
+    with matplotlib.rc_context(_STYLE):
+        return _layers_figure(run, run_dir / "figures" / "layers.png")
+
+
 def make_figures(run_dir: str | Path) -> dict[str, Path]:
     """Write figures/*.png for a run folder; returns {name: path} for those drawn.
 
