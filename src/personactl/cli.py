@@ -309,7 +309,7 @@ def demo(
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """The main job: extract pirate and optimistic, choose layers, sweep, judge offline, report."""
+    """The main job: extract pirate and silly, choose layers, sweep, judge offline, report."""
     from .demo import margin, run_demo  # noqa: PLC0415
 
     backbone = _load(model, device, None, None)

@@ -15,7 +15,7 @@ from .evaluate import SweepConfig
 from .experiment import RunResult, run
 from .models import Backbone
 
-DEMO_TRAITS = ("pirate", "optimistic")
+DEMO_TRAITS = ("pirate", "silly")
 DEMO_COEFS = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 
 
@@ -23,7 +23,7 @@ def demo_config(trait: str) -> SweepConfig:
     """The sweep the demo runs for one trait."""
     return SweepConfig(
         name=f"demo-{trait}", trait=trait, methods=["vector"], layers="auto", coefs=DEMO_COEFS,
-        samples=2, temperature=0.7, judge="embed",
+        samples=2, temperature=0.7, judge="embed", extraction_questions=12,
     )
 
 

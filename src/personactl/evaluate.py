@@ -46,6 +46,7 @@ class SweepConfig(BaseModel):
     coefs: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1)
     samples: int = Field(1, ge=1, description="answers per (question, condition)")
     n_questions: int | None = Field(None, ge=1, description="first N evaluation questions (default: all)")
+    extraction_questions: int | None = Field(None, ge=1, description="first N extraction questions when extracting (default: all)")
     judge: str = "embed"
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.0, ge=0.0)

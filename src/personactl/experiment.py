@@ -54,7 +54,7 @@ def _vector_and_pairs(config: SweepConfig, backbone: Backbone, trait: Trait, run
     cached, pairs_file = run_dir / "vector.safetensors", run_dir / "pairs.jsonl"
     if cached.exists() and pairs_file.exists():
         return load_vector(cached, backbone=backbone), load_pairs(pairs_file)
-    vector, pairs = extract(backbone, trait, ExtractionSettings(seed=config.seed))
+    vector, pairs = extract(backbone, trait, ExtractionSettings(seed=config.seed, n_questions=config.extraction_questions))
     save_pairs(pairs, pairs_file)
     vector.save(cached)
     return vector, pairs
