@@ -115,3 +115,17 @@ def test_sweep_with_a_different_config_in_the_same_run_is_refused(model_dir, tmp
 def test_report_on_a_folder_without_results(tmp_path, capsys):
     assert run(["report", str(tmp_path)]) == 2
     assert "results.jsonl" in _error_line(capsys)
+
+
+def test_lora_extract_and_svd(model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "lora"
+    code = run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(out_dir), "--rank", "2",
+                "--alpha", "4", "--max-steps", "2", "--n-questions", "1", "--max-new-tokens", "4", "--batch-size", "4"])
+    assert code == 0, capsys.readouterr().err
+    assert str(out_dir / "diff") in capsys.readouterr().out
+    assert json.loads((out_dir / "diff" / "adapter_config.json").read_text())["r"] == 4
+    assert run(["lora", "svd", str(out_dir / "diff"), "--top-k", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "effective rank" in printed and (out_dir / "diff" / "svd.png").is_file()
+    assert run(["lora", "svd", str(tmp_path)]) == 2
+    assert "not a PEFT adapter folder" in _error_line(capsys)

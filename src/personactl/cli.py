@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 traits_app = typer.Typer(help="List and show trait definitions.", no_args_is_help=True)
 app.add_typer(traits_app, name="traits")
+lora_app = typer.Typer(help="Weight-space personas: LoRA persona directions (pos - neg), SVD.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
 
 out = Console(soft_wrap=True)  # paths stay on one line
 err = Console(stderr=True)
@@ -234,7 +236,8 @@ def sweep(
     trait: Optional[str] = typer.Option(None, "--trait", "-t", help="built-in trait or trait file [default: pirate]"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec [default: smollm2-135m]"),
     vector: Optional[str] = typer.Option(None, "--vector", "-v", help="vector file (its .pairs.jsonl beside it feeds the embed judge); extracted when absent"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt (more in later releases) [default: vector]"),
+    lora: Optional[str] = typer.Option(None, help="persona direction folder for method 'lora' (from `personactl lora extract`)"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt, lora [default: vector]"),
     coefs: Optional[str] = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
     layers: Optional[str] = typer.Option(None, help="layers, e.g. '8,12,16', or 'auto' (chosen by measured effect) [default: auto]"),
     samples: Optional[int] = typer.Option(None, help="answers per question and condition [default: 1]"),
@@ -254,7 +257,7 @@ def sweep(
     from .experiment import run as run_experiment  # noqa: PLC0415
 
     cfg = _sweep_config(config, {
-        "trait": trait, "model": model, "vector": vector, "samples": samples, "n_questions": n_questions,
+        "trait": trait, "model": model, "vector": vector, "lora": lora, "samples": samples, "n_questions": n_questions,
         "judge": judge, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
         "batch_size": batch_size, "name": name,
         "methods": [m.strip() for m in methods.split(",")] if methods else None,
@@ -301,6 +304,63 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder (runs/NAME) wi
     from .report import write_report  # noqa: PLC0415
 
     out.print(f"report: {write_report(run_dir)}")
+
+
+@lora_app.command("extract")
+def lora_extract(
+    trait: str = typer.Option(..., "--trait", "-t", help="built-in trait name or trait file"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="folder for pairs.jsonl, pos/, neg/ and diff/ (the direction)"),
+    model: str = ModelOpt,
+    rank: int = typer.Option(32, help="LoRA rank r (CPU: 8 is enough for the embedded model)"),
+    alpha: float = typer.Option(64.0, help="LoRA alpha"),
+    rslora: bool = typer.Option(True, help="rank-stabilised scaling alpha/sqrt(r)"),
+    targets: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names"),
+    epochs: int = typer.Option(1),
+    max_steps: Optional[int] = typer.Option(None, help="stop each adapter after N steps (CPU: ~40)"),
+    learning_rate: float = typer.Option(1e-4, "--lr"),
+    batch_size: int = typer.Option(8),
+    n_questions: Optional[int] = typer.Option(None, help="first N extraction questions for the contrastive answers"),
+    max_new_tokens: int = typer.Option(48),
+    seed: int = typer.Option(0),
+    device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+) -> None:
+    """Train a positive and a negative LoRA on the trait's answers (without the instruction); save dW = pos - neg."""
+    from .extraction import ExtractionSettings  # noqa: PLC0415
+    from .lora.config import LoRATrainConfig  # noqa: PLC0415
+    from .lora.persona import extract_lora_direction  # noqa: PLC0415
+    from .traits import load_trait  # noqa: PLC0415
+
+    loaded = load_trait(trait)
+    backbone = _load(model, device, dtype, None)
+    train = LoRATrainConfig(
+        rank=rank, alpha=alpha, rslora=rslora, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+        batch_size=batch_size, seed=seed,
+        target_modules=targets if targets == "all-linear" else tuple(t.strip() for t in targets.split(",")),
+    )
+    settings = ExtractionSettings(max_new_tokens=max_new_tokens, n_questions=n_questions, seed=seed)
+    direction = extract_lora_direction(backbone, loaded, out_dir, settings=settings, train=train)
+    out.print(f"persona direction (rank {direction.rank}, {len(direction.modules)} modules) written to {out_dir / 'diff'}")
+    out.print(f"positive and negative adapters: {out_dir / 'pos'}, {out_dir / 'neg'}")
+
+
+@lora_app.command("svd")
+def lora_svd(
+    direction: Path = typer.Argument(..., help="a LoRA folder (e.g. OUT/diff from `lora extract`)"),
+    top_k: int = typer.Option(4, help="report the energy captured by the top k singular values"),
+    plot: Optional[Path] = typer.Option(None, help="PNG path for the singular-value figure [default: DIRECTION/svd.png]"),
+) -> None:
+    """Singular values of dW per module and layer: effective rank and energy in the top k."""
+    from .lora.analysis import svd_table, plot_svd  # noqa: PLC0415
+    from .lora.direction import LoRADirection  # noqa: PLC0415
+
+    loaded = LoRADirection.load(direction)
+    rows = svd_table(loaded, top_k)
+    table = Table("module", "rank", "effective rank", f"energy top-{top_k}", "largest s")
+    for r in rows:
+        table.add_row(r.module, str(r.rank), f"{r.effective_rank:.2f}", f"{100 * r.energy_top_k:.1f}%", f"{r.largest:.4g}")
+    out.print(table)
+    out.print(f"figure: {plot_svd(rows, plot or direction / 'svd.png')}")
 
 
 @app.command()

@@ -9,7 +9,8 @@ packages register more (LoRA directions, transferred vectors, adapters) with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 from .errors import PersonactlError
@@ -50,6 +51,7 @@ class MethodContext:
     vector: PersonaVector | None
     settings: GenerationSettings
     positions: str = "all"
+    options: dict[str, str] = field(default_factory=dict)  # method-specific inputs, e.g. {"lora": DIR}
 
 
 @dataclass
@@ -99,10 +101,15 @@ class PromptMethod:
 
 
 MethodFactory = Callable[[MethodContext], SteeringMethod]
-_REGISTRY: dict[str, MethodFactory] = {"vector": VectorMethod, "prompt": PromptMethod}
+# A factory, or "module:attribute" imported on first use (sub-packages stay optional imports).
+_REGISTRY: dict[str, MethodFactory | str] = {
+    "vector": VectorMethod,
+    "prompt": PromptMethod,
+    "lora": "personactl.lora.method:LoRAMethod",
+}
 
 
-def register_method(name: str, factory: MethodFactory) -> None:
+def register_method(name: str, factory: MethodFactory | str) -> None:
     """Make `name` available to sweeps (`--methods name`)."""
     _REGISTRY[name] = factory
 
@@ -114,4 +121,8 @@ def available_methods() -> list[str]:
 def make_method(name: str, ctx: MethodContext) -> SteeringMethod:
     if name not in _REGISTRY:
         raise MethodError(f"unknown method '{name}': use one of {', '.join(available_methods())}")
-    return _REGISTRY[name](ctx)
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        module, attribute = factory.split(":")
+        factory = getattr(importlib.import_module(module), attribute)
+    return factory(ctx)

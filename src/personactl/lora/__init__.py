@@ -1,0 +1,1 @@
+"""Weight-space personas: LoRA training, persona directions (pos - neg), merge/restore, SVD."""

@@ -1,0 +1,40 @@
+"""Method `lora` for sweeps: merge coef * dW into the weights, generate, restore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..generation import chat_prompt, generate
+from ..methods import MethodContext, MethodError
+from .direction import LoRADirection, merged
+
+
+@dataclass
+class LoRAMethod:
+    """Weight-space steering W' = W + coef * dW; rows are grouped by coefficient (one merge each)."""
+
+    ctx: MethodContext
+    name: str = "lora"
+    uses_layers: bool = False
+
+    def __post_init__(self) -> None:
+        folder = self.ctx.options.get("lora")
+        if not folder:
+            raise MethodError("method 'lora' needs a persona direction: pass --lora DIR (from `personactl lora extract`)")
+        self.direction = LoRADirection.load(folder)
+        self.direction.check_base(self.ctx.backbone)
+
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]:
+        s = self.ctx.settings
+        answers: list[str] = [""] * len(questions)
+        for coef in sorted(set(coefs)):
+            rows = [i for i, c in enumerate(coefs) if c == coef]
+            with merged(self.ctx.backbone, (self.direction, coef)):
+                out = generate(
+                    self.ctx.backbone, [chat_prompt(questions[i]) for i in rows],
+                    max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size,
+                )
+            for i, answer in zip(rows, out):
+                answers[i] = answer
+        return answers

@@ -1,0 +1,135 @@
+import copy
+import json
+
+import pytest
+import torch
+
+from personactl.lora.config import LoRATrainConfig
+from personactl.lora.direction import AdapterError, LoRADirection, difference, merged, merged_delta, singular_values
+from personactl.lora.train import train_lora
+
+from conftest import tiny_backbone
+
+TINY = LoRATrainConfig(rank=2, alpha=4.0, max_steps=2, batch_size=2, learning_rate=1e-2)
+
+
+def _adapter(backbone, folder, answer, seed):
+    """A real (tiny) PEFT LoRA trained for two steps; B is non-zero after training."""
+    model, losses = train_lora(backbone, ["<user>hi</s><assistant>"] * 4, [answer] * 4,
+                               LoRATrainConfig(**{**vars(TINY), "seed": seed}), out_dir=folder, metadata={"trait": "t"})
+    model.unload()
+    return LoRADirection.load(folder)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def adapters(request, tmp_path):
+    backbone = tiny_backbone(request.param)
+    pos = _adapter(backbone, tmp_path / "pos", "arr matey", 0)
+    neg = _adapter(backbone, tmp_path / "neg", "good day", 1)
+    return backbone, pos, neg, tmp_path
+
+
+def _logits(backbone, ids):
+    with torch.no_grad():
+        return backbone.model(input_ids=ids).logits
+
+
+def test_training_touches_only_lora_and_restores_the_base(adapters):
+    backbone, pos, _, _ = adapters
+    assert all(f.B.abs().sum() > 0 for f in pos.modules.values())
+    assert "lora" not in " ".join(n for n, _ in backbone.model.named_modules())
+
+
+def test_diff_adapter_is_a_peft_folder_equal_to_pos_minus_neg(adapters):
+    from peft import PeftModel
+
+    backbone, pos, neg, tmp = adapters
+    diff = difference(pos, neg, {"trait": "t"})
+    diff.save(tmp / "diff")
+    assert json.loads((tmp / "diff" / "adapter_config.json").read_text())["r"] == 2 * pos.rank
+    ids = torch.tensor([[5, 9, 20, 33, 41]])
+    with merged(backbone, (pos, 1.0), (neg, -1.0)):
+        expected = _logits(backbone, ids)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(tmp / "diff"))
+    with torch.no_grad():
+        got = peft_model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for name in pos.modules:
+        torch.testing.assert_close(diff.modules[name].delta(), pos.modules[name].delta() - neg.modules[name].delta(), rtol=1e-5, atol=1e-6)
+
+
+def test_merge_restores_every_weight_bit_exactly_even_on_exception(adapters):
+    backbone, pos, neg, _ = adapters
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with merged(backbone, (difference(pos, neg), 2.5)):
+            changed = [n for n, p in backbone.model.named_parameters() if not torch.equal(p, before[n])]
+            assert changed
+            raise RuntimeError("boom")
+    assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
+
+
+def test_composition_is_the_weighted_sum(adapters):
+    backbone, pos, neg, _ = adapters
+    name = next(iter(pos.modules))
+    together = merged_delta(backbone, [(pos, 1.5), (neg, -1.0)], name)
+    a = merged_delta(backbone, [(pos, 1.0)], name)
+    b = merged_delta(backbone, [(neg, 1.0)], name)
+    torch.testing.assert_close(together, 1.5 * a - b, rtol=1e-4, atol=1e-6)
+
+
+def test_singular_values_match_a_dense_svd(adapters):
+    _, pos, neg, _ = adapters
+    diff = difference(pos, neg)
+    for name, values in singular_values(diff).items():
+        dense = torch.linalg.svdvals(diff.modules[name].delta().double()).float()[: values.numel()]
+        torch.testing.assert_close(values, dense, rtol=1e-4, atol=1e-6)
+        assert values.numel() <= 2 * pos.rank
+
+
+@pytest.mark.parametrize("other", ["gemma3", "gpt2"])
+def test_adapter_for_another_model_is_refused(adapters, other):
+    backbone, pos, _, _ = adapters
+    if backbone.model_type == other:
+        other = "qwen2"
+    before = {n: p.detach().clone() for n, p in tiny_backbone(other).model.named_parameters()}
+    target = tiny_backbone(other)
+    with pytest.raises(AdapterError, match="made for"):
+        with merged(target, (pos, 1.0)):
+            pass
+    assert all(torch.equal(p, before[n]) for n, p in target.model.named_parameters())
+
+
+def test_mismatched_adapters_are_refused(adapters, tmp_path):
+    backbone, pos, _, _ = adapters
+    model, _ = train_lora(backbone, ["a"] * 2, ["b"] * 2, LoRATrainConfig(**{**vars(TINY), "rank": 4}), out_dir=tmp_path / "r4")
+    model.unload()
+    with pytest.raises(AdapterError, match="ranks"):
+        difference(pos, LoRADirection.load(tmp_path / "r4"))
+    with pytest.raises(AdapterError, match="not a PEFT adapter"):
+        LoRADirection.load(tmp_path)
+
+
+def test_lora_method_groups_rows_by_coefficient_and_matches_plain_merges(adapters):
+    from personactl.generation import chat_prompt, generate
+    from personactl.methods import GenerationSettings, MethodContext, make_method
+    from personactl.traits import load_trait
+
+    backbone, pos, neg, tmp = adapters
+    difference(pos, neg).save(tmp / "diff")
+    settings = GenerationSettings(max_new_tokens=4)
+    method = make_method("lora", MethodContext(backbone, load_trait("pirate"), None, settings, options={"lora": str(tmp / "diff")}))
+    coefs = [0.0, 3.0, 0.0, -3.0]
+    answers = method.generate(["hi", "hi", "yo", "yo"], coefs, layer=0)
+    diff = LoRADirection.load(tmp / "diff")
+    for question, coef, answer in zip(["hi", "hi", "yo", "yo"], coefs, answers):
+        with merged(backbone, (diff, coef)):
+            assert generate(backbone, [chat_prompt(question)], max_new_tokens=4) == [answer]
+
+
+def test_lora_method_without_a_direction_is_a_clear_error():
+    from personactl.methods import GenerationSettings, MethodContext, MethodError, make_method
+    from personactl.traits import load_trait
+
+    with pytest.raises(MethodError, match="--lora"):
+        make_method("lora", MethodContext(tiny_backbone("llama"), load_trait("pirate"), None, GenerationSettings()))
