@@ -133,3 +133,68 @@ def test_lora_method_without_a_direction_is_a_clear_error():
 
     with pytest.raises(MethodError, match="--lora"):
         make_method("lora", MethodContext(tiny_backbone("llama"), load_trait("pirate"), None, GenerationSettings()))
+
+
+def test_runtime_mode_equals_merged_mode_and_unloads(adapters):
+    from personactl.lora.runtime import runtime
+
+    backbone, pos, neg, tmp = adapters
+    diff = difference(pos, neg)
+    diff.save(tmp / "diff")
+    ids = torch.tensor([[3, 8, 13, 21]])
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    with runtime(backbone, tmp / "diff", coef=2.0) as handle:
+        at_two = _logits(backbone, ids)
+        handle.set_coef(-1.0)
+        at_minus_one = _logits(backbone, ids)
+    for coef, got in ((2.0, at_two), (-1.0, at_minus_one)):
+        with merged(backbone, (diff, coef)):
+            torch.testing.assert_close(got, _logits(backbone, ids), rtol=1e-4, atol=1e-5)
+    assert {n for n, _ in backbone.model.named_parameters()} == set(before)
+    assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
+
+
+def test_geometry_and_latency_cover_every_layer_and_mode(adapters):
+    from personactl import PersonaVector
+    from personactl.lora.compare import latencies, residual_shift
+
+    backbone, pos, neg, tmp = adapters
+    difference(pos, neg).save(tmp / "diff")
+    torch.manual_seed(0)
+    vector = PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size))
+    shifts = residual_shift(backbone, ["hello", "arr"], vector, tmp / "diff", coef=3.0)
+    assert [s.layer for s in shifts] == [1, 2, 3]
+    assert all(s.shift_norm > 0 and -1 <= s.cosine_with_vector <= 1 for s in shifts)
+    rows = latencies(backbone, ["hi"], vector, 1, tmp / "diff", new_tokens=3, repeats=1)
+    assert [r.mode for r in rows] == ["unsteered", "activation hook", "LoRA merged", "LoRA unmerged"]
+    assert rows[0].ratio_to_unsteered == 1.0 and all(r.tokens_per_second > 0 for r in rows)
+
+
+def test_preventative_steering_trains_and_leaves_the_base_untouched(adapters):
+    from personactl import PersonaVector, SteeringTerm
+    from personactl.lora.finetune import finetune
+
+    backbone, pos, neg, tmp = adapters
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    hooks = [dict(b._forward_hooks) for b in backbone.layers]
+    vector = PersonaVector(torch.ones(backbone.n_layers + 1, backbone.hidden_size))
+    losses = finetune(backbone, ["<user>hi</s><assistant>"] * 4, ["arr"] * 4, tmp / "ft", TINY,
+                      steering=[SteeringTerm(vector, 1, 2.0)], premerge=[(difference(pos, neg), -5.0)])
+    assert len(losses) == 2 and LoRADirection.load(tmp / "ft").metadata["preventative"]["premerge"][0]["coef"] == -5.0
+    assert [dict(b._forward_hooks) for b in backbone.layers] == hooks
+    assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
+
+
+def test_finetune_data_errors_name_the_line(tmp_path):
+    from personactl.lora.finetune import DataError, read_examples
+
+    good = tmp_path / "d.jsonl"
+    good.write_text('{"instruction": "Hi", "input": "there", "output": "Arr"}\n\n{"prompt": "Yo", "response": "Aye"}\n')
+    assert read_examples(good) == (["Hi\n\nthere", "Yo"], ["Arr", "Aye"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "Hi", "output": "Arr"}\n{"instruction": "Hi"}\n')
+    with pytest.raises(DataError, match="line 2"):
+        read_examples(bad)
+    bad.write_text('{"instruction": "Hi", "output": "Arr"}\nnot json\n')
+    with pytest.raises(DataError, match="line 2: not JSON"):
+        read_examples(bad)

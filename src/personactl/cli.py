@@ -364,6 +364,78 @@ def lora_svd(
 
 
 @app.command()
+def finetune(
+    data: Path = typer.Option(..., help="JSONL of {instruction|prompt, input?, output|response}"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="adapter folder to write"),
+    model: str = ModelOpt,
+    steer_vector: Optional[Path] = typer.Option(None, help="persona vector added in the activations during training"),
+    steer_layer: List[int] = typer.Option([], help="layer(s) for --steer-vector"),
+    steer_coef: float = typer.Option(1.0, help="coefficient of --steer-vector (positive = preventative, as in Chen et al.)"),
+    premerge_lora: Optional[Path] = typer.Option(None, help="persona direction folder merged into the weights while training"),
+    premerge_coef: float = typer.Option(-5.0, help="coefficient of --premerge-lora (negative suppresses)"),
+    rank: int = typer.Option(32), alpha: float = typer.Option(64.0), epochs: int = typer.Option(1),
+    max_steps: Optional[int] = typer.Option(None), learning_rate: float = typer.Option(1e-4, "--lr"),
+    batch_size: int = typer.Option(8), seed: int = typer.Option(0),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """LoRA fine-tuning, optionally with preventative steering (activation vector or pre-merged LoRA direction)."""
+    from .generation import chat_prompt, format_prompts  # noqa: PLC0415
+    from .lora.config import LoRATrainConfig  # noqa: PLC0415
+    from .lora.direction import LoRADirection  # noqa: PLC0415
+    from .lora.finetune import finetune as run_finetune, read_examples  # noqa: PLC0415
+    from .steering import SteeringTerm  # noqa: PLC0415
+    from .vectors import load_vector  # noqa: PLC0415
+
+    if steer_vector is not None and not steer_layer:
+        raise typer.BadParameter("--steer-layer is required with --steer-vector", param_hint="--steer-layer")
+    questions, answers = read_examples(data)
+    premerge = [(LoRADirection.load(premerge_lora), premerge_coef)] if premerge_lora else []
+    backbone = _load(model, device, None, None)
+    steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layer, steer_coef)] if steer_vector else []
+    config = LoRATrainConfig(rank=rank, alpha=alpha, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+                             batch_size=batch_size, seed=seed)
+    prompts = format_prompts(backbone, [chat_prompt(q) for q in questions])
+    losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge,
+                          metadata={"data": str(data)})
+    out.print(f"trained {len(losses)} steps on {len(questions)} examples, final loss {losses[-1]:.3f}")
+    out.print(f"adapter written to {out_dir}")
+
+
+@app.command()
+def compare(
+    lora: str = typer.Option(..., help="persona direction folder (from `personactl lora extract`)"),
+    trait: str = typer.Option("pirate", "--trait", "-t", help="built-in trait or trait file"),
+    model: str = ModelOpt,
+    vector: Optional[str] = typer.Option(None, "--vector", "-v", help="persona vector (+ .pairs.jsonl); extracted when absent"),
+    coefs: str = typer.Option("-2,-1,0,1,2", help="coefficients for both methods"),
+    layers: str = typer.Option("auto", help="activation-steering layer, or 'auto'"),
+    samples: int = typer.Option(1), n_questions: Optional[int] = typer.Option(None),
+    temperature: float = typer.Option(0.0), judge: str = typer.Option("embed"),
+    name: str = typer.Option("compare", help="run name: files go to OUT/NAME"),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Activation vs LoRA steering: trait/coherence vs coefficient, latency, residual-stream geometry."""
+    from .lora.compare import compare as run_compare  # noqa: PLC0415
+
+    cfg = _sweep_config(None, {
+        "trait": trait, "model": model, "vector": vector, "lora": lora, "coefs": _numbers(coefs), "samples": samples,
+        "n_questions": n_questions, "temperature": temperature, "judge": judge, "name": name,
+        "layers": "auto" if layers.strip() == "auto" else _numbers(layers, int),
+    })
+    result = run_compare(cfg, out_dir, backbone=_load(model, device, None, None))
+    _print_summary(result.summary, f"{result.run_dir} (activation layer {result.layer})")
+    table = Table("mode", "tokens/s", "ratio to unsteered", title="latency")
+    for t in result.latency:
+        table.add_row(t.mode, f"{t.tokens_per_second:.1f}", f"{t.ratio_to_unsteered:.3f}")
+    out.print(table)
+    best = max(result.geometry, key=lambda s: abs(s.cosine_with_vector))
+    out.print(f"dW shift vs persona vector: largest |cosine| {best.cosine_with_vector:+.3f} at layer {best.layer}")
+    for path in result.written:
+        out.print(f"written: {path}")
+
+
+@app.command()
 def demo(
     model: str = ModelOpt,
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),

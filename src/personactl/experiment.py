@@ -35,6 +35,7 @@ class RunResult:
     layers: list[int]
     selection: LayerSelection | None
     report: Path | None
+    prepared: "Prepared"
 
 
 def update_info(run_dir: Path, **sections: Any) -> None:
@@ -145,4 +146,4 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
         from .report import write_report  # noqa: PLC0415
 
         report_path = write_report(prep.run_dir)
-    return RunResult(prep.run_dir, records, summarize(records), layers, selection, report_path)
+    return RunResult(prep.run_dir, records, summarize(records), layers, selection, report_path, prep)

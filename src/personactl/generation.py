@@ -34,6 +34,7 @@ def generate(
     *,
     steering: Sequence[SteeringTerm] = (),
     max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
@@ -42,7 +43,7 @@ def generate(
 ) -> list[str]:
     """Answers to `prompts` (strings are used as formatted; message lists are chat-formatted).
 
-    `temperature=0` is greedy. Per-row coefficients in `steering` have one value
+    `temperature=0` is greedy; `min_new_tokens` forces a length (for timing). Per-row coefficients in `steering` have one value
     per prompt; each batch gets its slice. Sampling is seeded per batch
     (`seed + first row`), so a run is reproducible for a given batch size.
     """
@@ -62,6 +63,7 @@ def generate(
                 input_ids=batch.input_ids.to(backbone.device),
                 attention_mask=batch.attention_mask.to(backbone.device),
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
                 pad_token_id=backbone.pad_id,
                 **sampling,
             )

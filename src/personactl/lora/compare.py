@@ -1,0 +1,141 @@
+"""Activation steering vs LoRA steering: latency and geometry, side by side.
+
+Latency: tokens per second for unsteered generation, the activation hook, the
+LoRA direction merged into the weights and the LoRA unmerged (runtime), in one
+process with the same prompts and a forced length. Geometry: the mean shift
+that merging dW causes in the residual stream at every layer, and its cosine
+with the persona vector at that layer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import activations
+from ..generation import Prompt, format_prompts, generate
+from ..models import Backbone
+from ..steering import SteeringTerm
+from ..vectors import PersonaVector
+from .direction import LoRADirection, merged
+from .runtime import runtime
+
+
+@dataclass(frozen=True)
+class Latency:
+    mode: str
+    tokens_per_second: float
+    ratio_to_unsteered: float
+
+
+@dataclass(frozen=True)
+class LayerShift:
+    layer: int
+    shift_norm: float
+    cosine_with_vector: float
+
+
+def latencies(
+    backbone: Backbone, prompts: Sequence[Prompt], vector: PersonaVector, layer: int, lora_folder: str | Path,
+    *, coef: float = 1.0, new_tokens: int = 32, repeats: int = 3,
+) -> list[Latency]:
+    """Best-of-`repeats` tokens/s per mode, every mode generating exactly `new_tokens` per prompt."""
+    direction = LoRADirection.load(lora_folder)
+    texts = format_prompts(backbone, prompts)
+
+    def timed(steering: Sequence[SteeringTerm] = ()) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generate(backbone, texts, steering=steering, max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=len(texts))
+            best = min(best, time.perf_counter() - start)
+        return len(texts) * new_tokens / best
+
+    timed()  # warm-up
+    speeds = {"unsteered": timed(), "activation hook": timed([SteeringTerm(vector, layer, coef)])}
+    with merged(backbone, (direction, coef)):
+        speeds["LoRA merged"] = timed()
+    with runtime(backbone, lora_folder, coef):
+        speeds["LoRA unmerged"] = timed()
+    base = speeds["unsteered"]
+    return [Latency(mode, tps, tps / base) for mode, tps in speeds.items()]
+
+
+def residual_shift(
+    backbone: Backbone, prompts: Sequence[Prompt], vector: PersonaVector, lora_folder: str | Path, coef: float = 1.0
+) -> list[LayerShift]:
+    """Mean over prompts of h(dW merged) - h(base) per layer (averaged over prompt tokens), vs the vector."""
+    direction = LoRADirection.load(lora_folder)
+    texts = format_prompts(backbone, prompts)
+    base = activations.collect(backbone, texts, positions="all_avg")
+    with merged(backbone, (direction, coef)):
+        steered = activations.collect(backbone, texts, positions="all_avg")
+    shift = (steered - base).mean(0)  # [layers+1, hidden]
+    cosine = torch.nn.functional.cosine_similarity(shift, vector.directions, dim=-1)
+    return [LayerShift(l, float(shift[l].norm()), float(cosine[l])) for l in range(1, backbone.n_layers + 1)]
+
+
+def plot_geometry(shifts: Sequence[LayerShift], path: str | Path) -> Path:
+    """Shift norm and cosine with the persona vector per layer."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    from .._io import atomic_path  # noqa: PLC0415
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    layers = [s.layer for s in shifts]
+    top.plot(layers, [s.shift_norm for s in shifts], marker="o", ms=3)
+    top.set_ylabel("|mean shift| from dW")
+    bottom.plot(layers, [s.cosine_with_vector for s in shifts], marker="o", ms=3, color="C3")
+    bottom.axhline(0, color="grey", lw=0.8, ls=":")
+    bottom.set_ylabel("cosine with persona vector")
+    bottom.set_xlabel("layer (hidden_states index)")
+    top.set_title("Residual-stream shift induced by the LoRA persona direction")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+@dataclass
+class Comparison:
+    """Everything `personactl compare` measured, and where it was written."""
+
+    run_dir: Path
+    layer: int
+    summary: list[dict]
+    latency: list[Latency]
+    geometry: list[LayerShift]
+    written: list[Path]
+
+
+def compare(config, out_dir: str | Path = "runs", backbone: Backbone | None = None, n_timing_prompts: int = 8) -> Comparison:
+    """Sweep `vector` and `lora` on the same questions (one report), then time and compare geometry.
+
+    `config` is a SweepConfig with `lora` set; its methods are replaced by
+    ["vector", "lora"] so both share every other setting.
+    """
+    import json  # noqa: PLC0415
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from .._io import write_text_atomic  # noqa: PLC0415
+    from ..experiment import run  # noqa: PLC0415
+    from ..generation import chat_prompt  # noqa: PLC0415
+
+    config = config.model_copy(update={"methods": ["vector", "lora"]})
+    result = run(config, out_dir, backbone=backbone)
+    prep = result.prepared
+    layer = result.layers[0]
+    prompts = [chat_prompt(q) for q in prep.trait.eval_questions[:n_timing_prompts]]
+    timing = latencies(prep.backbone, prompts, prep.vector, layer, config.lora)
+    shifts = residual_shift(prep.backbone, prompts, prep.vector, config.lora)
+    figure = plot_geometry(shifts, result.run_dir / "figures" / "geometry.png")
+    data = {"layer": layer, "latency": [asdict(t) for t in timing], "geometry": [asdict(s) for s in shifts]}
+    written = [write_text_atomic(result.run_dir / "compare.json", json.dumps(data, indent=2)), figure]
+    return Comparison(result.run_dir, layer, result.summary, timing, shifts, written + ([result.report] if result.report else []))
