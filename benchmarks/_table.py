@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def write_section(name: str, title: str, rows: list[dict], note: str = "") -> Path:
-    """Replace (or append) the section `name` in docs/benchmarks.md; write docs/benchmarks/<name>.json."""
-    json_path = ROOT / "docs" / "benchmarks" / f"{name}.json"
+def write_section(name: str, title: str, rows: list[dict], note: str = "", doc: Path = DOC) -> Path:
+    """Replace (or append) the section `name` in `doc` (docs/benchmarks.md); write docs/<doc stem>/<name>.json."""
+    json_path = doc.parent / doc.stem / f"{name}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2) + "\n")
     headers = list(rows[0])
@@ -24,11 +24,12 @@ def write_section(name: str, title: str, rows: list[dict], note: str = "") -> Pa
     lines += ["| " + " | ".join(_fmt(r[h]) for h in headers) + " |" for r in rows]
     lines += ([""] + [note] if note else []) + [f"<!-- /{name} -->"]
     section = "\n".join(lines)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nRatios measured in one process, one run each; absolute times vary with the machine.\n"
+    heading = "# Benchmarks\n\nRatios measured in one process, one run each; absolute times vary with the machine.\n"
+    text = doc.read_text() if doc.exists() else (heading if doc == DOC else "# Experiments\n\nResults on the embedded model, one run each.\n")
     pattern = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
-    return DOC
+    doc.write_text(text)
+    return doc
 
 
 def machine() -> str:

@@ -1,7 +1,7 @@
 """One evaluation run end to end: vector, judges, layer choice, sweep, report.
 
 Every step leaves its product in the run folder (`vector.safetensors`,
-`pairs.jsonl`, `judge.json`, `layers.json`, `projections.json`,
+`vector.pairs.jsonl`, `judge.json`, `layers.json`, `projections.json`,
 `results.jsonl`, `summary.csv`, `report.html`), and a re-run reuses what is
 there, so a killed run resumes.
 """
@@ -52,7 +52,8 @@ def _vector_and_pairs(config: SweepConfig, backbone: Backbone, trait: Trait, run
         vector = load_vector(config.vector, backbone=backbone)
         pairs_file = Path(config.vector).with_suffix(".pairs.jsonl")
         return vector, load_pairs(pairs_file) if pairs_file.exists() else []
-    cached, pairs_file = run_dir / "vector.safetensors", run_dir / "pairs.jsonl"
+    cached = run_dir / "vector.safetensors"
+    pairs_file = cached.with_suffix(".pairs.jsonl")  # the same naming as `personactl extract`
     if cached.exists() and pairs_file.exists():
         return load_vector(cached, backbone=backbone), load_pairs(pairs_file)
     vector, pairs = extract(backbone, trait, ExtractionSettings(seed=config.seed, n_questions=config.extraction_questions))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_path
+from .._plot import two_panels
 from .direction import LoRADirection, singular_values
 
 
@@ -41,21 +41,9 @@ def svd_table(direction: LoRADirection, top_k: int = 4) -> list[SVDRow]:
 
 
 def plot_svd(rows: list[SVDRow], path: str | Path) -> Path:
-    """Effective rank and top-k energy per module (x = module index, grouped by layer)."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    fig = Figure(figsize=(9, 5), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    xs = range(len(rows))
-    top.plot(xs, [r.effective_rank for r in rows], marker=".", lw=1)
-    top.set_ylabel("effective rank")
-    bottom.plot(xs, [r.energy_top_k for r in rows], marker=".", lw=1, color="C1")
-    bottom.set_ylabel("energy in top k")
-    bottom.set_xlabel("adapted module (in layer order)")
-    top.set_title("Persona direction dW: singular-value structure per module")
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
+    """Effective rank and top-k energy per module (x = module index, in layer order)."""
+    return two_panels(
+        path, "Persona direction dW: singular-value structure per module", range(len(rows)),
+        ([r.effective_rank for r in rows], "effective rank"), ([r.energy_top_k for r in rows], "energy in top k"),
+        "adapted module (in layer order)",
+    )

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from .. import activations
+from .._plot import two_panels
 from ..generation import Prompt, format_prompts, generate
 from ..models import Backbone
 from ..steering import SteeringTerm
@@ -81,26 +82,11 @@ def residual_shift(
 
 def plot_geometry(shifts: Sequence[LayerShift], path: str | Path) -> Path:
     """Shift norm and cosine with the persona vector per layer."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    from .._io import atomic_path  # noqa: PLC0415
-
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    layers = [s.layer for s in shifts]
-    top.plot(layers, [s.shift_norm for s in shifts], marker="o", ms=3)
-    top.set_ylabel("|mean shift| from dW")
-    bottom.plot(layers, [s.cosine_with_vector for s in shifts], marker="o", ms=3, color="C3")
-    bottom.axhline(0, color="grey", lw=0.8, ls=":")
-    bottom.set_ylabel("cosine with persona vector")
-    bottom.set_xlabel("layer (hidden_states index)")
-    top.set_title("Residual-stream shift induced by the LoRA persona direction")
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
+    return two_panels(
+        path, "Residual-stream shift induced by the LoRA persona direction", [s.layer for s in shifts],
+        ([s.shift_norm for s in shifts], "|mean shift| from dW"), ([s.cosine_with_vector for s in shifts], "cosine with persona vector"),
+        "layer (hidden_states index)", zero_line=True,
+    )
 
 
 @dataclass
