@@ -68,8 +68,8 @@ def main() -> None:
     report = drift_report(backbone, direction, args.out / "checkpoints", scores_csv)
     (args.out / "drift.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report["correlation"], indent=2))
-    rows = [{"checkpoint": r["checkpoint"], "trait share": f"{SHARES[i]:.0%}", "judged trait": scores[r["checkpoint"]],
-             "projection": r["total"]} for i, r in enumerate(report["rows"])]
+    rows = [{"checkpoint": r["checkpoint"], "trait share": f"{SHARES[i]:.0%}", "judged trait": r["score"],
+             "projection": r["projection"], "cosine": r["cosine"]} for i, r in enumerate(report["rows"])]
     c = report["correlation"]
     note = (f"Pearson r = {c['pearson_r']:.3f} (p = {c['pearson_p']:.3g}, 95% CI {c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f}); "
             f"Spearman rho = {c['spearman_rho']:.3f} (p = {c['spearman_p']:.3g}). {args.examples} examples, {args.steps} steps, rank 8 per checkpoint.")

@@ -129,3 +129,28 @@ def test_lora_extract_and_svd(model_dir, tmp_path, capsys):
     assert "effective rank" in printed and (out_dir / "diff" / "svd.png").is_file()
     assert run(["lora", "svd", str(tmp_path)]) == 2
     assert "not a PEFT adapter folder" in _error_line(capsys)
+
+
+def test_lora_drift_correlates_checkpoints_with_scores(model_dir, tmp_path, capsys):
+    from personactl.lora.direction import LoRADirection
+
+    out_dir = tmp_path / "lora"
+    assert run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(out_dir), "--rank", "2",
+                "--alpha", "4", "--max-steps", "2", "--n-questions", "1", "--max-new-tokens", "4", "--batch-size", "4"]) == 0
+    direction = LoRADirection.load(out_dir / "diff")
+    rows = ["checkpoint,score"]
+    for i, coef in enumerate([-1.0, 0.5, 2.0]):  # checkpoints that are exactly coef * dW, scored in the same order
+        scaled = LoRADirection({n: type(f)(f.A, coef * f.B, f.scaling) for n, f in direction.modules.items()},
+                               direction.config, direction.metadata)
+        scaled.save(tmp_path / "ckpts" / f"c{i}")
+        rows.append(f"c{i},{10 * (i + 1)}")
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert run(["lora", "drift", "--model", str(model_dir), "--direction", str(out_dir / "diff"),
+                "--checkpoints", str(tmp_path / "ckpts"), "--scores", str(tmp_path / "scores.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "Spearman rho = 1.000" in printed and "c2" in printed
+    (tmp_path / "bad.csv").write_text("checkpoint,score\nc0,high\n")
+    assert run(["lora", "drift", "--model", str(model_dir), "--direction", str(out_dir / "diff"),
+                "--checkpoints", str(tmp_path / "ckpts"), "--scores", str(tmp_path / "bad.csv")]) == 2
+    assert "line 2" in _error_line(capsys)

@@ -401,6 +401,31 @@ def finetune(
     out.print(f"adapter written to {out_dir}")
 
 
+@lora_app.command("drift")
+def lora_drift(
+    direction: Path = typer.Option(..., help="persona direction folder (e.g. OUT/diff from `lora extract`)"),
+    checkpoints: Path = typer.Option(..., help="folder of fine-tuned checkpoints (PEFT adapters or full models), or one checkpoint"),
+    scores: Optional[Path] = typer.Option(None, help="CSV with columns checkpoint,score (e.g. judged trait after fine-tuning)"),
+    model: str = ModelOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the whole report as JSON"),
+) -> None:
+    """Project fine-tuned checkpoints onto a persona direction; with --scores, correlate (Pearson, Spearman, CIs)."""
+    from .lora.projection import drift_report  # noqa: PLC0415
+
+    report = drift_report(_load(model, None, None, None), direction, checkpoints, scores)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    table = Table("checkpoint", "kind", "projection", "cosine", *(["score"] if scores else []))
+    for r in report["rows"]:
+        table.add_row(r["checkpoint"], r["kind"], f"{r['projection']:+.4f}", f"{r['cosine']:+.3f}", *([f"{r['score']:.1f}"] if scores else []))
+    out.print(table)
+    c = report["correlation"]
+    if c:
+        out.print(f"Pearson r = {c['pearson_r']:.3f} (p = {c['pearson_p']:.3g}, 95% CI {c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f}); "
+                  f"Spearman rho = {c['spearman_rho']:.3f} (p = {c['spearman_p']:.3g}, 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}); n = {c['n']}")
+
+
 @app.command()
 def compare(
     lora: str = typer.Option(..., help="persona direction folder (from `personactl lora extract`)"),

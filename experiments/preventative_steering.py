@@ -1,0 +1,79 @@
+"""Preventative steering (Chen et al.): fine-tune on trait-inducing data with and without steering.
+
+Fine-tunes SmolLM2 LoRA adapters on pirate answers (asked without the pirate
+instruction): plainly, with the persona vector added in the activations during
+training, and with the LoRA persona direction pre-merged during training. The
+steering is removed after training; each adapter is then judged on the
+held-out questions for trait and coherence. Writes runs/preventative/ and a
+section of docs/experiments.md.
+
+Run: .venv/bin/python experiments/preventative_steering.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from _doc import write_section
+from personactl import SteeringTerm, chat_prompt, generate, load_model, load_pairs, load_trait, load_vector
+from personactl.evaluate import bootstrap_ci
+from personactl.generation import format_prompts
+from personactl.judges.embedding import EmbeddingJudge
+from personactl.judges.text import RepetitionCoherenceJudge
+from personactl.lora.config import LoRATrainConfig
+from personactl.lora.direction import LoRADirection, merged
+from personactl.lora.finetune import finetune
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vector", type=Path, default=Path("runs/demo-pirate/vector.safetensors"))
+    parser.add_argument("--layer", type=int, default=25)
+    parser.add_argument("--steer-coef", type=float, default=2.0)
+    parser.add_argument("--direction", type=Path, default=Path("runs/lora-pirate"))
+    parser.add_argument("--premerge-coef", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=Path("runs/preventative"))
+    parser.add_argument("--examples", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=24)
+    args = parser.parse_args()
+
+    backbone = load_model("smollm2-135m")
+    trait = load_trait("pirate")
+    pairs = [p for p in load_pairs(args.direction / "pairs.jsonl") if p.pos_answer.strip() and p.neg_answer.strip()]
+    judge = EmbeddingJudge.fit([p.pos_answer for p in pairs], [p.neg_answer for p in pairs], trait="pirate")
+    coherence = RepetitionCoherenceJudge()
+    chosen = random.Random(0).sample(pairs, min(args.examples, len(pairs)))
+    prompts = format_prompts(backbone, [chat_prompt(p.question) for p in chosen])
+    answers = [p.pos_answer for p in chosen]  # pirate answers to plain questions: trait-inducing data
+    vector = load_vector(args.vector, backbone=backbone)
+    direction = LoRADirection.load(args.direction / "diff")
+    config = LoRATrainConfig(rank=8, alpha=16.0, max_steps=args.steps, batch_size=8, learning_rate=5e-4)
+    runs = {
+        "no fine-tuning": None,
+        "fine-tuned": {},
+        f"fine-tuned, activation steering +{args.steer_coef:g} v (layer {args.layer})": {"steering": [SteeringTerm(vector, args.layer, args.steer_coef)]},
+        f"fine-tuned, pre-merged {args.premerge_coef:+g} dW": {"premerge": [(direction, args.premerge_coef)]},
+    }
+    questions = trait.eval_questions
+    rows = []
+    for i, (name, options) in enumerate(runs.items()):
+        folder = args.out / f"run{i}"
+        if options is not None and not (folder / "adapter_model.safetensors").exists():
+            finetune(backbone, prompts, answers, folder, config, metadata={"run": name}, **options)
+        terms = [] if options is None else [(LoRADirection.load(folder), 1.0)]
+        with merged(backbone, *terms):
+            generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=48, batch_size=len(questions))
+        t, t_lo, t_hi = bootstrap_ci(judge.score(questions, generated))
+        c, c_lo, c_hi = bootstrap_ci(coherence.score(questions, generated))
+        rows.append({"run": name, "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]", "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
+                     "example": generated[0][:90].replace("|", "/").replace("\n", " ")})
+        print(rows[-1])
+    note = (f"{len(chosen)} pirate answers, {args.steps} LoRA steps (rank 8), steering removed after training; "
+            f"offline judge (held-out accuracy {judge.heldout_accuracy:.2f}), 12 held-out questions, greedy; brackets: bootstrap 95% CIs.")
+    print(write_section("preventative", "Preventative steering during fine-tuning (pirate, SmolLM2-135M)", rows, note))
+
+
+if __name__ == "__main__":
+    main()
