@@ -10,6 +10,7 @@ with the persona vector at that layer.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -44,26 +45,31 @@ def latencies(
     backbone: Backbone, prompts: Sequence[Prompt], vector: PersonaVector, layer: int, lora_folder: str | Path,
     *, coef: float = 1.0, new_tokens: int = 32, repeats: int = 3,
 ) -> list[Latency]:
-    """Best-of-`repeats` tokens/s per mode, every mode generating exactly `new_tokens` per prompt."""
+    """Best-of-`repeats` tokens/s per mode, every mode generating exactly `new_tokens` per prompt.
+
+    The modes are interleaved round by round (A B C D, A B C D, ...) so drift in
+    the machine's speed hits them alike; entering a mode is not timed.
+    """
     direction = LoRADirection.load(lora_folder)
     texts = format_prompts(backbone, prompts)
-
-    def timed(steering: Sequence[SteeringTerm] = ()) -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            generate(backbone, texts, steering=steering, max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=len(texts))
-            best = min(best, time.perf_counter() - start)
-        return len(texts) * new_tokens / best
-
-    timed()  # warm-up
-    speeds = {"unsteered": timed(), "activation hook": timed([SteeringTerm(vector, layer, coef)])}
-    with merged(backbone, (direction, coef)):
-        speeds["LoRA merged"] = timed()
-    with runtime(backbone, lora_folder, coef):
-        speeds["LoRA unmerged"] = timed()
-    base = speeds["unsteered"]
-    return [Latency(mode, tps, tps / base) for mode, tps in speeds.items()]
+    hook = [SteeringTerm(vector, layer, coef)]
+    modes = {
+        "unsteered": (nullcontext, ()),
+        "activation hook": (nullcontext, hook),
+        "LoRA merged": (lambda: merged(backbone, (direction, coef)), ()),
+        "LoRA unmerged": (lambda: runtime(backbone, lora_folder, coef), ()),
+    }
+    best = {mode: float("inf") for mode in modes}
+    for round_ in range(repeats + 1):  # round 0 warms every mode up
+        for mode, (context, steering) in modes.items():
+            with context():
+                start = time.perf_counter()
+                generate(backbone, texts, steering=steering, max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=len(texts))
+                elapsed = time.perf_counter() - start
+            if round_:
+                best[mode] = min(best[mode], elapsed)
+    speeds = {mode: len(texts) * new_tokens / seconds for mode, seconds in best.items()}
+    return [Latency(mode, tps, tps / speeds["unsteered"]) for mode, tps in speeds.items()]
 
 
 def residual_shift(
