@@ -247,3 +247,11 @@ def test_scores_and_projections_must_pair_up(tmp_path):
         match_scores(projections, {"a": 1.0, "b": 2.0, "c": 3.0})
     with pytest.raises(DriftError, match="no score for checkpoint.*b"):
         match_scores(projections, {"a": 1.0})
+
+
+def test_few_checkpoints_get_exact_permutation_p_values():
+    from personactl.lora.projection import correlate
+
+    result = correlate([1.0, 2.0, 3.0, 4.0, 5.0], [10.0, 11.0, 15.0, 30.0, 31.0])
+    assert result["spearman_rho"] == pytest.approx(1.0)
+    assert result["spearman_p"] == pytest.approx(2 / 120)  # only the identity and the reversal are as extreme

@@ -281,7 +281,12 @@ def project_checkpoints(
 
 
 def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Pearson r and Spearman rho with p-values and percentile-bootstrap 95% CIs (pairs resampled)."""
+    """Pearson r and Spearman rho with p-values and percentile-bootstrap 95% CIs (pairs resampled).
+
+    With few checkpoints (n <= EXACT_P_MAX) the p-values are exact permutation
+    tests over all pairings: scipy's asymptotic p for rho = 1 at n = 5 would be
+    ~1e-24, while the exact two-sided value is 2/120.
+    """
     from scipy import stats  # noqa: PLC0415
 
     x, y = np.asarray(projections, dtype=float), np.asarray(scores, dtype=float)
@@ -293,6 +298,10 @@ def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         raise DriftError("correlation is undefined: all projections or all scores are equal")
     pearson, spearman = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    pearson_p, spearman_p = float(pearson[1]), float(spearman[1])
+    if n <= EXACT_P_MAX:
+        pearson_p = _permutation_p(x, y, lambda a, b: stats.pearsonr(a, b)[0])
+        spearman_p = _permutation_p(x, y, lambda a, b: stats.spearmanr(a, b)[0])
     rng = np.random.default_rng(seed)
     boot_r, boot_rho = [], []
     for _ in range(n_boot):
@@ -308,10 +317,21 @@ def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int
 
     return {
         "n": n,
-        "pearson_r": float(pearson[0]), "pearson_p": float(pearson[1]), "pearson_ci": ci(boot_r),
-        "spearman_rho": float(spearman[0]), "spearman_p": float(spearman[1]), "spearman_ci": ci(boot_rho),
+        "pearson_r": float(pearson[0]), "pearson_p": pearson_p, "pearson_ci": ci(boot_r),
+        "spearman_rho": float(spearman[0]), "spearman_p": spearman_p, "spearman_ci": ci(boot_rho),
         "n_boot": len(boot_r),
     }
+
+
+EXACT_P_MAX = 8
+
+
+def _permutation_p(x: np.ndarray, y: np.ndarray, statistic: Any) -> float:
+    """Exact two-sided permutation p-value of `statistic` over every pairing of x with y."""
+    from scipy import stats  # noqa: PLC0415
+
+    result = stats.permutation_test((x, y), statistic, permutation_type="pairings", alternative="two-sided", n_resamples=math.inf)
+    return float(result.pvalue)
 
 
 def read_scores(csv_path: str | Path) -> dict[str, float]:
