@@ -136,8 +136,10 @@ def test_lora_drift_correlates_checkpoints_with_scores(model_dir, tmp_path, caps
 
     out_dir = tmp_path / "lora"
     assert run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(out_dir), "--rank", "2",
-                "--alpha", "4", "--max-steps", "2", "--n-questions", "1", "--max-new-tokens", "4", "--batch-size", "4"]) == 0
+                "--alpha", "4", "--max-steps", "2", "--n-questions", "3", "--max-new-tokens", "4", "--batch-size", "4",
+                "--lr", "1e-2"]) == 0
     direction = LoRADirection.load(out_dir / "diff")
+    assert all(f.B.abs().sum() > 0 for f in direction.modules.values())
     rows = ["checkpoint,score"]
     for i, coef in enumerate([-1.0, 0.5, 2.0]):  # checkpoints that are exactly coef * dW, scored in the same order
         scaled = LoRADirection({n: type(f)(f.A, coef * f.B, f.scaling) for n, f in direction.modules.items()},

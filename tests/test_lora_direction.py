@@ -198,3 +198,8 @@ def test_finetune_data_errors_name_the_line(tmp_path):
     bad.write_text('{"instruction": "Hi", "output": "Arr"}\nnot json\n')
     with pytest.raises(DataError, match="line 2: not JSON"):
         read_examples(bad)
+
+
+def test_training_on_nothing_is_a_clear_error():
+    with pytest.raises(AdapterError, match="nothing to train on"):
+        train_lora(tiny_backbone("llama"), [], [], TINY)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -220,7 +221,9 @@ def _load_tensor(path: Path, fmt: str) -> torch.Tensor:
         if fmt == "npy":
             tensor = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
-            tensor = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; our error says it all
+                warnings.simplefilter("ignore")
+                tensor = torch.load(path, map_location="cpu", weights_only=True)
     except (ValueError, OSError, RuntimeError, EOFError) as exc:
         raise VectorFileError(f"refusing {path}: not a plain tensor file ({str(exc).splitlines()[0][:160]})") from exc
     except Exception as exc:  # noqa: BLE001 - the unpickler raises its own error types

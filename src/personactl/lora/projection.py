@@ -14,6 +14,7 @@ measured trait scores of the same checkpoints (Pearson, Spearman, bootstrap CIs)
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -300,8 +301,7 @@ def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int
     pearson, spearman = stats.pearsonr(x, y), stats.spearmanr(x, y)
     pearson_p, spearman_p = float(pearson[1]), float(spearman[1])
     if n <= EXACT_P_MAX:
-        pearson_p = _permutation_p(x, y, lambda a, b: stats.pearsonr(a, b)[0])
-        spearman_p = _permutation_p(x, y, lambda a, b: stats.spearmanr(a, b)[0])
+        pearson_p, spearman_p = _permutation_p(x, y), _permutation_p(x, y, ranks=True)
     rng = np.random.default_rng(seed)
     boot_r, boot_rho = [], []
     for _ in range(n_boot):
@@ -323,15 +323,21 @@ def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int
     }
 
 
-EXACT_P_MAX = 8
+EXACT_P_MAX = 7  # 7! = 5040 pairings, enumerated at once
 
 
-def _permutation_p(x: np.ndarray, y: np.ndarray, statistic: Any) -> float:
-    """Exact two-sided permutation p-value of `statistic` over every pairing of x with y."""
+def _permutation_p(x: np.ndarray, y: np.ndarray, ranks: bool = False) -> float:
+    """Exact two-sided permutation p-value of Pearson's r (of the ranks: Spearman) over every pairing."""
     from scipy import stats  # noqa: PLC0415
 
-    result = stats.permutation_test((x, y), statistic, permutation_type="pairings", alternative="two-sided", n_resamples=math.inf)
-    return float(result.pvalue)
+    if ranks:
+        x, y = stats.rankdata(x), stats.rankdata(y)
+    perms = np.array(list(itertools.permutations(range(len(y)))))
+    xc = x - x.mean()
+    yc = y[perms] - y.mean()
+    r = (yc @ xc) / (np.linalg.norm(xc) * np.linalg.norm(yc, axis=1))
+    observed = r[0]  # the first permutation is the identity
+    return float(np.mean(np.abs(r) >= abs(observed) - 1e-12))
 
 
 def read_scores(csv_path: str | Path) -> dict[str, float]:

@@ -13,6 +13,7 @@ from ..activations import make_batch, position_ids
 from ..models import Backbone
 from ..progress import progress_bar
 from .config import LoRATrainConfig
+from .direction import AdapterError
 
 
 def answer_labels(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -36,6 +37,8 @@ def train_lora(
     """
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415
 
+    if not prompts or len(prompts) != len(answers):
+        raise AdapterError(f"nothing to train on: {len(prompts)} prompts and {len(answers)} answers (empty answers are dropped)")
     torch.manual_seed(config.seed)
     lora_config = LoraConfig(
         r=config.rank, lora_alpha=config.alpha, use_rslora=config.rslora, lora_dropout=config.dropout,
