@@ -203,3 +203,21 @@ def test_finetune_data_errors_name_the_line(tmp_path):
 def test_training_on_nothing_is_a_clear_error():
     with pytest.raises(AdapterError, match="nothing to train on"):
         train_lora(tiny_backbone("llama"), [], [], TINY)
+
+
+def test_full_finetune_saves_a_model_folder_that_projects_and_restores_the_base(adapters):
+    from personactl import PersonaVector, SteeringTerm
+    from personactl.lora.finetune import finetune
+    from personactl.lora.projection import project_checkpoint
+
+    backbone, pos, neg, tmp = adapters
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in backbone.model.named_parameters()}
+    vector = PersonaVector(torch.ones(backbone.n_layers + 1, backbone.hidden_size))
+    losses = finetune(backbone, ["<user>hi</s><assistant>"] * 4, ["arr"] * 4, tmp / "full", TINY,
+                      steering=[SteeringTerm(vector, 1, 1.0)], full=True)
+    assert len(losses) == 2 and (tmp / "full" / "config.json").is_file()
+    assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
+    assert {n: p.requires_grad for n, p in backbone.model.named_parameters()} == flags
+    drift = project_checkpoint(backbone, difference(pos, neg), tmp / "full")
+    assert drift.kind == "full" and drift.total != 0.0

@@ -373,12 +373,13 @@ def finetune(
     steer_coef: float = typer.Option(1.0, help="coefficient of --steer-vector (positive = preventative, as in Chen et al.)"),
     premerge_lora: Optional[Path] = typer.Option(None, help="persona direction folder merged into the weights while training"),
     premerge_coef: float = typer.Option(-5.0, help="coefficient of --premerge-lora (negative suppresses)"),
+    full: bool = typer.Option(False, "--full", help="train every weight (saves a model folder) instead of a LoRA"),
     rank: int = typer.Option(32), alpha: float = typer.Option(64.0), epochs: int = typer.Option(1),
     max_steps: Optional[int] = typer.Option(None), learning_rate: float = typer.Option(1e-4, "--lr"),
     batch_size: int = typer.Option(8), seed: int = typer.Option(0),
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """LoRA fine-tuning, optionally with preventative steering (activation vector or pre-merged LoRA direction)."""
+    """LoRA (or --full) fine-tuning, optionally with preventative steering (activation vector or pre-merged LoRA direction)."""
     from .generation import chat_prompt, format_prompts  # noqa: PLC0415
     from .lora.config import LoRATrainConfig  # noqa: PLC0415
     from .lora.direction import LoRADirection  # noqa: PLC0415
@@ -396,9 +397,9 @@ def finetune(
                              batch_size=batch_size, seed=seed)
     prompts = format_prompts(backbone, [chat_prompt(q) for q in questions])
     losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge,
-                          metadata={"data": str(data)})
+                          metadata={"data": str(data)}, full=full)
     out.print(f"trained {len(losses)} steps on {len(questions)} examples, final loss {losses[-1]:.3f}")
-    out.print(f"adapter written to {out_dir}")
+    out.print(f"{'model' if full else 'adapter'} written to {out_dir}")
 
 
 @lora_app.command("drift")

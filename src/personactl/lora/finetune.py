@@ -18,7 +18,7 @@ from ..models import Backbone
 from ..steering import SteeringTerm, steer
 from .config import LoRATrainConfig
 from .direction import LoRADirection, merged
-from .train import train_lora
+from .train import train_full, train_lora
 
 
 class DataError(PersonactlError):
@@ -62,11 +62,14 @@ def finetune(
     steering: Sequence[SteeringTerm] = (),
     premerge: Sequence[tuple[LoRADirection, float]] = (),
     metadata: dict | None = None,
+    full: bool = False,
 ) -> list[float]:
-    """LoRA fine-tuning of formatted prompts -> answers, with optional preventative steering.
+    """LoRA (or, with `full`, all-weight) fine-tuning of formatted prompts -> answers,
+    with optional preventative steering.
 
-    The adapter is saved to `out_dir`; the steering hooks and the pre-merged
-    weights are gone when this returns (the base model is as before).
+    The adapter (or the whole model folder) is saved to `out_dir`; the steering
+    hooks and the pre-merged weights are gone when this returns, and the base
+    model is as before.
     """
     info = {
         **(metadata or {}),
@@ -80,6 +83,10 @@ def finetune(
             stack.enter_context(steer(backbone, *steering))
         if premerge:
             stack.enter_context(merged(backbone, *premerge))
+        if full:
+            if premerge:
+                raise DataError("full fine-tuning with --premerge-lora is not supported: use LoRA fine-tuning or --steer-vector")
+            return train_full(backbone, prompts, answers, out_dir, config, metadata=info)
         model, losses = train_lora(backbone, prompts, answers, config, out_dir=out_dir, metadata=info)
         model.unload()  # type: ignore[attr-defined]
     return losses
