@@ -221,3 +221,20 @@ def test_full_finetune_saves_a_model_folder_that_projects_and_restores_the_base(
     assert {n: p.requires_grad for n, p in backbone.model.named_parameters()} == flags
     drift = project_checkpoint(backbone, difference(pos, neg), tmp / "full")
     assert drift.kind == "full" and drift.total != 0.0
+
+
+def test_blend_of_adapters_with_different_ranks_equals_the_weighted_sum(adapters, tmp_path):
+    from personactl.lora.direction import combine
+
+    backbone, pos, _, _ = adapters
+    model, _ = train_lora(backbone, ["<user>yo</s><assistant>"] * 4, ["ahoy"] * 4,
+                          LoRATrainConfig(**{**vars(TINY), "rank": 4, "alpha": 3.0}), out_dir=tmp_path / "r4")
+    model.unload()
+    other = LoRADirection.load(tmp_path / "r4")
+    blend = combine([(pos, 0.7), (other, -1.3)])
+    assert blend.rank == pos.rank + other.rank
+    blend.save(tmp_path / "blend")
+    reloaded = LoRADirection.load(tmp_path / "blend")  # the saved config must reproduce the scaling
+    for name in pos.modules:
+        expected = 0.7 * pos.modules[name].delta() - 1.3 * other.modules[name].delta()
+        torch.testing.assert_close(reloaded.modules[name].delta(), expected, rtol=1e-4, atol=1e-6)

@@ -126,27 +126,46 @@ class LoRADirection:
                 )
 
 
+def combine(terms: Sequence[tuple[LoRADirection, float]], metadata: dict[str, Any] | None = None) -> LoRADirection:
+    """sum_i w_i * dW_i exactly, as one LoRA of rank sum r_i (factors concatenated, not a lossy average).
+
+    Per module A = [A_1; A_2; ...] and B = [w_1 c_1 B_1, w_2 c_2 B_2, ...] with
+    c_i = s_i / s, where s is the shared scaling when all adapters have one
+    (so B_i is copied exactly for w_i = +-1) and 1 otherwise; lora_alpha is set
+    so that the new adapter's scaling is s.
+    """
+    if not terms:
+        raise AdapterError("nothing to combine: give at least one adapter and weight")
+    first = terms[0][0]
+    if any(set(d.modules) != set(first.modules) for d, _ in terms):
+        raise AdapterError("the adapters adapt different modules: train them with the same target modules")
+    scalings = {f.scaling for d, _ in terms for f in d.modules.values()}
+    shared = scalings.pop() if len(scalings) == 1 else 1.0
+    modules = {
+        name: LoRAFactors(
+            torch.cat([d.modules[name].A for d, _ in terms], dim=0),
+            torch.cat([d.modules[name].B * (w * d.modules[name].scaling / shared) for d, w in terms], dim=1),
+            shared,
+        )
+        for name in first.modules
+    }
+    rank = sum(d.rank for d, _ in terms)
+    rslora = bool(first.config.get("use_rslora"))
+    config = dict(first.config, r=rank, lora_alpha=shared * (math.sqrt(rank) if rslora else rank))
+    inherited = {k: first.metadata[k] for k in ("base_model", "base_model_type") if k in first.metadata}
+    return LoRADirection(modules, config, {**inherited, **(metadata or {})})
+
+
 def difference(pos: LoRADirection, neg: LoRADirection, metadata: dict[str, Any] | None = None) -> LoRADirection:
-    """dW = pos - neg as one rank-2r LoRA with the same scaling per module."""
+    """dW = pos - neg as one rank-2r LoRA with the same scaling: B = [B_pos, -B_neg], A = [A_pos; A_neg]."""
     if set(pos.modules) != set(neg.modules):
         raise AdapterError("the positive and negative adapters adapt different modules: train both with the same targets")
     if pos.rank != neg.rank or bool(pos.config.get("use_rslora")) != bool(neg.config.get("use_rslora")):
         raise AdapterError(f"mismatched adapters: ranks {pos.rank} vs {neg.rank}; train both with the same settings")
     if float(pos.config["lora_alpha"]) != float(neg.config["lora_alpha"]):
         raise AdapterError("mismatched adapters: different lora_alpha; train both with the same settings")
-    rank = pos.rank
-    modules = {
-        name: LoRAFactors(
-            torch.cat([p.A, neg.modules[name].A], dim=0),
-            torch.cat([p.B, -neg.modules[name].B], dim=1),
-            p.scaling,
-        )
-        for name, p in pos.modules.items()
-    }
-    alpha = float(pos.config["lora_alpha"])
-    config = dict(pos.config, r=2 * rank, lora_alpha=alpha * (math.sqrt(2) if pos.config.get("use_rslora") else 2))
-    inherited = {k: pos.metadata[k] for k in ("base_model", "base_model_type") if k in pos.metadata}
-    return LoRADirection(modules, config, {**inherited, **(metadata or {}), "ranks": {"pos": rank, "neg": rank, "diff": 2 * rank}})
+    ranks = {"pos": pos.rank, "neg": neg.rank, "diff": 2 * pos.rank}
+    return combine([(pos, 1.0), (neg, -1.0)], {**(metadata or {}), "ranks": ranks})
 
 
 def _weight_shape(module: torch.nn.Module) -> tuple[int, int]:
