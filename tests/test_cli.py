@@ -156,3 +156,23 @@ def test_lora_drift_correlates_checkpoints_with_scores(model_dir, tmp_path, caps
     assert run(["lora", "drift", "--model", str(model_dir), "--direction", str(out_dir / "diff"),
                 "--checkpoints", str(tmp_path / "ckpts"), "--scores", str(tmp_path / "bad.csv")]) == 2
     assert "line 2" in _error_line(capsys)
+
+
+def test_adapter_train_list_show_merge(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PERSONACTL_ADAPTERS", str(tmp_path / "registry"))
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"arr {i}"}) + "\n" for i in range(10)))
+    assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "captain",
+                "--rank", "2", "--max-steps", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation loss" in printed and str(tmp_path / "registry" / "captain") in printed
+    assert run(["adapter", "list"]) == 0 and "captain" in capsys.readouterr().out
+    assert run(["adapter", "show", "captain"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "captain"
+    assert run(["adapter", "merge", "captain", "--model", str(model_dir), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "config.json").is_file()
+    assert run(["adapter", "show", "nobody"]) == 2
+    assert "no adapter 'nobody'" in _error_line(capsys)
+    data.write_text('{"instruction": "q"}\n')
+    assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "broken"]) == 2
+    assert "line 1: field 'output'" in _error_line(capsys)

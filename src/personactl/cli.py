@@ -23,6 +23,8 @@ traits_app = typer.Typer(help="List and show trait definitions.", no_args_is_hel
 app.add_typer(traits_app, name="traits")
 lora_app = typer.Typer(help="Weight-space personas: LoRA persona directions (pos - neg), SVD.", no_args_is_help=True)
 app.add_typer(lora_app, name="lora")
+adapter_app = typer.Typer(help="Plug-and-play persona adapters: train from JSONL, list, show, merge.", no_args_is_help=True)
+app.add_typer(adapter_app, name="adapter")
 
 out = Console(soft_wrap=True)  # paths stay on one line
 err = Console(stderr=True)
@@ -425,6 +427,74 @@ def lora_drift(
     if c:
         out.print(f"Pearson r = {c['pearson_r']:.3f} (p = {c['pearson_p']:.3g}, 95% CI {c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f}); "
                   f"Spearman rho = {c['spearman_rho']:.3f} (p = {c['spearman_p']:.3g}, 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}); n = {c['n']}")
+
+
+@adapter_app.command("train")
+def adapter_train(
+    data: Path = typer.Option(..., help="JSONL of {instruction, input?, output}"),
+    name: str = typer.Option(..., help="persona name (the registry folder name)"),
+    model: str = ModelOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="adapter folder [default: the registry, $PERSONACTL_ADAPTERS/NAME]"),
+    rank: int = typer.Option(16), alpha: float = typer.Option(32.0), dropout: float = typer.Option(0.05),
+    epochs: int = typer.Option(1), max_steps: Optional[int] = typer.Option(None, help="optimiser steps per epoch at most"),
+    learning_rate: float = typer.Option(2e-4, "--lr"), batch_size: int = typer.Option(8),
+    heldout: float = typer.Option(0.1, help="share of examples held out for validation loss/perplexity"),
+    seed: int = typer.Option(0),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Train a persona adapter (LoRA on the attention projections, loss on the answers only)."""
+    import re  # noqa: PLC0415
+
+    from .lora.adapters import adapter_defaults, registry_dir, train_adapter  # noqa: PLC0415
+    from .lora.config import LoRATrainConfig  # noqa: PLC0415
+
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise typer.BadParameter("use letters, digits, '.', '_' or '-'", param_hint="--name")
+    backbone = _load(model, device, None, None)
+    defaults = adapter_defaults(backbone)
+    config = LoRATrainConfig(**{**vars(defaults), "rank": rank, "alpha": alpha, "dropout": dropout, "epochs": epochs,
+                                "max_steps": max_steps, "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed})
+    target = out_dir or registry_dir() / name
+    card = train_adapter(backbone, data, name, target, config, heldout)
+    out.print(f"data: {card['data_report']}")
+    for m in card["metrics"]:
+        out.print(f"epoch {m['epoch']}: train loss {m['train_loss']:.3f}, validation loss {m['val_loss']:.3f}, perplexity {m['val_perplexity']:.2f}")
+    out.print(f"adapter written to {target}")
+
+
+@adapter_app.command("list")
+def adapter_list(folder: Optional[Path] = typer.Option(None, help="registry folder [default: $PERSONACTL_ADAPTERS]")) -> None:
+    """Adapters in the registry with their base model and last validation perplexity."""
+    from .lora.adapters import list_adapters, registry_dir  # noqa: PLC0415
+
+    table = Table("name", "base model", "examples", "val perplexity", "path", title=str(folder or registry_dir()))
+    for c in list_adapters(folder):
+        last = c.get("metrics", [{}])[-1] if c.get("metrics") else {}
+        table.add_row(c.get("name", "?"), c.get("base_model", "?"), str(c.get("n_train", "?")),
+                      f"{last.get('val_perplexity', float('nan')):.2f}", c["path"])
+    out.print(table)
+
+
+@adapter_app.command("show")
+def adapter_show(name: str = typer.Argument(..., help="registry name or adapter folder")) -> None:
+    """Print an adapter's persona card as JSON."""
+    from .lora.adapters import resolve_adapter  # noqa: PLC0415
+
+    print((resolve_adapter(name) / "persona.json").read_text(encoding="utf-8"))
+
+
+@adapter_app.command("merge")
+def adapter_merge(
+    name: str = typer.Argument(..., help="registry name or adapter folder"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="standalone model folder to write"),
+    model: str = ModelOpt,
+    coef: float = typer.Option(1.0, help="strength of the merged adapter"),
+) -> None:
+    """Merge an adapter into the base weights and save a model folder that plain transformers loads."""
+    from .lora.adapters import merge_adapter, resolve_adapter  # noqa: PLC0415
+
+    folder = resolve_adapter(name)
+    out.print(f"standalone model written to {merge_adapter(_load(model, None, None, None), folder, out_dir, coef)}")
 
 
 @app.command()

@@ -175,7 +175,8 @@ def _weight_shape(module: torch.nn.Module) -> tuple[int, int]:
 
 
 def _is_conv1d(module: torch.nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"
+    """gpt2's Conv1D, also when PEFT has wrapped it in a LoRA layer."""
+    return type(getattr(module, "base_layer", module)).__name__ == "Conv1D"
 
 
 @contextmanager

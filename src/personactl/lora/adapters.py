@@ -1,0 +1,261 @@
+"""Plug-and-play persona adapters: JSONL examples -> a small LoRA, a registry, runtime swapping, export.
+
+An adapter folder is a plain PEFT adapter plus `persona.json` (the persona
+card: name, base model, data hash, metrics). Adapters live in a registry folder
+(`PERSONACTL_ADAPTERS`, default `~/.local/share/personactl/adapters`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..activations import make_batch, position_ids
+from ..errors import PersonactlError
+from ..generation import chat_prompt, format_prompts
+from ..models import Backbone
+from .config import LoRATrainConfig
+from .direction import PERSONA, AdapterError, LoRADirection, merged
+from .train import answer_labels, optimise, save_adapter
+
+# Attention projections per architecture (q/k/v/o), as PEFT target names or a regex.
+ATTENTION_TARGETS: dict[str, Any] = {
+    **{t: ["q_proj", "k_proj", "v_proj", "o_proj"] for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")},
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": r".*\.attn\.(c_attn|c_proj)$",
+    "gpt_neox": ["query_key_value", "dense"],
+}
+MAX_RECORD_CHARS = 4000
+
+
+class PersonaDataError(PersonactlError):
+    """A persona dataset line that cannot be used."""
+
+
+def adapter_defaults(backbone: Backbone) -> LoRATrainConfig:
+    """rank 16, alpha 32, dropout 0.05, attention projections of this architecture."""
+    if backbone.model_type not in ATTENTION_TARGETS:
+        raise AdapterError(
+            f"no default adapter targets for architecture '{backbone.model_type}': pass target module names "
+            f"(known: {', '.join(sorted(ATTENTION_TARGETS))})"
+        )
+    targets = ATTENTION_TARGETS[backbone.model_type]
+    return LoRATrainConfig(rank=16, alpha=32.0, rslora=False, dropout=0.05, epochs=1,
+                           target_modules=targets if isinstance(targets, str) else tuple(targets))
+
+
+@dataclass
+class PersonaData:
+    """Validated examples and what was dropped on the way (line numbers)."""
+
+    questions: list[str]
+    answers: list[str]
+    empty: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    too_long: list[int] = field(default_factory=list)
+    sha256: str = ""
+
+    def describe(self) -> str:
+        parts = [f"{len(self.questions)} examples"]
+        for label, lines in (("empty outputs", self.empty), ("duplicates", self.duplicates), ("over-long", self.too_long)):
+            if lines:
+                parts.append(f"{len(lines)} {label} skipped (lines {', '.join(map(str, lines[:8]))}{'...' if len(lines) > 8 else ''})")
+        return "; ".join(parts)
+
+
+def read_persona_data(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> PersonaData:
+    """Read JSONL {"instruction", "input"?, "output"}; a malformed line is an error naming line and field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PersonaDataError(f"cannot read {path}: {exc.strerror}") from exc
+    data = PersonaData([], [], sha256=hashlib.sha256(raw).hexdigest())
+    seen: set[tuple[str, str]] = set()
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PersonaDataError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise PersonaDataError(f"{path} line {number}: expected an object with instruction/output")
+        for key in ("instruction", "output"):
+            if not isinstance(record.get(key), str):
+                raise PersonaDataError(f"{path} line {number}: field '{key}' is missing or not a string")
+        if "input" in record and not isinstance(record["input"], str):
+            raise PersonaDataError(f"{path} line {number}: field 'input' must be a string")
+        question = record["instruction"] + (f"\n\n{record['input']}" if record.get("input", "").strip() else "")
+        answer = record["output"]
+        if not answer.strip():
+            data.empty.append(number)
+        elif (question, answer) in seen:
+            data.duplicates.append(number)
+        elif len(question) + len(answer) > max_chars:
+            data.too_long.append(number)
+        else:
+            seen.add((question, answer))
+            data.questions.append(question)
+            data.answers.append(answer)
+    if not data.questions:
+        raise PersonaDataError(f"{path} has no usable examples ({data.describe()})")
+    return data
+
+
+@torch.no_grad()
+def answer_loss(model: torch.nn.Module, backbone: Backbone, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8) -> float:
+    """Mean answer-token loss (perplexity = exp of it)."""
+    total, count = 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        batch = make_batch(backbone, prompts[start : start + batch_size], answers[start : start + batch_size])
+        labels = answer_labels(batch.input_ids, batch.response_mask)
+        n = int((labels[:, 1:] != -100).sum())
+        loss = model(input_ids=batch.input_ids.to(backbone.device), attention_mask=batch.attention_mask.to(backbone.device),
+                     position_ids=position_ids(batch.attention_mask).to(backbone.device), labels=labels.to(backbone.device)).loss
+        total, count = total + float(loss) * n, count + n
+    return total / max(count, 1)
+
+
+def train_adapter(
+    backbone: Backbone,
+    data_path: str | Path,
+    name: str,
+    out_dir: str | Path,
+    config: LoRATrainConfig | None = None,
+    heldout: float = 0.1,
+) -> dict[str, Any]:
+    """Train a persona adapter on a JSONL file; save it with its card; return the card.
+
+    A held-out share of the examples gives the validation loss and perplexity
+    after every epoch. The base model is unwrapped again when this returns.
+    """
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
+
+    config = config or adapter_defaults(backbone)
+    data = read_persona_data(data_path)
+    prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
+    order = list(range(len(prompts)))
+    random.Random(config.seed).shuffle(order)
+    n_val = max(1, round(heldout * len(order))) if len(order) > 4 else 0
+    val, train = order[:n_val], order[n_val:]
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, use_rslora=config.rslora, lora_dropout=config.dropout,
+                      target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(backbone.model, lora)
+    epochs = []
+    try:
+        for epoch in range(config.epochs):
+            losses = optimise(model, backbone, [prompts[i] for i in train], [data.answers[i] for i in train],
+                              LoRATrainConfig(**{**vars(config), "epochs": 1, "seed": config.seed + epoch}), f"{name} epoch {epoch + 1}")
+            val_loss = answer_loss(model, backbone, [prompts[i] for i in val], [data.answers[i] for i in val]) if val else math.nan
+            epochs.append({"epoch": epoch + 1, "train_loss": losses[-1], "val_loss": val_loss, "val_perplexity": math.exp(val_loss)})
+        card = {
+            "name": name, "base_model": backbone.name, "base_model_type": backbone.model_type, "data": str(data_path),
+            "data_sha256": data.sha256, "data_report": data.describe(), "n_train": len(train), "n_val": len(val),
+            "train": vars(config), "metrics": epochs, "kind": "persona_adapter",
+        }
+        tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(model, tmp, card)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)  # a failed run leaves no half-written adapter under the real name
+    finally:
+        model.unload()  # type: ignore[attr-defined]
+    return card
+
+
+def registry_dir() -> Path:
+    """Where named adapters live: $PERSONACTL_ADAPTERS or ~/.local/share/personactl/adapters."""
+    return Path(os.environ.get("PERSONACTL_ADAPTERS", Path.home() / ".local" / "share" / "personactl" / "adapters"))
+
+
+def list_adapters(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """Persona cards of every adapter in the registry folder, sorted by name."""
+    root = Path(folder) if folder else registry_dir()
+    cards = []
+    for card in sorted(root.glob(f"*/{PERSONA}")):
+        cards.append({**json.loads(card.read_text(encoding="utf-8")), "path": str(card.parent)})
+    return cards
+
+
+def resolve_adapter(name_or_path: str | Path, folder: str | Path | None = None) -> Path:
+    """A registry name or a folder path -> the adapter folder (names never escape the registry)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    root = Path(folder) if folder else registry_dir()
+    if path.name != str(name_or_path) or not (root / path.name).is_dir():
+        known = ", ".join(c["name"] for c in list_adapters(root)) or "none yet"
+        raise AdapterError(f"no adapter '{name_or_path}' in {root} (known: {known}); train one with `personactl adapter train`")
+    return root / path.name
+
+
+class PersonaSwitcher:
+    """Several persona adapters on one loaded base model; switching is a flag flip, not a reload.
+
+    `load(name, folder)`, `use(name)`, `use(None)` for the bare base model,
+    `close()` (or the with-block) removes every adapter again.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self.model: Any = None
+        self.active: str | None = None
+
+    def load(self, name: str, folder: str | Path) -> None:
+        from peft import PeftModel  # noqa: PLC0415
+
+        LoRADirection.load(folder).check_base(self.backbone)
+        if self.model is None:
+            self.model = PeftModel.from_pretrained(self.backbone.model, str(folder), adapter_name=name)
+        else:
+            self.model.load_adapter(str(folder), adapter_name=name)
+        self.use(self.active)
+
+    def use(self, name: str | None) -> None:
+        if self.model is None:
+            if name is not None:
+                raise AdapterError(f"adapter '{name}' is not loaded: call load() first")
+            return
+        if name is None:
+            self.model.base_model.disable_adapter_layers()
+        else:
+            if name not in self.model.peft_config:
+                raise AdapterError(f"adapter '{name}' is not loaded (loaded: {', '.join(self.model.peft_config)})")
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(name)
+        self.active = name
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.unload()
+            self.model = None
+            self.active = None
+
+    def __enter__(self) -> "PersonaSwitcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def merge_adapter(backbone: Backbone, adapter: str | Path, out_dir: str | Path, coef: float = 1.0) -> Path:
+    """A standalone model folder (weights with coef * adapter merged, tokenizer) that plain transformers loads."""
+    direction = LoRADirection.load(adapter)
+    out = Path(out_dir)
+    with merged(backbone, (direction, coef)):
+        backbone.model.save_pretrained(str(out))
+    backbone.tokenizer.save_pretrained(str(out))
+    (out / PERSONA).write_text(json.dumps({**direction.metadata, "merged_from": str(adapter), "coef": coef}, indent=2, default=str))
+    return out

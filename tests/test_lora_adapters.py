@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+
+from personactl.lora.adapters import (
+    PersonaDataError,
+    PersonaSwitcher,
+    adapter_defaults,
+    list_adapters,
+    merge_adapter,
+    read_persona_data,
+    resolve_adapter,
+    train_adapter,
+)
+from personactl.lora.config import LoRATrainConfig
+from personactl.lora.direction import AdapterError
+
+from conftest import char_tokenizer, tiny_backbone
+
+
+def _write(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def _data(tmp_path, word, n=12):
+    return _write(tmp_path / f"{word}.jsonl", [{"instruction": f"say {i}", "output": f"{word} {i}"} for i in range(n)])
+
+
+def _config(backbone):
+    return LoRATrainConfig(**{**vars(adapter_defaults(backbone)), "rank": 2, "alpha": 4.0, "max_steps": 2,
+                              "batch_size": 4, "learning_rate": 1e-2, "epochs": 2})
+
+
+def test_persona_data_reports_what_it_skips_and_names_bad_lines(tmp_path):
+    data = read_persona_data(_write(tmp_path / "d.jsonl", [
+        {"instruction": "a", "output": "x"}, {"instruction": "b", "input": "ctx", "output": "y"},
+        {"instruction": "c", "output": "  "}, {"instruction": "a", "output": "x"}, {"instruction": "d", "output": "z" * 5000},
+    ]))
+    assert data.questions == ["a", "b\n\nctx"] and (data.empty, data.duplicates, data.too_long) == ([3], [4], [5])
+    assert "1 empty outputs skipped (lines 3)" in data.describe()
+    with pytest.raises(PersonaDataError, match="line 2: field 'output'"):
+        read_persona_data(_write(tmp_path / "bad.jsonl", [{"instruction": "a", "output": "x"}, {"instruction": "b"}]))
+    with pytest.raises(PersonaDataError, match="line 1: not valid JSON"):
+        read_persona_data(_write(tmp_path / "bad2.jsonl", ["{oops"]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_train_swap_and_merge(tmp_path, arch, monkeypatch):
+    monkeypatch.setenv("PERSONACTL_ADAPTERS", str(tmp_path / "registry"))
+    backbone = tiny_backbone(arch)
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    for word in ("arr", "sir"):
+        card = train_adapter(backbone, _data(tmp_path, word), word, tmp_path / "registry" / word, _config(backbone))
+        assert card["n_val"] >= 1 and len(card["metrics"]) == 2 and card["metrics"][0]["val_perplexity"] > 1
+    assert [c["name"] for c in list_adapters()] == ["arr", "sir"]
+    assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
+    ids = torch.tensor([[4, 9, 17, 30]])
+
+    def logits():
+        with torch.no_grad():
+            return backbone.model(input_ids=ids).logits
+
+    base = logits()
+    with PersonaSwitcher(backbone) as switch:
+        switch.load("arr", resolve_adapter("arr"))
+        switch.load("sir", resolve_adapter("sir"))
+        switch.use("arr")
+        arr = logits()
+        switch.use("sir")
+        sir = logits()
+        switch.use(None)
+        torch.testing.assert_close(logits(), base)
+        assert not torch.allclose(arr, sir) and not torch.allclose(arr, base)
+        with pytest.raises(AdapterError, match="not loaded"):
+            switch.use("nobody")
+    torch.testing.assert_close(logits(), base)
+    assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
+
+    from transformers import AutoModelForCausalLM
+
+    out = merge_adapter(backbone, resolve_adapter("arr"), tmp_path / "merged")
+    standalone = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        torch.testing.assert_close(standalone(input_ids=ids).logits, arr, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_adapter_names_stay_inside_the_registry(tmp_path):
+    with pytest.raises(AdapterError, match="no adapter '../etc'"):
+        resolve_adapter("../etc", tmp_path)
