@@ -89,3 +89,15 @@ def test_train_swap_and_merge(tmp_path, arch, monkeypatch):
 def test_unknown_adapter_names_stay_inside_the_registry(tmp_path):
     with pytest.raises(AdapterError, match="no adapter '../etc'"):
         resolve_adapter("../etc", tmp_path)
+
+
+def test_adherence_reports_scores_and_perplexity_drift(tmp_path):
+    from personactl.lora.adherence import adherence
+
+    backbone = tiny_backbone("llama")
+    data = _write(tmp_path / "d.jsonl", [{"instruction": f"say {i}", "output": f"arr matey {i}"} for i in range(30)])
+    train_adapter(backbone, data, "arr", tmp_path / "arr", _config(backbone), heldout=0.2)
+    result = adherence(backbone, tmp_path / "arr", data, n_fit=12, max_new_tokens=4)
+    assert result["n_eval"] == 6 and len(result["adherence_adapter"]) == 3
+    assert result["persona_perplexity"]["after"] != result["persona_perplexity"]["before"]
+    assert result["neutral_perplexity"]["before"] > 0

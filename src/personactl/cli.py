@@ -483,6 +483,30 @@ def adapter_show(name: str = typer.Argument(..., help="registry name or adapter 
     print((resolve_adapter(name) / "persona.json").read_text(encoding="utf-8"))
 
 
+@adapter_app.command("evaluate")
+def adapter_evaluate(
+    name: str = typer.Argument(..., help="registry name or adapter folder"),
+    data: Path = typer.Option(..., help="the JSONL the adapter was trained on (its held-out part is evaluated)"),
+    model: str = ModelOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Persona adherence (embedding classifier, 0-100) with and without the adapter, and perplexity drift."""
+    from .lora.adapters import resolve_adapter  # noqa: PLC0415
+    from .lora.adherence import adherence  # noqa: PLC0415
+
+    result = adherence(_load(model, None, None, None), resolve_adapter(name), data)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for label, key in (("base model", "adherence_base"), ("with adapter", "adherence_adapter")):
+        mean, lo, hi = result[key]
+        out.print(f"adherence, {label}: {mean:.1f} [{lo:.1f}, {hi:.1f}] (n = {result['n_eval']})")
+    out.print(f"classifier held-out accuracy: {result['judge_heldout_accuracy']:.2f}")
+    p, n = result["persona_perplexity"], result["neutral_perplexity"]
+    out.print(f"held-out persona perplexity: {p['before']:.2f} -> {p['after']:.2f}")
+    out.print(f"neutral text perplexity: {n['before']:.2f} -> {n['after']:.2f} ({100 * n['change']:+.1f}%)")
+
+
 @adapter_app.command("merge")
 def adapter_merge(
     name: str = typer.Argument(..., help="registry name or adapter folder"),

@@ -163,6 +163,7 @@ def train_adapter(
         card = {
             "name": name, "base_model": backbone.name, "base_model_type": backbone.model_type, "data": str(data_path),
             "data_sha256": data.sha256, "data_report": data.describe(), "n_train": len(train), "n_val": len(val),
+            "val_indices": sorted(val),
             "train": vars(config), "metrics": epochs, "kind": "persona_adapter",
         }
         tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.partial")
