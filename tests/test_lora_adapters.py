@@ -101,3 +101,36 @@ def test_adherence_reports_scores_and_perplexity_drift(tmp_path):
     assert result["n_eval"] == 6 and len(result["adherence_adapter"]) == 3
     assert result["persona_perplexity"]["after"] != result["persona_perplexity"]["before"]
     assert result["neutral_perplexity"]["before"] > 0
+
+
+@pytest.mark.parametrize("name", ["pirate_coder", "formal_butler"])
+def test_shipped_persona_datasets_are_clean_and_large_enough(name):
+    from importlib.resources import files
+
+    data = read_persona_data(str(files("personactl") / "data" / "personas" / f"{name}.jsonl"))
+    assert len(data.questions) >= 150
+    assert not (data.empty or data.duplicates or data.too_long)
+
+
+def test_labels_mask_exactly_the_prompt_and_padding(tiny):
+    from personactl.activations import make_batch
+    from personactl.lora.train import answer_labels
+
+    batch = make_batch(tiny, ["<user>hello</s><assistant>", "<user>hi</s><assistant>"], ["arr", "aye aye"])
+    labels = answer_labels(batch.input_ids, batch.response_mask)
+    for row, answer in enumerate(["arr", "aye aye"]):
+        kept = labels[row][labels[row] != -100]
+        assert tiny.tokenizer.decode(kept) == answer
+        assert (labels[row][~batch.response_mask[row]] == -100).all()
+
+
+def test_adapter_folder_round_trip(tmp_path):
+    from personactl.lora.direction import LoRADirection
+
+    backbone = tiny_backbone("qwen2")
+    train_adapter(backbone, _data(tmp_path, "arr"), "arr", tmp_path / "arr", _config(backbone))
+    first = LoRADirection.load(tmp_path / "arr")
+    first.save(tmp_path / "copy")
+    again = LoRADirection.load(tmp_path / "copy")
+    assert again.config == first.config and again.metadata["name"] == "arr"
+    assert all(torch.equal(again.modules[n].A, f.A) and torch.equal(again.modules[n].B, f.B) for n, f in first.modules.items())
