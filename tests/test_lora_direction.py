@@ -185,19 +185,16 @@ def test_preventative_steering_trains_and_leaves_the_base_untouched(adapters):
     assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
 
 
-def test_finetune_data_errors_name_the_line(tmp_path):
-    from personactl.lora.finetune import DataError, read_examples
+def test_finetune_data_accepts_prompt_response_aliases(tmp_path):
+    from personactl.lora.adapters import PersonaDataError, read_persona_data
 
     good = tmp_path / "d.jsonl"
     good.write_text('{"instruction": "Hi", "input": "there", "output": "Arr"}\n\n{"prompt": "Yo", "response": "Aye"}\n')
-    assert read_examples(good) == (["Hi\n\nthere", "Yo"], ["Arr", "Aye"])
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"instruction": "Hi", "output": "Arr"}\n{"instruction": "Hi"}\n')
-    with pytest.raises(DataError, match="line 2"):
-        read_examples(bad)
-    bad.write_text('{"instruction": "Hi", "output": "Arr"}\nnot json\n')
-    with pytest.raises(DataError, match="line 2: not JSON"):
-        read_examples(bad)
+    data = read_persona_data(good)
+    assert (data.questions, data.answers) == (["Hi\n\nthere", "Yo"], ["Arr", "Aye"])
+    good.write_text('{"instruction": "Hi", "output": "Arr"}\nnot json\n')
+    with pytest.raises(PersonaDataError, match="line 2: not valid JSON"):
+        read_persona_data(good)
 
 
 def test_training_on_nothing_is_a_clear_error():

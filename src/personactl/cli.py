@@ -368,7 +368,7 @@ def lora_svd(
 @app.command()
 def finetune(
     data: Path = typer.Option(..., help="JSONL of {instruction|prompt, input?, output|response}"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="adapter folder to write"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="adapter (or, with --full, model) folder to write"),
     model: str = ModelOpt,
     steer_vector: Optional[Path] = typer.Option(None, help="persona vector added in the activations during training"),
     steer_layer: List[int] = typer.Option([], help="layer(s) for --steer-vector"),
@@ -385,13 +385,15 @@ def finetune(
     from .generation import chat_prompt, format_prompts  # noqa: PLC0415
     from .lora.config import LoRATrainConfig  # noqa: PLC0415
     from .lora.direction import LoRADirection  # noqa: PLC0415
-    from .lora.finetune import finetune as run_finetune, read_examples  # noqa: PLC0415
+    from .lora.adapters import read_persona_data  # noqa: PLC0415
+    from .lora.finetune import finetune as run_finetune  # noqa: PLC0415
     from .steering import SteeringTerm  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
     if steer_vector is not None and not steer_layer:
         raise typer.BadParameter("--steer-layer is required with --steer-vector", param_hint="--steer-layer")
-    questions, answers = read_examples(data)
+    examples = read_persona_data(data)
+    questions, answers = examples.questions, examples.answers
     premerge = [(LoRADirection.load(premerge_lora), premerge_coef)] if premerge_lora else []
     backbone = _load(model, device, None, None)
     steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layer, steer_coef)] if steer_vector else []

@@ -72,8 +72,12 @@ class PersonaData:
         return "; ".join(parts)
 
 
+ALIASES = {"prompt": "instruction", "response": "output"}
+
+
 def read_persona_data(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> PersonaData:
-    """Read JSONL {"instruction", "input"?, "output"}; a malformed line is an error naming line and field."""
+    """Read JSONL {"instruction", "input"?, "output"} ("prompt"/"response" also work);
+    a malformed line is an error naming its line number and field."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -90,6 +94,7 @@ def read_persona_data(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> Pe
             raise PersonaDataError(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict):
             raise PersonaDataError(f"{path} line {number}: expected an object with instruction/output")
+        record = {ALIASES.get(k, k): v for k, v in record.items()}
         for key in ("instruction", "output"):
             if not isinstance(record.get(key), str):
                 raise PersonaDataError(f"{path} line {number}: field '{key}' is missing or not a string")

@@ -8,48 +8,15 @@ removed when training ends, so the saved adapter carries less of the trait.
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import PersonactlError
 from ..models import Backbone
 from ..steering import SteeringTerm, steer
 from .config import LoRATrainConfig
-from .direction import LoRADirection, merged
+from .direction import AdapterError, LoRADirection, merged
 from .train import train_full, train_lora
-
-
-class DataError(PersonactlError):
-    """A fine-tuning data file that cannot be used."""
-
-
-def read_examples(path: str | Path) -> tuple[list[str], list[str]]:
-    """(user messages, answers) from JSONL records {"instruction"|"prompt", "input"?, "output"|"response"}."""
-    questions, answers = [], []
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from exc
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {number}: not JSON ({exc.msg})") from exc
-        question = record.get("instruction", record.get("prompt")) if isinstance(record, dict) else None
-        answer = record.get("output", record.get("response")) if isinstance(record, dict) else None
-        if not isinstance(question, str) or not isinstance(answer, str) or not answer.strip():
-            raise DataError(f"{path} line {number}: needs a string 'instruction' (or 'prompt') and a non-empty 'output' (or 'response')")
-        extra = record.get("input")
-        questions.append(f"{question}\n\n{extra}" if isinstance(extra, str) and extra.strip() else question)
-        answers.append(answer)
-    if not questions:
-        raise DataError(f"{path} holds no examples")
-    return questions, answers
 
 
 def finetune(
@@ -85,7 +52,7 @@ def finetune(
             stack.enter_context(merged(backbone, *premerge))
         if full:
             if premerge:
-                raise DataError("full fine-tuning with --premerge-lora is not supported: use LoRA fine-tuning or --steer-vector")
+                raise AdapterError("full fine-tuning with --premerge-lora is not supported: use LoRA fine-tuning or --steer-vector")
             return train_full(backbone, prompts, answers, out_dir, config, metadata=info)
         model, losses = train_lora(backbone, prompts, answers, config, out_dir=out_dir, metadata=info)
         model.unload()  # type: ignore[attr-defined]
