@@ -1,8 +1,7 @@
-import json
 
 import torch
 
-from personactl import ExtractionSettings, activations, extract, load_pairs, load_trait, project, save_pairs
+from personactl import ExtractionSettings, activations, extract, load_pairs, project, save_pairs
 from personactl.traits import parse_trait
 
 

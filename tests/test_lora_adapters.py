@@ -16,7 +16,7 @@ from personactl.lora.adapters import (
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import AdapterError
 
-from conftest import char_tokenizer, tiny_backbone
+from conftest import tiny_backbone
 
 
 def _write(path, records):

@@ -3,7 +3,6 @@
 import re
 
 import pytest
-import torch
 
 from personactl import ExtractionSettings, SteeringTerm, chat_prompt, extract, generate, load_trait, project
 

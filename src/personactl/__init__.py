@@ -22,8 +22,34 @@ from .monitor import project
 from .steering import SteeringTerm, steer
 from .traits import ContrastiveTexts, Trait, builtin_traits, load_trait, parse_trait
 from .vectors import PersonaVector, load_vector
+from .evaluate import SweepConfig, run_sweep
+from .experiment import run as run_experiment
+from .judges.base import Judges
+from .judges.embedding import EmbeddingJudge
+from .judges.factory import make_judges
+from .judges.llm import OpenAIJudge
+from .judges.local import LocalJudge
+from .lora.adapters import PersonaSwitcher, train_adapter
+from .lora.direction import LoRADirection, combine, difference, merged
+from .lora.runtime import runtime
 
 __all__ = [
+    "EmbeddingJudge",
+    "Judges",
+    "LoRADirection",
+    "LocalJudge",
+    "OpenAIJudge",
+    "PersonaSwitcher",
+    "SweepConfig",
+    "combine",
+    "difference",
+    "load_vector",
+    "make_judges",
+    "merged",
+    "run_experiment",
+    "run_sweep",
+    "runtime",
+    "train_adapter",
     "ArchitectureError",
     "Backbone",
     "ContrastivePair",

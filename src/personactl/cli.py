@@ -101,7 +101,7 @@ def extract(
     vector.save(path)
     pairs_path = save_pairs(pairs, path.with_suffix(".pairs.jsonl"))
     best = sorted(range(1, vector.n_layers + 1), key=lambda l: -vector.separation[l])[:5]
-    out.print(f"best separated layers (Cohen's d): " + ", ".join(f"{l} ({vector.separation[l]:.2f})" for l in best))
+    out.print("best separated layers (Cohen's d): " + ", ".join(f"{l} ({vector.separation[l]:.2f})" for l in best))
     out.print(f"vector written to {path}")
     out.print(f"contrastive answers written to {pairs_path}")
 
