@@ -176,3 +176,19 @@ def test_adapter_train_list_show_merge(model_dir, tmp_path, capsys, monkeypatch)
     data.write_text('{"instruction": "q"}\n')
     assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "broken"]) == 2
     assert "line 1: field 'output'" in _error_line(capsys)
+
+
+def test_adapter_blend_and_sweep_method(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PERSONACTL_ADAPTERS", str(tmp_path / "registry"))
+    for word in ("arr", "sir"):
+        data = tmp_path / f"{word}.jsonl"
+        data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"{word} {i}"}) + "\n" for i in range(10)))
+        assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", word, "--rank", "2", "--max-steps", "1"]) == 0
+    assert run(["adapter", "blend", "arr=0.5,sir=-0.5", "--name", "mix"]) == 0
+    assert "rank 4" in capsys.readouterr().out
+    assert run(["adapter", "blend", "arr=lots", "--name", "bad"]) == 2
+    capsys.readouterr()
+    assert run(["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--name", "s", "--methods", "adapter,prompt",
+                "--adapter", "mix", "--coefs=0,1", "--n-questions", "1", "--max-new-tokens", "2", "--layers", "1"]) == 0
+    lines = (tmp_path / "s" / "results.jsonl").read_text().splitlines()
+    assert {json.loads(l)["method"] for l in lines} == {"adapter", "prompt"}

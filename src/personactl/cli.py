@@ -239,7 +239,8 @@ def sweep(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec [default: smollm2-135m]"),
     vector: Optional[str] = typer.Option(None, "--vector", "-v", help="vector file (its .pairs.jsonl beside it feeds the embed judge); extracted when absent"),
     lora: Optional[str] = typer.Option(None, help="persona direction folder for method 'lora' (from `personactl lora extract`)"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt, lora [default: vector]"),
+    adapter: Optional[str] = typer.Option(None, help="persona adapter (registry name or folder) for method 'adapter'"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt, lora, adapter [default: vector]"),
     coefs: Optional[str] = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
     layers: Optional[str] = typer.Option(None, help="layers, e.g. '8,12,16', or 'auto' (chosen by measured effect) [default: auto]"),
     samples: Optional[int] = typer.Option(None, help="answers per question and condition [default: 1]"),
@@ -259,7 +260,7 @@ def sweep(
     from .experiment import run as run_experiment  # noqa: PLC0415
 
     cfg = _sweep_config(config, {
-        "trait": trait, "model": model, "vector": vector, "lora": lora, "samples": samples, "n_questions": n_questions,
+        "trait": trait, "model": model, "vector": vector, "lora": lora, "adapter": adapter, "samples": samples, "n_questions": n_questions,
         "judge": judge, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
         "batch_size": batch_size, "name": name,
         "methods": [m.strip() for m in methods.split(",")] if methods else None,
@@ -507,6 +508,26 @@ def adapter_evaluate(
     p, n = result["persona_perplexity"], result["neutral_perplexity"]
     out.print(f"held-out persona perplexity: {p['before']:.2f} -> {p['after']:.2f}")
     out.print(f"neutral text perplexity: {n['before']:.2f} -> {n['after']:.2f} ({100 * n['change']:+.1f}%)")
+
+
+@adapter_app.command("blend")
+def adapter_blend(
+    weights: str = typer.Argument(..., help="NAME=WEIGHT pairs, e.g. 'pirate_coder=0.5,formal_butler=0.5' (negative allowed)"),
+    name: str = typer.Option(..., help="name of the blended adapter in the registry"),
+) -> None:
+    """Blend adapters exactly (factors concatenated) into a new registry adapter."""
+    from .lora.adapters import registry_dir, resolve_adapter  # noqa: PLC0415
+    from .lora.direction import LoRADirection, combine  # noqa: PLC0415
+
+    terms = []
+    for part in weights.split(","):
+        key, _, value = part.partition("=")
+        try:
+            terms.append((LoRADirection.load(resolve_adapter(key.strip())), float(value)))
+        except ValueError as exc:
+            raise typer.BadParameter(f"'{part}' is not NAME=WEIGHT") from exc
+    blend = combine(terms, {"name": name, "kind": "persona_blend", "blend": weights})
+    out.print(f"blend (rank {blend.rank}) written to {blend.save(registry_dir() / name)}")
 
 
 @adapter_app.command("merge")

@@ -42,6 +42,7 @@ class SweepConfig(BaseModel):
     trait: str = "pirate"
     vector: str | None = Field(None, description="persona vector file; extracted when absent")
     lora: str | None = Field(None, description="persona direction folder for method 'lora' (personactl lora extract)")
+    adapter: str | None = Field(None, description="persona adapter (registry name or folder) for method 'adapter'")
     methods: list[str] = Field(default_factory=lambda: ["vector"], min_length=1)
     layers: Union[list[int], Literal["auto"]] = "auto"
     coefs: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1)

@@ -138,7 +138,7 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
     """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report."""
     prep = prepare(config, out_dir, backbone)
     layers, selection = choose_layers(prep)
-    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions, {"lora": config.lora or ""})
+    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions, {"lora": config.lora or "", "adapter": config.adapter or ""})
     methods = [make_method(name, ctx) for name in config.methods]
     questions = prep.trait.eval_questions[: config.n_questions]
     records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir)

@@ -51,7 +51,7 @@ class MethodContext:
     vector: PersonaVector | None
     settings: GenerationSettings
     positions: str = "all"
-    options: dict[str, str] = field(default_factory=dict)  # method-specific inputs, e.g. {"lora": DIR}
+    options: dict[str, str] = field(default_factory=dict)  # method-specific inputs, e.g. {"lora": DIR, "adapter": NAME}
 
 
 @dataclass
@@ -106,6 +106,7 @@ _REGISTRY: dict[str, MethodFactory | str] = {
     "vector": VectorMethod,
     "prompt": PromptMethod,
     "lora": "personactl.lora.method:LoRAMethod",
+    "adapter": "personactl.lora.method:AdapterMethod",
 }
 
 

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from ..generation import chat_prompt, generate
 from ..methods import MethodContext, MethodError
+from .adapters import resolve_adapter
 from .direction import LoRADirection, merged
 
 
@@ -19,10 +20,12 @@ class LoRAMethod:
     uses_layers: bool = False
 
     def __post_init__(self) -> None:
-        folder = self.ctx.options.get("lora")
+        folder = self.ctx.options.get(self.name)
         if not folder:
-            raise MethodError("method 'lora' needs a persona direction: pass --lora DIR (from `personactl lora extract`)")
-        self.direction = LoRADirection.load(folder)
+            raise MethodError(
+                f"method '{self.name}' needs a LoRA: pass --{self.name} (a folder, or a registry name for adapters)"
+            )
+        self.direction = LoRADirection.load(resolve_adapter(folder))
         self.direction.check_base(self.ctx.backbone)
 
     def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]:
@@ -38,3 +41,10 @@ class LoRAMethod:
             for i, answer in zip(rows, out):
                 answers[i] = answer
         return answers
+
+
+@dataclass
+class AdapterMethod(LoRAMethod):
+    """A persona adapter at strength coef (1 = as trained, 0 = off), merged per coefficient."""
+
+    name: str = "adapter"
