@@ -192,3 +192,21 @@ def test_adapter_blend_and_sweep_method(model_dir, tmp_path, capsys, monkeypatch
                 "--adapter", "mix", "--coefs=0,1", "--n-questions", "1", "--max-new-tokens", "2", "--layers", "1"]) == 0
     lines = (tmp_path / "s" / "results.jsonl").read_text().splitlines()
     assert {json.loads(l)["method"] for l in lines} == {"adapter", "prompt"}
+
+
+def test_chat_combines_personas_and_vectors(model_dir, vector_file, tmp_path, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setenv("PERSONACTL_ADAPTERS", str(tmp_path / "registry"))
+    for word in ("arr", "sir"):
+        data = tmp_path / f"{word}.jsonl"
+        data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"{word} {i}"}) + "\n" for i in range(10)))
+        assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", word, "--rank", "2", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    script = "hello\n/persona sir\nhi\n/blend arr=0.5,sir=0.5\n/vector " + str(vector_file) + " 2 1\nyo\n/blend arr=x\n/persona nobody\n/bogus\n/reset\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    assert run(["chat", "--model", str(model_dir), "--adapter", "arr", "--max-new-tokens", "3"]) == 0
+    printed = capsys.readouterr().out
+    for expected in ("persona arr", "persona sir", "exact blend, rank 4", "at layer 1, coef 2", "is not NAME=WEIGHT",
+                     "no adapter 'nobody'", "unknown command /bogus", "conversation cleared"):
+        assert expected in printed, expected

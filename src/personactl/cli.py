@@ -516,18 +516,40 @@ def adapter_blend(
     name: str = typer.Option(..., help="name of the blended adapter in the registry"),
 ) -> None:
     """Blend adapters exactly (factors concatenated) into a new registry adapter."""
-    from .lora.adapters import registry_dir, resolve_adapter  # noqa: PLC0415
-    from .lora.direction import LoRADirection, combine  # noqa: PLC0415
+    from .lora.adapters import parse_blend, registry_dir  # noqa: PLC0415
+    from .lora.direction import combine  # noqa: PLC0415
 
-    terms = []
-    for part in weights.split(","):
-        key, _, value = part.partition("=")
-        try:
-            terms.append((LoRADirection.load(resolve_adapter(key.strip())), float(value)))
-        except ValueError as exc:
-            raise typer.BadParameter(f"'{part}' is not NAME=WEIGHT") from exc
-    blend = combine(terms, {"name": name, "kind": "persona_blend", "blend": weights})
+    blend = combine(parse_blend(weights), {"name": name, "kind": "persona_blend", "blend": weights})
     out.print(f"blend (rank {blend.rank}) written to {blend.save(registry_dir() / name)}")
+
+
+@app.command()
+def chat(
+    model: str = ModelOpt,
+    adapter: Optional[str] = typer.Option(None, help="persona adapter to start with (registry name or folder)"),
+    vector: Optional[Path] = typer.Option(None, help="persona vector to steer with from the start"),
+    coef: float = typer.Option(1.5, help="coefficient for --vector"),
+    layer: Optional[int] = typer.Option(None, help="layer for --vector [default: the run's chosen layer, else 2/3 depth]"),
+    max_new_tokens: int = typer.Option(96),
+) -> None:
+    """Interactive chat: /persona NAME, /blend a=0.5,b=0.5, /vector V 1.5, /reset, /help; Ctrl-D quits."""
+    from .lora.chat import HELP, ChatSession  # noqa: PLC0415
+
+    session = ChatSession(_load(model, None, None, None), max_new_tokens)
+    try:
+        for command in ([f"/persona {adapter}"] if adapter else []) + ([f"/vector {vector} {coef} {layer or ''}".strip()] if vector else []):
+            out.print(session.handle(command), markup=False)
+        out.print(HELP, markup=False)
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                break
+            reply = session.handle(line)
+            if reply:
+                out.print(reply, markup=False)
+    finally:
+        session.close()
 
 
 @adapter_app.command("merge")

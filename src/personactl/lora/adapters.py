@@ -207,6 +207,19 @@ def resolve_adapter(name_or_path: str | Path, folder: str | Path | None = None) 
     return root / path.name
 
 
+def parse_blend(spec: str, folder: str | Path | None = None) -> list[tuple[LoRADirection, float]]:
+    """'a=0.5,b=-0.5' -> [(adapter a, 0.5), (adapter b, -0.5)] from the registry (or folders)."""
+    terms = []
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError as exc:
+            raise AdapterError(f"'{part.strip()}' is not NAME=WEIGHT (e.g. pirate_coder=0.5)") from exc
+        terms.append((LoRADirection.load(resolve_adapter(key.strip(), folder)), weight))
+    return terms
+
+
 class PersonaSwitcher:
     """Several persona adapters on one loaded base model; switching is a flag flip, not a reload.
 
