@@ -1,4 +1,4 @@
-"""Write an experiment's table as a section of docs/experiments.md (the benchmarks' writer, another file)."""
+"""Shared by the experiments: the pirate set-up on SmolLM2, and writing a section of docs/experiments.md."""
 
 from __future__ import annotations
 
@@ -12,3 +12,13 @@ import _table  # noqa: E402
 
 def write_section(name: str, title: str, rows: list[dict], note: str = "") -> Path:
     return _table.write_section(name, title, rows, note, doc=_table.ROOT / "docs" / "experiments.md")
+
+
+def pirate_setup(direction_dir: Path):
+    """(backbone, trait, usable contrastive pairs, offline judge fitted on them) from a `lora extract` folder."""
+    from personactl import load_model, load_pairs, load_trait
+    from personactl.judges.embedding import EmbeddingJudge
+
+    pairs = [p for p in load_pairs(direction_dir / "pairs.jsonl") if p.pos_answer.strip() and p.neg_answer.strip()]
+    judge = EmbeddingJudge.fit([p.pos_answer for p in pairs], [p.neg_answer for p in pairs], trait="pirate")
+    return load_model("smollm2-135m"), load_trait("pirate"), pairs, judge

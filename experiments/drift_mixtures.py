@@ -18,10 +18,9 @@ import json
 import random
 from pathlib import Path
 
-from _doc import write_section
-from personactl import chat_prompt, generate, load_model, load_pairs, load_trait
+from _doc import pirate_setup, write_section
+from personactl import chat_prompt, generate
 from personactl.generation import format_prompts
-from personactl.judges.embedding import EmbeddingJudge
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import LoRADirection, merged
 from personactl.lora.finetune import finetune
@@ -38,10 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     args = parser.parse_args()
 
-    backbone = load_model("smollm2-135m")
-    trait = load_trait("pirate")
-    pairs = [p for p in load_pairs(args.direction / "pairs.jsonl") if p.pos_answer.strip() and p.neg_answer.strip()]
-    judge = EmbeddingJudge.fit([p.pos_answer for p in pairs], [p.neg_answer for p in pairs], trait="pirate")
+    backbone, trait, pairs, judge = pirate_setup(args.direction)
     direction = LoRADirection.load(args.direction / "diff")
     questions = trait.eval_questions
     config = LoRATrainConfig(rank=8, alpha=16.0, max_steps=args.steps, batch_size=8, learning_rate=5e-4)

@@ -16,11 +16,10 @@ import argparse
 import random
 from pathlib import Path
 
-from _doc import write_section
-from personactl import SteeringTerm, chat_prompt, generate, load_model, load_pairs, load_trait, load_vector
+from _doc import pirate_setup, write_section
+from personactl import SteeringTerm, chat_prompt, generate, load_vector
 from personactl.evaluate import bootstrap_ci
 from personactl.generation import format_prompts
-from personactl.judges.embedding import EmbeddingJudge
 from personactl.judges.text import RepetitionCoherenceJudge
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import LoRADirection, merged
@@ -39,10 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     args = parser.parse_args()
 
-    backbone = load_model("smollm2-135m")
-    trait = load_trait("pirate")
-    pairs = [p for p in load_pairs(args.direction / "pairs.jsonl") if p.pos_answer.strip() and p.neg_answer.strip()]
-    judge = EmbeddingJudge.fit([p.pos_answer for p in pairs], [p.neg_answer for p in pairs], trait="pirate")
+    backbone, trait, pairs, judge = pirate_setup(args.direction)
     coherence = RepetitionCoherenceJudge()
     chosen = random.Random(0).sample(pairs, min(args.examples, len(pairs)))
     prompts = format_prompts(backbone, [chat_prompt(p.question) for p in chosen])
