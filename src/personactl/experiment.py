@@ -18,7 +18,8 @@ from .evaluate import SweepConfig, SweepError, claim_run_dir, run_sweep, summari
 from .extraction import ContrastivePair, ExtractionSettings, extract, load_pairs, pair_activations, save_pairs, usable_pairs
 from .judges.base import Judges
 from .judges.factory import make_judges
-from .layer_selection import LayerSelection, LayerScore, projections, select_layer
+from .layer_selection import LayerSelection, LayerScore, select_layer
+from .monitor import projections
 from .methods import MethodContext, make_method
 from .models import Backbone, load_model
 from .traits import Trait, load_trait

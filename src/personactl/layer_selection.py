@@ -21,7 +21,9 @@ from ._io import write_text_atomic
 from .judges.base import Judges
 from .generation import chat_prompt, generate
 from .methods import GenerationSettings
+from .aggregators import separation
 from .models import Backbone
+from .monitor import projections
 from .progress import progress_bar
 from .steering import SteeringTerm
 from .vectors import PersonaVector
@@ -49,24 +51,18 @@ class LayerSelection:
         return write_text_atomic(path, json.dumps({"rows": [asdict(r) for r in self.rows], "chosen": self.chosen, "reason": self.reason}, indent=2))
 
 
-def projections(acts: torch.Tensor, vector: PersonaVector, layers: Sequence[int]) -> torch.Tensor:
-    """[n, len(layers)] projections of reduced activations on each layer's unit direction."""
-    units = torch.stack([vector.unit(l) for l in layers])
-    return (acts[:, list(layers)] * units[None]).sum(-1)
-
-
 def separation_scores(pos: torch.Tensor, neg: torch.Tensor, vector: PersonaVector, layers: Sequence[int]) -> list[LayerScore]:
     """AUROC and Cohen's d of pos vs neg projections per layer."""
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
+    layers = list(layers)
     p, n = projections(pos, vector, layers), projections(neg, vector, layers)
+    cohens_d = separation(pos[:, layers], neg[:, layers], vector.directions[layers])
     labels = np.r_[np.ones(len(p)), np.zeros(len(n))]
-    rows = []
-    for j, layer in enumerate(layers):
-        a, b = p[:, j].numpy(), n[:, j].numpy()
-        pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2) if len(a) > 1 else 1.0
-        rows.append(LayerScore(layer, float(roc_auc_score(labels, np.r_[a, b])), float((a.mean() - b.mean()) / max(pooled, 1e-12))))
-    return rows
+    return [
+        LayerScore(layer, float(roc_auc_score(labels, np.r_[p[:, j].numpy(), n[:, j].numpy()])), float(cohens_d[j]))
+        for j, layer in enumerate(layers)
+    ]
 
 
 def measure_effects(

@@ -37,5 +37,10 @@ def project(
     acts = activations.collect(
         backbone, format_prompts(backbone, prompts), responses, positions=positions, batch_size=batch_size  # type: ignore[arg-type]
     )
-    units = torch.stack([vector.unit(l) for l in layers])  # [k, hidden]
-    return (acts[:, layers] * units[None]).sum(-1)
+    return projections(acts, vector, layers)
+
+
+def projections(acts: torch.Tensor, vector: PersonaVector, layers: Sequence[int]) -> torch.Tensor:
+    """[n, len(layers)] projections of reduced activations [n, layers+1, hidden] on each layer's unit direction."""
+    units = torch.stack([vector.unit(l) for l in layers])
+    return (acts[:, list(layers)] * units[None]).sum(-1)
