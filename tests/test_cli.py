@@ -176,6 +176,10 @@ def test_adapter_train_list_show_merge(model_dir, tmp_path, capsys, monkeypatch)
     data.write_text('{"instruction": "q"}\n')
     assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "broken"]) == 2
     assert "line 1: field 'output'" in _error_line(capsys)
+    assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "x", "--grad-accum", "0"]) == 2
+    assert "grad_accum must be at least 1" in _error_line(capsys)
+    assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "x", "--quantize", "3bit"]) == 2
+    assert "use 4bit or 8bit" in _error_line(capsys)
 
 
 def test_adapter_blend_and_sweep_method(model_dir, tmp_path, capsys, monkeypatch):

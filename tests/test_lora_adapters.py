@@ -29,7 +29,7 @@ def _data(tmp_path, word, n=12):
 
 
 def _config(backbone):
-    return LoRATrainConfig(**{**vars(adapter_defaults(backbone)), "rank": 2, "alpha": 4.0, "max_steps": 2,
+    return LoRATrainConfig(**{**vars(adapter_defaults(backbone)), "rank": 2, "alpha": 4.0,
                               "batch_size": 4, "learning_rate": 1e-2, "epochs": 2})
 
 

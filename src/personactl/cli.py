@@ -36,11 +36,18 @@ DeviceMapOpt = typer.Option(None, "--device-map", help="'auto' spreads a big mod
 FormatOpt = typer.Option(None, "--format", help="vector file format: safetensors, pt or npy (default: by suffix)")
 
 
-def _load(model: str, device: Optional[str], dtype: Optional[str], device_map: Optional[str]):
+def _load(model: str, device: Optional[str], dtype: Optional[str], device_map: Optional[str], quantize: Optional[str] = None):
+    import warnings  # noqa: PLC0415
+
     from .models import load_model  # noqa: PLC0415 - keep --help fast
 
-    with err.status(f"loading {model} ..."):
-        return load_model(model, device=device, dtype=dtype, device_map=device_map)
+    with err.status(f"loading {model} ..."), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        backbone = load_model(model, device=device, dtype=dtype, device_map=device_map, quantize=quantize)
+    for warning in caught:
+        if "--quantize" in str(warning.message):
+            err.print(f"note: {warning.message}")
+    return backbone
 
 
 @traits_app.command("list")
@@ -439,13 +446,21 @@ def adapter_train(
     model: str = ModelOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="adapter folder [default: the registry, $PERSONACTL_ADAPTERS/NAME]"),
     rank: int = typer.Option(16), alpha: float = typer.Option(32.0), dropout: float = typer.Option(0.05),
-    epochs: int = typer.Option(1), max_steps: Optional[int] = typer.Option(None, help="optimiser steps per epoch at most"),
-    learning_rate: float = typer.Option(2e-4, "--lr"), batch_size: int = typer.Option(8),
+    epochs: int = typer.Option(1), max_steps: Optional[int] = typer.Option(None, help="optimiser steps in all, at most"),
+    learning_rate: float = typer.Option(2e-4, "--lr"), batch_size: int = typer.Option(8, help="examples per forward pass"),
+    grad_accum: int = typer.Option(1, help="forward passes per optimiser step (effective batch = batch-size x grad-accum)"),
+    gradient_checkpointing: bool = typer.Option(False, help="recompute activations in backward: less memory, ~30% slower"),
+    checkpoint_every: int = typer.Option(20, help="steps between resumable checkpoints (also at each epoch end)"),
+    restart: bool = typer.Option(False, help="ignore a checkpoint left by an interrupted run and start over"),
     heldout: float = typer.Option(0.1, help="share of examples held out for validation loss/perplexity"),
     seed: int = typer.Option(0),
     device: Optional[str] = DeviceOpt,
+    quantize: Optional[str] = typer.Option(None, help="4bit or 8bit (bitsandbytes, CUDA only; elsewhere a note and full precision)"),
 ) -> None:
-    """Train a persona adapter (LoRA on the attention projections, loss on the answers only)."""
+    """Train a persona adapter (LoRA on the attention projections, loss on the answers only).
+
+    An interrupted run is checkpointed beside the adapter folder; running the
+    same command again goes on from the last checkpoint."""
     import re  # noqa: PLC0415
 
     from .lora.adapters import adapter_defaults, registry_dir, train_adapter  # noqa: PLC0415
@@ -453,12 +468,14 @@ def adapter_train(
 
     if not re.fullmatch(r"[\w.-]+", name):
         raise typer.BadParameter("use letters, digits, '.', '_' or '-'", param_hint="--name")
-    backbone = _load(model, device, None, None)
+    backbone = _load(model, device, None, None, quantize)
     defaults = adapter_defaults(backbone)
     config = LoRATrainConfig(**{**vars(defaults), "rank": rank, "alpha": alpha, "dropout": dropout, "epochs": epochs,
-                                "max_steps": max_steps, "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed})
+                                "max_steps": max_steps, "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed,
+                                "grad_accum": grad_accum, "gradient_checkpointing": gradient_checkpointing,
+                                "checkpoint_every": checkpoint_every})
     target = out_dir or registry_dir() / name
-    card = train_adapter(backbone, data, name, target, config, heldout)
+    card = train_adapter(backbone, data, name, target, config, heldout, resume=not restart)
     out.print(f"data: {card['data_report']}")
     for m in card["metrics"]:
         out.print(f"epoch {m['epoch']}: train loss {m['train_loss']:.3f}, validation loss {m['val_loss']:.3f}, perplexity {m['val_perplexity']:.2f}")

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import socket
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,26 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+QUANTIZE = ("4bit", "8bit")
+
+
+def quantization_config(quantize: str) -> Any | None:
+    """A bitsandbytes config for "4bit"/"8bit", or None with a warning where that cannot run (no CUDA, no bitsandbytes)."""
+    if quantize not in QUANTIZE:
+        raise ModelLoadError(f"unknown quantization '{quantize}': use 4bit or 8bit")
+    missing = "no CUDA device" if not torch.cuda.is_available() else None
+    if missing is None and importlib.util.find_spec("bitsandbytes") is None:
+        missing = "bitsandbytes is not installed (pip install bitsandbytes)"
+    if missing:
+        warnings.warn(f"--quantize {quantize} ignored: {missing}; loading unquantised", stacklevel=2)
+        return None
+    from transformers import BitsAndBytesConfig  # noqa: PLC0415
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -291,12 +312,15 @@ def load_model(
     dtype: str | None = None,
     device_map: str | None = None,
     layers_path: str | None = None,
+    quantize: str | None = None,
 ) -> Backbone:
     """Load `spec` (alias, HF folder, .gguf file or hub id) as a Backbone.
 
     `device` places the whole model ("cpu", "cuda", "cuda:1"); `device_map="auto"`
     spreads a big model over the available GPUs through accelerate instead.
     `dtype` is "float32", "float16", "bfloat16" or "auto" (the checkpoint's own).
+    `quantize` ("4bit" or "8bit") loads through bitsandbytes on a CUDA machine;
+    elsewhere it warns and loads unquantised (see `quantization_config`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - slow import
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
@@ -311,6 +335,9 @@ def load_model(
         kwargs["dtype"] = dtype if dtype == "auto" else DTYPES[dtype]
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if quantize is not None and (config := quantization_config(quantize)) is not None:
+        kwargs["quantization_config"] = config
+        kwargs.setdefault("device_map", "auto")
     if source == spec and not Path(spec).exists() and not hub_reachable():
         extra["local_files_only"] = kwargs["local_files_only"] = True  # only the local HF cache
     try:

@@ -138,13 +138,18 @@ def train_adapter(
     out_dir: str | Path,
     config: LoRATrainConfig | None = None,
     heldout: float = 0.1,
+    *,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Train a persona adapter on a JSONL file; save it with its card; return the card.
 
     A held-out share of the examples gives the validation loss and perplexity
-    after every epoch. The base model is unwrapped again when this returns.
+    after every epoch. Progress is checkpointed beside `out_dir`
+    (`.NAME.checkpoint`), and a rerun with the same settings and data goes on
+    from there unless `resume` is False. The base model is unwrapped again when
+    this returns.
     """
-    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415
 
     config = config or adapter_defaults(backbone)
     data = read_persona_data(data_path)
@@ -153,29 +158,38 @@ def train_adapter(
     random.Random(config.seed).shuffle(order)
     n_val = max(1, round(heldout * len(order))) if len(order) > 4 else 0
     val, train = order[:n_val], order[n_val:]
+    out_dir = Path(out_dir)
+    checkpoint = out_dir.with_name(f".{out_dir.name}.checkpoint")
+    if not resume:
+        shutil.rmtree(checkpoint, ignore_errors=True)
     torch.manual_seed(config.seed)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, use_rslora=config.rslora, lora_dropout=config.dropout,
                       target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
                       task_type="CAUSAL_LM")
+    if getattr(backbone.model, "is_quantized", False):
+        prepare_model_for_kbit_training(backbone.model, use_gradient_checkpointing=config.gradient_checkpointing)
     model = get_peft_model(backbone.model, lora)
-    epochs = []
+    val_prompts, val_answers = [prompts[i] for i in val], [data.answers[i] for i in val]
+
+    def validate(epoch: int) -> dict[str, float]:
+        val_loss = answer_loss(model, backbone, val_prompts, val_answers) if val else math.nan
+        return {"val_loss": val_loss, "val_perplexity": math.exp(val_loss)}
+
     try:
-        for epoch in range(config.epochs):
-            losses = optimise(model, backbone, [prompts[i] for i in train], [data.answers[i] for i in train],
-                              LoRATrainConfig(**{**vars(config), "epochs": 1, "seed": config.seed + epoch}), f"{name} epoch {epoch + 1}")
-            val_loss = answer_loss(model, backbone, [prompts[i] for i in val], [data.answers[i] for i in val]) if val else math.nan
-            epochs.append({"epoch": epoch + 1, "train_loss": losses[-1], "val_loss": val_loss, "val_perplexity": math.exp(val_loss)})
+        state = optimise(model, backbone, [prompts[i] for i in train], [data.answers[i] for i in train], config, name,
+                         checkpoint=checkpoint, fingerprint=f"{backbone.name} {data.sha256} {heldout}", on_epoch_end=validate)
         card = {
             "name": name, "base_model": backbone.name, "base_model_type": backbone.model_type, "data": str(data_path),
             "data_sha256": data.sha256, "data_report": data.describe(), "n_train": len(train), "n_val": len(val),
             "val_indices": sorted(val),
-            "train": vars(config), "metrics": epochs, "kind": "persona_adapter",
+            "train": vars(config), "metrics": state.epochs, "kind": "persona_adapter",
         }
-        tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.partial")
+        tmp = out_dir.with_name(f".{out_dir.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         save_adapter(model, tmp, card)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)  # a failed run leaves no half-written adapter under the real name
+        shutil.rmtree(checkpoint, ignore_errors=True)
     finally:
         model.unload()  # type: ignore[attr-defined]
     return card
