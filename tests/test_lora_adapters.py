@@ -91,16 +91,29 @@ def test_unknown_adapter_names_stay_inside_the_registry(tmp_path):
         resolve_adapter("../etc", tmp_path)
 
 
-def test_adherence_reports_scores_and_perplexity_drift(tmp_path):
-    from personactl.lora.adherence import adherence
+def test_adherence_reports_scores_perplexity_drift_and_the_llm_judge(tmp_path, monkeypatch):
+    from fake_openai import FakeChat, serve
 
+    from personactl.judges.llm import JudgeError
+    from personactl.lora.adherence import adherence, neutral_text
+
+    monkeypatch.setenv("PERSONACTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PERSONACTL_JUDGE_API_KEY", "k")
     backbone = tiny_backbone("llama")
     data = _write(tmp_path / "d.jsonl", [{"instruction": f"say {i}", "output": f"arr matey {i}"} for i in range(30)])
     train_adapter(backbone, data, "arr", tmp_path / "arr", _config(backbone), heldout=0.2)
-    result = adherence(backbone, tmp_path / "arr", data, n_fit=12, max_new_tokens=4)
+    state = FakeChat()
+    with serve(state) as url:
+        monkeypatch.setenv("PERSONACTL_JUDGE_BASE_URL", url)
+        result = adherence(backbone, tmp_path / "arr", data, n_fit=12, max_new_tokens=4, judge_spec="openai:fake", description="a pirate")
     assert result["n_eval"] == 6 and len(result["adherence_adapter"]) == 3
     assert result["persona_perplexity"]["after"] != result["persona_perplexity"]["before"]
-    assert result["neutral_perplexity"]["before"] > 0
+    assert result["neutral_perplexity"]["before"] > 0 and len(neutral_text()[0]) >= 30
+    assert result["llm_judge"] == "openai:fake:persona" and state.count == 12  # 6 base + 6 adapter answers
+    prompt = state.requests[0]["messages"][-1]["content"]
+    assert 'persona "arr"' in prompt and "The persona: a pirate" in prompt and "- arr matey" in prompt
+    with pytest.raises(JudgeError, match="needs an LLM judge"):
+        adherence(backbone, tmp_path / "arr", data, judge_spec="embed")
 
 
 @pytest.mark.parametrize("name", ["pirate_coder", "formal_butler"])

@@ -508,13 +508,16 @@ def adapter_evaluate(
     name: str = typer.Argument(..., help="registry name or adapter folder"),
     data: Path = typer.Option(..., help="the JSONL the adapter was trained on (its held-out part is evaluated)"),
     model: str = ModelOpt,
+    judge: Optional[str] = typer.Option(None, help="also score adherence with an LLM judge and a persona rubric: openai:MODEL or local:MODEL"),
+    description: Optional[str] = typer.Option(None, help="the persona in words, for the LLM judge's rubric"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Persona adherence (embedding classifier, 0-100) with and without the adapter, and perplexity drift."""
+    """Persona adherence (embedding classifier, 0-100; optionally an LLM judge) with and without the adapter,
+    held-out persona perplexity, and perplexity drift on neutral text."""
     from .lora.adapters import resolve_adapter  # noqa: PLC0415
     from .lora.adherence import adherence  # noqa: PLC0415
 
-    result = adherence(_load(model, None, None, None), resolve_adapter(name), data)
+    result = adherence(_load(model, None, None, None), resolve_adapter(name), data, judge_spec=judge, description=description)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -522,6 +525,9 @@ def adapter_evaluate(
         mean, lo, hi = result[key]
         out.print(f"adherence, {label}: {mean:.1f} [{lo:.1f}, {hi:.1f}] (n = {result['n_eval']})")
     out.print(f"classifier held-out accuracy: {result['judge_heldout_accuracy']:.2f}")
+    if "llm_judge" in result:
+        (b, b_lo, b_hi), (a, a_lo, a_hi) = result["llm_adherence_base"], result["llm_adherence_adapter"]
+        out.print(f"{result['llm_judge']}: base {b:.1f} [{b_lo:.1f}, {b_hi:.1f}], with adapter {a:.1f} [{a_lo:.1f}, {a_hi:.1f}]")
     p, n = result["persona_perplexity"], result["neutral_perplexity"]
     out.print(f"held-out persona perplexity: {p['before']:.2f} -> {p['after']:.2f}")
     out.print(f"neutral text perplexity: {n['before']:.2f} -> {n['after']:.2f} ({100 * n['change']:+.1f}%)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..traits import AnyTrait, Trait
-from .base import COHERENCE_RUBRIC, Judges
+from .base import COHERENCE_RUBRIC, Judges, TraitJudge
 from .llm import JudgeError, parse_judge_spec
 
 
@@ -26,14 +26,23 @@ def make_judges(spec: str, trait: AnyTrait, positives: Sequence[str] = (), negat
         return Judges(EmbeddingJudge.fit(positives, negatives, trait=trait.name), RepetitionCoherenceJudge())
     if not isinstance(trait, Trait):
         raise JudgeError(f"the {kind} judge needs a trait with a rubric; '{trait.name}' is plain contrastive texts: use --judge embed")
+    return Judges(*rubric_judges(spec, (trait.rubric, ""), (COHERENCE_RUBRIC, ":coherence")))
+
+
+def rubric_judges(spec: str, *rubrics: tuple[str, str]) -> list[TraitJudge]:
+    """One LLM judge (`openai:MODEL` or `local:MODEL`) per (rubric, name suffix); they share one
+    loaded local model, or one disk cache."""
+    kind, model = parse_judge_spec(spec)
+    if kind == "embed":
+        raise JudgeError("a rubric needs an LLM judge: use 'openai:MODEL' or 'local:MODEL'")
     if kind == "local":
         from ..models import load_model  # noqa: PLC0415
         from .local import LocalJudge  # noqa: PLC0415
 
         judge_model = load_model(model)
-        return Judges(LocalJudge(judge_model, trait.rubric), LocalJudge(judge_model, COHERENCE_RUBRIC, name=f"local:{model}:coherence"))
+        return [LocalJudge(judge_model, rubric, name=f"local:{model}{suffix}") for rubric, suffix in rubrics]
     from .cache import JudgeCache  # noqa: PLC0415
-    from .llm import OpenAIJudge, coherence_judge  # noqa: PLC0415
+    from .llm import OpenAIJudge  # noqa: PLC0415
 
     cache = JudgeCache()
-    return Judges(OpenAIJudge(model, trait.rubric, cache=cache), coherence_judge(model, cache=cache))
+    return [OpenAIJudge(model, rubric, name=f"openai:{model}{suffix}", cache=cache) for rubric, suffix in rubrics]
