@@ -7,8 +7,9 @@ output of block l-1 (for the last layer HF reports it after the final norm).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 
@@ -70,6 +71,42 @@ def hidden_states(backbone: Backbone, input_ids: torch.Tensor, attention_mask: t
         use_cache=False,
     )
     return torch.stack(out.hidden_states)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the wanted layer has run: the rest of the forward is not needed."""
+
+
+@contextmanager
+def _stop_after(block: torch.nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        store.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = block.register_forward_hook(hook, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def layer_states(backbone: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+    """`hidden_states[layer]` alone, [batch, seq, hidden]: the forward stops after block layer-1.
+
+    The last layer (after HF's final norm) and the embeddings take the full path."""
+    backbone.check_layer(layer)
+    if layer in (0, backbone.n_layers):
+        return hidden_states(backbone, input_ids, attention_mask)[layer]
+    store: list[torch.Tensor] = []
+    device = backbone.device
+    with _stop_after(backbone.block(layer), store):
+        try:
+            backbone.model.base_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                      position_ids=position_ids(attention_mask).to(device), use_cache=False)
+        except _StopForward:
+            pass
+    return store[0]
 
 
 def reduce_positions(states: torch.Tensor, batch: Batch, positions: Positions) -> torch.Tensor:
