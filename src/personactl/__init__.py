@@ -13,6 +13,7 @@ from .errors import (
     PersonactlError,
     SteeringError,
     TraitError,
+    TransferError,
     VectorFileError,
 )
 from .extraction import ContrastivePair, ExtractionSettings, extract, generate_pairs, load_pairs, save_pairs, vector_from_pairs
@@ -32,8 +33,27 @@ from .judges.local import LocalJudge
 from .lora.adapters import PersonaSwitcher, train_adapter
 from .lora.direction import LoRADirection, combine, difference, merged
 from .lora.runtime import runtime
+from .lora.adherence import adherence
+from .lora.config import LoRATrainConfig
+from .transfer.config import TransferConfig
+from .transfer.mapping import TransferMap, fit_map, map_vector
+from .transfer.pairs import PairedActivations, collect_pairs
+from .transfer.ridge import RidgeMap, fit_ridge
+from .transfer.runner import run_transfer
 
 __all__ = [
+    "LoRATrainConfig",
+    "PairedActivations",
+    "RidgeMap",
+    "TransferConfig",
+    "TransferError",
+    "TransferMap",
+    "adherence",
+    "collect_pairs",
+    "fit_map",
+    "fit_ridge",
+    "map_vector",
+    "run_transfer",
     "EmbeddingJudge",
     "Judges",
     "LoRADirection",

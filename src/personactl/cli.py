@@ -25,6 +25,8 @@ lora_app = typer.Typer(help="Weight-space personas: LoRA persona directions (pos
 app.add_typer(lora_app, name="lora")
 adapter_app = typer.Typer(help="Plug-and-play persona adapters: train from JSONL, list, show, merge.", no_args_is_help=True)
 app.add_typer(adapter_app, name="adapter")
+transfer_app = typer.Typer(help="Cross-model transfer: carry a persona vector from one model family to another.", no_args_is_help=True)
+app.add_typer(transfer_app, name="transfer")
 
 out = Console(soft_wrap=True)  # paths stay on one line
 err = Console(stderr=True)
@@ -636,6 +638,121 @@ def demo(
     for result in run_demo(backbone, out_dir):
         _print_run(result)
         out.print(margin(result).describe())
+
+
+@transfer_app.command("run")
+def transfer_run(config: Path = typer.Option(..., help="experiment JSON (source_model, target_model, layer_idx, persona_datasets, ...)")) -> None:
+    """The whole experiment: vectors on both models, paired activations, ridge map, every method and baseline
+    steering the target, judged, diagnostics A/B/C and a report per persona. A rerun resumes."""
+    from .transfer.config import load_config  # noqa: PLC0415
+    from .transfer.runner import run_transfer  # noqa: PLC0415
+
+    for result in run_transfer(load_config(config)):
+        table = Table("criterion", "measured", "met", title=f"{result.trait}: layer {result.source_layer} -> {result.target_layer}")
+        for c in result.criteria:
+            table.add_row(c["criterion"], f"{c['measured']:.2f}", {True: "yes", False: "no", None: "-"}[c["met"]])
+        out.print(table)
+        for letter, payload in result.hypotheses.items():
+            out.print(f"{letter.upper()}: {payload['conclusion']}")
+        for label, path in result.files.items():
+            out.print(f"{label}: {path}")
+
+
+@transfer_app.command("extract")
+def transfer_extract(
+    trait: str = typer.Option(..., help="built-in trait name or trait file"),
+    source: str = typer.Option("smollm2-135m", help="source model"),
+    target: str = typer.Option("gemma3-270m", help="target model"),
+    layer: Optional[int] = typer.Option(None, help="source layer [default: 5/6 of its depth]"),
+    target_layer: Optional[int] = typer.Option(None, help="target layer [default: the same relative depth]"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for the map, the pairs and the source vector"),
+    n_pairs: int = typer.Option(5000, help="paired activations for the map"),
+    lambdas: str = typer.Option("0.01,0.1,1,10", help="ridge penalties tried by leave-one-out"),
+    texts: Optional[Path] = typer.Option(None, help="texts for the pairs (.txt lines or .jsonl 'text'); default: the shipped corpus"),
+    n_questions: int = typer.Option(12, help="extraction questions for the source vector"),
+) -> None:
+    """Extract the persona vector on the source model and fit the source -> target map."""
+    from .extraction import ExtractionSettings, extract as run_extract  # noqa: PLC0415
+    from .traits import load_trait  # noqa: PLC0415
+    from .transfer.mapping import fit_map  # noqa: PLC0415
+    from .transfer.pairs import builtin_texts, corresponding_layer, read_texts  # noqa: PLC0415
+
+    loaded_trait = load_trait(trait)
+    penalties = _floats(lambdas, "--lambdas")
+    src, tgt = _load(source, None, None, None), _load(target, None, None, None)
+    s_layer = layer or round(src.n_layers * 5 / 6)
+    t_layer = target_layer or corresponding_layer(s_layer, src.n_layers, tgt.n_layers)
+    tmap, pairs = fit_map(src, tgt, s_layer, t_layer, read_texts(texts) if texts else builtin_texts(), out_dir,
+                          lambdas=penalties, n_pairs=n_pairs)
+    vector, _ = run_extract(src, loaded_trait, ExtractionSettings(n_questions=n_questions))
+    vector.save(out_dir / "source_vector.safetensors")
+    out.print(f"{len(pairs)} pairs, layer {s_layer} -> {t_layer}, lambda {tmap.ridge.lam:g}")
+    for lam, scores in tmap.ridge.scores.items():
+        out.print(f"  lambda {lam:g}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    out.print(f"map and source vector written to {out_dir}")
+
+
+@transfer_app.command("apply")
+def transfer_apply(
+    map_dir: Path = typer.Option(..., "--map", help="folder written by `transfer extract`"),
+    vector: Path = typer.Option(..., help="the source model's persona vector"),
+    baseline: str = typer.Option("ridge", help="ridge, or a baseline: procrustes, pad, interpolate, random"),
+    out_path: Path = typer.Option(..., "--out", help="vector file for the target model"),
+    seed: int = typer.Option(0, help="seed of the random orthogonal baseline"),
+) -> None:
+    """Carry a source persona vector to the target model (a target vector, non-zero at the mapped layer)."""
+    from .transfer.mapping import TransferMap, map_vector  # noqa: PLC0415
+    from .vectors import load_vector  # noqa: PLC0415
+
+    tmap = TransferMap.load(map_dir)
+    mapped = map_vector(load_vector(vector), tmap, baseline, seed)
+    mapped.save(out_path)
+    out.print(f"{baseline} vector for {tmap.info['target_model']} (layer {tmap.info['target_layer']}, "
+              f"norm {mapped.norms[tmap.info['target_layer']]:.3g}) written to {out_path}")
+
+
+@transfer_app.command("evaluate")
+def transfer_evaluate(
+    vector: Path = typer.Option(..., help="a target-model vector (from `transfer apply`, or native)"),
+    trait: str = typer.Option(..., help="trait whose questions and judge score the answers"),
+    target: str = typer.Option("gemma3-270m", help="target model"),
+    layer: Optional[int] = typer.Option(None, help="layer to steer [default: the mapped layer]"),
+    coefs: str = typer.Option("0,1,2,4", help="comma-separated coefficients (0 = unsteered)"),
+    judge: str = typer.Option("embed", help="embed (fitted on the target's own contrastive answers), openai:MODEL or local:MODEL"),
+    n_questions: int = typer.Option(8, help="held-out questions to answer"),
+    max_new_tokens: int = typer.Option(40),
+) -> None:
+    """Steer the target with a vector over coefficients; trait, coherence and collapse per coefficient."""
+    from .extraction import ExtractionSettings, generate_pairs  # noqa: PLC0415
+    from .judges.factory import make_judges  # noqa: PLC0415
+    from .traits import load_trait  # noqa: PLC0415
+    from .transfer.evaluation import evaluate_vector  # noqa: PLC0415
+    from .vectors import load_vector  # noqa: PLC0415
+
+    loaded_trait = load_trait(trait)
+    if not getattr(loaded_trait, "eval_questions", None):
+        raise typer.BadParameter(f"'{trait}' has no evaluation questions: use a trait with questions (e.g. pirate)", param_hint="--trait")
+    backbone = _load(target, None, None, None)
+    steering = load_vector(vector, backbone=backbone)
+    chosen = layer if layer is not None else steering.extra.get("transfer", {}).get("target_layer")
+    if chosen is None:
+        raise typer.BadParameter("this vector has no mapped layer: give --layer", param_hint="--layer")
+    pairs = generate_pairs(backbone, loaded_trait, ExtractionSettings(n_questions=n_questions)) if judge == "embed" else []
+    judges = make_judges(judge, loaded_trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+    rows = evaluate_vector(backbone, steering.directions[chosen], chosen, _floats(coefs, "--coefs"),
+                           loaded_trait.eval_questions[:n_questions], judges, max_new_tokens=max_new_tokens)
+    table = Table("coef", "trait", "95% CI", "coherence", "collapsed", title=f"{vector.name} at layer {chosen}")
+    for r in rows:
+        table.add_row(f"{r['coef']:g}", f"{r['trait']:.1f}", f"[{r['trait_lo']:.1f}, {r['trait_hi']:.1f}]", f"{r['coherence']:.1f}",
+                      f"{100 * r['collapse_rate']:.0f}%")
+    out.print(table)
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=option) from exc
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -39,3 +39,7 @@ class TraitError(PersonactlError):
 
 class SteeringError(PersonactlError):
     """A steering request that cannot be applied (shapes, positions, batch)."""
+
+
+class TransferError(PersonactlError):
+    """A cross-model transfer request that cannot be carried out (layers, texts, sizes, config, files)."""

@@ -26,16 +26,12 @@ from safetensors.torch import load_file, save_file
 
 from .._io import atomic_path
 from ..activations import layer_states
-from ..errors import PersonactlError
+from ..errors import TransferError
 from ..models import Backbone
 from ..progress import progress_bar
 
 REDUCTIONS = ("last", "mean")
 MIN_CONTEXT_TOKENS = 3  # the first tokens carry attention-sink states far from the rest; skip them
-
-
-class TransferError(PersonactlError):
-    """A transfer request that cannot be carried out (layers, texts, sizes, files)."""
 
 
 def corresponding_layer(source_layer: int, source_layers: int, target_layers: int, mode: str = "relative") -> int:
