@@ -4,7 +4,7 @@ import torch
 from scipy.stats import ks_2samp
 from sklearn.linear_model import Ridge, RidgeCV
 
-from personactl.errors import PersonactlError
+from personactl.errors import PersonactlError, TransferError
 from personactl.transfer.baselines import (
     interpolate,
     pad_or_truncate,
@@ -13,7 +13,7 @@ from personactl.transfer.baselines import (
     random_orthogonal,
     rescale,
 )
-from personactl.transfer.ridge import RidgeMap, TransferError, fit_ridge
+from personactl.transfer.ridge import RidgeMap, fit_ridge
 
 GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 

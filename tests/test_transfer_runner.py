@@ -78,6 +78,13 @@ def _row(group, method, layer, coef, trait, coherence):
             "trait_hi": trait, "coherence": coherence, "collapse_rate": 0.0}
 
 
+def test_lambda_at_the_grid_edge_is_flagged():
+    from personactl.transfer.mapping import lambda_note
+
+    assert "extend lambda_values upwards" in lambda_note(10.0, [0.1, 1.0, 10.0])
+    assert "downwards" in lambda_note(0.1, [0.1, 1.0, 10.0]) and lambda_note(1.0, [0.1, 1.0, 10.0]) == ""
+
+
 def test_conclusions_follow_the_numbers():
     weak = [_row("main", "ridge", 5, a, 20.0, 90.0) for a in (1, 2)]
     strong = [_row("A", "ridge@oracle_norm", 5, a, t, 80.0) for a, t in ((1, 40.0), (2, 70.0))]

@@ -689,6 +689,8 @@ def transfer_extract(
     out.print(f"{len(pairs)} pairs, layer {s_layer} -> {t_layer}, lambda {tmap.ridge.lam:g}")
     for lam, scores in tmap.ridge.scores.items():
         out.print(f"  lambda {lam:g}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    if tmap.info["lambda_note"]:
+        err.print(f"note: {tmap.info['lambda_note']}")
     out.print(f"map and source vector written to {out_dir}")
 
 

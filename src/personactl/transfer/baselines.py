@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .ridge import Array, TransferError, _checked_pairs, _float64, _like
+from ..errors import TransferError
+from .ridge import Array, _checked_pairs, _float64, _like
 
 
 def pad_or_truncate(v: Array, d_t: int) -> Array:

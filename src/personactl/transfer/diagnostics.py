@@ -39,6 +39,10 @@ def _trait(row: dict[str, Any] | None) -> float:
     return row["trait"] if row is not None else float("nan")
 
 
+def _said(row: dict[str, Any] | None) -> str:
+    return f"{row['trait']:.1f}" if row is not None else "n/a (never coherent)"
+
+
 def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
     keys = ("method", "layer", "coef", "applied_norm", "trait", "trait_lo", "trait_hi", "coherence", "collapse_rate")
     return {k: row[k] for k in keys} if row is not None else None
@@ -53,11 +57,14 @@ def hypothesis_a(rows: Sequence[dict[str, Any]], norms: dict[str, float]) -> dic
     if best_rescaled is None:
         conclusion = f"rescaling to the oracle norm (x{ratio:.2f}) breaks coherence at every coefficient: magnitude is not the fix"
     elif not np.isfinite(gain) or gain >= MEANINGFUL:
-        conclusion = (f"supported: at the oracle norm (x{ratio:.2f}) the mapped vector reaches trait {_trait(best_rescaled):.1f} "
-                      f"vs {_trait(best_raw):.1f} at its own norm, coherence {best_rescaled['coherence']:.1f}")
+        conclusion = (f"supported: at the oracle norm (x{ratio:.2f}) the mapped vector reaches trait {_said(best_rescaled)} "
+                      f"vs {_said(best_raw)} at its own norm, coherence {best_rescaled['coherence']:.1f}")
+    elif gain <= -MEANINGFUL:
+        conclusion = (f"not supported: rescaling to the oracle norm (x{ratio:.2f}) lowers the best coherent trait "
+                      f"({_said(best_raw)} -> {_said(best_rescaled)}): the mapped vector's own length is not what holds it back")
     else:
         conclusion = (f"not supported: rescaling to the oracle norm (x{ratio:.2f}) changes the best coherent trait by only "
-                      f"{gain:+.1f} ({_trait(best_raw):.1f} -> {_trait(best_rescaled):.1f})")
+                      f"{gain:+.1f} ({_said(best_raw)} -> {_said(best_rescaled)})")
     return {
         "hypothesis": "A: magnitude mismatch", "norms": norms, "oracle_to_ridge_norm_ratio": ratio,
         "ridge": [_brief(r) for r in raw], "ridge_at_oracle_norm": [_brief(r) for r in rescaled],
@@ -76,8 +83,9 @@ def hypothesis_b(rows: Sequence[dict[str, Any]], cosines: dict[str, float], null
                       f"(95% of |cos| below {null_summary['q95_abs']:.3f}, p = {p_ridge:.2f}): the map does not find the target's direction")
     else:
         conclusion = (f"partly: the ridge vector points towards the oracle well beyond chance (cos {cosines['ridge']:.3f} vs null 95% "
-                      f"{null_summary['q95_abs']:.3f}, p < {max(p_ridge, 1 / len(null)):.3g}), yet far from 1; at the oracle norm ridge "
-                      f"reaches trait {_trait(best['ridge']):.1f}, Procrustes {_trait(best['procrustes']):.1f}, random {_trait(best['random']):.1f}")
+                      f"{null_summary['q95_abs']:.3f}, p < {max(p_ridge, 1 / len(null)):.3g}), yet far from 1; at the oracle norm the best "
+                      f"coherent trait is {_said(best['ridge'])} for ridge, {_said(best['procrustes'])} for Procrustes, "
+                      f"{_said(best['random'])} for random")
     return {
         "hypothesis": "B: basis mismatch", "cosine_to_oracle": cosines, "null_random_rotation": null_summary,
         "p_ridge_vs_null": p_ridge, "best_at_oracle_norm": {m: _brief(r) for m, r in best.items()}, "conclusion": conclusion,
@@ -93,11 +101,11 @@ def hypothesis_c(rows: Sequence[dict[str, Any]], mapped_layer: int) -> dict[str,
     if peak is None:
         conclusion = "no target layer keeps the mapped vector coherent at this coefficient"
     elif peak["layer"] != mapped_layer and _trait(peak) - _trait(at_mapped) >= MEANINGFUL:
-        conclusion = (f"supported: the mapped vector works best at target layer {peak['layer']} (trait {_trait(peak):.1f}), "
-                      f"not at the mapped layer {mapped_layer} ({_trait(at_mapped):.1f})")
+        conclusion = (f"supported: the mapped vector works best at target layer {peak['layer']} (trait {_said(peak)}), "
+                      f"not at the mapped layer {mapped_layer} ({_said(at_mapped)})")
     else:
-        conclusion = (f"not supported: the mapped layer {mapped_layer} (trait {_trait(at_mapped):.1f}) is at most "
-                      f"{MEANINGFUL:g} points below the best layer {peak['layer']} ({_trait(peak):.1f})")
+        conclusion = (f"not supported: the mapped layer {mapped_layer} (trait {_said(at_mapped)}) is at most "
+                      f"{MEANINGFUL:g} points below the best layer {peak['layer']} ({_said(peak)})")
     return {
         "hypothesis": "C: layer correspondence", "mapped_layer": mapped_layer,
         "mapped_by_layer": [_brief(r) for r in mapped], "oracle_by_layer": [_brief(r) for r in oracle],

@@ -71,9 +71,19 @@ def fit_map(
         save_file({"procrustes": procrustes.contiguous()}, str(tmp))
     info = {"source_model": source.name, "target_model": target.name, "source_layer": source_layer, "target_layer": target_layer,
             "source_layers": source.n_layers, "target_layers": target.n_layers, "source_hidden": source.hidden_size,
-            "target_hidden": target.hidden_size, "reduction": reduction, "n_pairs": len(pairs), "lambda": ridge.lam}
+            "target_hidden": target.hidden_size, "reduction": reduction, "n_pairs": len(pairs), "lambda": ridge.lam,
+            "lambda_note": lambda_note(ridge.lam, lambdas)}
     write_text_atomic(out / MAP_INFO, json.dumps(info, indent=2))
     return TransferMap(ridge, procrustes, info), pairs
+
+
+def lambda_note(chosen: float, grid: Sequence[float]) -> str:
+    """A warning when the chosen penalty sits at an end of the grid (the best one may lie beyond it)."""
+    if len(grid) > 1 and chosen == max(grid):
+        return f"the chosen lambda {chosen:g} is the largest tried: extend lambda_values upwards"
+    if len(grid) > 1 and chosen == min(grid):
+        return f"the chosen lambda {chosen:g} is the smallest tried: extend lambda_values downwards"
+    return ""
 
 
 def method_vectors(v_source: torch.Tensor, tmap: TransferMap, seed: int = 0, oracle: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

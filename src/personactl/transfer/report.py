@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_path, write_text_atomic
+from .mapping import lambda_note
 
 if TYPE_CHECKING:
     from .config import TransferConfig
@@ -67,6 +68,7 @@ def write_report(out: Path, config: "TransferConfig", result: "TransferResult", 
     cv_columns = ["lambda", *dict.fromkeys(k for s in ridge.scores.values() for k in s), "chosen"]
     criteria = [{**c, "met": {True: "yes", False: "no", None: "-"}[c["met"]]} for c in result.criteria]
     main = [r for r in result.rows if r["group"] == "main"]
+    note = f"\n**Note**: {lambda_note(ridge.lam, list(ridge.scores))}\n" if lambda_note(ridge.lam, list(ridge.scores)) else ""
     text = f"""# Transfer of '{name}': {config.source_model} -> {config.target_model}
 
 Source layer {result.source_layer} -> target layer {result.target_layer}; {n_pairs} paired activations
@@ -93,5 +95,5 @@ Source layer {result.source_layer} -> target layer {result.target_layer}; {n_pai
 ## Ridge map (leave-one-out over the lambda grid; held-out R^2 and cosine)
 
 {markdown_table(cv, cv_columns)}
-"""
+{note}"""
     return write_text_atomic(out / f"report_{name}.md", text)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,16 +26,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .._io import atomic_path
-from ..errors import PersonactlError
+from ..errors import TransferError
 
 Array = np.ndarray | torch.Tensor
 DEFAULT_LAMBDAS = (0.01, 0.1, 1.0, 10.0)
 MIN_ROWS = 3
 _FORMAT = "personactl.ridge_map"
-
-
-class TransferError(PersonactlError):
-    """Paired activations, settings or a map file that a transfer cannot use."""
 
 
 @dataclass
@@ -172,12 +169,19 @@ def _eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if gram.device.type != "cpu" or len(gram) > 2048:
         return torch.linalg.eigh(gram)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):
         return torch.linalg.eigh(gram)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 class _Fits:
