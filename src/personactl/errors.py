@@ -6,6 +6,8 @@ code 2; everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class PersonactlError(Exception):
     """Base class of every mistake the user can fix."""
@@ -43,3 +45,10 @@ class SteeringError(PersonactlError):
 
 class TransferError(PersonactlError):
     """A cross-model transfer request that cannot be carried out (layers, texts, sizes, config, files)."""
+
+
+def first_validation_error(exc: ValidationError, root: str = "config") -> str:
+    """The first problem pydantic found, as `where: what` (one line for a PersonactlError message)."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or root
+    return f"{where}: {first['msg']}"

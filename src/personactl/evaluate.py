@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ._io import write_text_atomic
-from .errors import PersonactlError
+from .errors import PersonactlError, first_validation_error
 from .generation import chat_prompt, format_prompts
 from .judges.base import Judges
 from .judges.text import perplexity, text_metrics
@@ -71,9 +71,7 @@ def validate_config(data: dict[str, Any]) -> SweepConfig:
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise SweepError(f"invalid sweep config: {where}: {first['msg']}") from exc
+        raise SweepError(f"invalid sweep config: {first_validation_error(exc)}") from exc
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .errors import TraitError
+from .errors import TraitError, first_validation_error
 
 MIN_PAIRS = 5
 MIN_QUESTIONS = 20
@@ -129,9 +129,7 @@ def parse_trait(data: dict[str, Any], *, default_name: str = "trait", source: st
             data = _from_persona_vectors(data)
         return Trait.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "file"
-        raise TraitError(f"invalid trait {source}: {where}: {first['msg']}") from exc
+        raise TraitError(f"invalid trait {source}: {first_validation_error(exc, 'file')}") from exc
 
 
 def _from_persona_vectors(data: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import TransferError
-from .ridge import Array, _checked_pairs, _float64, _like
+from .ridge import Array, as_float64, checked_pairs, same_kind_as
 
 
 def pad_or_truncate(v: Array, d_t: int) -> Array:
@@ -19,14 +19,14 @@ def pad_or_truncate(v: Array, d_t: int) -> Array:
     out = torch.zeros(_size(d_t), dtype=torch.float64, device=v64.device)
     keep = min(len(v64), d_t)
     out[:keep] = v64[:keep]
-    return _like(out, v)
+    return same_kind_as(out, v)
 
 
 def interpolate(v: Array, d_t: int) -> Array:
     """v resampled linearly at d_t evenly spaced points of its index range: the 'smooth in index' guess."""
     v64 = _vector(v).cpu().numpy()
     out = np.interp(np.linspace(0.0, 1.0, _size(d_t)), np.linspace(0.0, 1.0, len(v64)), v64)
-    return _like(torch.from_numpy(out), v)
+    return same_kind_as(torch.from_numpy(out), v)
 
 
 def random_orthogonal(d_s: int, d_t: int, seed: int = 0) -> np.ndarray:
@@ -45,9 +45,9 @@ def procrustes(X: Array, Y: Array) -> Array:
 
     The best map that only rotates (and embeds or projects): ridge's competitor when pairs are few.
     """
-    x, y = _checked_pairs(X, Y)
+    x, y = checked_pairs(X, Y)
     u, _, vh = torch.linalg.svd((x - x.mean(0)).T @ (y - y.mean(0)), full_matrices=False)
-    return _like(u @ vh, X)
+    return same_kind_as(u @ vh, X)
 
 
 def rescale(v: Array, norm: float) -> Array:
@@ -56,7 +56,7 @@ def rescale(v: Array, norm: float) -> Array:
     length = float(torch.linalg.vector_norm(v64))
     if length == 0:
         raise TransferError("cannot rescale a zero vector: it has no direction")
-    return _like(v64 * (norm / length), v)
+    return same_kind_as(v64 * (norm / length), v)
 
 
 def random_cosine_null(oracle: Array, n: int = 1000, seed: int = 0) -> np.ndarray:
@@ -75,7 +75,7 @@ def random_cosine_null(oracle: Array, n: int = 1000, seed: int = 0) -> np.ndarra
 
 
 def _vector(v: Array) -> torch.Tensor:
-    v64 = _float64(v, "v")
+    v64 = as_float64(v, "v")
     if v64.dim() != 1 or len(v64) == 0:
         raise TransferError(f"expected a non-empty 1-D vector; got shape {tuple(v64.shape)}")
     return v64

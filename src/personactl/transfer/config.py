@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import TransferError
+from ..errors import TransferError, first_validation_error
 from ..traits import AnyTrait, ContrastiveTexts, load_trait
 
 GPT4_JUDGE = "openai:gpt-4.1-mini"
@@ -103,6 +103,4 @@ def validate_config(data: Any, where: str = "config") -> TransferConfig:
     try:
         return TransferConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "config"
-        raise TransferError(f"invalid transfer config {where}: {key}: {first['msg']}") from exc
+        raise TransferError(f"invalid transfer config {where}: {first_validation_error(exc)}") from exc

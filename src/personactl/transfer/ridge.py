@@ -57,12 +57,12 @@ class RidgeMap:
         """Target activations for source activations x [..., d_s], in x's array type and dtype."""
         x64 = self._source(x, "x")
         w, x_mean, y_mean = (a.to(x64.device) for a in (self.weight, self.x_mean, self.y_mean))
-        return _like((x64 - x_mean) @ w + y_mean, x)
+        return same_kind_as((x64 - x_mean) @ w + y_mean, x)
 
     def map_direction(self, v: Array) -> Array:
         """v @ weight, the linear part only: a steering direction is a difference, so the intercept cancels."""
         v64 = self._source(v, "v")
-        return _like(v64 @ self.weight.to(v64.device), v)
+        return same_kind_as(v64 @ self.weight.to(v64.device), v)
 
     def save(self, path: str | Path) -> Path:
         """Write the map atomically as safetensors (float64 tensors; lambda and scores as JSON in the header)."""
@@ -92,7 +92,7 @@ class RidgeMap:
         return cls(tensors["weight"], tensors["x_mean"], tensors["y_mean"], float(meta["lam"]), scores)
 
     def _source(self, a: Array, name: str) -> torch.Tensor:
-        a64 = _float64(a, name)
+        a64 = as_float64(a, name)
         if a64.dim() == 0 or a64.shape[-1] != self.weight.shape[0]:
             raise TransferError(
                 f"{name} has shape {tuple(a64.shape)} but this map takes source vectors of size {self.weight.shape[0]}"
@@ -117,7 +117,7 @@ def fit_ridge(
     split predicted by a map fitted on the other rows (see `_heldout_report`). It is a report only:
     those rows still take part in the choice of lambda and in the final fit.
     """
-    x, y = _checked_pairs(X, Y)
+    x, y = checked_pairs(X, Y)
     lams = _checked_lambdas(lambdas)
     n_test = _checked_heldout(heldout_fraction, len(x))
     x_mean, y_mean = x.mean(0), y.mean(0)
@@ -291,10 +291,10 @@ def _fit_without(
     return spectrum.s2, _Fits(spectrum, (x[test] - x_mean) @ spectrum.v, truth, lam_max), truth
 
 
-def _checked_pairs(X: Array, Y: Array) -> tuple[torch.Tensor, torch.Tensor]:
+def checked_pairs(X: Array, Y: Array) -> tuple[torch.Tensor, torch.Tensor]:
     """X and Y as float64 tensors on X's device, refusing shapes and values no map can be fitted on."""
-    x = _float64(X, "X")
-    y = _float64(Y, "Y").to(x.device)
+    x = as_float64(X, "X")
+    y = as_float64(Y, "Y").to(x.device)
     if x.dim() != 2 or y.dim() != 2 or 0 in x.shape or 0 in y.shape:
         raise TransferError(
             f"X and Y must be 2-D [rows, hidden] and non-empty; got shapes {tuple(x.shape)} and {tuple(y.shape)}"
@@ -343,7 +343,7 @@ def _checked_folds(cv: object, n: int) -> int:
     return int(cv)
 
 
-def _float64(a: Array, name: str) -> torch.Tensor:
+def as_float64(a: Array, name: str) -> torch.Tensor:
     """a as a float64 tensor, without a copy when it already is one (torch tensors keep their device)."""
     if isinstance(a, torch.Tensor):
         return a.detach().to(torch.float64)
@@ -354,7 +354,7 @@ def _float64(a: Array, name: str) -> torch.Tensor:
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
-def _like(result: torch.Tensor, ref: Array) -> Array:
+def same_kind_as(result: torch.Tensor, ref: Array) -> Array:
     """result as ref's kind of array, in ref's floating dtype (float64 for integer input) and device."""
     if isinstance(ref, torch.Tensor):
         return result.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else torch.float64)
