@@ -16,9 +16,7 @@ from typing import Mapping, Protocol, Sequence
 MIN_NUMBER_MASS = 0.25
 TOP_LOGPROBS = 20
 
-COHERENCE_RUBRIC = """You are judging how coherent an AI assistant's answer is, regardless of its style, persona or correctness.
-
-Question:
+QUESTION_AND_ANSWER = """Question:
 [QUESTION START]
 {question}
 [QUESTION END]
@@ -26,7 +24,11 @@ Question:
 Answer:
 [ANSWER START]
 {answer}
-[ANSWER END]
+[ANSWER END]"""
+
+COHERENCE_RUBRIC = """You are judging how coherent an AI assistant's answer is, regardless of its style, persona or correctness.
+
+""" + QUESTION_AND_ANSWER + """
 
 Rate the answer from 0 to 100: 0 means gibberish, endless repetition or text unrelated to the question; 50 means understandable but rambling or partly broken; 100 means clear, fluent and on topic. Respond with a number between 0 and 100 and nothing else."""
 

@@ -22,6 +22,7 @@ from typing import Sequence
 
 from ..evaluate import bootstrap_ci
 from ..generation import chat_prompt, format_prompts, generate
+from ..judges.base import QUESTION_AND_ANSWER
 from ..judges.embedding import EmbeddingJudge
 from ..judges.factory import rubric_judges
 from ..judges.text import perplexity
@@ -34,15 +35,7 @@ PERSONA_RUBRIC = """You are judging how strongly an AI assistant's answer speaks
 Examples of answers in this persona:
 {examples}
 
-Question:
-[QUESTION START]
-{question}
-[QUESTION END]
-
-Answer:
-[ANSWER START]
-{answer}
-[ANSWER END]
+""" + QUESTION_AND_ANSWER + """
 
 Rate from 0 to 100 how strongly the answer shows this persona's voice and manner, whatever its correctness: 0 means no trace of the persona, 50 means clear but partial traces, 100 means fully in persona. Respond with a number between 0 and 100 and nothing else."""
 
