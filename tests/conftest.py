@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import string
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("PERSONACTL_PROGRESS", "0")
+MODEL_CACHE = os.environ.setdefault("PERSONACTL_MODEL_CACHE", tempfile.mkdtemp(prefix="personactl-models-"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache_removed_after_the_session():
+    """Converted models go to a per-session folder, never the user's cache, and are deleted afterwards."""
+    yield
+    if os.path.basename(MODEL_CACHE).startswith("personactl-models-"):
+        shutil.rmtree(MODEL_CACHE, ignore_errors=True)
 
 TINY_ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
 SIMPLE_TEMPLATE = (

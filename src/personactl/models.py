@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ArchitectureError, LayerError, ModelLoadError
+from .model_folder import cached_folder, is_complete, write_cache
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -321,6 +322,7 @@ def load_model(
     `dtype` is "float32", "float16", "bfloat16" or "auto" (the checkpoint's own).
     `quantize` ("4bit" or "8bit") loads through bitsandbytes on a CUDA machine;
     elsewhere it warns and loads unquantised (see `quantization_config`).
+    A .gguf model is converted once and then read from the model cache (see `model_folder`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - slow import
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
@@ -328,6 +330,9 @@ def load_model(
     hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr to real messages
 
     source, extra, name = resolve_source(spec)
+    cache = cached_folder(Path(source) / extra["gguf_file"]) if "gguf_file" in extra and quantize is None else None
+    if is_complete(cache):
+        source, extra = str(cache), {}
     kwargs: dict[str, Any] = dict(extra)
     if dtype is not None:
         if dtype != "auto" and dtype not in DTYPES:
@@ -352,6 +357,8 @@ def load_model(
                 f"use an alias ({', '.join(EMBEDDED_MODELS)}), a local model folder or a .gguf file"
             ) from exc
         raise ModelLoadError(f"could not load model '{spec}': {str(exc).splitlines()[0]}") from exc
+    if cache is not None and not is_complete(cache) and model.dtype == torch.float32:
+        write_cache(model, tokenizer, cache)  # next time: a plain folder, seconds instead of a GGUF conversion
     if device is not None and device_map is None:
         model = model.to(device)
     return from_model(model, tokenizer, name, layers_path)

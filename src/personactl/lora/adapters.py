@@ -22,6 +22,7 @@ import torch
 from ..activations import make_batch, position_ids
 from ..errors import PersonactlError
 from ..generation import chat_prompt, format_prompts
+from ..model_folder import save_model_folder
 from ..models import Backbone
 from .config import LoRATrainConfig
 from .direction import PERSONA, AdapterError, LoRADirection, merged
@@ -288,7 +289,6 @@ def merge_adapter(backbone: Backbone, adapter: str | Path, out_dir: str | Path, 
     direction = LoRADirection.load(adapter)
     out = Path(out_dir)
     with merged(backbone, (direction, coef)):
-        backbone.model.save_pretrained(str(out))
-    backbone.tokenizer.save_pretrained(str(out))
+        save_model_folder(backbone.model, backbone.tokenizer, out)
     (out / PERSONA).write_text(json.dumps({**direction.metadata, "merged_from": str(adapter), "coef": coef}, indent=2, default=str))
     return out

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..activations import make_batch, position_ids
+from ..model_folder import save_model_folder
 from ..models import Backbone
 from ..progress import progress_bar
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -173,7 +174,7 @@ def train_full(
         for p in backbone.model.parameters():
             p.requires_grad_(True)
         losses = optimise(backbone.model, backbone, prompts, answers, config, "all weights").losses
-        backbone.model.save_pretrained(str(out_dir))
+        save_model_folder(backbone.model, backbone.tokenizer, out_dir)
         (Path(out_dir) / "persona.json").write_text(json.dumps(_training_metadata(backbone, config, losses, metadata), indent=2, default=str))
     finally:
         with torch.no_grad():
