@@ -11,7 +11,9 @@ import pytest
 import torch
 
 os.environ.setdefault("PERSONACTL_PROGRESS", "0")
-MODEL_CACHE = os.environ.setdefault("PERSONACTL_MODEL_CACHE", tempfile.mkdtemp(prefix="personactl-models-"))
+if "PERSONACTL_MODEL_CACHE" not in os.environ:  # this file may be imported twice (pytest, then `from conftest import`)
+    os.environ["PERSONACTL_MODEL_CACHE"] = tempfile.mkdtemp(prefix="personactl-models-")
+MODEL_CACHE = os.environ["PERSONACTL_MODEL_CACHE"]
 
 
 @pytest.fixture(scope="session", autouse=True)
