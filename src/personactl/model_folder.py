@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -80,10 +81,8 @@ def cached_folder(gguf: Path) -> Path | None:
     root = cache_root()
     if root is None:
         return None
-    import transformers  # noqa: PLC0415 - slow import
-
     stat = gguf.resolve().stat()
-    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{metadata.version('transformers')}"
     return root / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
