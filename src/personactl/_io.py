@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,22 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def replace_folder(finished: str | Path, target: str | Path) -> Path:
+    """Move the finished folder `finished` to `target`, replacing what was there.
+
+    The old folder is set aside and deleted only once the new one is in place, so a
+    kill at any moment leaves either the old or the new folder under `target`.
+    """
+    finished, target = Path(finished), Path(target)
+    old = target.with_name(f"{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(finished, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def _umask() -> int:

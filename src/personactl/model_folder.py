@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from ._io import replace_folder
 from .errors import ModelLoadError
 
 CACHE_ENV = "PERSONACTL_MODEL_CACHE"
@@ -98,11 +99,8 @@ def write_cache(model: Any, tokenizer: Any, folder: Path) -> bool:
     try:
         save_model_folder(model, tokenizer, tmp)
         (tmp / COMPLETE).write_text(f"{tmp.name}\n", encoding="utf-8")
-        if is_complete(folder):  # another process finished first
-            return True
-        if folder.exists():
-            shutil.rmtree(folder)  # an unfinished entry from an earlier crash
-        tmp.rename(folder)
+        if not is_complete(folder):  # else another process finished first
+            replace_folder(tmp, folder)  # over an unfinished entry an earlier crash may have left
         return True
     except (OSError, ModelLoadError):
         return False

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .._io import replace_folder
 from ..activations import make_batch, position_ids
 from ..errors import PersonactlError
 from ..generation import chat_prompt, format_prompts
@@ -188,8 +189,7 @@ def train_adapter(
         tmp = out_dir.with_name(f".{out_dir.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         save_adapter(model, tmp, card)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)  # a failed run leaves no half-written adapter under the real name
+        replace_folder(tmp, out_dir)  # a failed run leaves no half-written adapter under the real name
         shutil.rmtree(checkpoint, ignore_errors=True)
     finally:
         model.unload()  # type: ignore[attr-defined]

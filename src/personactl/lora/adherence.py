@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
-
 from importlib import resources
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from ..evaluate import bootstrap_ci
 from ..generation import chat_prompt, format_prompts, generate

@@ -9,7 +9,6 @@ so a kill while saving leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._io import replace_folder
 from .direction import AdapterError
 
 STATE, WEIGHTS, OPTIMISER = "state.json", "trainable.safetensors", "optimiser.pt"
@@ -46,12 +46,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimiser: torch.optim
     save_file(trainable, str(tmp / WEIGHTS))
     torch.save({"optimiser": optimiser.state_dict(), "rng": torch.get_rng_state()}, tmp / OPTIMISER)
     (tmp / STATE).write_text(json.dumps(vars(state), indent=2), encoding="utf-8")
-    old = folder.with_name(f"{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, folder)
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer, fingerprint: str) -> TrainState | None:
