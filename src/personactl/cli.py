@@ -675,13 +675,12 @@ def transfer_extract(
     from .extraction import ExtractionSettings, extract as run_extract  # noqa: PLC0415
     from .traits import load_trait  # noqa: PLC0415
     from .transfer.mapping import fit_map  # noqa: PLC0415
-    from .transfer.pairs import builtin_texts, corresponding_layer, read_texts  # noqa: PLC0415
+    from .transfer.pairs import builtin_texts, layer_pair, read_texts  # noqa: PLC0415
 
     loaded_trait = load_trait(trait)
     penalties = _floats(lambdas, "--lambdas")
     src, tgt = _load(source, None, None, None), _load(target, None, None, None)
-    s_layer = layer or round(src.n_layers * 5 / 6)
-    t_layer = target_layer or corresponding_layer(s_layer, src.n_layers, tgt.n_layers)
+    s_layer, t_layer = layer_pair(src, tgt, layer, target_layer)
     tmap, pairs = fit_map(src, tgt, s_layer, t_layer, read_texts(texts) if texts else builtin_texts(), out_dir,
                           lambdas=penalties, n_pairs=n_pairs)
     vector, _ = run_extract(src, loaded_trait, ExtractionSettings(n_questions=n_questions))

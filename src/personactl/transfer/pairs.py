@@ -82,6 +82,15 @@ def read_texts(path: str | Path) -> list[str]:
     return texts
 
 
+def layer_pair(
+    source: Backbone, target: Backbone, source_layer: int | None = None, target_layer: int | None = None, mode: str = "relative"
+) -> tuple[int, int]:
+    """(source layer, target layer), checked: the given ones, else 5/6 of the source's depth and its corresponding target layer."""
+    s = source_layer or round(source.n_layers * 5 / 6)
+    t = target_layer or corresponding_layer(s, source.n_layers, target.n_layers, mode)
+    return source.check_layer(s, allow_embedding=False), target.check_layer(t, allow_embedding=False)
+
+
 def token_ends(backbone: Backbone, text: str) -> tuple[list[int], dict[int, int]]:
     """Token ids of `text` (with the model's own special tokens) and {character end: token index}."""
     if not getattr(backbone.tokenizer, "is_fast", False):

@@ -29,7 +29,7 @@ from .config import TransferConfig
 from .diagnostics import best_coherent, hypothesis_a, hypothesis_b, hypothesis_c, write_hypothesis
 from .evaluation import Cell, generate_cells, score_cells
 from .mapping import fit_map, method_vectors
-from .pairs import builtin_texts, corresponding_layer, read_texts
+from .pairs import builtin_texts, layer_pair, read_texts
 from .report import write_report
 
 NULL_ROTATIONS = 1000
@@ -65,14 +65,10 @@ def claim_output(config: TransferConfig, out: Path) -> None:
     write_text_atomic(path, json.dumps(wanted, indent=2))
 
 
-def layer_pair(config: TransferConfig, source: Backbone, target: Backbone) -> tuple[int, int]:
-    """(source layer, target layer) from layer_map, layer_idx or the default depth (5/6)."""
-    if config.layer_map:
-        (s, t), = config.layer_map.items()
-    else:
-        s = config.layer_idx or round(source.n_layers * 5 / 6)
-        t = corresponding_layer(s, source.n_layers, target.n_layers, config.layer_correspondence)
-    return source.check_layer(s, allow_embedding=False), target.check_layer(t, allow_embedding=False)
+def config_layers(config: TransferConfig, source: Backbone, target: Backbone) -> tuple[int, int]:
+    """(source layer, target layer) from layer_map, else layer_idx, else the default depth (see `layer_pair`)."""
+    (s, t), = config.layer_map.items() if config.layer_map else [(config.layer_idx, None)]
+    return layer_pair(source, target, s, t, config.layer_correspondence)
 
 
 def persona_vector(backbone: Backbone, trait: AnyTrait, config: TransferConfig, folder: Path) -> tuple[PersonaVector, list]:
@@ -159,7 +155,7 @@ def run_transfer(config: TransferConfig, *, source: Backbone | None = None, targ
         _test_prompts(config, trait)  # fail before any model runs
     source = source or load_model(config.source_model)
     target = target or load_model(config.target_model)
-    s_layer, t_layer = layer_pair(config, source, target)
+    s_layer, t_layer = config_layers(config, source, target)
     texts = read_texts(config.texts) if config.texts else builtin_texts()
     tmap, pairs = fit_map(source, target, s_layer, t_layer, texts, out, lambdas=config.lambda_values, n_pairs=config.n_training_samples,
                           reduction=config.reduction, seed=config.seed, batch_size=config.batch_size)
