@@ -44,19 +44,26 @@ def make_batch(backbone: Backbone, prompts: Sequence[str], responses: Sequence[s
     responses = list(responses) if responses is not None else [""] * len(prompts)
     prompt_ids = backbone.encode(prompts)
     response_ids = backbone.encode(responses)
-    rows = [p + r for p, r in zip(prompt_ids, response_ids)]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), backbone.pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    prompt_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    ids, attention = left_pad([p + r for p, r in zip(prompt_ids, response_ids)], backbone.pad_id)
+    width = ids.shape[1]
+    prompt_mask = torch.zeros(ids.shape, dtype=torch.bool)
+    response_mask = torch.zeros(ids.shape, dtype=torch.bool)
     for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         start = width - len(p) - len(r)
-        ids[i, start:] = torch.tensor(p + r, dtype=torch.long)
-        attention[i, start:] = 1
         prompt_mask[i, start : start + len(p)] = True
         response_mask[i, start + len(p) :] = True
     return Batch(ids, attention, prompt_mask, response_mask)
+
+
+def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as one left-padded [batch, width] tensor, and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention[i, width - len(row) :] = 1
+    return ids, attention
 
 
 @torch.no_grad()

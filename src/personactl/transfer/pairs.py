@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._io import atomic_path
-from ..activations import layer_states
+from ..activations import layer_states, left_pad
 from ..errors import TransferError
 from ..models import Backbone
 from ..progress import progress_bar
@@ -113,14 +113,9 @@ def shared_word_ends(text: str, source_ends: dict[int, int], target_ends: dict[i
 @torch.no_grad()
 def _layer_states(backbone: Backbone, ids: list[list[int]], layer: int) -> list[torch.Tensor]:
     """Hidden states of `layer` for each text, unpadded: [len_i, hidden] float32."""
-    width = max(len(r) for r in ids)
-    input_ids = torch.full((len(ids), width), backbone.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
+    input_ids, mask = left_pad(ids, backbone.pad_id)
     states = layer_states(backbone, input_ids, mask, layer).float().cpu()
-    return [states[i, width - len(row) :] for i, row in enumerate(ids)]
+    return [states[i, input_ids.shape[1] - len(row) :] for i, row in enumerate(ids)]
 
 
 def _reduce(states: torch.Tensor, positions: list[int], reduction: str) -> torch.Tensor:
