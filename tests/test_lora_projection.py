@@ -1,7 +1,9 @@
 import copy
+import itertools
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +16,10 @@ from personactl.lora.projection import (
     dense_inner,
     drift_report,
     factor_inner,
+    fisher_ci,
     layer_of,
     match_scores,
+    permutation_p,
     project_checkpoint,
     project_checkpoints,
     read_scores,
@@ -255,3 +259,44 @@ def test_few_checkpoints_get_exact_permutation_p_values():
     result = correlate([1.0, 2.0, 3.0, 4.0, 5.0], [10.0, 11.0, 15.0, 30.0, 31.0])
     assert result["spearman_rho"] == pytest.approx(1.0)
     assert result["spearman_p"] == pytest.approx(2 / 120)  # only the identity and the reversal are as extreme
+    assert result["p_method"] == "exact" and result["n_perm"] == 120
+    assert result["pearson_p"] == pytest.approx(permutation_p([1.0, 2.0, 3.0, 4.0, 5.0], [10.0, 11.0, 15.0, 30.0, 31.0]))
+    linear = correlate([1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 5.0, 7.0, 9.0, 11.0])
+    assert linear["pearson_p"] == pytest.approx(2 / 120) and linear["spearman_p"] == pytest.approx(2 / 120)
+
+
+def test_fisher_interval_matches_the_closed_form():
+    lo, hi = fisher_ci(0.5, 28)  # atanh(0.5) +- 1.96 / sqrt(25)
+    assert lo == pytest.approx(math.tanh(math.atanh(0.5) - 1.959964 / 5), abs=1e-6)
+    assert hi == pytest.approx(math.tanh(math.atanh(0.5) + 1.959964 / 5), abs=1e-6)
+    assert (lo, hi) == pytest.approx((0.1560, 0.7359), abs=1e-4)
+    assert fisher_ci(-0.5, 28) == pytest.approx([-hi, -lo])
+    assert fisher_ci(1.0, 10) == [1.0, 1.0]
+    assert all(math.isnan(v) for v in fisher_ci(0.9, 3))
+    x = [0.3, 1.1, 0.2, 2.5, 1.9, 3.0, 2.2, 0.8, 1.4]
+    y = [1.0, 2.0, 0.5, 2.2, 3.1, 2.9, 1.7, 1.2, 2.4]
+    result = correlate(x, y, n_boot=300)
+    assert result["pearson_ci_fisher"] == pytest.approx(fisher_ci(result["pearson_r"], 9))
+    lo, hi = result["pearson_ci_fisher"]
+    assert -1 < lo < result["pearson_r"] < hi < 1
+
+
+def test_many_checkpoints_get_a_seeded_monte_carlo_p_value():
+    x = list(range(12))
+    perfect = correlate(x, [v * 2.0 + 1 for v in x], n_boot=100, n_perm=999)
+    assert perfect["p_method"] == "monte-carlo" and perfect["n_perm"] == 999
+    assert perfect["pearson_p"] == pytest.approx(1 / 1000) and perfect["spearman_p"] == pytest.approx(1 / 1000)
+    y = [2.0, 0.5, 3.5, 1.0, 4.0, 2.5, 5.5, 3.0, 6.0, 4.5, 5.0, 7.5]
+    result = correlate(x, y, n_boot=100, n_perm=2000, seed=4)
+    assert correlate(x, y, n_boot=100, n_perm=2000, seed=4) == result  # the seed fixes the p-value
+
+
+def test_monte_carlo_p_agrees_with_the_exact_enumeration():
+    x = np.array([0.2, 1.5, 0.7, 2.2, 1.1, 0.3, 1.9, 2.6])
+    y = np.array([1.0, 1.2, 0.4, 2.0, 0.9, 1.5, 1.1, 1.8])
+    xc = x - x.mean()
+    yc = y[np.array(list(itertools.permutations(range(8))))] - y.mean()
+    r = (yc @ xc) / (np.linalg.norm(xc) * np.linalg.norm(yc, axis=1))
+    exact = float(np.mean(np.abs(r) >= abs(np.corrcoef(x, y)[0, 1]) - 1e-12))
+    assert 0.01 < exact < 0.5
+    assert permutation_p(x, y, n_perm=20_000, seed=1) == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / 20_000))

@@ -8,7 +8,8 @@ model folders in safetensors (read one tensor at a time, so 7-8B checkpoints fit
 in memory; pickles are refused). Per-layer values follow the package layer
 convention: a module inside decoder block b belongs to layer b + 1 (the
 hidden state it writes). `correlate` and `drift_report` compare projections with
-measured trait scores of the same checkpoints (Pearson, Spearman, bootstrap CIs).
+measured trait scores of the same checkpoints (Pearson, Spearman, permutation p-values,
+bootstrap and Fisher-z CIs).
 """
 
 from __future__ import annotations
@@ -281,12 +282,23 @@ def project_checkpoints(
     return results
 
 
-def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Pearson r and Spearman rho with p-values and percentile-bootstrap 95% CIs (pairs resampled).
+EXACT_P_MAX = 7  # 7! = 5040 pairings, enumerated at once
+N_PERM = 10_000  # Monte-Carlo pairings above EXACT_P_MAX: p resolves down to 1e-4
+_Z975 = 1.959963984540054  # standard normal 97.5% quantile
 
-    With few checkpoints (n <= EXACT_P_MAX) the p-values are exact permutation
-    tests over all pairings: scipy's asymptotic p for rho = 1 at n = 5 would be
-    ~1e-24, while the exact two-sided value is 2/120.
+
+def correlate(
+    projections: Sequence[float], scores: Sequence[float], n_boot: int = 2000, seed: int = 0, n_perm: int = N_PERM
+) -> dict[str, Any]:
+    """Pearson r and Spearman rho with permutation p-values and 95% CIs (percentile bootstrap; Fisher z for r).
+
+    p-values are two-sided permutation tests of |r| (of the ranks: |rho|): exact
+    over all n! pairings when n <= EXACT_P_MAX (scipy's asymptotic p for rho = 1
+    at n = 5 would be ~1e-24, while the exact value is 2/120), otherwise
+    Monte-Carlo over `n_perm` random pairings drawn from `seed`, with
+    p = (1 + hits) / (1 + n_perm) so it is never 0. The bootstrap resamples pairs
+    (`n_boot` draws from `seed`); the Fisher-z interval is tanh(atanh(r) +- 1.96 / sqrt(n - 3)).
+    The same inputs and seeds give the same dict, so a stored result can be recomputed.
     """
     from scipy import stats  # noqa: PLC0415
 
@@ -298,10 +310,9 @@ def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int
         raise DriftError(f"need at least 3 checkpoints with scores to correlate, got {n}")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         raise DriftError("correlation is undefined: all projections or all scores are equal")
-    pearson, spearman = stats.pearsonr(x, y), stats.spearmanr(x, y)
-    pearson_p, spearman_p = float(pearson[1]), float(spearman[1])
-    if n <= EXACT_P_MAX:
-        pearson_p, spearman_p = _permutation_p(x, y), _permutation_p(x, y, ranks=True)
+    r = float(np.corrcoef(x, y)[0, 1])
+    rho = float(np.corrcoef(stats.rankdata(x), stats.rankdata(y))[0, 1])
+    exact = n <= EXACT_P_MAX
     rng = np.random.default_rng(seed)
     boot_r, boot_rho = [], []
     for _ in range(n_boot):
@@ -317,27 +328,54 @@ def correlate(projections: Sequence[float], scores: Sequence[float], n_boot: int
 
     return {
         "n": n,
-        "pearson_r": float(pearson[0]), "pearson_p": pearson_p, "pearson_ci": ci(boot_r),
-        "spearman_rho": float(spearman[0]), "spearman_p": spearman_p, "spearman_ci": ci(boot_rho),
+        "pearson_r": r, "pearson_p": permutation_p(x, y, n_perm=n_perm, seed=seed),
+        "pearson_ci": ci(boot_r), "pearson_ci_fisher": fisher_ci(r, n),
+        "spearman_rho": rho, "spearman_p": permutation_p(x, y, ranks=True, n_perm=n_perm, seed=seed),
+        "spearman_ci": ci(boot_rho),
+        "p_method": "exact" if exact else "monte-carlo",
+        "n_perm": math.factorial(n) if exact else n_perm,
         "n_boot": len(boot_r),
+        "seed": seed,
     }
 
 
-EXACT_P_MAX = 7  # 7! = 5040 pairings, enumerated at once
+def fisher_ci(r: float, n: int, z: float = _Z975) -> list[float]:
+    """95% interval of Pearson r by Fisher's z: tanh(atanh(r) +- z / sqrt(n - 3)); [nan, nan] when n <= 3."""
+    if n <= 3:
+        return [math.nan, math.nan]
+    if abs(r) >= 1:
+        return [float(r), float(r)]
+    centre, half = math.atanh(r), z / math.sqrt(n - 3)
+    return [math.tanh(centre - half), math.tanh(centre + half)]
 
 
-def _permutation_p(x: np.ndarray, y: np.ndarray, ranks: bool = False) -> float:
-    """Exact two-sided permutation p-value of Pearson's r (of the ranks: Spearman) over every pairing."""
+def permutation_p(x: Sequence[float], y: Sequence[float], ranks: bool = False, n_perm: int = N_PERM, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Pearson's |r| (of the ranks: Spearman).
+
+    Exact over every pairing for n <= EXACT_P_MAX; otherwise Monte-Carlo over
+    `n_perm` pairings drawn with `seed`, counting the observed one: (1 + hits) / (1 + n_perm).
+    """
     from scipy import stats  # noqa: PLC0415
 
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if ranks:
         x, y = stats.rankdata(x), stats.rankdata(y)
-    perms = np.array(list(itertools.permutations(range(len(y)))))
+    n = len(y)
+    if n <= EXACT_P_MAX:
+        perms = np.array(list(itertools.permutations(range(n))))
+    else:
+        if n_perm < 1:
+            raise DriftError(f"n_perm must be at least 1, got {n_perm}")
+        rng = np.random.default_rng([seed, 1])  # a stream of its own: the bootstrap draws stay as they were
+        perms = rng.permuted(np.tile(np.arange(n), (n_perm, 1)), axis=1)
     xc = x - x.mean()
     yc = y[perms] - y.mean()
     r = (yc @ xc) / (np.linalg.norm(xc) * np.linalg.norm(yc, axis=1))
-    observed = r[0]  # the first permutation is the identity
-    return float(np.mean(np.abs(r) >= abs(observed) - 1e-12))
+    observed = float(xc @ (y - y.mean()) / (np.linalg.norm(xc) * np.linalg.norm(y - y.mean())))
+    hits = int(np.sum(np.abs(r) >= abs(observed) - 1e-12))
+    if n <= EXACT_P_MAX:
+        return hits / len(perms)  # the identity is among the pairings
+    return (1 + hits) / (1 + n_perm)
 
 
 def read_scores(csv_path: str | Path) -> dict[str, float]:
@@ -405,8 +443,9 @@ def drift_report(
     scores_csv: str | Path | None = None,
     n_boot: int = 2000,
     seed: int = 0,
+    n_perm: int = N_PERM,
 ) -> dict[str, Any]:
-    """Projections of all checkpoints (rows) and, with a scores CSV, their correlation with the scores."""
+    """Projections of all checkpoints (rows) and, with a scores CSV, their correlation with the scores (see `correlate`)."""
     projections = project_checkpoints(backbone, direction, checkpoints)
     rows: list[dict[str, Any]] = [
         {"checkpoint": p.name, "path": p.checkpoint, "kind": p.kind, "projection": p.total, "cosine": p.cosine,
@@ -418,5 +457,5 @@ def drift_report(
         matched = match_scores(projections, read_scores(scores_csv), Path(scores_csv).parent)
         for row, score in zip(rows, matched):
             row["score"] = score
-        report["correlation"] = correlate([p.total for p in projections], matched, n_boot, seed)
+        report["correlation"] = correlate([p.total for p in projections], matched, n_boot, seed, n_perm)
     return report
