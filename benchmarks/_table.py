@@ -13,11 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def write_section(name: str, title: str, rows: list[dict], note: str = "", doc: Path = DOC) -> Path:
-    """Replace (or append) the section `name` in `doc` (docs/benchmarks.md); write docs/<doc stem>/<name>.json."""
+def write_section(name: str, title: str, rows: list[dict], note: str = "", doc: Path = DOC, data: dict | None = None) -> Path:
+    """Replace (or append) the section `name` in `doc` (docs/benchmarks.md); write docs/<doc stem>/<name>.json.
+
+    `data` (settings, raw numbers) goes into the JSON beside the rows, so a test can recompute the section from it.
+    """
     json_path = doc.parent / doc.stem / f"{name}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2) + "\n")
+    json_path.write_text(json.dumps({"rows": rows, "machine": machine(), **(data or {})}, indent=2) + "\n")
     headers = list(rows[0])
     lines = [f"<!-- {name} -->", f"## {title}", "", f"Machine: {machine()}", ""]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -10,8 +10,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import _table  # noqa: E402
 
 
-def write_section(name: str, title: str, rows: list[dict], note: str = "") -> Path:
-    return _table.write_section(name, title, rows, note, doc=_table.ROOT / "docs" / "experiments.md")
+DOC = _table.ROOT / "docs" / "experiments.md"
+
+
+def write_section(name: str, title: str, rows: list[dict], note: str = "", data: dict | None = None) -> Path:
+    """Write a section of docs/experiments.md and docs/experiments/<name>.json (rows, machine and `data`)."""
+    return _table.write_section(name, title, rows, note, doc=DOC, data=data)
 
 
 def pirate_setup(direction_dir: Path):

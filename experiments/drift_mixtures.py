@@ -1,13 +1,21 @@
 """Does the weight projection onto a persona direction predict the trait after fine-tuning?
 
 Fine-tunes LoRA checkpoints of SmolLM2 on mixtures of trait-expressing and
-neutral answers (0/25/50/75/100% pirate), judges each checkpoint's answers to
-the held-out questions with the offline judge, projects each checkpoint onto
-the pirate LoRA direction, and reports Pearson/Spearman with p-values and
-bootstrap CIs. Writes runs/drift/ and a section of docs/experiments.md.
+neutral answers (by default 9 pirate shares, 0 to 100% in steps of 12.5%, each
+with 2 seeds; the seed draws the examples, the LoRA initialisation and the data
+order), judges each checkpoint's answers to the held-out questions with the
+offline judge, projects each checkpoint onto the pirate LoRA direction, and
+correlates the two over all checkpoints: Pearson and Spearman with permutation
+p-values, bootstrap CIs and a Fisher-z CI for r. The note, conclusion included,
+is written from the run's settings and results (`note`), and the raw
+per-checkpoint numbers go to docs/experiments/drift.json, so
+tests/test_docs_numbers.py can recompute the section. Writes runs/drift/ and a
+section of docs/experiments.md. A checkpoint whose adapter exists is not
+retrained (delete runs/drift after changing the training settings).
 
 Run: .venv/bin/python experiments/drift_mixtures.py --direction runs/lora-pirate
-(`personactl lora extract --trait pirate --out runs/lora-pirate ...` first.)
+(first: `personactl lora extract --trait pirate --out runs/lora-pirate --rank 8 --alpha 16
+--epochs 5 --max-steps 40 --n-questions 12 --lr 5e-4`, about 4 minutes on 2 cores.)
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import csv
 import json
 import random
+import time
 from pathlib import Path
 
 from _doc import pirate_setup, write_section
@@ -24,52 +33,134 @@ from personactl.generation import format_prompts
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import LoRADirection, merged
 from personactl.lora.finetune import finetune
-from personactl.lora.projection import drift_report
+from personactl.lora.projection import correlate, drift_report
 
-SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+NAME, TITLE = "drift", "Fine-tuning drift predicted by weight projection (pirate, SmolLM2-135M)"
+CLAIM = 0.7  # the earlier claim (5 checkpoints): the projection predicts the judged trait with r > 0.7
+
+
+def shares(n: int) -> list[float]:
+    """n trait shares evenly spaced from 0 to 1."""
+    return [i / (n - 1) for i in range(n)]
+
+
+def checkpoint_name(share: float, seed: int) -> str:
+    return f"pirate_{round(share * 1000):04d}_s{seed}"  # per mille: 12.5% -> 0125
+
+
+def _verdict(lo: float, hi: float, claim: float) -> str:
+    if lo > claim:
+        return "above"
+    if hi < claim:
+        return "below"
+    return "positive" if lo > 0 else "null"
+
+
+def conclusion(c: dict, claim: float = CLAIM) -> str:
+    """What the Fisher-z 95% interval of r supports about r > `claim` (and whether the bootstrap interval agrees)."""
+    lo, hi = c["pearson_ci_fisher"]
+    verdict = _verdict(lo, hi, claim)
+    text = {
+        "above": f"the Fisher-z 95% interval of r lies above {claim:g} (lower bound {lo:.2f}): the data support r > {claim:g}",
+        "below": f"the Fisher-z 95% interval of r lies below {claim:g} (upper bound {hi:.2f}): the data contradict r > {claim:g}",
+        "positive": (f"the Fisher-z 95% interval of r excludes 0 but reaches below {claim:g} (lower bound {lo:.2f}): the data support "
+                     f"a positive correlation, not r > {claim:g}"),
+        "null": f"the Fisher-z 95% interval of r includes 0 (lower bound {lo:.2f}): the data do not show a correlation",
+    }[verdict]
+    same = _verdict(*c["pearson_ci"], claim) == verdict
+    return f"Conclusion: {text}; the bootstrap interval {'leads to the same conclusion' if same else 'does not agree'}."
+
+
+def note(settings: dict, c: dict) -> str:
+    """The section's note, from the run's settings and its correlation (no number written by hand)."""
+    s = settings
+    share_list = s["shares"]
+    step = share_list[1] - share_list[0]
+    pairings = f"exact over all {c['n_perm']} pairings" if c["p_method"] == "exact" else f"Monte-Carlo, {c['n_perm']} pairings"
+    return (
+        f"{c['n']} checkpoints: {len(share_list)} pirate shares ({share_list[0]:.0%} to {share_list[-1]:.0%} in steps of {step:.1%}) "
+        f"x {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}); each a rank-{s['rank']} LoRA (alpha {s['alpha']:g}, "
+        f"lr {s['learning_rate']:g}, batch {s['batch_size']}) trained {s['steps']} steps on {s['examples']} answers; the seed draws "
+        f"the examples, the LoRA initialisation and the data order. Judged trait: offline judge (held-out accuracy "
+        f"{s['judge_heldout_accuracy']:.2f}), mean over {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens. "
+        f"Pearson r = {c['pearson_r']:.3f} (permutation p = {c['pearson_p']:.2g}, {pairings}); 95% CI "
+        f"{c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f} (bootstrap, {c['n_boot']} resamples), "
+        f"{c['pearson_ci_fisher'][0]:.2f}..{c['pearson_ci_fisher'][1]:.2f} (Fisher z). Spearman rho = {c['spearman_rho']:.3f} "
+        f"(permutation p = {c['spearman_p']:.2g}; bootstrap 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}). "
+        f"{conclusion(c, s['claim'])}"
+    )
+
+
+def recompute(data: dict) -> dict:
+    """The correlation of a stored drift.json, recomputed by the current `correlate` with the stored seeds."""
+    points, s = data["checkpoints"], data["settings"]
+    return correlate([p["projection"] for p in points], [p["judged_trait"] for p in points],
+                     n_boot=s["n_boot"], seed=s["correlation_seed"], n_perm=s["n_perm"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--direction", type=Path, default=Path("runs/lora-pirate"), help="lora extract output folder")
     parser.add_argument("--out", type=Path, default=Path("runs/drift"))
-    parser.add_argument("--examples", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--examples", type=int, default=48, help="training answers per checkpoint")
+    parser.add_argument("--steps", type=int, default=24, help="optimiser steps per checkpoint")
+    parser.add_argument("--shares", type=int, default=9, help="trait shares, evenly spaced from 0 to 100%%")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds; every share is trained once per seed")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--n-perm", type=int, default=10_000)
     args = parser.parse_args()
 
     backbone, trait, pairs, judge = pirate_setup(args.direction)
     direction = LoRADirection.load(args.direction / "diff")
     questions = trait.eval_questions
-    config = LoRATrainConfig(rank=8, alpha=16.0, max_steps=args.steps, batch_size=8, learning_rate=5e-4)
-    rng = random.Random(0)
-    scores = {}
-    for share in SHARES:
-        name = f"pirate_{int(share * 100):03d}"
-        folder = args.out / "checkpoints" / name
-        chosen = [rng.choice(pairs) for _ in range(args.examples)]
-        n_trait = round(share * args.examples)
-        answers = [p.pos_answer for p in chosen[:n_trait]] + [p.neg_answer for p in chosen[n_trait:]]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    settings = {
+        "examples": args.examples, "steps": args.steps, "rank": args.rank, "alpha": 2.0 * args.rank, "learning_rate": 5e-4,
+        "batch_size": 8, "shares": shares(args.shares), "seeds": seeds, "n_questions": len(questions),
+        "max_new_tokens": args.max_new_tokens, "judge_heldout_accuracy": judge.heldout_accuracy,
+        "n_boot": args.n_boot, "n_perm": args.n_perm, "correlation_seed": 0, "claim": CLAIM,
+    }
+    points, paths = [], []
+    for seed in seeds:
+        rng = random.Random(seed)
+        chosen = [rng.choice(pairs) for _ in range(args.examples)]  # the same questions for every share of this seed
         prompts = format_prompts(backbone, [chat_prompt(p.question) for p in chosen])
-        if not (folder / "adapter_model.safetensors").exists():
-            finetune(backbone, prompts, answers, folder, config, metadata={"trait_share": share})
-        with merged(backbone, (LoRADirection.load(folder), 1.0)):
-            generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=48, batch_size=len(questions))
-        scores[name] = sum(judge.score(questions, generated)) / len(questions)
-        print(f"{name}: trait {scores[name]:.1f}")
+        config = LoRATrainConfig(rank=args.rank, alpha=settings["alpha"], max_steps=args.steps, batch_size=settings["batch_size"],
+                                 learning_rate=settings["learning_rate"], seed=seed)
+        for share in settings["shares"]:
+            name, started = checkpoint_name(share, seed), time.perf_counter()
+            folder = args.out / "checkpoints" / name
+            n_trait = round(share * args.examples)  # nested: a larger share keeps the smaller share's trait answers
+            answers = [p.pos_answer for p in chosen[:n_trait]] + [p.neg_answer for p in chosen[n_trait:]]
+            if not (folder / "adapter_model.safetensors").exists():
+                finetune(backbone, prompts, answers, folder, config, metadata={"trait_share": share, "seed": seed})
+            with merged(backbone, (LoRADirection.load(folder), 1.0)):
+                generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
+                                     batch_size=len(questions))
+            score = sum(judge.score(questions, generated)) / len(questions)
+            points.append({"checkpoint": name, "share": share, "seed": seed, "judged_trait": score})
+            paths.append(folder)
+            print(f"{name}: trait {score:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
     scores_csv = args.out / "scores.csv"
     with open(scores_csv, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["checkpoint", "score"])
-        writer.writerows(scores.items())
-    report = drift_report(backbone, direction, args.out / "checkpoints", scores_csv)
+        writer.writerows((p["checkpoint"], p["judged_trait"]) for p in points)
+    report = drift_report(backbone, direction, paths, scores_csv, n_boot=args.n_boot, seed=settings["correlation_seed"],
+                          n_perm=args.n_perm)
     (args.out / "drift.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps(report["correlation"], indent=2))
-    rows = [{"checkpoint": r["checkpoint"], "trait share": f"{SHARES[i]:.0%}", "judged trait": r["score"],
-             "projection": r["projection"], "cosine": r["cosine"]} for i, r in enumerate(report["rows"])]
-    c = report["correlation"]
-    note = (f"Pearson r = {c['pearson_r']:.3f} (p = {c['pearson_p']:.3g}, 95% CI {c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f}); "
-            f"Spearman rho = {c['spearman_rho']:.3f} (p = {c['spearman_p']:.3g}). {args.examples} examples, {args.steps} steps, rank 8 per checkpoint.")
-    print(write_section("drift", "Fine-tuning drift predicted by weight projection (pirate, SmolLM2-135M)", rows, note))
+    for point, row in zip(points, report["rows"]):
+        point.update(projection=row["projection"], cosine=row["cosine"])
+    data = {"settings": settings, "checkpoints": points}
+    c = recompute(data)
+    assert c == report["correlation"] or json.dumps(c) == json.dumps(report["correlation"]), "the stored numbers must recompute"
+    data["correlation"] = c
+    print(json.dumps(c, indent=2))
+    rows = [{"checkpoint": p["checkpoint"], "seed": p["seed"], "trait share": f"{p['share']:.1%}", "judged trait": p["judged_trait"],
+             "projection": p["projection"], "cosine": p["cosine"]} for p in points]
+    print(write_section(NAME, TITLE, rows, note(settings, c), data=data))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,14 @@ from personactl.lora.direction import LoRADirection, merged
 from personactl.lora.finetune import finetune
 
 
+def note(s: dict) -> str:
+    """The section's note, from the run's settings (no number written by hand)."""
+    return (f"{s['examples']} pirate answers, {s['steps']} LoRA steps (rank {s['rank']}, alpha {s['alpha']:g}, lr {s['learning_rate']:g}, "
+            f"batch {s['batch_size']}), steering removed after training; offline judge (held-out accuracy "
+            f"{s['judge_heldout_accuracy']:.2f}), {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens; "
+            "brackets: bootstrap 95% CIs.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vector", type=Path, default=Path("runs/demo-pirate/vector.safetensors"))
@@ -36,6 +44,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/preventative"))
     parser.add_argument("--examples", type=int, default=48)
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
 
     backbone, trait, pairs, judge = pirate_setup(args.direction)
@@ -45,7 +55,7 @@ def main() -> None:
     answers = [p.pos_answer for p in chosen]  # pirate answers to plain questions: trait-inducing data
     vector = load_vector(args.vector, backbone=backbone)
     direction = LoRADirection.load(args.direction / "diff")
-    config = LoRATrainConfig(rank=8, alpha=16.0, max_steps=args.steps, batch_size=8, learning_rate=5e-4)
+    config = LoRATrainConfig(rank=args.rank, alpha=2.0 * args.rank, max_steps=args.steps, batch_size=8, learning_rate=5e-4)
     runs = {
         "no fine-tuning": None,
         "fine-tuned": {},
@@ -60,15 +70,18 @@ def main() -> None:
             finetune(backbone, prompts, answers, folder, config, metadata={"run": name}, **options)
         terms = [] if options is None else [(LoRADirection.load(folder), 1.0)]
         with merged(backbone, *terms):
-            generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=48, batch_size=len(questions))
+            generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
+                                 batch_size=len(questions))
         t, t_lo, t_hi = bootstrap_ci(judge.score(questions, generated))
         c, c_lo, c_hi = bootstrap_ci(coherence.score(questions, generated))
         rows.append({"run": name, "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]", "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
                      "example": generated[0][:90].replace("|", "/").replace("\n", " ")})
         print(rows[-1])
-    note = (f"{len(chosen)} pirate answers, {args.steps} LoRA steps (rank 8), steering removed after training; "
-            f"offline judge (held-out accuracy {judge.heldout_accuracy:.2f}), 12 held-out questions, greedy; brackets: bootstrap 95% CIs.")
-    print(write_section("preventative", "Preventative steering during fine-tuning (pirate, SmolLM2-135M)", rows, note))
+    settings = {"examples": len(chosen), "steps": args.steps, "rank": config.rank, "alpha": config.alpha,
+                "learning_rate": config.learning_rate, "batch_size": config.batch_size, "n_questions": len(questions),
+                "max_new_tokens": args.max_new_tokens, "judge_heldout_accuracy": judge.heldout_accuracy}
+    print(write_section("preventative", "Preventative steering during fine-tuning (pirate, SmolLM2-135M)", rows, note(settings),
+                        data={"settings": settings}))
 
 
 if __name__ == "__main__":
