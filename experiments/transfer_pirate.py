@@ -21,6 +21,7 @@ from pathlib import Path
 
 from _doc import write_section
 from personactl.transfer.config import TransferConfig, load_config
+from personactl.transfer.paired import LEVEL, MIN_COHERENCE, picked_on
 from personactl.transfer.pairs import builtin_texts
 from personactl.transfer.runner import run_transfer
 
@@ -55,12 +56,16 @@ def main() -> None:
     rows = [{"method": r["method"], "alpha": f"{r['coef']:g}", "norm": f"{r['applied_norm']:.0f}", "trait": _ci(r),
              "coherence": f"{r['coherence']:.1f}", "collapsed": f"{100 * r['collapse_rate']:.0f}%"}
             for r in result.rows if r["group"] == "main"]
-    criteria = "; ".join(f"{c['criterion']}: {c['measured']:.2f}" + ("" if c["met"] is None else f" ({'met' if c['met'] else 'not met'})")
-                         for c in result.criteria)
+    criteria = "; ".join(f"{c['criterion']}: {c['said']} ({c['verdict']})" for c in result.criteria)
+    scales = ", ".join(f"{s:g}" for s in sorted({*config.magnitude_scales, *config.alpha_values}))
     note = (f"Layer {result.source_layer} -> {result.target_layer}; {config.n_test_prompts} held-out questions, greedy, "
             f"{config.max_new_tokens} tokens; offline judge fitted on Gemma's own contrastive answers; brackets: bootstrap 95% CIs; "
             f"norm = alpha x the method's vector norm. This call took {seconds:.0f} s (cached steps are re-read). "
-            f"Criteria (ridge at its best coherent alpha): {criteria}. "
+            f"Wherever an alpha, norm or layer is chosen, it is the best coherent one (coherence >= {MIN_COHERENCE:g}) on one half "
+            f"of the questions, scored on the other half, both ways; two conditions are compared per question (paired "
+            f"t-test, two-sided, level {LEVEL:g}; difference = mean per-question difference with its 95% CI from that test). "
+            f"Criteria (ridge at alpha {result.criteria[0]['alpha']}, picked on questions {picked_on(result.criteria[0]['picks'])}): "
+            f"{criteria}. Diagnostic A applies the ridge direction and the oracle at {scales} x the oracle norm. "
             + " ".join(f"{k.upper()}: {h['conclusion']}." for k, h in result.hypotheses.items()))
     if args.without_pirate_text:
         note = "Corpus: the shipped texts less the pirate_coder persona's answers. " + note

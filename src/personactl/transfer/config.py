@@ -4,7 +4,7 @@ Reference keys: source_model, target_model, layer_idx (or layer_map),
 output_dir, persona_datasets ({name: {positive_texts, negative_texts}}, or
 trait names), test_prompts, n_training_samples, lambda_values, alpha_values,
 n_test_prompts, use_gpt4 (an OpenAI judge). Added: seed, judge, reduction,
-texts, layer_correspondence and the generation settings.
+texts, layer_correspondence, the generation settings and the diagnostics' scans.
 """
 
 from __future__ import annotations
@@ -55,12 +55,14 @@ class TransferConfig(BaseModel):
     max_new_tokens: int = Field(40, ge=4)
     batch_size: int = Field(32, ge=1)
     layer_scan: int = Field(6, ge=2, description="target layers tried by diagnostic C")
+    magnitude_scales: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], min_length=2,
+                                          description="diagnostic A: multiples of the oracle norm applied to both directions")
 
-    @field_validator("lambda_values")
+    @field_validator("lambda_values", "magnitude_scales")
     @classmethod
     def _positive(cls, values: list[float]) -> list[float]:
         if any(v <= 0 for v in values):
-            raise ValueError("every lambda must be > 0")
+            raise ValueError("every value must be > 0")
         return values
 
     @model_validator(mode="after")

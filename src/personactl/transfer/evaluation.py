@@ -64,7 +64,7 @@ def generate_cells(
 
 
 def score_cells(judges: Judges, questions: Sequence[str], cells: Sequence[Cell], answers: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """Trait, coherence and collapse rate per cell, with bootstrap CIs."""
+    """Trait, coherence and collapse rate per cell, with bootstrap CIs, and the per-question scores behind them."""
     rows = []
     for cell in cells:
         said = answers[cell.key]
@@ -77,6 +77,7 @@ def score_cells(judges: Judges, questions: Sequence[str], cells: Sequence[Cell],
             "applied_norm": float(cell.vector.norm()) * abs(cell.coef) if cell.vector is not None else 0.0,
             "trait": t, "trait_lo": t_lo, "trait_hi": t_hi, "coherence": c, "coherence_lo": c_lo, "coherence_hi": c_hi,
             "collapse_rate": sum(collapsed) / len(collapsed), "n": len(said), "example": said[0] if said else "",
+            "trait_scores": trait, "coherence_scores": coherence, "collapsed": collapsed,
         })
     return rows
 

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_path, write_text_atomic
 from .mapping import lambda_note
+from .paired import picked_on
 
 if TYPE_CHECKING:
     from .config import TransferConfig
     from .ridge import RidgeMap
-    from .runner import TransferResult
+    from .result import TransferResult
 
 COLUMNS = ("group", "method", "layer", "coef", "applied_norm", "trait", "trait_lo", "trait_hi", "coherence", "collapse_rate", "n")
 
@@ -66,7 +67,6 @@ def write_report(out: Path, config: "TransferConfig", result: "TransferResult", 
     figure = plot_methods(out / f"methods_{name}.png", result.rows, f"{name}: {config.source_model} -> {config.target_model}")
     cv = [{"lambda": lam, **scores, "chosen": "yes" if lam == ridge.lam else ""} for lam, scores in ridge.scores.items()]
     cv_columns = ["lambda", *dict.fromkeys(k for s in ridge.scores.values() for k in s), "chosen"]
-    criteria = [{**c, "met": {True: "yes", False: "no", None: "-"}[c["met"]]} for c in result.criteria]
     main = [r for r in result.rows if r["group"] == "main"]
     note = f"\n**Note**: {lambda_note(ridge.lam, list(ridge.scores))}\n" if lambda_note(ridge.lam, list(ridge.scores)) else ""
     text = f"""# Transfer of '{name}': {config.source_model} -> {config.target_model}
@@ -74,9 +74,11 @@ def write_report(out: Path, config: "TransferConfig", result: "TransferResult", 
 Source layer {result.source_layer} -> target layer {result.target_layer}; {n_pairs} paired activations
 (reduction `{config.reduction}`); judge `{config.judge_spec}`; {main[0]['n']} test prompts per condition.
 
-## Success criteria (ridge at its best coherent alpha)
+## Success criteria (ridge's alpha picked on one half of the questions, scored on the other)
 
-{markdown_table(criteria, ["criterion", "measured", "baseline", "alpha", "met"])}
+{markdown_table(result.criteria, ["criterion", "said", "alpha", "verdict"])}
+
+Alpha picked per half: {result.criteria[0]['alpha']} (picked on questions {picked_on(result.criteria[0]['picks'])}).
 
 ## Every method (alpha x each method's own vector)
 

@@ -9,10 +9,7 @@ goes on where it stopped.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,30 +23,18 @@ from ..traits import AnyTrait, Trait
 from ..vectors import PersonaVector, load_vector
 from . import baselines
 from .config import TransferConfig
-from .diagnostics import best_coherent, hypothesis_a, hypothesis_b, hypothesis_c, write_hypothesis
+from .diagnostics import hypothesis_a, hypothesis_b, hypothesis_c, success_criteria, write_hypothesis
 from .evaluation import Cell, generate_cells, score_cells
 from .mapping import fit_map, method_vectors
 from .pairs import builtin_texts, layer_pair, read_texts
 from .report import write_report
+from .result import TransferResult
 
 NULL_ROTATIONS = 1000
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
-
-
-@dataclass
-class TransferResult:
-    """What one persona's transfer measured, and where the files are."""
-
-    trait: str
-    source_layer: int
-    target_layer: int
-    rows: list[dict[str, Any]]
-    hypotheses: dict[str, dict[str, Any]]
-    criteria: list[dict[str, Any]]
-    files: dict[str, str] = field(default_factory=dict)
 
 
 def claim_output(config: TransferConfig, out: Path) -> None:
@@ -92,12 +77,16 @@ def _test_prompts(config: TransferConfig, trait: AnyTrait) -> list[str]:
 
 
 def plan_cells(config: TransferConfig, vectors: dict[str, torch.Tensor], target_vector: PersonaVector, t_layer: int, n_layers: int) -> list[Cell]:
-    """Main grid (every method x alpha, and unsteered), A/B (at the oracle norm) and C (a scan of target layers)."""
+    """Main grid (every method x alpha, and unsteered); A: the ridge direction and the oracle at the same multiples of
+    the oracle norm (the oracle's main-grid alphas are not repeated); B: Procrustes and random at the oracle norm x alpha;
+    C: a scan of target layers."""
     oracle_norm = float(vectors["oracle"].norm())
     unit = {m: v / v.norm().clamp_min(1e-12) for m, v in vectors.items()}
     cells = [Cell("unsteered", t_layer, 0.0)]
     cells += [Cell(m, t_layer, a, v) for m, v in vectors.items() for a in config.alpha_values]
-    cells += [Cell("ridge@oracle_norm", t_layer, a, unit["ridge"] * oracle_norm, "A") for a in config.alpha_values]
+    scales = sorted({*config.magnitude_scales, *config.alpha_values})
+    cells += [Cell("ridge@oracle_norm", t_layer, s, unit["ridge"] * oracle_norm, "A") for s in scales]
+    cells += [Cell("oracle", t_layer, s, vectors["oracle"], "A") for s in scales if s not in config.alpha_values]
     cells += [Cell(f"{m}@oracle_norm", t_layer, a, unit[m] * oracle_norm, "B") for m in ("procrustes", "random") for a in config.alpha_values]
     scan = sorted({*np.linspace(1, n_layers - 1, config.layer_scan).round().astype(int).tolist(), t_layer})
     alpha = sorted(config.alpha_values)[len(config.alpha_values) // 2]
@@ -126,23 +115,6 @@ def _answers(target: Backbone, prompts: list[str], cells: list[Cell], config: Tr
                 f.write(json.dumps({"cell": key, "answers": answers}) + "\n")
         done.update(fresh)
     return done
-
-
-def success_criteria(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The reference design's criteria, each beside the measured number: ridge at its best coherent alpha."""
-    main = [r for r in rows if r["group"] == "main"]
-    base = next(r for r in main if r["method"] == "unsteered")
-    ridge_rows = [r for r in main if r["method"] == "ridge"]
-    ridge = best_coherent(ridge_rows) or min(ridge_rows, key=lambda r: r["coef"])
-    oracle = next((r for r in main if r["method"] == "oracle" and r["coef"] == ridge["coef"]), None)
-    gap = oracle["trait"] - ridge["trait"] if oracle else math.nan
-    return [
-        {"criterion": "mapped coherence >= 50", "measured": ridge["coherence"], "met": ridge["coherence"] >= 50},
-        {"criterion": "trait above the unsteered baseline (CI low > baseline)", "measured": ridge["trait"],
-         "baseline": base["trait"], "met": ridge["trait_lo"] > base["trait"]},
-        {"criterion": "collapse rate < 30%", "measured": ridge["collapse_rate"], "met": ridge["collapse_rate"] < 0.3},
-        {"criterion": "gap to the oracle (same alpha), smaller is better", "measured": gap, "alpha": ridge["coef"], "met": None},
-    ]
 
 
 def run_transfer(config: TransferConfig, *, source: Backbone | None = None, target: Backbone | None = None) -> list[TransferResult]:
