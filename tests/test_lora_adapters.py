@@ -14,7 +14,7 @@ from personactl.lora.adapters import (
     train_adapter,
 )
 from personactl.lora.config import LoRATrainConfig
-from personactl.lora.direction import AdapterError
+from personactl.lora.direction import AdapterError, LoRADirection
 
 from conftest import tiny_backbone
 
@@ -147,3 +147,46 @@ def test_adapter_folder_round_trip(tmp_path):
     again = LoRADirection.load(tmp_path / "copy")
     assert again.config == first.config and again.metadata["name"] == "arr"
     assert all(torch.equal(again.modules[n].A, f.A) and torch.equal(again.modules[n].B, f.B) for n, f in first.modules.items())
+
+
+def test_training_never_replaces_someone_elses_folder_or_touches_siblings(tmp_path, monkeypatch):
+    from personactl.errors import OutputError
+    from personactl.lora.adapters import blend_adapters
+
+    backbone = tiny_backbone("llama")
+    config = LoRATrainConfig(**{**vars(_config(backbone)), "max_steps": 1, "epochs": 1})
+    runs = tmp_path / "runs"
+    (runs / "s").mkdir(parents=True)
+    (runs / "s" / "results.jsonl").write_text("precious\n")
+    with pytest.raises(OutputError, match="not a folder personactl wrote"):
+        train_adapter(backbone, _data(tmp_path, "arr"), "arr", runs, config)
+    assert (runs / "s" / "results.jsonl").read_text() == "precious\n"
+    monkeypatch.chdir(runs)
+    with pytest.raises(OutputError, match="current folder"):
+        train_adapter(backbone, _data(tmp_path, "arr"), "arr", ".", config)
+    with pytest.raises(AdapterError, match="not allowed"):
+        train_adapter(backbone, _data(tmp_path, "arr"), "../arr", tmp_path / "x", config)
+
+    (tmp_path / "arr.old").mkdir()  # a sibling the old code deleted on every save
+    (tmp_path / "arr.old" / "keep.txt").write_text("mine")
+    for _ in range(2):  # the second run replaces the adapter folder it wrote the first time
+        card = train_adapter(backbone, _data(tmp_path, "arr"), "arr", tmp_path / "arr", config)
+    assert card["name"] == "arr" and (tmp_path / "arr" / "persona.json").is_file()
+    assert (tmp_path / "arr.old" / "keep.txt").read_text() == "mine"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp, set-aside or checkpoint folder left
+
+    with pytest.raises(AdapterError, match="not allowed"):
+        blend_adapters("arr=1", "../out", tmp_path)
+    blend, folder = blend_adapters("arr=0.5", "half", tmp_path)
+    assert folder == tmp_path / "half" and LoRADirection.load(folder).metadata["blend"] == "arr=0.5"
+
+
+def test_corrupt_or_missing_cards_are_clear_errors(tmp_path):
+    from personactl.lora.adapters import read_card
+
+    (tmp_path / "a").mkdir()
+    with pytest.raises(AdapterError, match="has no persona card"):
+        read_card(tmp_path / "a")
+    (tmp_path / "a" / "persona.json").write_text("{oops")
+    with pytest.raises(AdapterError, match="is corrupt"):
+        list_adapters(tmp_path)

@@ -1,7 +1,8 @@
 """User-facing errors: each message says what was wrong and what to do.
 
-The CLI prints the message of any PersonactlError on one line and exits with
-code 2; everything else is a bug and keeps its traceback.
+The CLI prints the message of any PersonactlError (and of an OSError: disk full,
+no permission) on one line and exits with code 2; everything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ class TraitError(PersonactlError):
 
 class SteeringError(PersonactlError):
     """A steering request that cannot be applied (shapes, positions, batch)."""
+
+
+class OutputError(PersonactlError):
+    """An output path personactl will not write over: a folder it did not write, the current folder, a file."""
+
+
+class OptionError(PersonactlError):
+    """An option value outside what the command accepts (caught before any model is loaded)."""
 
 
 class TransferError(PersonactlError):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ._io import replace_folder
-from .errors import ModelLoadError
+from .errors import ModelLoadError, OutputError
 
 CACHE_ENV = "PERSONACTL_MODEL_CACHE"
 COMPLETE = "personactl-cache-complete"
@@ -100,9 +100,10 @@ def write_cache(model: Any, tokenizer: Any, folder: Path) -> bool:
         save_model_folder(model, tokenizer, tmp)
         (tmp / COMPLETE).write_text(f"{tmp.name}\n", encoding="utf-8")
         if not is_complete(folder):  # else another process finished first
-            replace_folder(tmp, folder)  # over an unfinished entry an earlier crash may have left
+            # over an unfinished entry an earlier crash may have left (a model folder: config.json)
+            replace_folder(tmp, folder, owned=(COMPLETE, "config.json"))
         return True
-    except (OSError, ModelLoadError):
+    except (OSError, ModelLoadError, OutputError):
         return False
     finally:
         if tmp.exists():

@@ -12,22 +12,23 @@ import json
 import math
 import os
 import random
-import shutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .._io import replace_folder
+from .._io import check_replaceable
 from ..activations import make_batch, position_ids
 from ..errors import PersonactlError
 from ..generation import chat_prompt, format_prompts
 from ..model_folder import save_model_folder
 from ..models import Backbone
 from .config import LoRATrainConfig
-from .direction import PERSONA, AdapterError, LoRADirection, merged
-from .train import answer_labels, optimise, save_adapter
+from .checkpoint import STATE, remove_checkpoint
+from .direction import PERSONA, AdapterError, LoRADirection, combine, merged, read_json_object
+from .train import answer_labels, optimise, save_adapter, save_folder
 
 # Attention projections per architecture (q/k/v/o), as PEFT target names or a regex.
 ATTENTION_TARGETS: dict[str, Any] = {
@@ -153,6 +154,11 @@ def train_adapter(
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415
 
+    check_name(name)
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, PERSONA)
+    checkpoint = out_dir.with_name(f".{out_dir.name}.checkpoint")
+    check_replaceable(checkpoint, STATE)
     config = config or adapter_defaults(backbone)
     data = read_persona_data(data_path)
     prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
@@ -160,10 +166,8 @@ def train_adapter(
     random.Random(config.seed).shuffle(order)
     n_val = max(1, round(heldout * len(order))) if len(order) > 4 else 0
     val, train = order[:n_val], order[n_val:]
-    out_dir = Path(out_dir)
-    checkpoint = out_dir.with_name(f".{out_dir.name}.checkpoint")
     if not resume:
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        remove_checkpoint(checkpoint)
     torch.manual_seed(config.seed)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, use_rslora=config.rslora, lora_dropout=config.dropout,
                       target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
@@ -186,11 +190,8 @@ def train_adapter(
             "val_indices": sorted(val),
             "train": vars(config), "metrics": state.epochs, "kind": "persona_adapter",
         }
-        tmp = out_dir.with_name(f".{out_dir.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_adapter(model, tmp, card)
-        replace_folder(tmp, out_dir)  # a failed run leaves no half-written adapter under the real name
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        save_adapter(model, out_dir, card)  # built aside and swapped in: no half-written adapter under the real name
+        remove_checkpoint(checkpoint)
     finally:
         model.unload()  # type: ignore[attr-defined]
     return card
@@ -201,13 +202,45 @@ def registry_dir() -> Path:
     return Path(os.environ.get("PERSONACTL_ADAPTERS", Path.home() / ".local" / "share" / "personactl" / "adapters"))
 
 
+NAME_RULE = re.compile(r"[\w-][\w.-]*")
+
+
+def check_name(name: str) -> str:
+    """An adapter name is one folder name inside the registry: letters, digits, '.', '_', '-', not starting with '.'."""
+    if not NAME_RULE.fullmatch(name):
+        raise AdapterError(f"adapter name '{name}' is not allowed: use letters, digits, '.', '_' or '-' (not starting with '.')")
+    return name
+
+
+def adapter_target(name: str, out_dir: str | Path | None = None) -> Path:
+    """Where `adapter train --name NAME [--out DIR]` writes, checked before any training starts."""
+    check_name(name)
+    target = Path(out_dir) if out_dir is not None else registry_dir() / name
+    check_replaceable(target, PERSONA)
+    return target
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """The persona card (persona.json) of an adapter folder; AdapterError when it is missing or corrupt."""
+    path = Path(folder) / PERSONA
+    if not path.is_file():
+        raise AdapterError(f"{folder} has no persona card ({PERSONA}): it is not an adapter trained by personactl")
+    return read_json_object(path)
+
+
 def list_adapters(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """Persona cards of every adapter in the registry folder, sorted by name."""
     root = Path(folder) if folder else registry_dir()
-    cards = []
-    for card in sorted(root.glob(f"*/{PERSONA}")):
-        cards.append({**json.loads(card.read_text(encoding="utf-8")), "path": str(card.parent)})
-    return cards
+    return [{**read_card(card.parent), "path": str(card.parent)} for card in sorted(root.glob(f"*/{PERSONA}"))]
+
+
+def blend_adapters(spec: str, name: str, folder: str | Path | None = None) -> tuple[LoRADirection, Path]:
+    """Blend registry adapters exactly ('a=0.5,b=0.5') into a new registry adapter NAME; returns it and its folder."""
+    check_name(name)
+    root = Path(folder) if folder else registry_dir()
+    target = check_replaceable(root / name, PERSONA)
+    blend = combine(parse_blend(spec, folder), {"name": name, "kind": "persona_blend", "blend": spec})
+    return blend, blend.save(target)
 
 
 def resolve_adapter(name_or_path: str | Path, folder: str | Path | None = None) -> Path:
@@ -217,7 +250,7 @@ def resolve_adapter(name_or_path: str | Path, folder: str | Path | None = None) 
         return path
     root = Path(folder) if folder else registry_dir()
     if path.name != str(name_or_path) or not (root / path.name).is_dir():
-        known = ", ".join(c["name"] for c in list_adapters(root)) or "none yet"
+        known = ", ".join(card.parent.name for card in sorted(root.glob(f"*/{PERSONA}"))) or "none yet"
         raise AdapterError(f"no adapter '{name_or_path}' in {root} (known: {known}); train one with `personactl adapter train`")
     return root / path.name
 
@@ -287,8 +320,7 @@ class PersonaSwitcher:
 def merge_adapter(backbone: Backbone, adapter: str | Path, out_dir: str | Path, coef: float = 1.0) -> Path:
     """A standalone model folder (weights with coef * adapter merged, tokenizer) that plain transformers loads."""
     direction = LoRADirection.load(adapter)
-    out = Path(out_dir)
+    check_replaceable(out_dir, PERSONA)
     with merged(backbone, (direction, coef)):
-        save_model_folder(backbone.model, backbone.tokenizer, out)
-    (out / PERSONA).write_text(json.dumps({**direction.metadata, "merged_from": str(adapter), "coef": coef}, indent=2, default=str))
-    return out
+        return save_folder(out_dir, lambda tmp: save_model_folder(backbone.model, backbone.tokenizer, tmp),
+                           {**direction.metadata, "merged_from": str(adapter), "coef": coef})

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._io import replace_folder
+from .._io import check_replaceable, replace_folder, temp_folder_beside
 from .direction import AdapterError
 
 STATE, WEIGHTS, OPTIMISER = "state.json", "trainable.safetensors", "optimiser.pt"
@@ -39,14 +39,22 @@ class TrainState:
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer, state: TrainState) -> None:
     """Write the checkpoint atomically (temp folder, then rename over the old one)."""
-    tmp = folder.with_name(f"{folder.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, str(tmp / WEIGHTS))
-    torch.save({"optimiser": optimiser.state_dict(), "rng": torch.get_rng_state()}, tmp / OPTIMISER)
-    (tmp / STATE).write_text(json.dumps(vars(state), indent=2), encoding="utf-8")
-    replace_folder(tmp, folder)
+    tmp = temp_folder_beside(folder)
+    try:
+        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, str(tmp / WEIGHTS))
+        torch.save({"optimiser": optimiser.state_dict(), "rng": torch.get_rng_state()}, tmp / OPTIMISER)
+        (tmp / STATE).write_text(json.dumps(vars(state), indent=2), encoding="utf-8")
+        replace_folder(tmp, folder, owned=STATE)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint folder, but only one this tool wrote (it holds state.json)."""
+    if folder.exists() or folder.is_symlink():
+        check_replaceable(folder, STATE)
+        shutil.rmtree(folder)
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer, fingerprint: str) -> TrainState | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._io import atomic_path, write_text_atomic
+from .._io import check_replaceable, replace_folder, temp_folder_beside
 from ..errors import PersonactlError
 from ..models import Backbone
 
@@ -69,7 +70,7 @@ class LoRADirection:
         folder = Path(folder)
         if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
             raise AdapterError(f"{folder} is not a PEFT adapter folder (needs {CONFIG} and {WEIGHTS})")
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        config = read_json_object(folder / CONFIG)
         if config.get("rank_pattern") or config.get("alpha_pattern"):
             raise AdapterError(f"{folder}: per-module rank/alpha patterns are not supported")
         tensors = load_file(str(folder / WEIGHTS))
@@ -85,20 +86,29 @@ class LoRADirection:
         if not modules:
             raise AdapterError(f"{folder} holds no LoRA weights")
         meta_path = folder / PERSONA
-        metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        metadata = read_json_object(meta_path) if meta_path.exists() else {}
         return cls(modules, config, metadata)
 
     def save(self, folder: str | Path) -> Path:
-        """Write a PEFT adapter folder (atomically per file) plus persona.json."""
+        """Write a PEFT adapter folder plus persona.json, built aside and swapped in as a whole.
+
+        An existing folder is replaced only when this tool wrote it (it holds persona.json)
+        or it is empty; anything else is refused with an OutputError.
+        """
         folder = Path(folder)
+        check_replaceable(folder, PERSONA)
         tensors = {}
         for name, f in self.modules.items():
             tensors[f"{_PREFIX}{name}.lora_A.weight"] = f.A.contiguous()
             tensors[f"{_PREFIX}{name}.lora_B.weight"] = f.B.contiguous()
-        with atomic_path(folder / WEIGHTS) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        write_text_atomic(folder / CONFIG, json.dumps(self.config, indent=2))
-        write_text_atomic(folder / PERSONA, json.dumps(self.metadata, indent=2, default=str))
+        tmp = temp_folder_beside(folder)
+        try:
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+            (tmp / CONFIG).write_text(json.dumps(self.config, indent=2), encoding="utf-8")
+            (tmp / PERSONA).write_text(json.dumps(self.metadata, indent=2, default=str), encoding="utf-8")
+            replace_folder(tmp, folder, owned=PERSONA)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     @property
@@ -124,6 +134,17 @@ class LoRADirection:
                     f"adapter module '{name}' is {f.B.shape[0]}x{f.A.shape[1]} but {backbone.name} has "
                     f"{out_features}x{in_features} (adapter made for {base or 'another model'})"
                 )
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of an adapter folder; AdapterError when it is corrupt."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{path} is corrupt ({exc}): retrain that adapter or delete its folder") from exc
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path} is corrupt (expected a JSON object): retrain that adapter or delete its folder")
+    return data
 
 
 def combine(terms: Sequence[tuple[LoRADirection, float]], metadata: dict[str, Any] | None = None) -> LoRADirection:

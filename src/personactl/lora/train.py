@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from .._io import check_replaceable, replace_folder, temp_folder_beside, write_text_atomic
 from ..activations import make_batch, position_ids
 from ..model_folder import save_model_folder
 from ..models import Backbone
 from ..progress import progress_bar
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .config import LoRATrainConfig
-from .direction import AdapterError
+from .direction import PERSONA, AdapterError
 
 
 def answer_labels(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -144,6 +146,8 @@ def train_lora(
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415
 
     _check_examples(prompts, answers)
+    if out_dir is not None:
+        check_replaceable(out_dir, PERSONA)
     torch.manual_seed(config.seed)
     lora_config = LoraConfig(
         r=config.rank, lora_alpha=config.alpha, use_rslora=config.rslora, lora_dropout=config.dropout,
@@ -167,6 +171,7 @@ def train_full(
 ) -> list[float]:
     """Full fine-tuning (every weight); the result is saved as a model folder and the base restored."""
     _check_examples(prompts, answers)
+    check_replaceable(out_dir, PERSONA)
     torch.manual_seed(config.seed)
     original = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
     flags = {n: p.requires_grad for n, p in backbone.model.named_parameters()}
@@ -174,8 +179,8 @@ def train_full(
         for p in backbone.model.parameters():
             p.requires_grad_(True)
         losses = optimise(backbone.model, backbone, prompts, answers, config, "all weights").losses
-        save_model_folder(backbone.model, backbone.tokenizer, out_dir)
-        (Path(out_dir) / "persona.json").write_text(json.dumps(_training_metadata(backbone, config, losses, metadata), indent=2, default=str))
+        save_folder(out_dir, lambda tmp: save_model_folder(backbone.model, backbone.tokenizer, tmp),
+                    _training_metadata(backbone, config, losses, metadata))
     finally:
         with torch.no_grad():
             backbone.model.load_state_dict(original)
@@ -184,10 +189,29 @@ def train_full(
     return losses
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Refuse, before any training, an output folder that a finished run may not replace (see `save_folder`)."""
+    return check_replaceable(out_dir, PERSONA)
+
+
 def save_adapter(model: object, out_dir: str | Path, metadata: dict) -> Path:
-    """Save a PEFT adapter folder plus persona.json."""
+    """Save a PEFT adapter folder plus persona.json, as a whole (see `save_folder`)."""
+    return save_folder(out_dir, lambda tmp: model.save_pretrained(str(tmp)), metadata)  # type: ignore[attr-defined]
+
+
+def save_folder(out_dir: str | Path, write: Callable[[Path], object], card: dict) -> Path:
+    """Build a folder with `write(tmp)` and its persona card beside `out_dir`, then swap it in.
+
+    The card (persona.json) marks the folder as ours: a rerun may replace it, while a
+    folder of someone else's files is refused (OutputError) and left as it is.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))  # type: ignore[attr-defined]
-    (out / "persona.json").write_text(json.dumps(metadata, indent=2, default=str))
+    check_replaceable(out, PERSONA)
+    tmp = temp_folder_beside(out)
+    try:
+        write(tmp)
+        write_text_atomic(tmp / PERSONA, json.dumps(card, indent=2, default=str))
+        replace_folder(tmp, out, owned=PERSONA)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
