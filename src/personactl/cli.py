@@ -93,12 +93,16 @@ def extract(
     device_map: Optional[str] = DeviceMapOpt,
 ) -> None:
     """Extract a persona vector: contrastive answers -> activations of all layers -> a direction per layer."""
+    from .activations import POSITIONS  # noqa: PLC0415
+    from .aggregators import METHODS  # noqa: PLC0415
     from .extraction import ExtractionSettings, save_pairs  # noqa: PLC0415
     from .extraction import extract as run_extract  # noqa: PLC0415
     from .traits import load_trait  # noqa: PLC0415
 
     from .judges.factory import make_judges  # noqa: PLC0415
 
+    _check_choice(method, METHODS, "--method")
+    _check_choice(positions, POSITIONS, "--positions")
     loaded_trait = load_trait(trait)
     judges = make_judges(filter_judge, loaded_trait) if filter_judge else None
     backbone = _load(model, device, dtype, device_map)
@@ -180,15 +184,14 @@ def monitor(
 ) -> None:
     """Project prompts (or responses) onto a persona vector, layer by layer."""
     from .generation import chat_prompt  # noqa: PLC0415
-    from .monitor import project  # noqa: PLC0415
+    from .monitor import check_request, project  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
-    if response and len(response) != len(prompt):
-        raise typer.BadParameter(f"{len(response)} responses for {len(prompt)} prompts: give one per prompt", param_hint="--response")
+    positions = check_request(len(prompt), response or None, positions)
     backbone = _load(model, device, dtype, None)
     loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0] if layer else None)  # type: ignore[arg-type]
     layers = layer or list(range(1, backbone.n_layers + 1))
-    scores = project(backbone, loaded, [chat_prompt(p, system) for p in prompt], response, layers=layers, positions=positions)
+    scores = project(backbone, loaded, [chat_prompt(p, system) for p in prompt], response or None, layers=layers, positions=positions)
     if as_json:
         print(json.dumps({"layers": layers, "prompts": prompt, "projections": scores.tolist()}, indent=2))
         return
@@ -208,12 +211,14 @@ def _numbers(text: str, kind: type = float) -> list:
 
 
 def _print_summary(summary: list[dict], title: str) -> None:
+    from .report import score_cell  # noqa: PLC0415
+
     table = Table("method", "layer", "coef", "n", "trait [95% CI]", "coherence [95% CI]", "collapsed", "ppl", title=title)
     for r in summary:
         table.add_row(
             r["method"], str(r["layer"]), f"{r['coef']:g}", str(r["n"]),
-            f"{r['trait_mean']:.1f} [{r['trait_lo']:.1f}, {r['trait_hi']:.1f}]",
-            f"{r['coherence_mean']:.1f} [{r['coherence_lo']:.1f}, {r['coherence_hi']:.1f}]",
+            score_cell(r["trait_mean"], r["trait_lo"], r["trait_hi"], r["trait_scored"], r["n"]),
+            score_cell(r["coherence_mean"], r["coherence_lo"], r["coherence_hi"], r["coherence_scored"], r["n"]),
             f"{100 * r['collapse_rate']:.0f}%", f"{r['perplexity_mean']:.2f}",
         )
     out.print(table)
@@ -232,12 +237,17 @@ def _print_run(result) -> None:
 def _sweep_config(config: Optional[Path], overrides: dict):
     from .evaluate import validate_config  # noqa: PLC0415
 
+    from .evaluate import SweepError  # noqa: PLC0415
+
     data = {}
     if config is not None:
         try:
             data = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise typer.BadParameter(f"cannot read {config}: {exc}", param_hint="--config") from exc
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SweepError(f"cannot read --config {config}: {getattr(exc, 'strerror', None) or exc}") from exc
+        if not isinstance(data, dict):
+            raise SweepError(f"--config {config} holds a JSON {type(data).__name__}, not an object of settings such as "
+                             '{"trait": "pirate", "coefs": [0, 1, 2]}')
     data.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(data)
 
@@ -344,12 +354,12 @@ def lora_extract(
     from .traits import load_trait  # noqa: PLC0415
 
     loaded = load_trait(trait)
-    backbone = _load(model, device, dtype, None)
     train = LoRATrainConfig(
         rank=rank, alpha=alpha, rslora=rslora, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
         batch_size=batch_size, seed=seed,
         target_modules=targets if targets == "all-linear" else tuple(t.strip() for t in targets.split(",")),
     )
+    backbone = _load(model, device, dtype, None)
     settings = ExtractionSettings(max_new_tokens=max_new_tokens, n_questions=n_questions, seed=seed)
     direction = extract_lora_direction(backbone, loaded, out_dir, settings=settings, train=train)
     out.print(f"persona direction (rank {direction.rank}, {len(direction.modules)} modules) written to {out_dir / 'diff'}")
@@ -397,18 +407,20 @@ def finetune(
     from .lora.direction import LoRADirection  # noqa: PLC0415
     from .lora.adapters import read_persona_data  # noqa: PLC0415
     from .lora.finetune import finetune as run_finetune  # noqa: PLC0415
+    from .lora.train import check_out_dir  # noqa: PLC0415
     from .steering import SteeringTerm  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
     if steer_vector is not None and not steer_layer:
         raise typer.BadParameter("--steer-layer is required with --steer-vector", param_hint="--steer-layer")
+    config = LoRATrainConfig(rank=rank, alpha=alpha, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+                             batch_size=batch_size, seed=seed)
+    check_out_dir(out_dir)
     examples = read_persona_data(data)
     questions, answers = examples.questions, examples.answers
     premerge = [(LoRADirection.load(premerge_lora), premerge_coef)] if premerge_lora else []
     backbone = _load(model, device, None, None)
     steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layer, steer_coef)] if steer_vector else []
-    config = LoRATrainConfig(rank=rank, alpha=alpha, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
-                             batch_size=batch_size, seed=seed)
     prompts = format_prompts(backbone, [chat_prompt(q) for q in questions])
     losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge,
                           metadata={"data": str(data)}, full=full)
@@ -463,20 +475,16 @@ def adapter_train(
 
     An interrupted run is checkpointed beside the adapter folder; running the
     same command again goes on from the last checkpoint."""
-    import re  # noqa: PLC0415
-
-    from .lora.adapters import adapter_defaults, registry_dir, train_adapter  # noqa: PLC0415
+    from .lora.adapters import adapter_defaults, adapter_target, train_adapter  # noqa: PLC0415
     from .lora.config import LoRATrainConfig  # noqa: PLC0415
 
-    if not re.fullmatch(r"[\w.-]+", name):
-        raise typer.BadParameter("use letters, digits, '.', '_' or '-'", param_hint="--name")
+    target = adapter_target(name, out_dir)
+    settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "epochs": epochs, "max_steps": max_steps,
+                "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed, "grad_accum": grad_accum,
+                "gradient_checkpointing": gradient_checkpointing, "checkpoint_every": checkpoint_every}
+    LoRATrainConfig(**settings)  # bad values are refused before the model loads
     backbone = _load(model, device, None, None, quantize)
-    defaults = adapter_defaults(backbone)
-    config = LoRATrainConfig(**{**vars(defaults), "rank": rank, "alpha": alpha, "dropout": dropout, "epochs": epochs,
-                                "max_steps": max_steps, "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed,
-                                "grad_accum": grad_accum, "gradient_checkpointing": gradient_checkpointing,
-                                "checkpoint_every": checkpoint_every})
-    target = out_dir or registry_dir() / name
+    config = LoRATrainConfig(**{**vars(adapter_defaults(backbone)), **settings})
     card = train_adapter(backbone, data, name, target, config, heldout, resume=not restart)
     out.print(f"data: {card['data_report']}")
     for m in card["metrics"]:
@@ -500,9 +508,9 @@ def adapter_list(folder: Optional[Path] = typer.Option(None, help="registry fold
 @adapter_app.command("show")
 def adapter_show(name: str = typer.Argument(..., help="registry name or adapter folder")) -> None:
     """Print an adapter's persona card as JSON."""
-    from .lora.adapters import resolve_adapter  # noqa: PLC0415
+    from .lora.adapters import read_card, resolve_adapter  # noqa: PLC0415
 
-    print((resolve_adapter(name) / "persona.json").read_text(encoding="utf-8"))
+    print(json.dumps(read_card(resolve_adapter(name)), indent=2))
 
 
 @adapter_app.command("evaluate")
@@ -541,11 +549,10 @@ def adapter_blend(
     name: str = typer.Option(..., help="name of the blended adapter in the registry"),
 ) -> None:
     """Blend adapters exactly (factors concatenated) into a new registry adapter."""
-    from .lora.adapters import parse_blend, registry_dir  # noqa: PLC0415
-    from .lora.direction import combine  # noqa: PLC0415
+    from .lora.adapters import blend_adapters  # noqa: PLC0415
 
-    blend = combine(parse_blend(weights), {"name": name, "kind": "persona_blend", "blend": weights})
-    out.print(f"blend (rank {blend.rank}) written to {blend.save(registry_dir() / name)}")
+    blend, folder = blend_adapters(weights, name)
+    out.print(f"blend (rank {blend.rank}) written to {folder}")
 
 
 @app.command()
@@ -738,6 +745,7 @@ def transfer_evaluate(
     chosen = layer if layer is not None else steering.extra.get("transfer", {}).get("target_layer")
     if chosen is None:
         raise typer.BadParameter("this vector has no mapped layer: give --layer", param_hint="--layer")
+    chosen = backbone.check_layer(chosen, allow_embedding=False)  # before the pairs are generated
     pairs = generate_pairs(backbone, loaded_trait, ExtractionSettings(n_questions=n_questions)) if judge == "embed" else []
     judges = make_judges(judge, loaded_trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
     rows = evaluate_vector(backbone, steering.directions[chosen], chosen, _floats(coefs, "--coefs"),
@@ -749,6 +757,13 @@ def transfer_evaluate(
     out.print(table)
 
 
+def _check_choice(value: str, choices, option: str) -> None:
+    from .errors import OptionError  # noqa: PLC0415
+
+    if value not in choices:
+        raise OptionError(f"{option} {value!r} is not one of: {', '.join(choices)}")
+
+
 def _floats(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -757,15 +772,30 @@ def _floats(text: str, option: str) -> list[float]:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI; user mistakes print one line and return exit code 2."""
+    """Run the CLI; user mistakes print one line and return exit code 2.
+
+    The boundary catches what the person at the keyboard can cause and fix: a
+    PersonactlError, and an OSError (disk full, no permission, read-only folder).
+    Anything else is a bug and keeps its traceback.
+    """
     try:
         app(args=argv, prog_name="personactl")  # usage errors: click prints them and exits 2
     except PersonactlError as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
         return exc.exit_code
+    except OSError as exc:
+        err.print(f"error: {os_error_message(exc)}", highlight=False, soft_wrap=True, markup=False)
+        return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+def os_error_message(exc: OSError) -> str:
+    """'No space left on device: runs/x/results.jsonl' (strerror and the file(s) involved)."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{text}: {' -> '.join(files)}" if files else text
 
 
 def main() -> None:

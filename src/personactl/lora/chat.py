@@ -20,6 +20,7 @@ from ..vectors import load_vector
 from .adapters import PersonaSwitcher, parse_blend, resolve_adapter
 from .direction import combine
 
+VECTOR_USAGE = "/vector PATH COEF [LAYER], e.g. /vector vectors/pirate.safetensors 1.5 20"
 HELP = "commands: /persona NAME|off, /blend a=0.5,b=0.5, /vector PATH COEF [LAYER]|off, /reset, /help"
 
 
@@ -35,27 +36,31 @@ class ChatSession:
         self._blends = tempfile.TemporaryDirectory(prefix="personactl-blend-")
 
     def handle(self, line: str) -> str:
+        """One line: a command or a message. A mistake the user can fix is answered with
+        `error: ...` and the session goes on as before; anything else is a bug and raises."""
         line = line.strip()
         if not line:
             return ""
-        if not line.startswith("/"):
-            return self._reply(line)
-        command, _, rest = line.partition(" ")
-        handlers = {
-            "/persona": self._persona, "/blend": self._blend, "/vector": self._vector,
-            "/reset": lambda _: self._reset(), "/help": lambda _: HELP,
-        }
-        if command not in handlers:
-            return f"unknown command {command}; {HELP}"
         try:
+            if not line.startswith("/"):
+                return self._reply(line)
+            command, _, rest = line.partition(" ")
+            handlers = {
+                "/persona": self._persona, "/blend": self._blend, "/vector": self._vector,
+                "/reset": lambda _: self._reset(), "/help": lambda _: HELP,
+            }
+            if command not in handlers:
+                return f"unknown command {command}; {HELP}"
             return handlers[command](rest.strip())
         except PersonactlError as exc:
             return f"error: {exc}"
+        except OSError as exc:
+            return f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
     def _reply(self, message: str) -> str:
-        self.history.append({"role": "user", "content": message})
-        answer = generate(self.backbone, [list(self.history)], steering=self.steering, max_new_tokens=self.max_new_tokens)[0]
-        self.history.append({"role": "assistant", "content": answer})
+        messages = [*self.history, {"role": "user", "content": message}]
+        answer = generate(self.backbone, [messages], steering=self.steering, max_new_tokens=self.max_new_tokens)[0]
+        self.history = [*messages, {"role": "assistant", "content": answer}]  # a failed reply leaves no half turn
         return answer
 
     def _persona(self, name: str) -> str:
@@ -81,10 +86,16 @@ class ChatSession:
             return "vector off"
         parts = spec.split()
         if len(parts) not in (2, 3):
-            return "error: use /vector PATH COEF [LAYER]"
-        path, coef = Path(parts[0]), float(parts[1])
-        layer = int(parts[2]) if len(parts) == 3 else default_layer(path, self.backbone)
-        self.steering = [SteeringTerm(load_vector(path, backbone=self.backbone), layer, coef)]
+            return f"error: use {VECTOR_USAGE}"
+        path = Path(parts[0])
+        try:
+            coef = float(parts[1])
+            layer = int(parts[2]) if len(parts) == 3 else None
+        except ValueError:
+            return f"error: '{' '.join(parts[1:])}' is not COEF [LAYER] (a number and a whole number): use {VECTOR_USAGE}"
+        vector = load_vector(path, backbone=self.backbone)
+        layer = self.backbone.check_layer(default_layer(path, self.backbone) if layer is None else layer, allow_embedding=False)
+        self.steering = [SteeringTerm(vector, layer, coef)]
         return f"vector {path.name} at layer {layer}, coef {coef:g}"
 
     def _reset(self) -> str:

@@ -34,3 +34,5 @@ class LoRATrainConfig:
         for name in ("rank", "epochs", "batch_size", "grad_accum", "checkpoint_every", "max_length"):
             if getattr(self, name) < 1:
                 raise PersonactlError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise PersonactlError(f"max_steps must be at least 1, got {self.max_steps}: leave it out to train every epoch to the end")
