@@ -120,7 +120,7 @@ def test_lora_method_groups_rows_by_coefficient_and_matches_plain_merges(adapter
     settings = GenerationSettings(max_new_tokens=4)
     method = make_method("lora", MethodContext(backbone, load_trait("pirate"), None, settings, options={"lora": str(tmp / "diff")}))
     coefs = [0.0, 3.0, 0.0, -3.0]
-    answers = method.generate(["hi", "hi", "yo", "yo"], coefs, layer=0)
+    answers = method.generate(["hi", "hi", "yo", "yo"], coefs, layer=0, seeds=[0, 1, 2, 3])
     diff = LoRADirection.load(tmp / "diff")
     for question, coef, answer in zip(["hi", "hi", "yo", "yo"], coefs, answers):
         with merged(backbone, (diff, coef)):

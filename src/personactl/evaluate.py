@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ._io import write_text_atomic
 from .errors import PersonactlError, first_validation_error
-from .generation import chat_prompt, format_prompts
+from .generation import chat_prompt, format_prompts, record_seed
 from .judges.base import Judges
 from .judges.text import perplexity, text_metrics
 from .methods import GenerationSettings, SteeringMethod
@@ -88,6 +88,11 @@ class Condition:
     def key(self) -> str:
         return f"{self.method}|L{self.layer}|c{self.coef:g}|q{self.question_id}|s{self.sample}"
 
+    def seed(self, run_seed: int) -> int:
+        """The sampling seed of this row: one per (question, sample), shared by every method, layer and
+        coefficient, so conditions differ by their steering and not by their dice (common random numbers)."""
+        return record_seed(run_seed, f"q{self.question_id}", f"s{self.sample}")
+
 
 def plan(config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[int], n_questions: int) -> list[Condition]:
     """Every condition of the sweep, grouped so that one (method, layer) shares batches."""
@@ -150,7 +155,7 @@ def run_sweep(
     with progress_bar(f"sweep {config.name}", len(todo)) as advance:
         for group in _batches(todo, config.batch_size):
             qs = [questions[c.question_id] for c in group]
-            answers = by_name[group[0].method].generate(qs, [c.coef for c in group], group[0].layer)
+            answers = by_name[group[0].method].generate(qs, [c.coef for c in group], group[0].layer, [c.seed(config.seed) for c in group])
             results.append(_judge(backbone, judges, group, qs, answers))
             advance(len(group))
     write_summary(results.records, run_dir / "summary.csv")
@@ -173,10 +178,10 @@ def claim_run_dir(config: SweepConfig, run_dir: Path) -> None:
 
 
 def _batches(conditions: Sequence[Condition], size: int) -> Iterator[list[Condition]]:
-    """Consecutive runs of the same (method, layer, sample), at most `size` long."""
+    """Consecutive runs of the same (method, layer), at most `size` long (rows carry their own seeds)."""
     group: list[Condition] = []
     for c in conditions:
-        if group and ((c.method, c.layer, c.sample) != (group[0].method, group[0].layer, group[0].sample) or len(group) == size):
+        if group and ((c.method, c.layer) != (group[0].method, group[0].layer) or len(group) == size):
             yield group
             group = []
         group.append(c)
@@ -214,9 +219,10 @@ def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resampl
 
 
 SUMMARY_FIELDS = [
-    "method", "layer", "coef", "n", "trait_mean", "trait_lo", "trait_hi", "coherence_mean", "coherence_lo",
-    "coherence_hi", "collapse_rate", "collapse_lo", "collapse_hi", "perplexity_mean",
+    "method", "layer", "coef", "n", "trait_mean", "trait_lo", "trait_hi", "trait_scored", "coherence_mean", "coherence_lo",
+    "coherence_hi", "coherence_scored", "collapse_rate", "collapse_lo", "collapse_hi", "perplexity_mean",
 ]
+
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -233,7 +239,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "method": method, "layer": layer, "coef": coef, "n": len(recs),
             "trait_mean": trait[0], "trait_lo": trait[1], "trait_hi": trait[2],
+            "trait_scored": sum(r["trait"] is not None for r in recs),
             "coherence_mean": coherence[0], "coherence_lo": coherence[1], "coherence_hi": coherence[2],
+            "coherence_scored": sum(r["coherence"] is not None for r in recs),
             "collapse_rate": collapse[0], "collapse_lo": collapse[1], "collapse_hi": collapse[2],
             "perplexity_mean": float(np.mean(ppl)) if ppl else float("nan"),
         })

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Sequence, Union
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from .activations import make_batch
 from .models import Backbone, Message
@@ -27,6 +29,32 @@ def chat_prompt(question: str, system: str | None = None) -> list[Message]:
     return messages + [{"role": "user", "content": question}]
 
 
+def record_seed(seed: int, *parts: object) -> int:
+    """A stable 31-bit seed for one record, from the run's seed and the parts that name the record."""
+    return zlib.crc32("|".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
+
+
+class RowSampler(LogitsProcessor):
+    """Samples each row with its own seeded generator and leaves only that token for greedy search.
+
+    HF's sampling draws the whole batch from one global RNG, so a row's answer
+    depends on which rows share its batch. Here row i always draws from
+    `torch.Generator().manual_seed(seeds[i])`, whatever the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        picked = torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
+        only = torch.full_like(scores, -float("inf"))
+        return only.scatter_(1, picked.to(scores.device)[:, None], 0.0)
+
+
 @torch.no_grad()
 def generate(
     backbone: Backbone,
@@ -38,26 +66,27 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Answers to `prompts` (strings are used as formatted; message lists are chat-formatted).
 
     `temperature=0` is greedy; `min_new_tokens` forces a length (for timing). Per-row coefficients in `steering` have one value
-    per prompt; each batch gets its slice. Sampling is seeded per batch
-    (`seed + first row`), so a run is reproducible for a given batch size.
+    per prompt; each batch gets its slice. Sampling draws row i from its own
+    seed, `seeds[i]` (default `seed + i`), so a row's answer does not depend on
+    the batch size or on the other rows, and a resumed run reproduces it.
     """
     texts = format_prompts(backbone, prompts)
+    if seeds is None:
+        seeds = [seed + i for i in range(len(texts))]
+    elif len(seeds) != len(texts):
+        raise ValueError(f"{len(seeds)} seeds for {len(texts)} prompts")
     answers: list[str] = []
     for start in range(0, len(texts), batch_size):
         rows = slice(start, start + batch_size)
         batch = make_batch(backbone, texts[rows])
-        torch.manual_seed(seed + start)
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_p": top_p}
-            if temperature > 0
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
+        processors = LogitsProcessorList([RowSampler(seeds[rows], temperature, top_p)] if temperature > 0 else [])
         with steer(backbone, *(term.with_rows(rows) for term in steering)):
             out = backbone.model.generate(
                 input_ids=batch.input_ids.to(backbone.device),
@@ -65,7 +94,8 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
                 pad_token_id=backbone.pad_id,
-                **sampling,
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                logits_processor=processors,
             )
         new_tokens = out[:, batch.input_ids.shape[1] :]
         answers.extend(_clean(backbone, backbone.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens)

@@ -1,8 +1,9 @@
 """Steering methods a sweep can compare: each turns (questions, coefficients, layer) into answers.
 
 A method is anything with a `name`, a `uses_layers` flag and
-`generate(questions, coefs, layer) -> answers`, where `coefs` holds one
-coefficient per question row, so a whole sweep runs as one batch. Later
+`generate(questions, coefs, layer, seeds) -> answers`, where `coefs` and
+`seeds` hold one value per question row, so a whole sweep runs as one batch
+and each row samples from its own seed. Later
 packages register more (LoRA directions, transferred vectors, adapters) with
 `register_method`.
 """
@@ -39,7 +40,7 @@ class SteeringMethod(Protocol):
     name: str
     uses_layers: bool
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]: ...
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]: ...
 
 
 @dataclass
@@ -62,14 +63,14 @@ class VectorMethod:
     name: str = "vector"
     uses_layers: bool = True
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]:
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]:
         if self.ctx.vector is None:
             raise MethodError("method 'vector' needs a persona vector: pass --vector or let the sweep extract one")
         s = self.ctx.settings
         term = SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)  # type: ignore[arg-type]
         return generate(
             self.ctx.backbone, [chat_prompt(q) for q in questions], steering=[term],
-            max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size,
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size,
         )
 
 
@@ -82,14 +83,14 @@ class PromptMethod:
     name: str = "prompt"
     uses_layers: bool = False
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]:
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]:
         trait = self.ctx.trait
         if not isinstance(trait, Trait):
             raise MethodError("method 'prompt' needs a trait with instructions, not plain contrastive texts")
         s = self.ctx.settings
         prompts = [chat_prompt(q, self._system(trait, c)) for q, c in zip(questions, coefs)]
         return generate(
-            self.ctx.backbone, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size
+            self.ctx.backbone, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size
         )
 
     @staticmethod

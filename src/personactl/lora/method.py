@@ -28,7 +28,7 @@ class LoRAMethod:
         self.direction = LoRADirection.load(resolve_adapter(folder))
         self.direction.check_base(self.ctx.backbone)
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int) -> list[str]:
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]:
         s = self.ctx.settings
         answers: list[str] = [""] * len(questions)
         for coef in sorted(set(coefs)):
@@ -36,7 +36,7 @@ class LoRAMethod:
             with merged(self.ctx.backbone, (self.direction, coef)):
                 out = generate(
                     self.ctx.backbone, [chat_prompt(questions[i]) for i in rows],
-                    max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size,
+                    max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=[seeds[i] for i in rows], batch_size=s.batch_size,
                 )
             for i, answer in zip(rows, out):
                 answers[i] = answer

@@ -1,0 +1,90 @@
+"""Sampled answers: each row draws from its own seed, so samples differ, runs repeat, batches do not matter."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from personactl import PersonaVector
+from personactl.evaluate import Condition, SweepConfig, run_sweep
+from personactl.generation import chat_prompt, generate, record_seed
+from personactl.judges.base import Judges
+from personactl.judges.text import RepetitionCoherenceJudge
+from personactl.methods import MethodContext, VectorMethod
+from personactl.traits import load_trait
+
+from conftest import tiny_backbone
+from test_evaluate import LengthJudge
+
+PROMPTS = [chat_prompt(q) for q in ("Hi there", "What is tea?", "Tell me a joke", "Why is the sky blue?")]
+SAMPLING = dict(max_new_tokens=8, temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_backbone("llama")
+
+
+def test_different_seeds_give_different_answers_for_the_same_prompt(llama):
+    answers = generate(llama, [PROMPTS[0]] * 4, seeds=[1, 2, 3, 4], **SAMPLING)
+    assert len(set(answers)) == 4
+
+
+def test_the_same_seed_gives_the_same_answer(llama):
+    assert generate(llama, PROMPTS, seeds=[7, 8, 9, 10], **SAMPLING) == generate(llama, PROMPTS, seeds=[7, 8, 9, 10], **SAMPLING)
+
+
+def test_default_seeds_differ_per_row_across_batches(llama):
+    """Before: every batch reseeded with seed + first row, so equal prompts in two batches repeated."""
+    answers = generate(llama, [PROMPTS[0]] * 4, batch_size=1, **SAMPLING)
+    assert len(set(answers)) == 4
+
+
+@settings(max_examples=6, deadline=None)
+@given(batch_size=st.integers(1, 4), order=st.permutations(range(4)))
+def test_a_rows_answer_does_not_depend_on_its_batch(llama, batch_size, order):
+    seeds = [11, 12, 13, 14]
+    alone = [generate(llama, [PROMPTS[i]], seeds=[seeds[i]], **SAMPLING)[0] for i in range(4)]
+    mixed = generate(llama, [PROMPTS[i] for i in order], seeds=[seeds[i] for i in order], batch_size=batch_size, **SAMPLING)
+    assert mixed == [alone[i] for i in order]
+
+
+def test_record_seed_is_stable_and_separates_records():
+    assert record_seed(0, "q1", "s0") == record_seed(0, "q1", "s0")
+    assert len({record_seed(0, f"q{q}", f"s{s}") for q in range(20) for s in range(5)}) == 100
+    assert record_seed(0, "q1", "s0") != record_seed(1, "q1", "s0")
+
+
+def test_conditions_share_dice_per_question_and_sample_only():
+    a, b, c = Condition("vector", 3, 0.0, 2, 0), Condition("prompt", 0, 2.0, 2, 0), Condition("vector", 3, 0.0, 2, 1)
+    assert a.seed(0) == b.seed(0) != c.seed(0)
+
+
+def _sweep(tmp_path, name="s"):
+    config = SweepConfig(name=name, layers=[1], coefs=[0.0, 1.0], n_questions=3, samples=2, temperature=1.0,
+                         max_new_tokens=6, batch_size=5)
+    backbone = tiny_backbone("llama")
+    torch.manual_seed(0)
+    vector = PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size))
+    method = VectorMethod(MethodContext(backbone, load_trait("pirate"), vector, config.generation()))
+    questions = load_trait("pirate").eval_questions[:3]
+    judges = Judges(LengthJudge(), RepetitionCoherenceJudge())
+    return run_sweep(config, backbone, [method], [1], questions, judges, tmp_path / name)
+
+
+def test_sweep_samples_are_independent_draws_and_a_resumed_run_reproduces_them(tmp_path):
+    records = _sweep(tmp_path)
+    answers = {r["key"]: r["answer"] for r in records}
+    pairs = [(answers[k], answers[k.replace("|s0", "|s1")]) for k in answers if k.endswith("|s0")]
+    assert len(pairs) == 6
+    assert sum(a != b for a, b in pairs) >= 5  # before the fix: 0 of 6 differed
+
+    results = tmp_path / "s" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:5]) + "\n")  # a run killed after 5 records
+    resumed = {r["key"]: r["answer"] for r in _sweep(tmp_path)}
+    assert resumed == answers
+    keys = [json.loads(line)["key"] for line in results.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 12
