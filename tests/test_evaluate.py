@@ -151,3 +151,13 @@ def test_summary_groups_by_condition():
     ]
     rows = summarize(records)
     assert [(r["coef"], r["trait_mean"], r["collapse_rate"]) for r in rows] == [(0.0, 15.0, 0.0), (1.0, 70.0, 1.0)]
+
+
+def test_a_condition_without_usable_scores_says_so_instead_of_nan():
+    from personactl.report import score_cell
+
+    records = [{"method": "vector", "layer": 1, "coef": 0.0, "trait": None, "coherence": c, "collapsed": False, "perplexity": 2.0}
+               for c in (80.0, None)]
+    row = summarize(records)[0]
+    assert score_cell(row["trait_mean"], row["trait_lo"], row["trait_hi"], row["trait_scored"], row["n"]) == "no score: 2/2 answers unscored"
+    assert score_cell(row["coherence_mean"], row["coherence_lo"], row["coherence_hi"], row["coherence_scored"], row["n"]) == "80.0 [80.0, 80.0] (1/2 unscored)"

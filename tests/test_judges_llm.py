@@ -16,7 +16,7 @@ import pytest
 from personactl.errors import PersonactlError
 from personactl.judges.base import COHERENCE_RUBRIC, TOP_LOGPROBS, fill_rubric, weighted_score
 from personactl.judges.cache import JudgeCache, default_cache_path
-from personactl.judges.llm import JudgeError, OpenAIJudge, coherence_judge, parse_judge_spec
+from personactl.judges.llm import NUMBER_TOKENS, JudgeError, OpenAIJudge, coherence_judge, parse_judge_spec
 
 RUBRIC = "Is this a pirate?\n[QUESTION START]{question}[QUESTION END]\n[ANSWER START]{answer}[ANSWER END]\nSay 0-100."
 ENV_VARS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL", "PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
@@ -93,7 +93,7 @@ def test_scores_through_real_client(server):
     assert request["_path"] == "/v1/chat/completions"
     assert request["model"] == "fake-judge"
     assert request["messages"] == [{"role": "user", "content": fill_rubric(RUBRIC, QUESTIONS[0], ANSWERS[0])}]
-    assert (request["max_tokens"], request["temperature"], request["seed"]) == (1, 0, 0)
+    assert (request["max_tokens"], request["temperature"], request["seed"]) == (NUMBER_TOKENS, 0, 0)
     assert request["logprobs"] is True and request["top_logprobs"] == TOP_LOGPROBS
     assert state.auth[0] == "Bearer test-key"
 

@@ -28,8 +28,8 @@ from .errors import PersonactlError
 
 SUMMARY_FIELDS = (
     "method", "layer", "coef", "n",
-    "trait_mean", "trait_lo", "trait_hi",
-    "coherence_mean", "coherence_lo", "coherence_hi",
+    "trait_mean", "trait_lo", "trait_hi", "trait_scored",
+    "coherence_mean", "coherence_lo", "coherence_hi", "coherence_scored",
     "collapse_rate", "collapse_lo", "collapse_hi",
     "perplexity_mean",
 )
@@ -407,6 +407,25 @@ def _ci(lo: float | None, hi: float | None, scale: float = 1.0, digits: int = 1)
     return f"[{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
 
 
+def score_cell(mean: float | None, lo: float | None, hi: float | None, scored: int | None, n: int | None) -> str:
+    """A judged mean with its CI for a table, saying how many answers the judge could not score.
+
+    A condition without one usable score reads "no score: 6/6 answers unscored", never nan.
+    """
+    n = n or 0
+    if mean is None or math.isnan(mean):
+        return f"no score: {n}/{n} answers unscored"
+    unscored = 0 if scored is None else n - scored
+    text = f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+    return f"{text} ({unscored}/{n} unscored)" if unscored else text
+
+
+def _judged(row: dict[str, Any], metric: str) -> str:
+    """The mean of a judged metric, or why there is none."""
+    if row[f"{metric}_mean"] is None and row["n"]:
+        return score_cell(None, None, None, _int(row.get(f"{metric}_scored")), row["n"])
+    return _fmt(row[f"{metric}_mean"])
+
 def _summary_rows(run: RunData) -> list[dict[str, Any]]:
     rows, previous = [], None
     for r in run.summary:
@@ -417,8 +436,8 @@ def _summary_rows(run: RunData) -> list[dict[str, Any]]:
             "layer": "—" if r["layer"] is None else str(r["layer"]),
             "coef": _fmt_coef(r["coef"]),
             "n": "—" if r["n"] is None else str(r["n"]),
-            "trait": _fmt(r["trait_mean"]), "trait_ci": _ci(r["trait_lo"], r["trait_hi"]),
-            "coherence": _fmt(r["coherence_mean"]), "coherence_ci": _ci(r["coherence_lo"], r["coherence_hi"]),
+            "trait": _judged(r, "trait"), "trait_ci": _ci(r["trait_lo"], r["trait_hi"]),
+            "coherence": _judged(r, "coherence"), "coherence_ci": _ci(r["coherence_lo"], r["coherence_hi"]),
             "collapse": "—" if r["collapse_rate"] is None else f"{r['collapse_rate'] * 100:.1f}%",
             "collapse_ci": _ci(r["collapse_lo"], r["collapse_hi"], scale=100.0),
             "perplexity": _fmt(r["perplexity_mean"], 2),
@@ -628,7 +647,7 @@ def render_html(run: RunData, figures: dict[str, Path]) -> str:
         figures=[{"uri": _data_uri(path), "caption": _CAPTIONS.get(name, name)} for name, path in figures.items()],
         layer_rows=_layer_rows(run),
         chosen=_int(run.layers.get("chosen")) if run.layers else None,
-        reason=str(run.layers.get("reason") or "") if run.layers else "",
+        reason="; ".join(str(run.layers.get(k)) for k in ("reason", "probe") if run.layers.get(k)) if run.layers else "",
         examples=_examples(run),
         n_questions=EXAMPLE_QUESTIONS,
         config_json=json.dumps(run.config, indent=2, ensure_ascii=False, sort_keys=False, default=str),

@@ -5,6 +5,12 @@ tell. The LLM judges follow Chen et al.: the rubric asks for a number, the
 judge reads ONE output token with its top-20 logprobs, and the score is the
 probability-weighted mean of the tokens that are integers 0-100; when those
 tokens carry less than MIN_NUMBER_MASS of the probability, the score is None.
+
+Many open tokenizers (SmolLM2's, Gemma's, Qwen's) have no multi-digit number
+tokens: "85" is "8" then "5", and one token reads only the first digit. For
+them `digit_score` weighs every number 0-100 by the probability of its whole
+digit sequence (first digit, each next digit given the ones before, then a
+non-digit), which is the full sequence probability of each candidate.
 """
 
 from __future__ import annotations
@@ -69,6 +75,28 @@ def weighted_score(top_logprobs: Mapping[str, float], min_mass: float = MIN_NUMB
         p = math.exp(logprob)
         mass += p
         total += p * int(text)
+    if mass < min_mass:
+        return None
+    return total / mass
+
+
+def digit_score(tables: Mapping[str, Mapping[str, float]], min_mass: float = MIN_NUMBER_MASS) -> float | None:
+    """Expected number 0-100 when numbers are written digit by digit.
+
+    `tables[prefix]` maps each digit to its probability of coming next after the
+    digits `prefix` ("" is the first token); the rest of that distribution ends
+    the number. A prefix missing from `tables` ends the number there. Each n in
+    0-100 gets P(its digits, then an end); leading zeros and numbers above 100
+    are not answers. Returns None when the numbers' total probability < min_mass.
+    """
+    mass = 0.0
+    total = 0.0
+    for n in range(101):
+        text = str(n)
+        p = math.prod(tables.get(text[:i], {}).get(digit, 0.0) for i, digit in enumerate(text))
+        p *= max(0.0, 1.0 - sum(tables.get(text, {}).values()))
+        mass += p
+        total += p * n
     if mass < min_mass:
         return None
     return total / mass

@@ -1,9 +1,12 @@
 """The LLM judge: any OpenAI-compatible endpoint, scored from one token's logprobs.
 
 As in Chen et al.'s persona_vectors judge, the filled rubric goes out as one
-user message with max_tokens=1, temperature=0 and the top-20 logprobs; the
-score is their probability-weighted mean over the integer tokens 0-100
-(`base.weighted_score`). Requests run concurrently under a semaphore, are
+user message with temperature=0 and the top-20 logprobs; the score is the
+probability-weighted mean over the integer tokens 0-100 of the first answer
+token (`base.weighted_score`). A served model whose tokenizer splits numbers
+into digits (Qwen's, SmolLM2's) offers only 0-9 there, so the judge asks for
+NUMBER_TOKENS tokens and, when the first position holds no multi-digit number,
+reads the number digit by digit along the returned tokens (`number_tables`). Requests run concurrently under a semaphore, are
 retried with exponential backoff on rate limits, server errors, timeouts and
 dropped connections, and are cached on disk when a JudgeCache is given.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import math
 import os
 import random
 from typing import Any, Sequence
@@ -20,12 +24,14 @@ from typing import Any, Sequence
 import openai
 
 from ..errors import PersonactlError
-from .base import COHERENCE_RUBRIC, TOP_LOGPROBS, fill_rubric, weighted_score
+from .base import COHERENCE_RUBRIC, TOP_LOGPROBS, digit_score, fill_rubric, weighted_score
 from .cache import JudgeCache
 
 BASE_URL_ENVS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL")
 API_KEY_ENVS = ("PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+NUMBER_TOKENS = 3  # "100" written digit by digit
+DIGITS = "0123456789"
 
 
 class JudgeError(PersonactlError):
@@ -84,7 +90,7 @@ class OpenAIJudge:
         self.cache = cache
         self.timeout = timeout
         rubric_hash = hashlib.sha256(rubric.encode()).hexdigest()[:12]
-        self.judge_id = f"openai:{model}@{self.base_url or DEFAULT_BASE_URL}#{rubric_hash}"
+        self.judge_id = f"openai:{model}@{self.base_url or DEFAULT_BASE_URL}#{rubric_hash}#digits"  # how scores are read
 
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.name!r}, base_url={self.base_url or DEFAULT_BASE_URL!r})"
@@ -137,7 +143,7 @@ class OpenAIJudge:
                     completion = await client.chat.completions.create(
                         model=self.model,
                         messages=[{"role": "user", "content": prompt}],
-                        max_tokens=1,
+                        max_tokens=NUMBER_TOKENS,
                         temperature=0,
                         logprobs=True,
                         top_logprobs=TOP_LOGPROBS,
@@ -166,10 +172,57 @@ class OpenAIJudge:
                 f"judge {self.model!r} returned no logprobs; use a model and server that support "
                 "logprobs=True with top_logprobs (e.g. OpenAI gpt-4.1-mini, vLLM, llama.cpp server)"
             )
-        value = weighted_score({tok.token: tok.logprob for tok in content[0].top_logprobs})
+        value = read_score([{tok.token: tok.logprob for tok in position.top_logprobs} for position in content],
+                           [position.token for position in content])
         if self.cache is not None:
             self.cache.put(self.judge_id, question, answer, value)
         return value
+
+
+def read_score(top_logprobs: Sequence[dict[str, float]], tokens: Sequence[str]) -> float | None:
+    """The score from the returned tokens and their top logprobs, one table per position.
+
+    When the first position offers multi-digit numbers (the tokenizer has them),
+    it alone is read (Chen et al.). Otherwise the number is read digit by digit
+    (`number_tables`).
+    """
+    first = top_logprobs[0] if top_logprobs else {}
+    if any(len(t.strip()) > 1 and t.strip().isdigit() for t in first):
+        return weighted_score(first)
+    return digit_score(number_tables(top_logprobs, tokens))
+
+
+def number_tables(top_logprobs: Sequence[dict[str, float]], tokens: Sequence[str]) -> dict[str, dict[str, float]]:
+    """`digit_score`'s next-digit tables from one greedy completion's per-position top logprobs.
+
+    The API shows the next-token distribution only along the tokens it returned,
+    e.g. after "8" but not after "7". The digit after any first digit is taken
+    to follow the distribution seen after the returned first digit, and the
+    digit after "10" the one seen after the returned two digits. Where the
+    completion stopped, the number ends.
+    """
+    def digits(table: dict[str, float], strip: bool = False) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for token, logprob in table.items():
+            text = token.strip() if strip else token
+            if len(text) == 1 and text in DIGITS:
+                out[text] = out.get(text, 0.0) + math.exp(logprob)
+        return out
+
+    tables = {"": digits(top_logprobs[0], strip=True)} if top_logprobs else {}
+    path = ""
+    for i, token in enumerate(tokens[: len(top_logprobs)]):
+        text = token.strip() if i == 0 else token
+        if len(text) != 1 or text not in DIGITS:
+            break
+        path += text
+        if i + 1 < len(top_logprobs):
+            tables[path] = digits(top_logprobs[i + 1])
+    if len(path) >= 1 and path[:1] in tables:
+        tables.update({d: tables[path[:1]] for d in DIGITS if d not in tables})
+    if len(path) >= 2 and path[:2] in tables:
+        tables.setdefault("10", tables[path[:2]])
+    return tables
 
 
 def coherence_judge(model: str, **kw: Any) -> OpenAIJudge:
