@@ -18,7 +18,7 @@ from .evaluate import SweepConfig, SweepError, claim_run_dir, run_sweep, summari
 from .extraction import ContrastivePair, ExtractionSettings, extract, load_pairs, pair_activations, save_pairs, usable_pairs
 from .judges.base import Judges
 from .judges.factory import make_judges
-from .layer_selection import LayerSelection, LayerScore, select_layer
+from .layer_selection import LayerSelection, LayerScore, probe_questions, select_layer
 from .monitor import projections
 from .methods import MethodContext, make_method
 from .models import Backbone, load_model
@@ -86,20 +86,20 @@ def _layers(
         return list(config.layers), None
     if saved.exists():
         data = json.loads(saved.read_text(encoding="utf-8"))
-        return [data["chosen"]], LayerSelection([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"])
+        return [data["chosen"]], LayerSelection([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"], data.get("probe", ""))
     pairs = usable_pairs(pairs, vector.positions)
     if not pairs:
         raise SweepError("--layers auto needs the extraction answers: give a vector with its .pairs.jsonl, or name the layers")
     pos, neg = pair_activations(backbone, pairs, positions=vector.positions if vector.positions != "unknown" else "response_avg")
-    probe_questions = trait.eval_questions[: min(4, len(trait.eval_questions))]
-    selection = select_layer(backbone, vector, pos, neg, judges, probe_questions, settings=config.generation(), positions=config.positions)
+    questions, probe = probe_questions(trait.questions, config.extraction_questions if not config.vector else None)
+    selection = select_layer(backbone, vector, pos, neg, judges, questions, settings=config.generation(), positions=config.positions, probe=probe)
     selection.save(saved)
     chosen = selection.chosen
     write_text_atomic(
         run_dir / "projections.json",
         json.dumps({"layer": chosen, "pos": projections(pos, vector, [chosen])[:, 0].tolist(), "neg": projections(neg, vector, [chosen])[:, 0].tolist()}),
     )
-    update_info(run_dir, layer_selection={"chosen": chosen, "reason": selection.reason})
+    update_info(run_dir, layer_selection={"chosen": chosen, "reason": selection.reason, "probe": selection.probe})
     return [chosen], selection
 
 

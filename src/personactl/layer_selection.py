@@ -19,7 +19,7 @@ import torch
 
 from ._io import write_text_atomic
 from .judges.base import Judges
-from .generation import chat_prompt, generate
+from .generation import chat_prompt, generate, record_seed
 from .methods import GenerationSettings
 from .aggregators import separation
 from .models import Backbone
@@ -41,14 +41,33 @@ class LayerScore:
     coherence: float | None = None
 
 
+PROBE_QUESTIONS = 4  # questions the effect per layer is measured on
+
+
 @dataclass
 class LayerSelection:
     rows: list[LayerScore]
     chosen: int
     reason: str
+    probe: str = ""  # which questions measured the effect (never the ones the sweep scores)
 
     def save(self, path: str | Path) -> Path:
-        return write_text_atomic(path, json.dumps({"rows": [asdict(r) for r in self.rows], "chosen": self.chosen, "reason": self.reason}, indent=2))
+        return write_text_atomic(path, json.dumps(asdict(self), indent=2))
+
+
+def probe_questions(extraction_questions: Sequence[str], n_used: int | None, count: int = PROBE_QUESTIONS) -> tuple[list[str], str]:
+    """Questions to measure the effect per layer on, and a note saying which they are.
+
+    They come from the extraction questions, so the layer is never chosen on the
+    held-out questions the sweep then scores (that would bias the chosen layer's
+    effect upward). Unused extraction questions are preferred when enough remain.
+    """
+    questions = list(extraction_questions)
+    used = len(questions) if n_used is None else min(n_used, len(questions))
+    if len(questions) - used >= count:
+        return questions[used : used + count], f"measured on extraction questions {used + 1}-{used + count}, not used to extract the vector and never scored by the sweep"
+    start = max(0, len(questions) - count)
+    return questions[start:], f"measured on extraction questions {start + 1}-{len(questions)}, never scored by the sweep"
 
 
 def separation_scores(pos: torch.Tensor, neg: torch.Tensor, vector: PersonaVector, layers: Sequence[int]) -> list[LayerScore]:
@@ -87,10 +106,11 @@ def measure_effects(
         coefs = [0.0] * len(prompts)
         coefs[(j + 1) * n : (j + 2) * n] = [coef] * n
         terms.append(SteeringTerm(vector, layer, coefs, positions=positions))  # type: ignore[arg-type]
+    seeds = [record_seed(settings.seed, "probe", f"q{i % n}") for i in range(len(prompts))]  # the same dice for every layer
     with progress_bar("measuring the effect per layer", len(prompts)) as advance:
         answers = generate(
             backbone, prompts, steering=terms, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            seed=settings.seed, batch_size=settings.batch_size, on_batch=advance,
+            seeds=seeds, batch_size=settings.batch_size, on_batch=advance,
         )
     qs = list(questions) * (len(layers) + 1)
     trait = np.array([np.nan if s is None else s for s in judges.trait.score(qs, answers)], dtype=float)
@@ -133,8 +153,9 @@ def select_layer(
     coef: float = PROBE_COEF,
     settings: GenerationSettings = GenerationSettings(),
     positions: str = "all",
+    probe: str = "",
 ) -> LayerSelection:
-    """Score every layer's separation, measure the effect at the candidates, choose one."""
+    """Score every layer's separation, measure the effect at the candidates on `questions` (described by `probe`), choose one."""
     candidates = list(candidates or default_candidates(backbone.n_layers))
     rows = separation_scores(pos, neg, vector, range(1, backbone.n_layers + 1))
     effects = measure_effects(backbone, vector, judges, questions, candidates, coef, settings, positions)
@@ -142,4 +163,4 @@ def select_layer(
         if row.layer in effects:
             row.effect, row.coherence = effects[row.layer]
     chosen, reason = choose_layer(rows)
-    return LayerSelection(rows, chosen, reason)
+    return LayerSelection(rows, chosen, reason, probe)
