@@ -98,6 +98,39 @@ def recompute(data: dict) -> dict:
                      n_boot=s["n_boot"], seed=s["correlation_seed"], n_perm=s["n_perm"])
 
 
+def train_and_judge(backbone, trait, pairs, judge, settings: dict, out: Path) -> tuple[list[dict], list[Path]]:
+    """Fine-tune (or reuse) every share x seed checkpoint and judge its answers (cached in the checkpoint's judged.json)."""
+    questions = trait.eval_questions
+    points, paths = [], []
+    for seed in settings["seeds"]:
+        rng = random.Random(seed)
+        chosen = [rng.choice(pairs) for _ in range(settings["examples"])]  # the same questions for every share of this seed
+        prompts = format_prompts(backbone, [chat_prompt(p.question) for p in chosen])
+        config = LoRATrainConfig(rank=settings["rank"], alpha=settings["alpha"], max_steps=settings["steps"],
+                                 batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], seed=seed)
+        for share in settings["shares"]:
+            name, started = checkpoint_name(share, seed), time.perf_counter()
+            folder = out / "checkpoints" / name
+            n_trait = round(share * settings["examples"])  # nested: a larger share keeps the smaller share's trait answers
+            answers = [p.pos_answer for p in chosen[:n_trait]] + [p.neg_answer for p in chosen[n_trait:]]
+            if not (folder / "adapter_model.safetensors").exists():
+                finetune(backbone, prompts, answers, folder, config, metadata={"trait_share": share, "seed": seed})
+            judged_file = folder / "judged.json"
+            asked = {"questions": questions, "max_new_tokens": settings["max_new_tokens"]}
+            judged = json.loads(judged_file.read_text()) if judged_file.is_file() else {}
+            if {k: judged.get(k) for k in asked} != asked:
+                with merged(backbone, (LoRADirection.load(folder), 1.0)):
+                    generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=settings["max_new_tokens"],
+                                         batch_size=len(questions))
+                judged = {**asked, "answers": generated}
+                judged_file.write_text(json.dumps(judged, indent=2))
+            score = sum(judge.score(questions, judged["answers"])) / len(questions)
+            points.append({"checkpoint": name, "share": share, "seed": seed, "judged_trait": score})
+            paths.append(folder)
+            print(f"{name}: trait {score:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return points, paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--direction", type=Path, default=Path("runs/lora-pirate"), help="lora extract output folder")
@@ -113,36 +146,15 @@ def main() -> None:
     args = parser.parse_args()
 
     backbone, trait, pairs, judge = pirate_setup(args.direction)
-    direction = LoRADirection.load(args.direction / "diff")
-    questions = trait.eval_questions
-    seeds = [int(s) for s in args.seeds.split(",")]
+    direction = LoRADirection.load(args.direction / "diff")  # before an hour of fine-tuning: a missing direction fails now
     settings = {
         "examples": args.examples, "steps": args.steps, "rank": args.rank, "alpha": 2.0 * args.rank, "learning_rate": 5e-4,
-        "batch_size": 8, "shares": shares(args.shares), "seeds": seeds, "n_questions": len(questions),
-        "max_new_tokens": args.max_new_tokens, "judge_heldout_accuracy": judge.heldout_accuracy,
-        "n_boot": args.n_boot, "n_perm": args.n_perm, "correlation_seed": 0, "claim": CLAIM,
+        "batch_size": 8, "shares": shares(args.shares), "seeds": [int(s) for s in args.seeds.split(",")],
+        "n_questions": len(trait.eval_questions), "max_new_tokens": args.max_new_tokens,
+        "judge_heldout_accuracy": judge.heldout_accuracy, "n_boot": args.n_boot, "n_perm": args.n_perm,
+        "correlation_seed": 0, "claim": CLAIM,
     }
-    points, paths = [], []
-    for seed in seeds:
-        rng = random.Random(seed)
-        chosen = [rng.choice(pairs) for _ in range(args.examples)]  # the same questions for every share of this seed
-        prompts = format_prompts(backbone, [chat_prompt(p.question) for p in chosen])
-        config = LoRATrainConfig(rank=args.rank, alpha=settings["alpha"], max_steps=args.steps, batch_size=settings["batch_size"],
-                                 learning_rate=settings["learning_rate"], seed=seed)
-        for share in settings["shares"]:
-            name, started = checkpoint_name(share, seed), time.perf_counter()
-            folder = args.out / "checkpoints" / name
-            n_trait = round(share * args.examples)  # nested: a larger share keeps the smaller share's trait answers
-            answers = [p.pos_answer for p in chosen[:n_trait]] + [p.neg_answer for p in chosen[n_trait:]]
-            if not (folder / "adapter_model.safetensors").exists():
-                finetune(backbone, prompts, answers, folder, config, metadata={"trait_share": share, "seed": seed})
-            with merged(backbone, (LoRADirection.load(folder), 1.0)):
-                generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
-                                     batch_size=len(questions))
-            score = sum(judge.score(questions, generated)) / len(questions)
-            points.append({"checkpoint": name, "share": share, "seed": seed, "judged_trait": score})
-            paths.append(folder)
-            print(f"{name}: trait {score:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    points, paths = train_and_judge(backbone, trait, pairs, judge, settings, args.out)
     scores_csv = args.out / "scores.csv"
     with open(scores_csv, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -153,10 +165,9 @@ def main() -> None:
     (args.out / "drift.json").write_text(json.dumps(report, indent=2, default=str))
     for point, row in zip(points, report["rows"]):
         point.update(projection=row["projection"], cosine=row["cosine"])
-    data = {"settings": settings, "checkpoints": points}
+    data = {"settings": settings, "checkpoints": points, "correlation": report["correlation"]}
     c = recompute(data)
-    assert c == report["correlation"] or json.dumps(c) == json.dumps(report["correlation"]), "the stored numbers must recompute"
-    data["correlation"] = c
+    assert json.dumps(c) == json.dumps(data["correlation"]), "the stored per-checkpoint numbers must give the same correlation"
     print(json.dumps(c, indent=2))
     rows = [{"checkpoint": p["checkpoint"], "seed": p["seed"], "trait share": f"{p['share']:.1%}", "judged trait": p["judged_trait"],
              "projection": p["projection"], "cosine": p["cosine"]} for p in points]
