@@ -3,6 +3,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import AdapterError, LoRADirection, difference, merged, merged_delta, singular_values
@@ -235,3 +237,14 @@ def test_blend_of_adapters_with_different_ranks_equals_the_weighted_sum(adapters
     for name in pos.modules:
         expected = 0.7 * pos.modules[name].delta() - 1.3 * other.modules[name].delta()
         torch.testing.assert_close(reloaded.modules[name].delta(), expected, rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(coef_pos=st.floats(-8, 8), coef_neg=st.floats(-8, 8))
+def test_merge_then_restore_is_bit_exact_for_any_coefficients(adapters, coef_pos, coef_neg):
+    backbone, pos, neg, _ = adapters
+    before = copy.deepcopy(backbone.model.state_dict())
+    with merged(backbone, (pos, coef_pos), (neg, coef_neg)):
+        pass
+    after = backbone.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

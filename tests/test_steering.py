@@ -1,8 +1,12 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from personactl import PersonaVector, SteeringError, SteeringTerm, activations, generate, steer
 from personactl.errors import LayerError
+
+from conftest import tiny_backbone
 
 
 def _vector(backbone, seed=1):
@@ -126,3 +130,14 @@ def test_bad_requests_are_clear_errors(tiny, batch):
         with steer(tiny, SteeringTerm(_vector(tiny), 1, [1.0, 2.0, 3.0])):
             _states(tiny, batch)
     assert _hooks(tiny) == before
+
+
+@settings(max_examples=12, deadline=None)
+@given(layer=st.integers(1, 3), positions=st.sampled_from(["all", "prompt", "response"]), seed=st.integers(0, 1000))
+def test_steering_with_coefficient_zero_is_the_identity(layer, positions, seed):
+    backbone = tiny_backbone("llama")
+    batch = activations.make_batch(backbone, ["<user>one two", "<user>three"], [" four", " five"])
+    base = _states(backbone, batch)
+    with steer(backbone, SteeringTerm(_vector(backbone, seed), layer, 0.0, positions=positions), prompt_length=batch.input_ids.shape[1] - 5):
+        steered = _states(backbone, batch)
+    assert torch.equal(steered, base)

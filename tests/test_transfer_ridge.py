@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from scipy.stats import ks_2samp
 from sklearn.linear_model import Ridge, RidgeCV
@@ -209,3 +211,13 @@ def test_random_cosine_null_matches_random_orthogonal_maps():
     literal = mapped @ oracle / (np.linalg.norm(mapped, axis=1) * np.linalg.norm(oracle))
     assert null.shape == (400,) and np.all(np.abs(null) <= 1)
     assert ks_2samp(null, literal).pvalue > 0.01
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(3, 40), d_s=st.integers(1, 12), d_t=st.integers(1, 4), lam=st.floats(1e-3, 1e3), seed=st.integers(0, 10_000))
+def test_ridge_equals_the_closed_form_for_any_shape_and_lambda(n, d_s, d_t, lam, seed):
+    x, y, _ = _pairs(n, d_s, d_t, noise=1.0, seed=seed)
+    m = fit_ridge(x, y, lambdas=[lam], heldout_fraction=0)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    direct = np.linalg.solve(xc.T @ xc + lam * np.eye(d_s), xc.T @ yc)
+    assert np.allclose(m.weight.numpy(), direct, rtol=1e-6, atol=1e-8 * max(1.0, np.abs(direct).max()))
