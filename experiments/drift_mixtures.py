@@ -27,6 +27,9 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from _doc import pirate_setup, write_section
 from personactl import chat_prompt, generate
 from personactl.generation import format_prompts
@@ -71,8 +74,37 @@ def conclusion(c: dict, claim: float = CLAIM) -> str:
     return f"Conclusion: {text}; the bootstrap interval {'leads to the same conclusion' if same else 'does not agree'}."
 
 
-def note(settings: dict, c: dict) -> str:
-    """The section's note, from the run's settings and its correlation (no number written by hand)."""
+def a_cosine(checkpoint: LoRADirection, reference: LoRADirection) -> float:
+    """Mean |cosine| of the LoRA A factors of the modules both adapt: ~1 when they started from one initialisation."""
+    shared = [m for m in checkpoint.modules if m in reference.modules and checkpoint.modules[m].A.shape == reference.modules[m].A.shape]
+    cosines = [abs(float(torch.nn.functional.cosine_similarity(checkpoint.modules[m].A.flatten().double(),
+                                                              reference.modules[m].A.flatten().double(), dim=0))) for m in shared]
+    return sum(cosines) / len(cosines) if cosines else float("nan")
+
+
+def per_seed(settings: dict, points: list[dict]) -> str:
+    """Pearson r, projection range and A-factor cosine per seed, and what their spread says about pooling seeds."""
+    parts, spread = [], {}
+    for seed in settings["seeds"]:
+        mine = [p for p in points if p["seed"] == seed]
+        x, y = np.array([p["projection"] for p in mine]), np.array([p["judged_trait"] for p in mine])
+        spread[seed] = float(np.ptp(x))
+        cos = sum(p["a_cosine"] for p in mine) / len(mine)
+        parts.append(f"seed {seed}: r = {np.corrcoef(x, y)[0, 1]:.2f}, projections {x.min():.2f}..{x.max():.2f}, "
+                     f"LoRA A factors at |cos| {cos:.2f} with the direction's")
+    text = f"Per seed: {'; '.join(parts)}."
+    widest, narrowest = max(spread, key=spread.get), min(spread, key=spread.get)
+    ratio = spread[widest] / spread[narrowest] if spread[narrowest] > 0 else float("inf")
+    if ratio > 3 and widest == settings["direction_seed"]:
+        text += (f" The projections of seed {widest}, the seed the direction's LoRAs were trained with (so the same A "
+                 f"initialisation), spread {ratio:.0f}x wider than those of seed {narrowest}: within one initialisation the "
+                 "projection tracks the trait, but values from different initialisations are not on one scale, and pooling them "
+                 "lowers r.")
+    return text
+
+
+def note(settings: dict, c: dict, points: list[dict]) -> str:
+    """The section's note, from the run's settings, its checkpoints and their correlation (no number written by hand)."""
     s = settings
     share_list = s["shares"]
     step = share_list[1] - share_list[0]
@@ -87,7 +119,7 @@ def note(settings: dict, c: dict) -> str:
         f"{c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f} (bootstrap, {c['n_boot']} resamples), "
         f"{c['pearson_ci_fisher'][0]:.2f}..{c['pearson_ci_fisher'][1]:.2f} (Fisher z). Spearman rho = {c['spearman_rho']:.3f} "
         f"(permutation p = {c['spearman_p']:.2g}; bootstrap 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}). "
-        f"{conclusion(c, s['claim'])}"
+        f"{conclusion(c, s['claim'])} {per_seed(s, points)}"
     )
 
 
@@ -153,6 +185,7 @@ def main() -> None:
         "n_questions": len(trait.eval_questions), "max_new_tokens": args.max_new_tokens,
         "judge_heldout_accuracy": judge.heldout_accuracy, "n_boot": args.n_boot, "n_perm": args.n_perm,
         "correlation_seed": 0, "claim": CLAIM,
+        "direction_seed": json.loads((args.direction / "pos" / "persona.json").read_text())["train"]["seed"],
     }
     points, paths = train_and_judge(backbone, trait, pairs, judge, settings, args.out)
     scores_csv = args.out / "scores.csv"
@@ -163,15 +196,16 @@ def main() -> None:
     report = drift_report(backbone, direction, paths, scores_csv, n_boot=args.n_boot, seed=settings["correlation_seed"],
                           n_perm=args.n_perm)
     (args.out / "drift.json").write_text(json.dumps(report, indent=2, default=str))
-    for point, row in zip(points, report["rows"]):
-        point.update(projection=row["projection"], cosine=row["cosine"])
+    reference = LoRADirection.load(args.direction / "pos")  # the direction's positive LoRA: its A factors are its initialisation's
+    for point, row, path in zip(points, report["rows"], paths):
+        point.update(projection=row["projection"], cosine=row["cosine"], a_cosine=a_cosine(LoRADirection.load(path), reference))
     data = {"settings": settings, "checkpoints": points, "correlation": report["correlation"]}
     c = recompute(data)
     assert json.dumps(c) == json.dumps(data["correlation"]), "the stored per-checkpoint numbers must give the same correlation"
     print(json.dumps(c, indent=2))
     rows = [{"checkpoint": p["checkpoint"], "seed": p["seed"], "trait share": f"{p['share']:.1%}", "judged trait": p["judged_trait"],
-             "projection": p["projection"], "cosine": p["cosine"]} for p in points]
-    print(write_section(NAME, TITLE, rows, note(settings, c), data=data))
+             "projection": p["projection"], "cosine": p["cosine"], "A-factor cos": p["a_cosine"]} for p in points]
+    print(write_section(NAME, TITLE, rows, note(settings, c, points), data=data))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""The numbers in docs/experiments.md are the ones the current code computes from the stored JSON beside it.
+
+Each experiment script writes a section of docs/experiments.md between
+`<!-- name -->` markers and docs/experiments/<name>.json; these tests re-read
+both, without a model: every table is its JSON's rows, and every printed
+correlation is what `correlate()` now gives on the stored per-checkpoint
+numbers (a stale p-value fails here).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from personactl.lora.projection import N_PERM, correlate
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "experiments.md"
+JSONS = sorted((ROOT / "docs" / "experiments").glob("*.json"))
+NUM = r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
+import _table  # noqa: E402
+
+
+def _section(name: str) -> str:
+    match = re.search(rf"<!-- {re.escape(name)} -->\n(.*?)<!-- /{re.escape(name)} -->", DOC.read_text(encoding="utf-8"), re.S)
+    if match is None:
+        pytest.fail(f"docs/experiments.md has no section <!-- {name} --> for docs/experiments/{name}.json")
+    return match.group(1)
+
+
+def _close(printed: str, value: float) -> bool:
+    """`printed` is `value` rounded to the digits it shows (half a unit in its last digit)."""
+    exponent = Decimal(printed).as_tuple().exponent
+    return abs(float(printed) - value) <= 0.5 * 10.0 ** exponent + 1e-12
+
+
+def _pairs(data: dict) -> tuple[list[float], list[float]] | None:
+    """(projections, judged trait) per checkpoint, from the raw numbers or, in older files, the table rows."""
+    if "checkpoints" in data:
+        return [p["projection"] for p in data["checkpoints"]], [p["judged_trait"] for p in data["checkpoints"]]
+    rows = data["rows"]
+    if rows and {"projection", "judged trait"} <= set(rows[0]):
+        return [r["projection"] for r in rows], [r["judged trait"] for r in rows]
+    return None
+
+
+CORRELATED = [p for p in JSONS if _pairs(json.loads(p.read_text())) is not None]
+
+
+@pytest.mark.parametrize("path", JSONS, ids=lambda p: p.stem)
+def test_every_table_is_its_json(path):
+    data, text = json.loads(path.read_text()), _section(path.stem)
+    assert f"Machine: {data['machine']}" in text
+    headers = list(data["rows"][0])
+    expected = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    expected += ["| " + " | ".join(_table._fmt(r[h]) for h in headers) + " |" for r in data["rows"]]
+    assert [line for line in text.splitlines() if line.startswith("|")] == expected
+
+
+def test_the_drift_experiment_is_among_the_checked_files():
+    assert [p.stem for p in CORRELATED] == ["drift"]
+
+
+@pytest.mark.parametrize("path", CORRELATED, ids=lambda p: p.stem)
+def test_printed_correlation_is_what_correlate_gives_on_the_stored_numbers(path):
+    data, text = json.loads(path.read_text()), _section(path.stem)
+    settings = data.get("settings", {})
+    x, y = _pairs(data)
+    c = correlate(x, y, n_boot=settings.get("n_boot", 2000), seed=settings.get("correlation_seed", 0),
+                  n_perm=settings.get("n_perm", N_PERM))
+    pearson = re.search(rf"Pearson r = {NUM} \((?:permutation )?p = {NUM}", text)
+    spearman = re.search(rf"Spearman rho = {NUM} \((?:permutation )?p = {NUM}", text)
+    assert pearson and spearman, "the section prints no Pearson r (p) or Spearman rho (p)"
+    printed = {"pearson_r": pearson[1], "pearson_p": pearson[2], "spearman_rho": spearman[1], "spearman_p": spearman[2]}
+    for key, value in printed.items():
+        assert _close(value, c[key]), f"docs print {key} = {value}; correlate() on {path.name} gives {c[key]:.4g}"
+    boot = re.search(rf"Pearson r = .*?95% CI {NUM}\.\.{NUM}", text)
+    fisher = re.search(rf"{NUM}\.\.{NUM} \(Fisher z\)", text)
+    assert boot and fisher, "the section must print r's bootstrap and Fisher-z 95% intervals"
+    for interval, key in ((boot, "pearson_ci"), (fisher, "pearson_ci_fisher")):
+        assert _close(interval[1], c[key][0]) and _close(interval[2], c[key][1]), f"{key}: docs {interval[1]}..{interval[2]}, code {c[key]}"
+    assert f"{c['n']} checkpoints" in text
+
+
+def test_drift_note_and_stored_correlation_recompute_exactly():
+    import drift_mixtures  # noqa: PLC0415 - the script's own note writer
+
+    data = json.loads((ROOT / "docs" / "experiments" / "drift.json").read_text())
+    c = drift_mixtures.recompute(data)
+    assert json.dumps(c) == json.dumps(data["correlation"])
+    settings = data["settings"]
+    assert len(settings["shares"]) >= 9 and len(settings["seeds"]) >= 2 and c["n"] == len(data["checkpoints"])
+    assert drift_mixtures.note(settings, c, data["checkpoints"]) in _section("drift")
+
+
+@pytest.mark.parametrize("name, script", [("preventative", "preventative_steering"), ("persona_adapters", "persona_adapters")])
+def test_notes_are_written_from_the_stored_settings(name, script):
+    data = json.loads((ROOT / "docs" / "experiments" / f"{name}.json").read_text())
+    if "settings" not in data:
+        pytest.skip(f"docs/experiments/{name}.json predates the notes written from settings: re-run experiments/{script}.py")
+    module = __import__(script)
+    assert module.note(data["settings"]) in _section(name)
