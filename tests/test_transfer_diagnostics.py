@@ -64,9 +64,9 @@ def test_null_test_words_p_exactly_and_says_when_it_is_the_floor():
     assert floor["p"] == pytest.approx(1 / 1001) and "above all 1000 random directions (p <= 1/1001)" in floor["said"]
 
 
-def _basis(ridge_level, random_level, base=30.0):
-    rows = _base(base) + [_row("A", "ridge@oracle_norm", a, ridge_level) for a in (1, 2, 4)]
-    rows += [_row("B", "random@oracle_norm", a, random_level) for a in (1, 2, 4)]
+def _basis(ridge_level, random_level, base=30.0, random_coherence=80.0):
+    rows = _base(base) + [_row("A", "ridge@oracle_norm", a, ridge_level) for a in (0.5, 1, 2, 4)]
+    rows += [_row("B", "random@oracle_norm", a, random_level, coherence=random_coherence) for a in (1, 2, 4)]
     return rows + [_row("B", "procrustes@oracle_norm", a, random_level) for a in (1, 2, 4)]
 
 
@@ -77,6 +77,13 @@ def test_b_not_supported_when_angle_and_effect_both_show_the_direction():
     b = hypothesis_b(_basis(60, 30), {"ridge": 0.41, "oracle": 1.0}, NULL)
     assert b["verdict"] == "not supported" and "far from 1" not in b["conclusion"] and "p <= 1/1001" in b["conclusion"]
     assert b["ridge_vs_random"]["p"] < 0.05
+
+
+def test_b_compares_with_a_random_direction_at_the_same_norms_even_where_it_breaks_coherence():
+    b = hypothesis_b(_basis(60, 30, random_coherence=10.0), {"ridge": 0.41, "oracle": 1.0}, NULL)
+    assert b["verdict"] == "not supported" and "coherence 10.0" in b["conclusion"]
+    assert [p["coef"] for p in b["picks"]["random"]] == [p["coef"] for p in b["picks"]["ridge"]]
+    assert all(p["coef"] != 0.5 for p in b["picks"]["ridge"])  # only norms the random direction was tried at
 
 
 def test_b_supported_when_neither_angle_nor_effect_beats_chance():

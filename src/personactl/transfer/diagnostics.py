@@ -14,9 +14,9 @@ questions (`paired.compare`: a paired t-test, the mean difference with its 95% C
   (supported). Comparing rescaled ridge with raw ridge instead would only test the alpha grid: the
   two differ by one scale factor.
 - B, basis: "the map does not find the target's own direction". The cosine to the oracle against
-  random directions (a permutation p), and, at the oracle's norm, the ridge direction against a
-  random direction of the same length (paired). Supported when neither shows the direction,
-  not supported when both do, partly otherwise.
+  random directions (a permutation p), and the ridge direction at its best multiple of the oracle
+  norm against a random direction of the same length, coherent or not (paired). Supported when
+  neither shows the direction, not supported when both do, partly otherwise.
 - C, layer: "the effect lives at another target layer". The mapped vector at the best other layer
   (chosen on held-out questions) against the mapped layer, paired.
 
@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._io import write_text_atomic
-from .paired import LEVEL, Choice, compare, crossfit, fixed
+from .paired import LEVEL, Choice, compare, crossfit, fixed, matched
 
 BRIEF = ("method", "layer", "coef", "applied_norm", "trait", "trait_lo", "trait_hi", "coherence", "collapse_rate")
 
@@ -92,17 +92,19 @@ def null_test(cosine: float, null: np.ndarray) -> dict[str, Any]:
 def hypothesis_b(rows: Sequence[dict[str, Any]], cosines: dict[str, float], null: np.ndarray) -> dict[str, Any]:
     """Basis: is the ridge direction the oracle's more than chance, in angle and in effect at the oracle's norm?"""
     test = null_test(cosines["ridge"], null)
-    coefs = {r["coef"] for r in _rows(rows, "B", "random@oracle_norm")}
-    ridge = crossfit([r for r in _rows(rows, "A", "ridge@oracle_norm") if r["coef"] in coefs])
-    random, procrustes = crossfit(_rows(rows, "B", "random@oracle_norm")), crossfit(_rows(rows, "B", "procrustes@oracle_norm"))
+    random_rows = _rows(rows, "B", "random@oracle_norm")
+    ridge = crossfit([r for r in _rows(rows, "A", "ridge@oracle_norm") if r["coef"] in {r["coef"] for r in random_rows}])
+    random = matched(random_rows, ridge) if ridge else None
+    procrustes = matched(_rows(rows, "B", "procrustes@oracle_norm"), ridge) if ridge else None
     angle = test["p"] < LEVEL
     effect = compare(ridge.trait, random.trait) if ridge and random else None
     if effect is None:
-        behaviour = "no effect comparison: the ridge or the random direction is coherent at no oracle-norm multiple"
+        behaviour = "no effect comparison: the ridge direction is coherent at no multiple of the oracle norm tested"
     else:
-        behaviour = f"at the oracle's norm the ridge direction scores {ridge.said()} vs a random direction's {random.said()}, {effect.said()}"
+        behaviour = (f"at the same applied norms ({ridge.chosen('applied_norm')}) the ridge direction scores {ridge.said()} "
+                     f"vs a random direction's {random.said()} (coherence {random.mean('coherence')[0]:.1f}), {effect.said()}")
     if procrustes is not None:
-        behaviour += f"; Procrustes {procrustes.said()}"
+        behaviour += f"; Procrustes {procrustes.said()} (coherence {procrustes.mean('coherence')[0]:.1f})"
     above_chance = effect is not None and effect.higher
     verdict = "not supported" if angle and above_chance else "supported" if not angle and not above_chance else "partly"
     null_summary = {"n": int(len(null)), "mean_abs": float(np.abs(null).mean()), "q95_abs": float(np.quantile(np.abs(null), 0.95))}
@@ -138,7 +140,7 @@ def _threshold(lo: float, hi: float, limit: float, above: bool) -> bool | None:
     return True if hi < limit else False if lo >= limit else None
 
 
-VERDICT = {True: "met", False: "not met", None: "undecided (the CI straddles the threshold)"}
+VERDICT = {True: "met", False: "not met", None: "undecided: the CI straddles the threshold"}
 
 
 def success_criteria(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

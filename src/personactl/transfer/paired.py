@@ -107,24 +107,41 @@ def pick(rows: Sequence[dict[str, Any]], idx: Sequence[int]) -> dict[str, Any] |
     return max(ok, key=lambda r: _mean(r["trait_scores"], idx)) if ok else None
 
 
+def _record(row: dict[str, Any], selected: list[int], scored: list[int]) -> dict[str, Any]:
+    return {"selected_on": selected, "scored_on": scored, **{k: row[k] for k in ("method", "layer", "coef", "applied_norm")}}
+
+
+def _assemble(n: int, chosen: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> Choice:
+    """A Choice from (row, pick) pairs: the questions each pick is scored on take that row's scores."""
+    columns: dict[str, Scores] = {k: [None] * n for k in ("trait_scores", "coherence_scores", "collapsed")}
+    for row, p in chosen:
+        for i in p["scored_on"]:
+            for key, column in columns.items():
+                column[i] = row[key][i]
+    return Choice(columns["trait_scores"], columns["coherence_scores"], columns["collapsed"], [p for _, p in chosen])
+
+
 def crossfit(rows: Sequence[dict[str, Any]], fallback: dict[str, Any] | None = None) -> Choice | None:
     """Each question scored under the condition picked on the other fold; `fallback` where no row is coherent there."""
     n = len(rows[0]["trait_scores"])
     parts = folds(n)
-    trait: Scores = [None] * n
-    coherence: Scores = [None] * n
-    collapsed: Scores = [None] * n
-    picks = []
+    chosen = []
     for k, scored in enumerate(parts):
         selected = parts[(k + 1) % len(parts)]
         row = pick(rows, selected) or fallback
         if row is None:
             return None
-        for i in scored:
-            trait[i], coherence[i], collapsed[i] = row["trait_scores"][i], row["coherence_scores"][i], row["collapsed"][i]
-        picks.append({"selected_on": selected, "scored_on": scored,
-                      **{key: row[key] for key in ("method", "layer", "coef", "applied_norm")}})
-    return Choice(trait, coherence, collapsed, picks)
+        chosen.append((row, _record(row, selected, scored)))
+    return _assemble(n, chosen)
+
+
+def matched(rows: Sequence[dict[str, Any]], choice: Choice, key: str = "coef") -> Choice | None:
+    """`choice`'s picks replayed on `rows`: per fold the row with the same `key` (e.g. the same norm), coherent or not."""
+    by_key = {r[key]: r for r in rows}
+    if any(p[key] not in by_key for p in choice.picks):
+        return None
+    chosen = [(by_key[p[key]], _record(by_key[p[key]], p["selected_on"], p["scored_on"])) for p in choice.picks]
+    return _assemble(len(choice.trait), chosen)
 
 
 def fixed(row: dict[str, Any]) -> Choice:
