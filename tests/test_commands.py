@@ -1,0 +1,79 @@
+"""Layer choice, and the `compare` and `demo` commands end to end on a tiny model."""
+
+import json
+
+import pytest
+
+from personactl.cli import run
+from personactl.layer_selection import LayerScore, choose_layer, probe_questions
+from personactl.traits import load_trait
+
+from test_cli import model_dir  # noqa: F401 - the tiny model folder fixture
+
+
+def _row(layer, effect, coherence, d=0.0):
+    return LayerScore(layer, auroc=0.5, cohens_d=d, effect=effect, coherence=coherence)
+
+
+def test_choose_layer_takes_the_largest_effect_among_coherent_layers():
+    rows = [_row(1, 40.0, 30.0), _row(2, 25.0, 80.0), _row(3, 10.0, 95.0), LayerScore(4, 0.9, 3.0)]
+    layer, reason = choose_layer(rows)
+    assert layer == 2 and "+25.0" in reason and "coherence 80 >= 50" in reason
+
+
+def test_choose_layer_without_a_coherent_layer_says_so():
+    layer, reason = choose_layer([_row(1, 40.0, 30.0), _row(2, 25.0, 20.0)])
+    assert layer == 1 and "no layer kept coherence" in reason
+
+
+def test_choose_layer_without_measured_effects_falls_back_to_separation():
+    layer, reason = choose_layer([LayerScore(1, 0.6, 0.4), LayerScore(2, 0.9, 2.5)])
+    assert layer == 2 and "Cohen's d" in reason
+
+
+def test_probe_questions_are_never_the_scored_evaluation_questions():
+    trait = load_trait("pirate")
+    for used in (None, 4, 12, len(trait.questions)):
+        questions, note = probe_questions(trait.questions, used)
+        assert len(questions) == 4 and not set(questions) & set(trait.eval_questions)
+        assert "never scored by the sweep" in note
+    unused, note = probe_questions(trait.questions, 12)
+    assert unused == trait.questions[12:16] and "not used to extract" in note
+
+
+def test_auto_layer_is_measured_on_extraction_questions(model_dir, tmp_path, capsys):  # noqa: F811
+    code = run(["sweep", "--model", str(model_dir), "--trait", "pirate", "--out", str(tmp_path), "--name", "s",
+                "--coefs=0,1", "--layers", "auto", "--n-questions", "2", "--max-new-tokens", "4"])
+    assert code == 0, capsys.readouterr().err
+    probe = json.loads((tmp_path / "s" / "layers.json").read_text())["probe"]
+    n = len(load_trait("pirate").questions)  # every extraction question made the vector: the last four probe
+    assert probe.startswith(f"measured on extraction questions {n - 3}-{n}")
+    assert probe in (tmp_path / "s" / "report.html").read_text()
+
+
+def test_compare_activation_and_lora_steering(model_dir, tmp_path, capsys):  # noqa: F811
+    lora_dir = tmp_path / "lora"
+    assert run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(lora_dir), "--rank", "2",
+                "--alpha", "4", "--max-steps", "2", "--n-questions", "1", "--max-new-tokens", "4", "--batch-size", "4"]) == 0
+    capsys.readouterr()
+    code = run(["compare", "--lora", str(lora_dir / "diff"), "--model", str(model_dir), "--coefs=-1,0,1", "--layers", "2",
+                "--n-questions", "2", "--name", "cmp", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "latency" in printed and "dW shift vs persona vector" in printed
+    records = [json.loads(line) for line in (tmp_path / "cmp" / "results.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"vector", "lora"} and len(records) == 2 * 3 * 2
+    assert (tmp_path / "cmp" / "report.html").is_file()
+
+
+def test_demo_runs_the_main_job_and_states_its_verdict(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from personactl import demo
+
+    full = demo.demo_config
+    monkeypatch.setattr(demo, "demo_config", lambda trait: full(trait).model_copy(
+        update={"n_questions": 2, "extraction_questions": 2, "max_new_tokens": 4}))  # the same job, smaller
+    assert run(["demo", "--model", str(model_dir), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for trait in ("pirate", "silly"):
+        assert (tmp_path / f"demo-{trait}" / "report.html").is_file()
+    assert printed.count("trait at +2:") == 2 and ("clear rise" in printed)
