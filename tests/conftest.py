@@ -89,3 +89,21 @@ def smollm2():
     from personactl import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny llama saved as a model folder, for commands that load by path."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def vector_file(tmp_path):
+    """A random persona vector file for the tiny models (3 blocks, 48-d)."""
+    from personactl import PersonaVector
+
+    torch.manual_seed(0)
+    return PersonaVector(torch.randn(4, 48), trait="random").save(tmp_path / "v.safetensors")

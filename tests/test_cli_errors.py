@@ -9,25 +9,9 @@ import os
 import pytest
 import torch
 
-from personactl import PersonaVector
 from personactl.cli import run
 from personactl.lora.direction import LoRADirection, LoRAFactors
 
-from conftest import char_tokenizer, tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def vector_file(tmp_path):
-    torch.manual_seed(0)
-    return PersonaVector(torch.randn(4, 48), trait="random").save(tmp_path / "v.safetensors")
 
 
 @pytest.fixture

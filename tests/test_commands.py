@@ -2,13 +2,10 @@
 
 import json
 
-import pytest
 
 from personactl.cli import run
 from personactl.layer_selection import LayerScore, choose_layer, probe_questions
 from personactl.traits import load_trait
-
-from test_cli import model_dir  # noqa: F401 - the tiny model folder fixture
 
 
 def _row(layer, effect, coherence, d=0.0):
@@ -41,7 +38,7 @@ def test_probe_questions_are_never_the_scored_evaluation_questions():
     assert unused == trait.questions[12:16] and "not used to extract" in note
 
 
-def test_auto_layer_is_measured_on_extraction_questions(model_dir, tmp_path, capsys):  # noqa: F811
+def test_auto_layer_is_measured_on_extraction_questions(model_dir, tmp_path, capsys):
     code = run(["sweep", "--model", str(model_dir), "--trait", "pirate", "--out", str(tmp_path), "--name", "s",
                 "--coefs=0,1", "--layers", "auto", "--n-questions", "2", "--max-new-tokens", "4"])
     assert code == 0, capsys.readouterr().err
@@ -51,7 +48,7 @@ def test_auto_layer_is_measured_on_extraction_questions(model_dir, tmp_path, cap
     assert probe in (tmp_path / "s" / "report.html").read_text()
 
 
-def test_compare_activation_and_lora_steering(model_dir, tmp_path, capsys):  # noqa: F811
+def test_compare_activation_and_lora_steering(model_dir, tmp_path, capsys):
     lora_dir = tmp_path / "lora"
     assert run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(lora_dir), "--rank", "2",
                 "--alpha", "4", "--max-steps", "2", "--n-questions", "1", "--max-new-tokens", "4", "--batch-size", "4"]) == 0
@@ -66,7 +63,7 @@ def test_compare_activation_and_lora_steering(model_dir, tmp_path, capsys):  # n
     assert (tmp_path / "cmp" / "report.html").is_file()
 
 
-def test_demo_runs_the_main_job_and_states_its_verdict(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_demo_runs_the_main_job_and_states_its_verdict(model_dir, tmp_path, capsys, monkeypatch):
     from personactl import demo
 
     full = demo.demo_config
