@@ -8,7 +8,6 @@ from personactl import PersonaVector
 from personactl.cli import run
 
 
-
 def _error_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "Traceback" not in err

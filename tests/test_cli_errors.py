@@ -13,7 +13,6 @@ from personactl.cli import run
 from personactl.lora.direction import LoRADirection, LoRAFactors
 
 
-
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if the command gets as far as loading a model."""
