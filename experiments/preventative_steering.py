@@ -13,6 +13,7 @@ Run: .venv/bin/python experiments/preventative_steering.py
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from personactl.lora.finetune import finetune
 
 def note(s: dict) -> str:
     """The section's note, from the run's settings (no number written by hand)."""
-    return (f"{s['examples']} pirate answers, {s['steps']} LoRA steps (rank {s['rank']}, alpha {s['alpha']:g}, lr {s['learning_rate']:g}, "
+    return (f"{s['examples']} pirate answers, {s['steps']} LoRA steps ({s['epochs']} epoch{'s' * (s['epochs'] != 1)}; rank {s['rank']}, alpha {s['alpha']:g}, lr {s['learning_rate']:g}, "
             f"batch {s['batch_size']}), steering removed after training; offline judge (held-out accuracy "
             f"{s['judge_heldout_accuracy']:.2f}), {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens; "
             "brackets: bootstrap 95% CIs.")
@@ -64,10 +65,13 @@ def main() -> None:
     }
     questions = trait.eval_questions
     rows = []
+    trained_steps = set()  # optimiser steps each adapter took: --steps is only a cap (epochs * examples / batch may be fewer)
     for i, (name, options) in enumerate(runs.items()):
         folder = args.out / f"run{i}"
         if options is not None and not (folder / "adapter_model.safetensors").exists():
             finetune(backbone, prompts, answers, folder, config, metadata={"run": name}, **options)
+        if options is not None:
+            trained_steps.add(len(json.loads((folder / "persona.json").read_text())["losses"]))
         terms = [] if options is None else [(LoRADirection.load(folder), 1.0)]
         with merged(backbone, *terms):
             generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
@@ -77,7 +81,10 @@ def main() -> None:
         rows.append({"run": name, "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]", "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
                      "example": generated[0][:90].replace("|", "/").replace("\n", " ")})
         print(rows[-1])
-    settings = {"examples": len(chosen), "steps": args.steps, "rank": config.rank, "alpha": config.alpha,
+    if len(trained_steps) != 1:
+        raise SystemExit(f"the adapters under {args.out} took different numbers of steps {sorted(trained_steps)}: delete them and re-run")
+    settings = {"examples": len(chosen), "steps": trained_steps.pop(), "max_steps": args.steps, "epochs": config.epochs,
+                "rank": config.rank, "alpha": config.alpha,
                 "learning_rate": config.learning_rate, "batch_size": config.batch_size, "n_questions": len(questions),
                 "max_new_tokens": args.max_new_tokens, "judge_heldout_accuracy": judge.heldout_accuracy}
     print(write_section("preventative", "Preventative steering during fine-tuning (pirate, SmolLM2-135M)", rows, note(settings),
