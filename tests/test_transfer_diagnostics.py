@@ -55,6 +55,14 @@ def test_a_undecided_when_the_oracle_itself_does_not_move_the_trait():
     assert a["verdict"] == "undecided" and "no level to reach" in a["conclusion"]
 
 
+def test_a_undecided_when_the_ridge_direction_is_neither_below_the_oracle_nor_above_the_baseline():
+    spread = [100.0] * 4 + [20.0] * 8  # mean 47, too uneven to tell from the oracle (60) or the baseline (30)
+    rows = _magnitude((30, 30, 30, 30), (45, 60, 60, 55))
+    rows = [_row("A", "ridge@oracle_norm", 2, spread) if r["method"] == "ridge@oracle_norm" and r["coef"] == 2 else r for r in rows]
+    a = hypothesis_a(rows, {"ridge": 1.0, "oracle": 1.22})
+    assert a["verdict"] == "undecided" and a["ridge_vs_oracle"]["p"] >= 0.05 and a["ridge_vs_unsteered"]["p"] >= 0.05
+
+
 def test_null_test_words_p_exactly_and_says_when_it_is_the_floor():
     null = np.linspace(-0.5, 0.5, 99)  # two of 99 have |cos| >= 0.495
     test = null_test(0.495, null)

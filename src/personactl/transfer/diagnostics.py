@@ -10,8 +10,8 @@ questions (`paired.compare`: a paired t-test, the mean difference with its 95% C
   direction and the oracle are both applied at the same applied norms (multiples of the oracle
   norm, wider than the alpha grid); each side's best coherent norm is chosen on held-out questions.
   If the ridge direction is significantly below the oracle at its best norm, no length closes the
-  gap (not supported); if not, and the oracle itself beats the unsteered baseline, a length does
-  (supported). Comparing rescaled ridge with raw ridge instead would only test the alpha grid: the
+  gap (not supported); if it is not, and both it and the oracle beat the unsteered baseline, a
+  length does (supported); otherwise the questions cannot tell (undecided). Comparing rescaled ridge with raw ridge instead would only test the alpha grid: the
   two differ by one scale factor.
 - B, basis: "the map does not find the target's own direction". The cosine to the oracle against
   random directions (a permutation p), and the ridge direction at its best multiple of the oracle
@@ -65,18 +65,22 @@ def hypothesis_a(rows: Sequence[dict[str, Any]], norms: dict[str, float]) -> dic
         broken = "the ridge direction" if ridge is None else "the oracle"
         return {**payload, "verdict": "undecided",
                 "conclusion": f"undecided: {broken} is coherent at none of the {_norms(ridge_rows + oracle_rows)}"}
-    gap, reach = compare(ridge.trait, oracle.trait), compare(oracle.trait, base.trait)
+    gap, reach, moved = compare(ridge.trait, oracle.trait), compare(oracle.trait, base.trait), compare(ridge.trait, base.trait)
     said = (f"the ridge direction at its best norm ({ridge.chosen('applied_norm')}) scores {ridge.said()} vs the oracle's "
             f"{oracle.said()} ({oracle.chosen('applied_norm')}), {gap.said()}")
     if gap.lower:
         verdict, conclusion = "not supported", f"not supported: over {_norms(ridge_rows)}, {said}: no length tested closes the gap"
-    elif reach.higher:
-        verdict, conclusion = "supported", f"supported: {said}; the oracle is above the unsteered baseline ({reach.said()})"
-    else:
+    elif not reach.higher:
         verdict = "undecided"
         conclusion = f"undecided: {said}, but the oracle is not above the unsteered baseline ({reach.said()}): no level to reach"
+    elif moved.higher:
+        verdict, conclusion = "supported", f"supported: {said}; the ridge direction there is above the unsteered baseline ({moved.said()})"
+    else:
+        verdict = "undecided"
+        conclusion = (f"undecided: {said}, but the ridge direction there is not above the unsteered baseline ({moved.said()}) "
+                      f"while the oracle is ({reach.said()})")
     return {**payload, "picks": {"ridge": ridge.picks, "oracle": oracle.picks}, "ridge_vs_oracle": gap.record(),
-            "oracle_vs_unsteered": reach.record(), "verdict": verdict, "conclusion": conclusion}
+            "oracle_vs_unsteered": reach.record(), "ridge_vs_unsteered": moved.record(), "verdict": verdict, "conclusion": conclusion}
 
 
 def null_test(cosine: float, null: np.ndarray) -> dict[str, Any]:
