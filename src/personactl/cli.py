@@ -655,9 +655,9 @@ def transfer_run(config: Path = typer.Option(..., help="experiment JSON (source_
     from .transfer.runner import run_transfer  # noqa: PLC0415
 
     for result in run_transfer(load_config(config)):
-        table = Table("criterion", "measured", "met", title=f"{result.trait}: layer {result.source_layer} -> {result.target_layer}")
+        table = Table("criterion", "measured", "verdict", title=f"{result.trait}: layer {result.source_layer} -> {result.target_layer}")
         for c in result.criteria:
-            table.add_row(c["criterion"], f"{c['measured']:.2f}", {True: "yes", False: "no", None: "-"}[c["met"]])
+            table.add_row(c["criterion"], c["said"], c["verdict"])
         out.print(table)
         for letter, payload in result.hypotheses.items():
             out.print(f"{letter.upper()}: {payload['conclusion']}")
