@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
 MIN_NUMBER_MASS = 0.25
+DIGITS = "0123456789"
 TOP_LOGPROBS = 20
 
 QUESTION_AND_ANSWER = """Question:

@@ -24,14 +24,13 @@ from typing import Any, Sequence
 import openai
 
 from ..errors import PersonactlError
-from .base import COHERENCE_RUBRIC, TOP_LOGPROBS, digit_score, fill_rubric, weighted_score
+from .base import COHERENCE_RUBRIC, DIGITS, TOP_LOGPROBS, digit_score, fill_rubric, weighted_score
 from .cache import JudgeCache
 
 BASE_URL_ENVS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL")
 API_KEY_ENVS = ("PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NUMBER_TOKENS = 3  # "100" written digit by digit
-DIGITS = "0123456789"
 
 
 class JudgeError(PersonactlError):

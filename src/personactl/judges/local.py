@@ -6,8 +6,9 @@ top-20 first tokens weighted over the integers 0-100. When it splits numbers
 into digits (SmolLM2, Gemma, Qwen), the first token alone reads only "8", so the
 score weighs every number 0-100 by the probability of its whole digit sequence
 (`base.digit_score`): the first digit, the next digit after each first digit,
-and a third after "10". That is exact, not an approximation of the reading,
-and costs one forward of the prompt plus ten two-token steps on copies of its KV cache.
+and a third after "10"; a number of two other digits is taken to end there
+(a third digit would pass 100). It costs one forward of the prompt plus ten
+two-token steps on copies of its KV cache.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from ..activations import make_batch, position_ids
 from ..generation import chat_prompt
 from ..models import Backbone
-from .base import TOP_LOGPROBS, digit_score, fill_rubric, weighted_score
+from .base import DIGITS, TOP_LOGPROBS, digit_score, fill_rubric, weighted_score
 
 WHOLE_NUMBER_PROBES = (10, 42, 85, 100)  # one token each in tokenizers with multi-digit number tokens
 
@@ -44,7 +45,7 @@ def digit_tokens(tokenizer: Any) -> DigitTokens | None:
     for token, token_id in tokenizer.get_vocab().items():
         if any(ch.isdigit() for ch in token):
             text = tokenizer.decode([token_id]).strip()
-            if len(text) == 1 and text in "0123456789":
+            if len(text) == 1 and text in DIGITS:
                 first[int(text)].append(token_id)
     exact = [tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
     if any(len(ids) != 1 for ids in exact):
@@ -66,15 +67,15 @@ class LocalJudge:
         """How this judge's tokenizer writes numbers (None: whole numbers are single tokens)."""
         return digit_tokens(self.backbone.tokenizer)
 
-    def _forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Next-token probabilities after each text, its attention mask and the KV cache."""
+    def _forward(self, texts: Sequence[str], use_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Next-token probabilities after each text, its attention mask and (with `use_cache`) the KV cache."""
         batch = make_batch(self.backbone, texts)
         mask = batch.attention_mask.to(self.backbone.device)
         out = self.backbone.model(
             input_ids=batch.input_ids.to(self.backbone.device),
             attention_mask=mask,
             position_ids=position_ids(mask),
-            use_cache=self.digits is not None,
+            use_cache=use_cache,
             logits_to_keep=1,
         )
         return torch.softmax(out.logits[:, -1].float(), -1), mask, out.past_key_values
@@ -105,7 +106,7 @@ class LocalJudge:
         tables: list[dict[str, dict[str, float]]] = []
         for start in range(0, len(texts), self.batch_size):
             with torch.no_grad():
-                first, mask, cache = self._forward(texts[start : start + self.batch_size])
+                first, mask, cache = self._forward(texts[start : start + self.batch_size], use_cache=True)
                 rows = len(first)
                 after = position_ids(mask)[:, -1:]
                 steps = []  # per first digit d: probabilities after "d" and after "d0"
@@ -121,8 +122,8 @@ class LocalJudge:
                     steps.append(torch.softmax(out.logits.float(), -1)[:, :, exact])
             for i in range(rows):
                 table = {"": {str(d): float(first[i, digits.first[d]].sum()) for d in range(10)}}
-                table.update({str(d): dict(zip("0123456789", steps[d][i, 0].tolist())) for d in range(10)})
-                table["10"] = dict(zip("0123456789", steps[1][i, 1].tolist()))
+                table.update({str(d): dict(zip(DIGITS, steps[d][i, 0].tolist())) for d in range(10)})
+                table["10"] = dict(zip(DIGITS, steps[1][i, 1].tolist()))
                 tables.append(table)
         return tables
 
