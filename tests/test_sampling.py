@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personactl import PersonaVector
+from personactl import PersonaVector, SteeringTerm
 from personactl.evaluate import Condition, SweepConfig, run_sweep
 from personactl.generation import chat_prompt, generate, record_seed
 from personactl.judges.base import Judges
@@ -88,3 +88,26 @@ def test_sweep_samples_are_independent_draws_and_a_resumed_run_reproduces_them(t
     assert resumed == answers
     keys = [json.loads(line)["key"] for line in results.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 12
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_shared_prefill_gives_the_answers_of_separate_runs(tiny, monkeypatch, temperature):
+    """A response-position sweep prefills each question once and copies its cache to every coefficient's row."""
+    from personactl import generation
+
+    calls = []
+    original = generation.shared_prefill
+    monkeypatch.setattr(generation, "shared_prefill", lambda *a: calls.append(len(a[1])) or original(*a))
+    torch.manual_seed(3)
+    vector = PersonaVector(3 * torch.randn(tiny.n_layers + 1, tiny.hidden_size), trait="random")
+    questions = ["<user>a long enough question to pass the window", "<user>hi", "<user>another one"]
+    coefs = [-2.0, 0.0, 2.0, 5.0]
+    rows = [(q, c, 10 * i) for i, q in enumerate(questions) for c in coefs]
+    shared = generate(tiny, [q for q, _, _ in rows], steering=[SteeringTerm(vector, 2, [c for _, c, _ in rows], positions="response")],
+                      max_new_tokens=6, temperature=temperature, seeds=[s for _, _, s in rows], batch_size=64)
+    assert calls == [len(rows)]
+    for k, coef in enumerate(coefs):
+        separate = generate(tiny, questions, steering=[SteeringTerm(vector, 2, coef, positions="response")], max_new_tokens=6,
+                            temperature=temperature, seeds=[10 * i for i in range(len(questions))])
+        assert [shared[i * len(coefs) + k] for i in range(len(questions))] == separate
+    assert len(calls) == 1  # separate runs have no repeated prompt: the ordinary path

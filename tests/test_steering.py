@@ -35,30 +35,37 @@ def test_add_changes_exactly_the_chosen_positions_by_coef_v(tiny, positions):
     diff = steered[layer] - base[layer]
     expected_at = {
         "all": torch.ones(batch.input_ids.shape, dtype=torch.bool),
-        "prompt": torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids) < (prompt_length or 0),
-        "response": torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids) >= (prompt_length or 0),
+        "prompt": torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids) < (prompt_length or 0) - 1,
+        "response": torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids) >= (prompt_length or 0) - 1,
     }[positions]
     torch.testing.assert_close(diff[expected_at], (coef * vector[layer]).expand(int(expected_at.sum()), -1), rtol=1e-5, atol=1e-5)
     assert torch.equal(diff[~expected_at], torch.zeros_like(diff[~expected_at]))
     torch.testing.assert_close(steered[:layer], base[:layer], rtol=0, atol=0)  # earlier layers untouched
 
 
-def test_response_positions_steer_only_generated_tokens(tiny):
+def test_response_positions_steer_the_last_prompt_token_and_generated_tokens(tiny):
+    """persona_vectors' `response`: at prefill only the last prompt token, then every new token."""
     vector, layer = _vector(tiny), 1
-    seen = []
+    seen, fed = [], []
     hook = tiny.block(layer).register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).clone()))
+    ids_hook = tiny.model.get_input_embeddings().register_forward_hook(lambda m, a, o: fed.append(a[0].clone()))
     try:
         prompts = ["<user>hello"]
-        generate(tiny, prompts, max_new_tokens=3)
-        base = list(seen)
+        generate(tiny, prompts, max_new_tokens=1)
+        base = seen[0]
         seen.clear()
+        fed.clear()
         generate(tiny, prompts, max_new_tokens=3, steering=[SteeringTerm(vector, layer, 2.0, positions="response")])
     finally:
         hook.remove()
-    assert [s.shape[1] for s in seen] == [base[0].shape[1], 1, 1]  # the prompt, then one call per new token
-    assert torch.equal(seen[0], base[0])  # the prompt pass is untouched
-    # the first generated token is the same in both runs, so its state differs by exactly 2 v
-    torch.testing.assert_close(seen[1] - base[1], 2.0 * vector[layer].expand_as(seen[1]), rtol=1e-4, atol=1e-4)
+        ids_hook.remove()
+    assert [s.shape[1] for s in seen] == [base.shape[1], 1, 1]  # the prompt, then one call per new token
+    torch.testing.assert_close(seen[0][:, :-1], base[:, :-1], rtol=0, atol=0)  # the prompt before its last token is untouched
+    torch.testing.assert_close(seen[0][:, -1] - base[:, -1], 2.0 * vector[layer][None], rtol=1e-4, atol=1e-4)
+    # block 0's output at the first new token depends on unsteered inputs only, so it differs by exactly 2 v
+    ids = torch.cat([fed[0], fed[1]], dim=1)
+    plain = activations.hidden_states(tiny, ids, torch.ones_like(ids))[layer]
+    torch.testing.assert_close(seen[1][:, 0] - plain[:, -1], 2.0 * vector[layer][None], rtol=1e-4, atol=1e-4)
 
 
 def _hooks(backbone):

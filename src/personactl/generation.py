@@ -8,9 +8,9 @@ from typing import Callable, Sequence, Union
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from .activations import make_batch
+from .activations import make_batch, position_ids
 from .models import Backbone, Message
-from .steering import SteeringTerm, steer
+from .steering import Condition, SteeringTerm, steer
 
 Prompt = Union[str, Sequence[Message]]
 
@@ -69,6 +69,8 @@ def generate(
     seeds: Sequence[int] | None = None,
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
+    condition: Condition | None = None,
+    on_condition: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[str]:
     """Answers to `prompts` (strings are used as formatted; message lists are chat-formatted).
 
@@ -76,6 +78,14 @@ def generate(
     per prompt; each batch gets its slice. Sampling draws row i from its own
     seed, `seeds[i]` (default `seed + i`), so a row's answer does not depend on
     the batch size or on the other rows, and a resumed run reproduces it.
+    With a `condition`, a row is steered only if its prompt fires it (see
+    `steering.Condition`); `on_condition(fired, scores)` gets each batch's decisions.
+
+    When every steering term acts on `response` positions and a batch repeats a
+    prompt (a coefficient sweep, several samples), each distinct prompt but its
+    last token is prefilled once, unsteered, and its cache is copied to its rows
+    (`shared_prefill`); the answers are those of separate runs. A condition reads
+    the whole prompt, so conditional generation never shares the prefill.
     """
     texts = format_prompts(backbone, prompts)
     if seeds is None:
@@ -85,23 +95,56 @@ def generate(
     answers: list[str] = []
     for start in range(0, len(texts), batch_size):
         rows = slice(start, start + batch_size)
-        batch = make_batch(backbone, texts[rows])
+        batch_texts = texts[rows]
+        if condition is None and shares_prefill(steering, batch_texts):
+            input_ids, attention_mask, cache = shared_prefill(backbone, batch_texts)
+        else:
+            batch = make_batch(backbone, batch_texts)
+            input_ids, attention_mask, cache = batch.input_ids.to(backbone.device), batch.attention_mask.to(backbone.device), None
         processors = LogitsProcessorList([RowSampler(seeds[rows], temperature, top_p)] if temperature > 0 else [])
-        with steer(backbone, *(term.with_rows(rows) for term in steering)):
+        with steer(backbone, *(term.with_rows(rows) for term in steering), condition=condition) as gate:
             out = backbone.model.generate(
-                input_ids=batch.input_ids.to(backbone.device),
-                attention_mask=batch.attention_mask.to(backbone.device),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                cache=cache,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
                 pad_token_id=backbone.pad_id,
                 do_sample=False, temperature=None, top_p=None, top_k=None,
                 logits_processor=processors,
             )
-        new_tokens = out[:, batch.input_ids.shape[1] :]
+        if gate is not None and on_condition is not None:
+            on_condition(gate.fired, gate.scores)
+        new_tokens = out[:, input_ids.shape[1] :]
         answers.extend(_clean(backbone, backbone.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens)
         if on_batch is not None:
             on_batch(len(new_tokens))
     return answers
+
+
+def shares_prefill(steering: Sequence[SteeringTerm], texts: Sequence[str]) -> bool:
+    """Whether a batch can prefill each distinct prompt once: no term touches the prompt and a prompt repeats."""
+    return all(term.positions == "response" for term in steering) and len(set(texts)) < len(texts)
+
+
+@torch.no_grad()
+def shared_prefill(backbone: Backbone, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Left-padded ids and mask of `texts`, and a KV cache of all but their last token, computed once per distinct text.
+
+    `response` steering starts at the last prompt token, so everything before it
+    is the same for every coefficient: run it once, unsteered, and copy the cache
+    rows (generate then feeds only the last token).
+    """
+    distinct = list(dict.fromkeys(texts))
+    batch = make_batch(backbone, distinct)
+    ids, mask = batch.input_ids.to(backbone.device), batch.attention_mask.to(backbone.device)
+    out = backbone.model(
+        input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids(mask[:, :-1]), use_cache=True, logits_to_keep=1
+    )
+    rows = torch.tensor([distinct.index(t) for t in texts], device=backbone.device)
+    cache = out.cache
+    cache.batch_select_indices(rows)
+    return ids[rows], mask[rows], cache
 
 
 def _clean(backbone: Backbone, answer: str) -> str:

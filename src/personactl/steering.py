@@ -6,9 +6,11 @@ manager and are removed on exit, exceptions included.
 
 Positions are counted per sequence: a forward call with more than one token
 starts a new sequence (a prompt, or a whole text); single-token calls that
-follow are generated tokens. `prompt` touches the prompt's positions only,
-`response` only positions at or after `prompt_length` (by default: the
-generated tokens), `all` every position.
+follow are generated tokens. `all` touches every position. `response` is
+persona_vectors' semantics: the last prompt token (whose output is the first
+answer token) and every position after it, i.e. positions >= prompt_length - 1.
+`prompt` is the rest: positions < prompt_length - 1. By default the prompt is
+the first multi-token call of the sequence.
 """
 
 from __future__ import annotations
@@ -105,11 +107,12 @@ class _Prepared:
 class _LayerHook:
     """Forward hook of one block: tracks positions and applies its terms."""
 
-    def __init__(self, terms: list[_Prepared], prompt_length: int | None) -> None:
+    def __init__(self, terms: list[_Prepared], prompt_length: int | None, gate: "ConditionGate | None" = None) -> None:
         self.terms = terms
         self.explicit_prompt_length = prompt_length
         self.prompt_length = prompt_length or 0
         self.offset = 0
+        self.gate = gate
 
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
@@ -117,10 +120,15 @@ class _LayerHook:
         if seq > 1 or self.offset == 0:  # a new sequence starts
             self.offset = 0
             self.prompt_length = self.explicit_prompt_length or seq
-        for term in self.terms:
-            selected = self._selection(term.positions, seq, hidden)
-            if selected is not False:
-                hidden = term.apply(hidden, selected if isinstance(selected, torch.Tensor) else None)
+        unsteered = hidden
+        rows = True if self.gate is None else self.gate.rows()  # None: not decided yet (prefill before the condition layer)
+        if rows is not None and (rows is True or bool(rows.any())):
+            for term in self.terms:
+                selected = self._selection(term.positions, seq, hidden)
+                if selected is not False:
+                    hidden = term.apply(hidden, selected if isinstance(selected, torch.Tensor) else None)
+            if rows is not True:
+                hidden = torch.where(rows, hidden, unsteered)  # rows the condition did not fire on stay exactly unsteered
         self.offset += seq
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
@@ -128,26 +136,137 @@ class _LayerHook:
         """True (every position), False (none) or a [1, seq, 1] mask."""
         if positions == "all":
             return True
-        first, end = self.offset, self.offset + seq
+        first, end, boundary = self.offset, self.offset + seq, self.prompt_length - 1
         if positions == "prompt":
-            if end <= self.prompt_length:
+            if end <= boundary:
                 return True
-            if first >= self.prompt_length:
+            if first >= boundary:
                 return False
         else:
-            if first >= self.prompt_length:
+            if first >= boundary:
                 return True
-            if end <= self.prompt_length:
+            if end <= boundary:
                 return False
         index = torch.arange(first, end, device=hidden.device)
-        in_prompt = index < self.prompt_length
+        in_prompt = index < boundary
         chosen = in_prompt if positions == "prompt" else ~in_prompt
         return chosen.to(hidden.dtype)[None, :, None]
 
 
+@dataclass(frozen=True)
+class Condition:
+    """Steer a row only if its prompt's projection on `vector` at `layer` passes `threshold` (as CAST does).
+
+    A prompt's score is the mean, over its non-padding tokens but the first (see
+    `prompt_mean`), of `hidden_states[layer]` (read before any steering at that
+    layer) projected on the unit direction of `vector` at `layer`. With `comparison="greater"` the
+    condition fires when score > threshold, with `"less"` when score < threshold.
+    `personactl condition find` (`conditions.find_condition`) fits both from two
+    sets of prompts.
+    """
+
+    vector: PersonaVector | torch.Tensor
+    layer: int
+    threshold: float
+    comparison: Literal["greater", "less"] = "greater"
+
+    def unit(self, backbone: Backbone) -> torch.Tensor:
+        """The unit direction at `layer`, checked against the backbone (float32, on its device)."""
+        layer = backbone.check_layer(self.layer, allow_embedding=False)
+        if layer == backbone.n_layers:
+            raise SteeringError(
+                f"condition layer {layer} is the last one, which HF reports after the final norm: use 1..{layer - 1}"
+            )
+        if self.comparison not in ("greater", "less"):
+            raise SteeringError(f"unknown comparison '{self.comparison}': use greater or less")
+        direction = SteeringTerm(self.vector, layer).direction(layer, backbone).float()
+        norm = float(direction.norm())
+        if norm == 0.0 or norm != norm:
+            raise SteeringError(f"the condition vector is zero at layer {layer}: pick a layer it was extracted at")
+        return (direction / norm).to(backbone.device)
+
+    def fires(self, scores: torch.Tensor) -> torch.Tensor:
+        """Which scores pass the threshold (bool, same shape)."""
+        return scores > self.threshold if self.comparison == "greater" else scores < self.threshold
+
+
+def prompt_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A condition's view of each prompt: the mean of hidden [batch, seq, hidden] over its real tokens but the first.
+
+    The first token's state is the same for every prompt that starts alike (a causal model has seen nothing
+    else), and in most models it is a huge attention sink, so counting it only adds an offset that shrinks with
+    the prompt's length. A one-token prompt keeps its token. The mask is [batch, seq] (1 = real, left padding
+    allowed); without one every position is real.
+    """
+    hidden = hidden.float()
+    mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask.to(hidden.device).float()
+    first = mask.argmax(1)  # index of each row's first real token
+    rows = torch.arange(len(mask), device=mask.device)
+    weights = mask.clone()
+    weights[rows, first] = torch.where(mask.sum(1) > 1, 0.0, mask[rows, first])
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
+
+
+class ConditionGate:
+    """The per-row decision of a condition, taken at each prefill and read by the steering hooks.
+
+    `scores` [batch] and `fired` [batch] (bool) belong to the last prompt that
+    went through the model (None before the first one). A new sequence (a
+    forward of more than one token, or the first forward) makes the decision
+    pending until the condition layer has run; conditional steering is off
+    while it is pending.
+    """
+
+    def __init__(self, condition: Condition, unit: torch.Tensor) -> None:
+        self.condition = condition
+        self.unit = unit
+        self.scores: torch.Tensor | None = None
+        self.fired: torch.Tensor | None = None
+        self._pending = True
+        self._mask: torch.Tensor | None = None
+
+    def rows(self) -> torch.Tensor | None:
+        """[batch, 1, 1] bool of the rows to steer, or None while the decision is pending."""
+        return None if self._pending or self.fired is None else self.fired.to(self.unit.device)[:, None, None]
+
+    def on_model_input(self, module: torch.nn.Module, args: Any, kwargs: dict) -> None:
+        """Pre-hook of the base model: keep the 2-D attention mask of this forward (padding is not scored)."""
+        mask = kwargs.get("attention_mask")
+        self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def on_first_block(self, module: torch.nn.Module, args: Any, kwargs: dict) -> None:
+        """Pre-hook of block 0: a forward of more than one token (or the first one) starts a new sequence."""
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if self.fired is None or (isinstance(hidden, torch.Tensor) and hidden.shape[1] > 1):
+            self._pending = True
+
+    def on_condition_layer(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """Forward hook of block layer-1 (run before any steering there): decide each row of a new sequence."""
+        mask, self._mask = self._mask, None
+        if not self._pending:
+            return
+        hidden = output[0] if isinstance(output, tuple) else output
+        batch, seq = hidden.shape[:2]
+        usable = mask is not None and mask.shape[0] == batch and mask.shape[1] >= seq
+        self.scores = (prompt_mean(hidden, mask[:, -seq:] if usable else None) @ self.unit).cpu()
+        self.fired = self.condition.fires(self.scores)
+        self._pending = False
+
+
 @contextmanager
-def steer(backbone: Backbone, *terms: SteeringTerm, prompt_length: int | None = None) -> Iterator[None]:
-    """Apply `terms` to every forward pass of `backbone` inside the block."""
+def steer(
+    backbone: Backbone, *terms: SteeringTerm, prompt_length: int | None = None, condition: Condition | None = None
+) -> Iterator[ConditionGate | None]:
+    """Apply `terms` to every forward pass of `backbone` inside the block.
+
+    With a `condition`, each row is steered only if its prompt fires the
+    condition; the block yields the `ConditionGate` whose `fired`/`scores` hold
+    the last prompt's decisions (without one it yields None). The decision is
+    taken at the condition layer of each prefill, so in the prefill itself only
+    steered layers at or after the condition layer act; every generated token is
+    steered at all the terms' layers in the rows that fired.
+    """
+    gate = ConditionGate(condition, condition.unit(backbone)) if condition is not None else None
     by_layer: dict[int, list[_Prepared]] = {}
     for term in terms:
         for layer in term.layer_list():
@@ -168,8 +287,29 @@ def steer(backbone: Backbone, *terms: SteeringTerm, prompt_length: int | None = 
     try:
         for layer, prepared in by_layer.items():
             # prepend: run before transformers' own output-capturing hooks, so hidden_states show the steering
-            handles.append(backbone.block(layer).register_forward_hook(_LayerHook(prepared, prompt_length), prepend=True))
-        yield
+            hook = _LayerHook(prepared, prompt_length, gate)
+            handles.append(backbone.block(layer).register_forward_hook(hook, prepend=True))
+        if gate is not None:
+            # registered last with prepend, so it reads the condition layer before the steering hooks there
+            handles.append(backbone.block(gate.condition.layer).register_forward_hook(gate.on_condition_layer, prepend=True))
+            handles.append(backbone.layers[0].register_forward_pre_hook(gate.on_first_block, with_kwargs=True))
+            base = getattr(backbone.model, "base_model", backbone.model)
+            handles.append(base.register_forward_pre_hook(gate.on_model_input, with_kwargs=True))
+        yield gate
     finally:
         for handle in handles:
             handle.remove()
+
+
+def weighted_terms(
+    vector: PersonaVector | torch.Tensor,
+    weights: dict[int, float],
+    coef: Coefficient = 1.0,
+    positions: StepPositions = "all",
+    op: Op = "add",
+    norm_preserving: bool = False,
+) -> list[SteeringTerm]:
+    """One term per layer with coefficient `coef * weights[layer]` (a number or per-row list, scaled alike):
+    a multi-layer blend such as `auto:K` (see layer_selection.layer_weights for what the weights mean)."""
+    scaled = (lambda w: coef * w) if isinstance(coef, (int, float)) else (lambda w: torch.as_tensor(coef, dtype=torch.float32) * w)
+    return [SteeringTerm(vector, layer, scaled(w), positions, op, norm_preserving) for layer, w in weights.items()]

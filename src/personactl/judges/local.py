@@ -78,7 +78,7 @@ class LocalJudge:
             use_cache=use_cache,
             logits_to_keep=1,
         )
-        return torch.softmax(out.logits[:, -1].float(), -1), mask, out.past_key_values
+        return torch.softmax(out.logits[:, -1].float(), -1), mask, out.cache
 
     def top_logprobs(self, prompts: Sequence[str]) -> list[dict[str, float]]:
         """Top-20 first-token logprobs for each judge prompt, keyed by decoded token."""
@@ -116,7 +116,7 @@ class LocalJudge:
                         input_ids=ids,
                         attention_mask=torch.cat([mask, torch.ones_like(ids)], 1),
                         position_ids=torch.cat([after + 1, after + 2], 1),
-                        past_key_values=copy.deepcopy(cache),  # sliding-window caches cannot be cropped back
+                        cache=copy.deepcopy(cache),  # sliding-window caches cannot be cropped back
                         use_cache=True,
                     )
                     steps.append(torch.softmax(out.logits.float(), -1)[:, :, exact])
