@@ -7,6 +7,7 @@ from .activations import hidden_states
 from .aggregators import METHODS
 from .errors import (
     ArchitectureError,
+    ConditionError,
     IncompatibleVectorError,
     LayerError,
     ModelLoadError,
@@ -20,7 +21,8 @@ from .extraction import ContrastivePair, ExtractionSettings, extract, generate_p
 from .generation import chat_prompt, generate
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, Backbone, from_model, load_model
 from .monitor import project
-from .steering import SteeringTerm, steer
+from .steering import Condition, SteeringTerm, steer
+from .conditions import find_condition
 from .traits import ContrastiveTexts, Trait, builtin_traits, load_trait, parse_trait
 from .vectors import PersonaVector, load_vector
 from .evaluate import SweepConfig, run_sweep
@@ -71,6 +73,9 @@ __all__ = [
     "runtime",
     "train_adapter",
     "ArchitectureError",
+    "Condition",
+    "ConditionError",
+    "find_condition",
     "Backbone",
     "ContrastivePair",
     "ContrastiveTexts",

@@ -27,6 +27,8 @@ adapter_app = typer.Typer(help="Plug-and-play persona adapters: train from JSONL
 app.add_typer(adapter_app, name="adapter")
 transfer_app = typer.Typer(help="Cross-model transfer: carry a persona vector from one model family to another.", no_args_is_help=True)
 app.add_typer(transfer_app, name="transfer")
+condition_app = typer.Typer(help="Conditional steering: find a condition (direction, layer, threshold) from two sets of prompts.", no_args_is_help=True)
+app.add_typer(condition_app, name="condition")
 
 out = Console(soft_wrap=True)  # paths stay on one line
 err = Console(stderr=True)
@@ -135,17 +137,31 @@ def generate(
     max_new_tokens: int = typer.Option(64),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     seed: int = typer.Option(0),
+    condition: Optional[Path] = typer.Option(None, "--condition", help="condition vector (from `condition find`): steer only prompts that fire it"),
+    condition_layer: Optional[int] = typer.Option(None, "--condition-layer", help="layer the condition reads [default: the file's]"),
+    threshold: Optional[str] = typer.Option(None, "--threshold", help="the condition fires above (--comparison less: below) it [default: the file's]"),
+    comparison: Optional[str] = typer.Option(None, "--comparison", help="greater or less [default: the file's, else greater]"),
     vector_format: Optional[str] = FormatOpt,
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
     device_map: Optional[str] = DeviceMapOpt,
 ) -> None:
-    """Generate answers, steered by a persona vector (and unsteered with --baseline)."""
+    """Generate answers, steered by a persona vector (and unsteered with --baseline); --condition steers only the
+    prompts whose projection on the condition vector passes the threshold."""
+    from .conditions import condition_from_vector  # noqa: PLC0415
     from .generation import chat_prompt, generate as run_generate  # noqa: PLC0415
     from .steering import SteeringTerm  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
+    threshold_value = _number(threshold, "--threshold") if threshold is not None else None
+    if comparison is not None:
+        _check_choice(comparison, ("greater", "less"), "--comparison")
     backbone = _load(model, device, dtype, device_map)
+    cond = None
+    if condition is not None:
+        cond_vector = load_vector(condition, fmt=vector_format, backbone=backbone, layer=condition_layer)  # type: ignore[arg-type]
+        cond = condition_from_vector(cond_vector, condition_layer, threshold_value, comparison)
+    fired: list = []
     terms = []
     if vector is not None:
         if not layer:
@@ -154,17 +170,26 @@ def generate(
         terms = [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)]  # type: ignore[arg-type]
     messages = [chat_prompt(p, system) for p in prompt]
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    steered = run_generate(backbone, messages, steering=terms, **kwargs)  # type: ignore[arg-type]
+    steered = run_generate(backbone, messages, steering=terms, condition=cond,  # type: ignore[arg-type]
+                           on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())), **kwargs)
     base = run_generate(backbone, messages, **kwargs) if baseline else None  # type: ignore[arg-type]
     rows = [
-        {"prompt": p, "steered": s, **({"baseline": base[i]} if base else {})} for i, (p, s) in enumerate(zip(prompt, steered))
+        {"prompt": p, "steered": s, **({"baseline": base[i]} if base else {}),
+         **({"condition_fired": fired[i][0], "condition_score": fired[i][1]} if cond else {})}
+        for i, (p, s) in enumerate(zip(prompt, steered))
     ]
     if as_json:
-        print(json.dumps({"model": backbone.name, "vector": str(vector) if vector else None, "layers": layer, "coef": coef, "results": rows}, indent=2))
+        extra = {"condition": {"vector": str(condition), "layer": cond.layer, "threshold": cond.threshold, "comparison": cond.comparison}} if cond else {}
+        print(json.dumps({"model": backbone.name, "vector": str(vector) if vector else None, "layers": layer, "coef": coef, **extra,
+                          "results": rows}, indent=2))
         return
-    table = Table("prompt", *(["baseline"] if base else []), f"steered (coef {coef:g}, layer {','.join(map(str, layer)) or '-'})", show_lines=True)
+    if cond:
+        out.print(f"condition: layer {cond.layer}, fires when the score is {cond.comparison} than {cond.threshold:.4g}")
+    cond_col = ["condition"] if cond else []
+    table = Table("prompt", *cond_col, *(["baseline"] if base else []), f"steered (coef {coef:g}, layer {','.join(map(str, layer)) or '-'})", show_lines=True)
     for row in rows:
-        table.add_row(row["prompt"], *([row["baseline"]] if base else []), row["steered"])
+        said = [f"{'fired' if row['condition_fired'] else 'not fired'} ({row['condition_score']:+.3f})"] if cond else []
+        table.add_row(row["prompt"], *said, *([row["baseline"]] if base else []), row["steered"])
     out.print(table)
 
 
@@ -647,6 +672,48 @@ def demo(
         out.print(margin(result).describe())
 
 
+@condition_app.command("find")
+def condition_find(
+    positive: Path = typer.Option(..., "--positive", help="prompts the condition should fire on (.txt, one per line)"),
+    negative: Path = typer.Option(..., "--negative", help="prompts it should not fire on (.txt, one per line)"),
+    model: str = ModelOpt,
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="condition vector file (.safetensors) [default: vectors/<model>/condition-<positive>.safetensors]"),
+    heldout: float = typer.Option(0.3, help="fraction of each file held out to measure accuracy (never used to choose)"),
+    seed: int = typer.Option(0, help="seed of the training/held-out split"),
+    system: Optional[str] = typer.Option(None, help="system message the prompts will be asked with"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DtypeOpt,
+    device_map: Optional[str] = DeviceMapOpt,
+) -> None:
+    """Find a condition: a direction per layer from two sets of prompts, the threshold that separates them, and
+    the layer that does it best (cross-validated on the training prompts; held-out accuracy reported per layer)."""
+    from .conditions import check_request, find_condition, layer_table, read_prompts  # noqa: PLC0415
+    from .errors import OptionError  # noqa: PLC0415
+
+    pos, neg = read_prompts(positive), read_prompts(negative)
+    check_request(pos, neg, heldout)
+    if out_path is not None and out_path.suffix != ".safetensors":
+        raise OptionError(f"--out {out_path}: a condition vector is saved as .safetensors")
+    backbone = _load(model, device, dtype, device_map)
+    search = find_condition(backbone, pos, neg, heldout=heldout, seed=seed, system=system, name=f"condition-{positive.stem}")
+    path = search.vector.save(out_path or Path("vectors") / backbone.name / f"condition-{positive.stem}.safetensors")
+    chosen = search.chosen
+    if as_json:
+        print(json.dumps({"layer": chosen.layer, "threshold": chosen.threshold, "comparison": "greater",
+                          "heldout_accuracy": chosen.heldout_accuracy, "vector": str(path), "layers": layer_table(search)}, indent=2))
+        return
+    table = Table("layer", "threshold", "train acc", "cv acc", "held-out acc", "margin (sd)", "")
+    for fit in search.layers:
+        table.add_row(str(fit.layer), f"{fit.threshold:+.4g}", f"{fit.train_accuracy:.2f}", f"{fit.cv_accuracy:.2f}",
+                      f"{fit.heldout_accuracy:.2f}", f"{fit.margin:.2f}", "chosen" if fit is chosen else "")
+    out.print(table)
+    n_pos, n_neg = search.heldout
+    out.print(f"condition: layer {chosen.layer}, threshold {chosen.threshold:.4g} (greater); held-out accuracy "
+              f"{chosen.heldout_accuracy:.2f} on {len(n_pos)} positive and {len(n_neg)} negative prompts")
+    out.print(f"condition vector written to {path}")
+
+
 @transfer_app.command("run")
 def transfer_run(config: Path = typer.Option(..., help="experiment JSON (source_model, target_model, layer_idx, persona_datasets, ...)")) -> None:
     """The whole experiment: vectors on both models, paired activations, ridge map, every method and baseline
@@ -755,6 +822,21 @@ def transfer_evaluate(
         table.add_row(f"{r['coef']:g}", f"{r['trait']:.1f}", f"[{r['trait_lo']:.1f}, {r['trait_hi']:.1f}]", f"{r['coherence']:.1f}",
                       f"{100 * r['collapse_rate']:.0f}%")
     out.print(table)
+
+
+def _number(text: str, option: str) -> float:
+    """A finite number given as text (so a mistake is one `error:` line, not click's usage block)."""
+    import math  # noqa: PLC0415
+
+    from .errors import OptionError  # noqa: PLC0415
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise OptionError(f"{option} {text!r} is not a number: give e.g. {option} 0.5")
+    return value
 
 
 def _check_choice(value: str, choices, option: str) -> None:

@@ -56,6 +56,10 @@ class TransferError(PersonactlError):
     """A cross-model transfer request that cannot be carried out (layers, texts, sizes, config, files)."""
 
 
+class ConditionError(PersonactlError):
+    """A conditional-steering request that cannot be carried out (prompt files, thresholds, condition vectors)."""
+
+
 def first_validation_error(exc: ValidationError, root: str = "config") -> str:
     """The first problem pydantic found, as `where: what` (one line for a PersonactlError message)."""
     first = exc.errors()[0]

@@ -1,0 +1,261 @@
+"""Conditions for conditional steering: a direction and a threshold that tell one kind of prompt from another.
+
+`find_condition(backbone, positive, negative)` splits each set of prompts into
+training and held-out prompts (seeded), takes every layer's mean activation over
+each chat-formatted prompt (`steering.prompt_mean`: its tokens but the first,
+the score `steering.Condition` reads while generating), a mean-difference direction per layer from the training
+prompts, and per layer the threshold that best separates the training
+projections (balanced accuracy; among equally good thresholds the midpoint of
+the widest gap). The layer is chosen on the training prompts alone: k-fold
+cross-validated accuracy, ties broken by the margin. The held-out prompts never
+take part in a choice, so the held-out accuracy reported per layer is an honest
+estimate, and an experiment may measure firing rates on them.
+
+The result is saved as a PersonaVector whose metadata (`extra["condition"]`)
+holds the chosen layer, threshold and comparison and the per-layer table, so
+`generate --condition V` needs no other number.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from . import activations
+from .aggregators import mean_diff, separation
+from .errors import ConditionError
+from .generation import chat_prompt, format_prompts
+from .models import Backbone
+from .steering import Condition, prompt_mean
+from .vectors import PersonaVector
+
+BUILTIN = Path(__file__).parent / "data" / "conditions"
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """How well one layer's direction and threshold separate the two sets of prompts."""
+
+    layer: int
+    threshold: float
+    train_accuracy: float  # balanced accuracy on the training prompts at `threshold`
+    cv_accuracy: float  # k-fold cross-validated balanced accuracy within the training prompts (the choice)
+    heldout_accuracy: float  # balanced accuracy on the held-out prompts (reported, never used to choose)
+    margin: float  # distance from the threshold to the nearest training projection, in pooled standard deviations
+
+
+@dataclass
+class ConditionSearch:
+    """The chosen condition, its vector (to save) and the per-layer table."""
+
+    condition: Condition
+    vector: PersonaVector
+    layers: list[LayerFit]
+    train: tuple[list[str], list[str]]  # (positive, negative) training prompts
+    heldout: tuple[list[str], list[str]]  # (positive, negative) held-out prompts
+
+    @property
+    def chosen(self) -> LayerFit:
+        return next(fit for fit in self.layers if fit.layer == self.condition.layer)
+
+
+def builtin_prompts() -> list[str]:
+    """Names of the shipped prompt sets (data/conditions/*.txt): `read_prompts("sea")` reads one."""
+    return sorted(p.name[:-4] for p in BUILTIN.iterdir() if p.name.endswith(".txt"))
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """User prompts from a text file, one per line (blank lines ignored), or a shipped set by name ("sea", "other")."""
+    path = Path(path)
+    if not path.exists() and path.name == str(path) and not path.suffix and (BUILTIN / f"{path}.txt").is_file():
+        path = BUILTIN / f"{path}.txt"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConditionError(f"prompt file not found: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConditionError(f"{path} is not UTF-8 text: write one prompt per line") from exc
+    except IsADirectoryError as exc:
+        raise ConditionError(f"{path} is a folder: give a text file with one prompt per line") from exc
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ConditionError(f"prompt file {path} holds no prompts: write one prompt per line")
+    return prompts
+
+
+def split(prompts: Sequence[str], heldout: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training, held-out) prompts: a seeded shuffle, `heldout` of them (at least one) held out."""
+    shuffled = list(prompts)
+    random.Random(seed).shuffle(shuffled)
+    n_held = max(1, round(heldout * len(shuffled))) if heldout > 0 else 0
+    return shuffled[n_held:], shuffled[:n_held]
+
+
+def balanced_accuracy(pos: torch.Tensor, neg: torch.Tensor, threshold: float, comparison: str = "greater") -> float:
+    """Mean of the rates at which positives fire and negatives do not."""
+    pos_fired, neg_fired = (pos > threshold, neg > threshold) if comparison == "greater" else (pos < threshold, neg < threshold)
+    return 0.5 * (float(pos_fired.float().mean()) + float((~neg_fired).float().mean()))
+
+
+def best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> tuple[float, float, float]:
+    """(threshold, balanced accuracy, gap) for "greater": the best midpoint between sorted projections.
+
+    Among thresholds of equal accuracy the one farthest from every projection wins (the middle of the widest gap).
+    """
+    values = torch.cat([pos, neg]).double().sort().values
+    spread = float(values[-1] - values[0]) or 1.0
+    candidates = torch.cat([values[:1] - spread, (values[1:] + values[:-1]) / 2, values[-1:] + spread])
+    pos_rate = (pos.double()[None, :] > candidates[:, None]).double().mean(1)
+    neg_rate = (neg.double()[None, :] <= candidates[:, None]).double().mean(1)
+    accuracy = 0.5 * (pos_rate + neg_rate)
+    gap = (values[None, :] - candidates[:, None]).abs().min(1).values
+    best = accuracy.max()
+    score = torch.where(accuracy >= best - 1e-12, gap, torch.full_like(gap, -1.0))
+    i = int(score.argmax())
+    return float(candidates[i]), float(accuracy[i]), float(gap[i])
+
+
+def _fit_layer(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Unit mean-difference direction [hidden] and best threshold for one layer's activations [n, hidden]."""
+    direction = mean_diff(pos, neg)
+    unit = direction / direction.norm().clamp_min(1e-12)
+    threshold, _, _ = best_threshold(pos @ unit, neg @ unit)
+    return unit, threshold
+
+
+def cross_validated_accuracy(pos: torch.Tensor, neg: torch.Tensor, folds: int = 5) -> float:
+    """Balanced accuracy of out-of-fold decisions (direction and threshold refitted without the fold).
+
+    `pos`/`neg`: one layer's activations [n, hidden], already in a random order. Folds are stratified; with fewer
+    than two prompts per set for a fold the training accuracy is returned instead."""
+    k = min(folds, len(pos), len(neg))
+    if k < 2:
+        unit, threshold = _fit_layer(pos, neg)
+        return balanced_accuracy(pos @ unit, neg @ unit, threshold)
+    pos_fold, neg_fold = torch.arange(len(pos)) % k, torch.arange(len(neg)) % k
+    pos_hits, neg_hits = 0, 0
+    for f in range(k):
+        unit, threshold = _fit_layer(pos[pos_fold != f], neg[neg_fold != f])
+        pos_hits += int(((pos[pos_fold == f] @ unit) > threshold).sum())
+        neg_hits += int(((neg[neg_fold == f] @ unit) <= threshold).sum())
+    return 0.5 * (pos_hits / len(pos) + neg_hits / len(neg))
+
+
+@torch.no_grad()
+def prompt_activations(
+    backbone: Backbone, texts: Sequence[str], *, batch_size: int = 16, on_batch: Callable[[int], None] | None = None
+) -> torch.Tensor:
+    """Every layer's `prompt_mean` of formatted prompts (what a Condition scores): [n, layers+1, hidden]."""
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = activations.make_batch(backbone, texts[start : start + batch_size])
+        states = activations.hidden_states(backbone, batch.input_ids, batch.attention_mask)
+        mask = batch.attention_mask.to(states.device)
+        chunks.append(torch.stack([prompt_mean(layer, mask) for layer in states], 1).cpu())
+        if on_batch is not None:
+            on_batch(len(batch.input_ids))
+    return torch.cat(chunks)
+
+
+def check_request(positive: Sequence[str], negative: Sequence[str], heldout: float) -> None:
+    """ConditionError unless the prompts and the held-out fraction allow a search (call it before loading a model)."""
+    if not 0 <= heldout < 1:
+        raise ConditionError(f"held-out fraction {heldout:g} is outside [0, 1): use e.g. 0.3")
+    need = 3 if heldout > 0 else 1
+    for label, prompts in (("positive", positive), ("negative", negative)):
+        if len(prompts) < need:
+            raise ConditionError(f"{len(prompts)} {label} prompt(s): give at least {need} (for training and held-out)")
+
+
+def find_condition(
+    backbone: Backbone,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    heldout: float = 0.3,
+    seed: int = 0,
+    folds: int = 5,
+    system: str | None = None,
+    name: str = "condition",
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> ConditionSearch:
+    """The layer and threshold whose prompt projections best tell `positive` user prompts from `negative` ones.
+
+    Searches layers 1..n_layers-1 (HF reports the last layer after the final norm, which no hook sees). The
+    condition fires ("greater") on prompts like the positive ones.
+    """
+    check_request(positive, negative, heldout)
+    if backbone.n_layers < 2:
+        raise ConditionError(f"{backbone.name} has {backbone.n_layers} block: a condition needs a layer before the last")
+    pos_train, pos_held = split(positive, heldout, seed)
+    neg_train, neg_held = split(negative, heldout, seed + 1)
+    texts = format_prompts(backbone, [chat_prompt(p, system) for p in pos_train + neg_train + pos_held + neg_held])
+    acts = prompt_activations(backbone, texts, batch_size=batch_size, on_batch=on_batch)
+    a, b, c = len(pos_train), len(pos_train) + len(neg_train), len(pos_train) + len(neg_train) + len(pos_held)
+    p_tr, n_tr, p_he, n_he = acts[:a], acts[a:b], acts[b:c], acts[c:]
+    fits = []
+    for layer in range(1, backbone.n_layers):
+        unit, _ = _fit_layer(p_tr[:, layer], n_tr[:, layer])
+        pos_s, neg_s = p_tr[:, layer] @ unit, n_tr[:, layer] @ unit
+        threshold, train_acc, gap = best_threshold(pos_s, neg_s)
+        pooled = math.sqrt((float(pos_s.var()) if len(pos_s) > 1 else 0.0) / 2 + (float(neg_s.var()) if len(neg_s) > 1 else 0.0) / 2)
+        held = balanced_accuracy(p_he[:, layer] @ unit, n_he[:, layer] @ unit, threshold) if heldout > 0 else float("nan")
+        fits.append(LayerFit(layer, threshold, train_acc, cross_validated_accuracy(p_tr[:, layer], n_tr[:, layer], folds),
+                             held, gap / pooled if pooled > 0 else gap))
+    best = max(fits, key=lambda f: (f.cv_accuracy, f.margin))
+    directions = mean_diff(p_tr, n_tr)
+    meta = {
+        "layer": best.layer, "threshold": best.threshold, "comparison": "greater",
+        "thresholds": {str(f.layer): f.threshold for f in fits},
+        "accuracy": {str(f.layer): f.heldout_accuracy for f in fits},
+        "cv_accuracy": {str(f.layer): f.cv_accuracy for f in fits},
+        "train_accuracy": {str(f.layer): f.train_accuracy for f in fits},
+        "margin": {str(f.layer): f.margin for f in fits},
+        "n_train": [len(pos_train), len(neg_train)], "n_heldout": [len(pos_held), len(neg_held)],
+        "heldout_fraction": heldout, "seed": seed, "folds": folds, "system": system,
+        "chosen_by": "cross-validated accuracy on the training prompts, then margin",
+    }
+    vector = PersonaVector(
+        directions, trait=name, model=backbone.name, method="mean_diff", positions="prompt_avg_skip_first",
+        n_samples=len(pos_train) + len(neg_train), separation=separation(p_tr, n_tr, directions).tolist(),
+        extra={"condition": meta},
+    )
+    return ConditionSearch(Condition(vector, best.layer, best.threshold, "greater"), vector, fits,
+                           (pos_train, neg_train), (pos_held, neg_held))
+
+
+def condition_from_vector(
+    vector: PersonaVector, layer: int | None = None, threshold: float | None = None, comparison: str | None = None
+) -> Condition:
+    """A Condition from a vector file's metadata (written by `find_condition`), overridden by what is given.
+
+    A layer other than the chosen one takes the threshold found for that layer."""
+    meta = vector.extra.get("condition", {}) if isinstance(vector.extra, dict) else {}
+    if layer is None:
+        if "layer" not in meta:
+            raise ConditionError(f"vector '{vector.trait}' holds no condition layer: give --condition-layer (and --threshold)")
+        layer = int(meta["layer"])
+    if threshold is None:
+        found = meta.get("thresholds", {}).get(str(layer))
+        if found is None and meta.get("layer") == layer:
+            found = meta.get("threshold")
+        if found is None:
+            raise ConditionError(f"vector '{vector.trait}' holds no threshold for layer {layer}: give --threshold")
+        threshold = float(found)
+    if not math.isfinite(threshold):
+        raise ConditionError(f"threshold {threshold} is not a finite number")
+    comparison = comparison or meta.get("comparison", "greater")
+    if comparison not in ("greater", "less"):
+        raise ConditionError(f"comparison '{comparison}' is not one of: greater, less")
+    return Condition(vector, layer, threshold, comparison)  # type: ignore[arg-type]
+
+
+def layer_table(search: ConditionSearch) -> list[dict]:
+    """The per-layer fits as plain rows (for printing and JSON)."""
+    return [asdict(fit) for fit in search.layers]

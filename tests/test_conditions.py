@@ -1,0 +1,214 @@
+"""Conditional steering: per-row gating in one batch, the prefill rule, hook clean-up, `condition find`, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from personactl import Condition, PersonaVector, SteeringError, SteeringTerm, generate, steer
+from personactl.activations import make_batch
+from personactl.cli import run
+from personactl.conditions import (
+    best_threshold,
+    condition_from_vector,
+    find_condition,
+    prompt_activations,
+    read_prompts,
+)
+from personactl.errors import ConditionError
+from personactl.generation import chat_prompt, format_prompts
+
+SEA = [f"the sea {w} ships sail" for w in ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")]
+OTHER = [f"{w} cook 123 bread %" for w in ("k", "l", "m", "n", "o", "p", "q", "r", "s", "t")]
+
+
+def _logits(backbone, batch):
+    return backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids).logits
+
+
+def _condition_between(backbone, texts, layer):
+    """A random condition at `layer` whose threshold lies between the two prompts' scores (the first fires)."""
+    torch.manual_seed(3)
+    vector = torch.randn(backbone.n_layers + 1, backbone.hidden_size)
+    unit = vector[layer] / vector[layer].norm()
+    scores = prompt_activations(backbone, texts)[:, layer] @ unit
+    sign = 1.0 if scores[0] > scores[1] else -1.0
+    return Condition(vector * sign, layer, float(sign * scores.mean())), scores
+
+
+@torch.no_grad()
+def test_rows_are_steered_exactly_when_their_prompt_fires(tiny):
+    texts = format_prompts(tiny, [chat_prompt("ahoy there, the sea!"), chat_prompt("12 + 7 = ?")])
+    batch = make_batch(tiny, texts)
+    condition, _ = _condition_between(tiny, texts, layer=1)
+    torch.manual_seed(1)
+    terms = [SteeringTerm(torch.randn(tiny.n_layers + 1, tiny.hidden_size), [1, 2, 3], 6.0)]  # all at/after layer 1
+    base = _logits(tiny, batch)
+    with steer(tiny, *terms):
+        always = _logits(tiny, batch)
+    with steer(tiny, *terms, condition=condition) as gate:
+        gated = _logits(tiny, batch)
+    assert gate.fired.tolist() == [True, False]
+    assert not torch.allclose(always[0], base[0])  # the steering matters
+    assert torch.equal(gated[0], always[0])  # fired: exactly the unconditional steering
+    assert torch.equal(gated[1], base[1])  # not fired: exactly unsteered
+    # the same in generation, row by row, with decisions reported per batch
+    seen = []
+    answers = generate(tiny, texts, steering=terms, condition=condition, max_new_tokens=5, batch_size=2,
+                       on_condition=lambda fired, scores: seen.append(fired.tolist()))
+    assert seen == [[True, False]]
+    assert answers[0] == generate(tiny, texts, steering=terms, max_new_tokens=5, batch_size=2)[0]
+    assert answers[1] == generate(tiny, texts, max_new_tokens=5, batch_size=2)[1]
+
+
+@torch.no_grad()
+def test_steering_before_the_condition_layer_waits_for_the_decision():
+    """At prefill a layer before the condition layer is not steered (nothing is decided yet); the generated tokens are."""
+    from conftest import tiny_backbone
+
+    backbone = tiny_backbone("llama")
+    texts = format_prompts(backbone, [chat_prompt("ahoy there, the sea!"), chat_prompt("12 + 7 = ?")])
+    batch = make_batch(backbone, texts)
+    condition, _ = _condition_between(backbone, texts, layer=2)
+    torch.manual_seed(1)
+    term = SteeringTerm(torch.randn(backbone.n_layers + 1, backbone.hidden_size), 1, 6.0)
+    model = backbone.model
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=True)
+    base = model(**kwargs)
+    step = dict(input_ids=base.logits[:, -1].argmax(-1, keepdim=True),
+                attention_mask=torch.cat([batch.attention_mask, torch.ones(2, 1, dtype=torch.long)], 1),
+                position_ids=batch.position_ids[:, -1:] + 1)
+    base_next = model(**step, past_key_values=base.past_key_values).logits
+    with steer(backbone, term, condition=condition) as gate:
+        prefill = model(**kwargs)
+        assert gate.fired.tolist() == [True, False]
+        nxt = model(**step, past_key_values=prefill.past_key_values).logits
+    assert torch.equal(prefill.logits, base.logits)  # the prefill: layer 1 < condition layer 2, untouched
+    assert not torch.allclose(nxt[0], base_next[0])  # the first generated token of the row that fired is steered
+    assert torch.equal(nxt[1], base_next[1])  # the other row is not
+
+
+def _hook_counts(backbone):
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in backbone.model.modules()]
+
+
+def test_hooks_are_removed_on_exit_and_after_an_exception(tiny):
+    before = _hook_counts(tiny)
+    condition = Condition(torch.randn(tiny.n_layers + 1, tiny.hidden_size), 1, 0.0)
+    term = SteeringTerm(torch.randn(tiny.hidden_size), 2, 1.0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(tiny, term, condition=condition):
+            assert _hook_counts(tiny) != before
+            raise RuntimeError("boom")
+    assert _hook_counts(tiny) == before
+    with steer(tiny, term, condition=condition) as gate:
+        assert gate.fired is None
+    assert _hook_counts(tiny) == before
+    with pytest.raises(SteeringError, match="last one"):  # HF reports the last layer after the final norm
+        with steer(tiny, term, condition=Condition(condition.vector, tiny.n_layers, 0.0)):
+            pass
+    assert _hook_counts(tiny) == before
+
+
+def test_best_threshold_takes_the_middle_of_the_widest_gap():
+    threshold, accuracy, gap = best_threshold(torch.tensor([3.0, 4.0, 9.0]), torch.tensor([0.0, 1.0]))
+    assert (threshold, accuracy, gap) == (2.0, 1.0, 1.0)
+    threshold, accuracy, _ = best_threshold(torch.tensor([0.0, 5.0, 7.0]), torch.tensor([1.0, 2.0]))  # 0.0 cannot be right
+    assert threshold == 3.5 and accuracy == pytest.approx(0.5 * (2 / 3 + 1))
+
+
+def test_find_condition_separates_prompts_and_the_gate_reads_the_same_scores(tmp_path):
+    from conftest import tiny_backbone
+
+    backbone = tiny_backbone("llama")
+    search = find_condition(backbone, SEA, OTHER, heldout=0.3, seed=0, name="sea")
+    assert [fit.layer for fit in search.layers] == [1, 2]
+    assert search.chosen.heldout_accuracy == 1.0 and search.chosen.cv_accuracy == 1.0
+    assert len(search.heldout[0]) == 3 and not set(search.heldout[0]) & set(search.train[0])
+    path = search.vector.save(tmp_path / "sea.safetensors")
+    from personactl import load_vector
+
+    loaded = condition_from_vector(load_vector(path, backbone=backbone))
+    assert (loaded.layer, loaded.threshold, loaded.comparison) == (search.condition.layer, search.condition.threshold, "greater")
+    other_layer = 3 - loaded.layer
+    assert condition_from_vector(loaded.vector, layer=other_layer).threshold == search.vector.extra["condition"]["thresholds"][str(other_layer)]
+    # generation fires on the held-out sea prompts and on none of the others, with the scores find measured
+    held = search.heldout[0] + search.heldout[1]
+    decisions = []
+    generate(backbone, [chat_prompt(p) for p in held], condition=loaded, max_new_tokens=2, batch_size=6,
+             on_condition=lambda fired, scores: decisions.append((fired, scores)))
+    (fired, scores), = decisions
+    assert fired.tolist() == [True] * 3 + [False] * 3
+    unit = loaded.vector.unit(loaded.layer)
+    expected = prompt_activations(backbone, format_prompts(backbone, [chat_prompt(p) for p in held]))[:, loaded.layer] @ unit
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_files(tmp_path):
+    (tmp_path / "p.txt").write_text("one\n\n  two  \n\n")
+    assert read_prompts(tmp_path / "p.txt") == ["one", "two"]
+    assert len(read_prompts("sea")) >= 40 and len(read_prompts("other")) >= 40  # shipped sets
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ConditionError, match="holds no prompts"):
+        read_prompts(tmp_path / "empty.txt")
+    with pytest.raises(ConditionError, match="not found"):
+        read_prompts(tmp_path / "missing.txt")
+
+
+def _error_line(capsys):
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, captured
+    return err
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the mistake was found")
+
+    monkeypatch.setattr("personactl.cli._load", refuse)
+
+
+def test_an_empty_prompt_file_is_one_line(tmp_path, capsys, no_model_load):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "b.txt").write_text("\n".join(OTHER))
+    assert run(["condition", "find", "--positive", str(tmp_path / "empty.txt"), "--negative", str(tmp_path / "b.txt")]) == 2
+    assert "holds no prompts" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("threshold", ["abc", "nan", "1,5"])
+def test_a_threshold_that_is_not_a_number_is_one_line(threshold, vector_file, capsys, no_model_load):
+    assert run(["generate", "--prompt", "hi", "--condition", str(vector_file), "--condition-layer", "1",
+                "--threshold", threshold]) == 2
+    assert f"--threshold '{threshold}' is not a number" in _error_line(capsys)
+
+
+def test_a_condition_vector_for_another_model_is_one_line(model_dir, tmp_path, capsys):
+    other = PersonaVector(torch.randn(4, 32), trait="condition-sea", extra={"condition": {"layer": 1, "threshold": 0.0}})
+    path = other.save(tmp_path / "c.safetensors")
+    assert run(["generate", "--model", str(model_dir), "--prompt", "hi", "--condition", str(path)]) == 2
+    assert "hidden size 32" in _error_line(capsys)
+
+
+def test_condition_find_then_generate_with_it(model_dir, tmp_path, capsys):
+    (tmp_path / "sea.txt").write_text("\n".join(SEA))
+    (tmp_path / "other.txt").write_text("\n".join(OTHER))
+    out_path = tmp_path / "cond.safetensors"
+    assert run(["condition", "find", "--model", str(model_dir), "--positive", str(tmp_path / "sea.txt"),
+                "--negative", str(tmp_path / "other.txt"), "--out", str(out_path), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["heldout_accuracy"] == 1.0 and out_path.is_file() and len(found["layers"]) == 2
+    assert run(["generate", "--model", str(model_dir), "--prompt", SEA[0], "--prompt", OTHER[0], "--condition", str(out_path),
+                "--max-new-tokens", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["condition_fired"] for r in results] == [True, False]
+
+
+@pytest.mark.slow
+def test_the_sea_condition_on_smollm2(smollm2):
+    search = find_condition(smollm2, read_prompts("sea"), read_prompts("other"))
+    assert search.chosen.cv_accuracy >= 0.9
+    assert search.chosen.heldout_accuracy >= 0.8
+    assert max(fit.heldout_accuracy for fit in search.layers) >= 0.9
