@@ -126,7 +126,8 @@ def generate(
     prompt: List[str] = typer.Option(..., "--prompt", "-p", help="user message (repeat for several)"),
     model: str = ModelOpt,
     vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="persona vector file"),
-    layer: List[int] = typer.Option([], "--layer", "-l", help="layer(s) to steer (l = output of block l-1)"),
+    layer: List[str] = typer.Option([], "--layer", "-l", help="layer(s) to steer (l = output of block l-1), or auto / auto:K: the best / top K "
+                                    "measured layers, weights from the layers.json beside --vector (`personactl layers`)"),
     coef: float = typer.Option(1.0, "--coef", "-c", help="steering coefficient (negative suppresses)"),
     positions: str = typer.Option("all", help="all, prompt or response (generated tokens only)"),
     op: str = typer.Option("add", help="add or ablate"),
@@ -150,7 +151,7 @@ def generate(
     prompts whose projection on the condition vector passes the threshold."""
     from .conditions import condition_from_vector  # noqa: PLC0415
     from .generation import chat_prompt, generate as run_generate  # noqa: PLC0415
-    from .steering import SteeringTerm  # noqa: PLC0415
+    from .steering import SteeringTerm, weighted_terms  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
     threshold_value = _number(threshold, "--threshold") if threshold is not None else None
@@ -166,8 +167,13 @@ def generate(
     if vector is not None:
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
+        blend = _blend_option(layer, vector, backbone.n_layers)
+        layer = list(blend.weights) if blend else _numbers(",".join(layer), int)  # type: ignore[assignment]
         loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0])  # type: ignore[arg-type]
-        terms = [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)]  # type: ignore[arg-type]
+        terms = (weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving) if blend  # type: ignore[arg-type]
+                 else [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)])  # type: ignore[arg-type]
+        if blend and not as_json:
+            out.print(f"layers {blend.describe()}")
     messages = [chat_prompt(p, system) for p in prompt]
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     steered = run_generate(backbone, messages, steering=terms, condition=cond,  # type: ignore[arg-type]
@@ -181,6 +187,7 @@ def generate(
     if as_json:
         extra = {"condition": {"vector": str(condition), "layer": cond.layer, "threshold": cond.threshold, "comparison": cond.comparison}} if cond else {}
         print(json.dumps({"model": backbone.name, "vector": str(vector) if vector else None, "layers": layer, "coef": coef, **extra,
+                          **({"weights": {str(k): w for k, w in blend.weights.items()}} if vector is not None and blend else {}),
                           "results": rows}, indent=2))
         return
     if cond:
@@ -226,6 +233,25 @@ def monitor(
     out.print(table)
 
 
+def _blend_option(values: List[str], vector: Path, n_layers: int):
+    """The LayerBlend of `--layer auto` / `--layer auto:K` (from layers.json beside the vector), None for plain layers."""
+    from .errors import OptionError  # noqa: PLC0415
+    from .layer_selection import blend_for_vector  # noqa: PLC0415
+
+    specs = [v.strip() for v in values if not v.strip().lstrip("-").isdigit()]
+    if not specs:
+        return None
+    if len(values) > 1:
+        raise OptionError(f"--layer {specs[0]} chooses its layers itself: give it alone, without other --layer values")
+    return blend_for_vector(vector, specs[0], n_layers)
+
+
+def _layer_specs(text: str):
+    """'8,12' -> [8, 12]; 'auto' or 'auto:3' alone -> that string; a mix such as 'auto,auto:3' -> a list of both kinds."""
+    items = [p if not p.lstrip("-").isdigit() else int(p) for p in text.replace(",", " ").split() if p]
+    return items[0] if len(items) == 1 and isinstance(items[0], str) else items
+
+
 def _numbers(text: str, kind: type = float) -> list:
     """'-2,-1,0' or '-2 -1 0' -> numbers (typer has no multi-value options)."""
     parts = [p for p in text.replace(",", " ").split() if p]
@@ -252,6 +278,8 @@ def _print_summary(summary: list[dict], title: str) -> None:
 def _print_run(result) -> None:
     if result.selection is not None:
         out.print(f"layer {result.selection.chosen} chosen: {result.selection.reason}")
+        for blend in result.selection.blends.values():
+            out.print(f"layers {blend.describe()}")
     _print_summary(result.summary, str(result.run_dir))
     out.print(f"results: {result.run_dir / 'results.jsonl'}")
     out.print(f"summary: {result.run_dir / 'summary.csv'}")
@@ -286,7 +314,8 @@ def sweep(
     adapter: Optional[str] = typer.Option(None, help="persona adapter (registry name or folder) for method 'adapter'"),
     methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt, lora, adapter [default: vector]"),
     coefs: Optional[str] = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
-    layers: Optional[str] = typer.Option(None, help="layers, e.g. '8,12,16', or 'auto' (chosen by measured effect) [default: auto]"),
+    layers: Optional[str] = typer.Option(None, help="layers, e.g. '8,12,16'; 'auto' (the best measured layer); 'auto:K' (the top K "
+                                         "blended, coefficient split by measured effect); or a mix, e.g. 'auto,auto:3' [default: auto]"),
     samples: Optional[int] = typer.Option(None, help="answers per question and condition [default: 1]"),
     n_questions: Optional[int] = typer.Option(None, help="first N evaluation questions [default: all]"),
     judge: Optional[str] = typer.Option(None, help="embed (offline), local:MODEL or openai:MODEL [default: embed]"),
@@ -309,7 +338,7 @@ def sweep(
         "batch_size": batch_size, "name": name,
         "methods": [m.strip() for m in methods.split(",")] if methods else None,
         "coefs": _numbers(coefs) if coefs else None,
-        "layers": ("auto" if layers.strip() == "auto" else _numbers(layers, int)) if layers else None,
+        "layers": _layer_specs(layers) if layers else None,
     })
     backbone = _load(cfg.model, device, dtype, None)
     _print_run(run_experiment(cfg, out_dir, backbone=backbone))
@@ -323,24 +352,35 @@ def layers(
     judge: str = typer.Option("embed", help="embed, local:MODEL or openai:MODEL"),
     name: str = typer.Option("layers", help="run name: files go to OUT/NAME"),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
+    top: int = typer.Option(3, "--top", help="show the weights of the top K measured layers (what --layers auto:K steers)"),
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """Per-layer effectiveness (AUROC, Cohen's d, measured steering effect) and the auto layer choice."""
+    """Per-layer effectiveness (AUROC, Cohen's d, measured steering effect), the auto layer choice and the auto:K weights."""
+    from .errors import OptionError  # noqa: PLC0415
     from .evaluate import validate_config  # noqa: PLC0415
     from .experiment import choose_layers, prepare  # noqa: PLC0415
+    from .layer_selection import check_blend_size, layer_weights  # noqa: PLC0415
     from .report import plot_layer_scores  # noqa: PLC0415
 
+    if top < 1:
+        raise OptionError(f"--top {top}: give at least 1 layer")
+
     cfg = validate_config({"name": name, "trait": trait, "model": model, "vector": vector, "judge": judge, "layers": "auto"})
-    prep = prepare(cfg, out_dir, _load(model, device, None, None))
+    backbone = _load(model, device, None, None)
+    check_blend_size(top, backbone.n_layers)
+    prep = prepare(cfg, out_dir, backbone)
     _, selection = choose_layers(prep)
     assert selection is not None
-    table = Table("layer", "AUROC", "Cohen's d", "effect", "coherence")
+    blend = layer_weights(selection.rows, top, backbone.n_layers)
+    table = Table("layer", "AUROC", "Cohen's d", "effect", "coherence", f"auto:{top} weight")
     for r in selection.rows:
         mark = " *" if r.layer == selection.chosen else ""
         table.add_row(f"{r.layer}{mark}", f"{r.auroc:.3f}", f"{r.cohens_d:.2f}",
-                      "" if r.effect is None else f"{r.effect:+.1f}", "" if r.coherence is None else f"{r.coherence:.0f}")
+                      "" if r.effect is None else f"{r.effect:+.1f}", "" if r.coherence is None else f"{r.coherence:.0f}",
+                      f"{blend.weights[r.layer]:.2f}" if r.layer in blend.weights else "")
     out.print(table)
     out.print(f"layer {selection.chosen} chosen: {selection.reason}")
+    out.print(f"layers {blend.describe()} (coefficient c adds c * weight * v[l] at each layer l; the weights sum to 1)")
     out.print(f"scores: {prep.run_dir / 'layers.json'}")
     out.print(f"plot:   {plot_layer_scores(prep.run_dir)}")
 

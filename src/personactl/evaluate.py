@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ._io import write_text_atomic
 from .errors import PersonactlError, first_validation_error
 from .generation import chat_prompt, format_prompts, record_seed
 from .judges.base import Judges
 from .judges.text import perplexity, text_metrics
+from .layer_selection import LayerSpec, blend_size
 from .methods import GenerationSettings, SteeringMethod
 from .models import Backbone
 from .progress import progress_bar
@@ -44,7 +45,9 @@ class SweepConfig(BaseModel):
     lora: str | None = Field(None, description="persona direction folder for method 'lora' (personactl lora extract)")
     adapter: str | None = Field(None, description="persona adapter (registry name or folder) for method 'adapter'")
     methods: list[str] = Field(default_factory=lambda: ["vector"], min_length=1)
-    layers: Union[list[int], Literal["auto"]] = "auto"
+    layers: Union[list[Union[int, str]], str] = Field(
+        "auto", description="layers: ints, 'auto' (the best measured layer) and 'auto:K' (the top K blended), alone or in a list"
+    )
     coefs: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1)
     samples: int = Field(1, ge=1, description="answers per (question, condition)")
     n_questions: int | None = Field(None, ge=1, description="first N evaluation questions (default: all)")
@@ -55,6 +58,26 @@ class SweepConfig(BaseModel):
     seed: int = 0
     batch_size: int = Field(32, ge=1)
     positions: Literal["all", "prompt", "response"] = "all"
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_specs(cls, value: Union[list[Union[int, str]], str]) -> Union[list[Union[int, str]], str]:
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ValueError("give at least one layer, 'auto' or 'auto:K'")
+        checked: list[Union[int, str]] = []
+        for item in items:
+            if isinstance(item, str) and item.strip().isdigit():
+                item = int(item)
+            if isinstance(item, str):
+                item = item.strip()
+                k = blend_size(item)
+                if item != "auto" and k is None:
+                    raise ValueError(f"'{item}' is not a layer, 'auto' or 'auto:K' (e.g. auto:3)")
+                if k is not None and k < 1:
+                    raise ValueError(f"'{item}' blends no layers: K must be at least 1")
+            checked.append(item)
+        return checked[0] if isinstance(value, str) else checked
 
     @model_validator(mode="after")
     def _samples_need_sampling(self) -> "SweepConfig":
@@ -79,7 +102,7 @@ class Condition:
     """One row to generate: a question under one method, layer, coefficient and sample."""
 
     method: str
-    layer: int
+    layer: LayerSpec  # an int, or a blend's label such as "auto:3"
     coef: float
     question_id: int
     sample: int
@@ -94,7 +117,7 @@ class Condition:
         return record_seed(run_seed, f"q{self.question_id}", f"s{self.sample}")
 
 
-def plan(config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[int], n_questions: int) -> list[Condition]:
+def plan(config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[LayerSpec], n_questions: int) -> list[Condition]:
     """Every condition of the sweep, grouped so that one (method, layer) shares batches."""
     rows = []
     for method in methods:
@@ -204,6 +227,16 @@ def _judge(backbone: Backbone, judges: Judges, group: Sequence[Condition], qs: S
     return records
 
 
+def layer_order(layer: Any) -> tuple[int, float, str]:
+    """Sort key for a record's layer: none first, then layer indices, then blends ('auto:2' before 'auto:10')."""
+    if layer is None:
+        return (0, 0.0, "")
+    if isinstance(layer, (int, float)):
+        return (1, float(layer), "")
+    k = blend_size(str(layer))
+    return (2, float(k if k is not None else 0), str(layer))
+
+
 def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high) with a percentile bootstrap CI (scipy); degenerate samples give a zero-width interval."""
     from scipy.stats import bootstrap  # noqa: PLC0415
@@ -227,11 +260,11 @@ SUMMARY_FIELDS = [
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method, layer, coef) with means and bootstrap 95% CIs."""
-    groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, LayerSpec, float], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["method"], r["layer"], r["coef"]), []).append(r)
     rows = []
-    for (method, layer, coef), recs in sorted(groups.items()):
+    for (method, layer, coef), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], layer_order(kv[0][1]), kv[0][2])):
         trait = bootstrap_ci([r["trait"] for r in recs])
         coherence = bootstrap_ci([r["coherence"] for r in recs])
         collapse = bootstrap_ci([float(r["collapsed"]) for r in recs])

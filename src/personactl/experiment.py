@@ -18,7 +18,7 @@ from .evaluate import SweepConfig, SweepError, claim_run_dir, run_sweep, summari
 from .extraction import ContrastivePair, ExtractionSettings, extract, load_pairs, pair_activations, save_pairs, usable_pairs
 from .judges.base import Judges
 from .judges.factory import make_judges
-from .layer_selection import LayerSelection, LayerScore, probe_questions, select_layer
+from .layer_selection import LayerSelection, LayerSpec, blend_size, check_blend_size, layer_weights, probe_questions, select_layer
 from .monitor import projections
 from .methods import MethodContext, make_method
 from .models import Backbone, load_model
@@ -33,7 +33,7 @@ class RunResult:
     run_dir: Path
     records: list[dict[str, Any]]
     summary: list[dict[str, Any]]
-    layers: list[int]
+    layers: list[LayerSpec]  # ints, and "auto:K" labels of blends (weights in selection.blends)
     selection: LayerSelection | None
     report: Path | None
     prepared: "Prepared"
@@ -79,14 +79,39 @@ def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run
 def _layers(
     config: SweepConfig, backbone: Backbone, vector: PersonaVector, pairs: list[ContrastivePair], judges: Judges,
     trait: Trait, run_dir: Path,
-) -> tuple[list[int], LayerSelection | None]:
-    """Explicit layers, or the auto choice (cached in layers.json), plus projections.json for the report."""
+) -> tuple[list[LayerSpec], LayerSelection | None]:
+    """Explicit layers, 'auto' (the best measured layer) and 'auto:K' (a blend, weights from layer_weights), as configured.
+
+    The measurement is cached in layers.json (with the blends' weights, for the report); 'auto' resolves to
+    the chosen layer's index, a blend keeps its label as its layer.
+    """
+    specs: list[LayerSpec] = [config.layers] if isinstance(config.layers, str) else list(config.layers)
+    if all(isinstance(spec, int) for spec in specs):
+        return specs, None
+    check_layer_specs(config, backbone)
+    selection = _selection(config, backbone, vector, pairs, judges, trait, run_dir)
+    resolved: list[LayerSpec] = []
+    for spec in specs:
+        k = blend_size(spec)
+        if k is not None:
+            selection.blends[str(spec)] = layer_weights(selection.rows, k, backbone.n_layers)
+        item = selection.chosen if spec == "auto" else spec
+        if item not in resolved:
+            resolved.append(item)
+    if selection.blends:
+        selection.save(run_dir / "layers.json")
+        update_info(run_dir, layer_blends={spec: b.describe() for spec, b in selection.blends.items()})
+    return resolved, selection
+
+
+def _selection(
+    config: SweepConfig, backbone: Backbone, vector: PersonaVector, pairs: list[ContrastivePair], judges: Judges,
+    trait: Trait, run_dir: Path,
+) -> LayerSelection:
+    """The per-layer measurement (cached in layers.json), plus projections.json for the report."""
     saved = run_dir / "layers.json"
-    if config.layers != "auto":
-        return list(config.layers), None
     if saved.exists():
-        data = json.loads(saved.read_text(encoding="utf-8"))
-        return [data["chosen"]], LayerSelection([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"], data.get("probe", ""))
+        return LayerSelection.load(saved)
     pairs = usable_pairs(pairs, vector.positions)
     if not pairs:
         raise SweepError("--layers auto needs the extraction answers: give a vector with its .pairs.jsonl, or name the layers")
@@ -100,7 +125,7 @@ def _layers(
         json.dumps({"layer": chosen, "pos": projections(pos, vector, [chosen])[:, 0].tolist(), "neg": projections(neg, vector, [chosen])[:, 0].tolist()}),
     )
     update_info(run_dir, layer_selection={"chosen": chosen, "reason": selection.reason, "probe": selection.probe})
-    return [chosen], selection
+    return selection
 
 
 @dataclass
@@ -123,6 +148,7 @@ def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbon
     if not isinstance(trait, Trait):
         raise SweepError(f"trait '{trait.name}' has no evaluation questions: sweeps need a full trait file")
     backbone = backbone or load_model(config.model)
+    check_layer_specs(config, backbone)
     run_dir.mkdir(parents=True, exist_ok=True)
     claim_run_dir(config, run_dir)
     vector, pairs = _vector_and_pairs(config, backbone, trait, run_dir)
@@ -130,8 +156,16 @@ def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbon
     return Prepared(config, run_dir, backbone, trait, vector, pairs, _judges(config, trait, pairs, run_dir))
 
 
-def choose_layers(prep: Prepared) -> tuple[list[int], LayerSelection | None]:
-    """The layers to sweep: as configured, or chosen by measured effect (`auto`)."""
+def check_layer_specs(config: SweepConfig, backbone: Backbone) -> None:
+    """Refuse an 'auto:K' with more layers than the model has, before anything is extracted or measured."""
+    for spec in [config.layers] if isinstance(config.layers, str) else config.layers:
+        k = blend_size(spec)
+        if k is not None:
+            check_blend_size(k, backbone.n_layers)
+
+
+def choose_layers(prep: Prepared) -> tuple[list[LayerSpec], LayerSelection | None]:
+    """The layers to sweep: as configured, chosen by measured effect (`auto`), or blended (`auto:K`)."""
     return _layers(prep.config, prep.backbone, prep.vector, prep.pairs, prep.judges, prep.trait, prep.run_dir)
 
 
@@ -139,7 +173,8 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
     """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report."""
     prep = prepare(config, out_dir, backbone)
     layers, selection = choose_layers(prep)
-    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions, {"lora": config.lora or "", "adapter": config.adapter or ""})
+    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions, {"lora": config.lora or "", "adapter": config.adapter or ""},
+                        {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()})
     methods = [make_method(name, ctx) for name in config.methods]
     questions = prep.trait.eval_questions[: config.n_questions]
     records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir)

@@ -4,21 +4,25 @@ Separation (AUROC and Cohen's d of positive vs negative projections) says
 where the trait is readable; the measured effect (judged trait at `coef` minus
 at 0, from one short batched sweep over all candidate layers) says where
 steering works. `--layer auto` picks the layer with the largest measured effect
-among those whose steered answers stay coherent, and records why.
+among those whose steered answers stay coherent, and records why; `auto:K`
+steers the top K such layers at once, the coefficient split across them in
+proportion to their measured effects (`layer_weights`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 
 from ._io import write_text_atomic
 from .judges.base import Judges
+from .errors import PersonactlError
 from .generation import chat_prompt, generate, record_seed
 from .methods import GenerationSettings
 from .aggregators import separation
@@ -50,9 +54,16 @@ class LayerSelection:
     chosen: int
     reason: str
     probe: str = ""  # which questions measured the effect (never the ones the sweep scores)
+    blends: dict[str, Any] = field(default_factory=dict)  # "auto:K" -> LayerBlend (as a dict once saved)
 
     def save(self, path: str | Path) -> Path:
         return write_text_atomic(path, json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LayerSelection":
+        """A saved selection (its blends are not read back: `layer_weights` recomputes them from the rows)."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"], data.get("probe", ""))
 
 
 def probe_questions(extraction_questions: Sequence[str], n_used: int | None, count: int = PROBE_QUESTIONS) -> tuple[list[str], str]:
@@ -133,6 +144,93 @@ def choose_layer(rows: Sequence[LayerScore], min_coherence: float = MIN_COHERENC
     best = max(pool, key=lambda r: r.effect or 0.0)
     note = f"coherence {best.coherence:.0f} >= {min_coherence:.0f}" if coherent else f"no layer kept coherence >= {min_coherence:.0f}"
     return best.layer, f"largest measured trait effect (+{best.effect:.1f} at the probe coefficient), {note}"
+
+
+class LayerSpecError(PersonactlError):
+    """A layer spec such as 'auto:K' that cannot be resolved for this model."""
+
+
+LayerSpec = Union[int, str]  # a layer index, or the label of a blend: "auto:K"
+_BLEND = re.compile(r"^auto:(-?\d+)$")
+
+
+def blend_size(spec: LayerSpec) -> int | None:
+    """K of an 'auto:K' spec, None for anything else (an int layer, 'auto')."""
+    match = _BLEND.match(spec) if isinstance(spec, str) else None
+    return int(match.group(1)) if match else None
+
+
+def check_blend_size(k: int, n_layers: int) -> int:
+    """K itself, or a one-line error when the model has no K layers to blend."""
+    if not 1 <= k <= n_layers:
+        raise LayerSpecError(f"auto:{k} asks for {k} layers but the model has {n_layers}: use auto:1 to auto:{n_layers}")
+    return k
+
+
+@dataclass
+class LayerBlend:
+    """Several layers steered at once: coefficient c adds c * weights[l] * v[l] at each layer l."""
+
+    spec: str
+    weights: dict[int, float]
+    note: str = ""
+
+    def describe(self) -> str:
+        text = ", ".join(f"L{layer} {w:.2f}" for layer, w in self.weights.items())
+        return f"{self.spec}: {text}" + (f" ({self.note})" if self.note else "")
+
+
+def layer_weights(rows: Sequence[LayerScore], k: int, n_layers: int | None = None, min_coherence: float = MIN_COHERENCE) -> LayerBlend:
+    """The top-`k` layers by measured effect, weighted in proportion to it; the weights sum to 1.
+
+    A layer qualifies when its measured effect is positive and its steered
+    answers kept coherence >= `min_coherence` (the rule `auto` uses for one
+    layer). Fewer than `k` qualifying: those are used and the note says so; none:
+    the blend is the `auto` layer alone (weight 1) and the note says why.
+
+    Normalisation, sum_l w_l = 1: each v[l] is the pos - neg activation gap at
+    its own layer, so coefficient c on one layer moves the stream by c gaps, and
+    on the blend by c * w_l gaps at each layer: c gaps in total, split by
+    effect. The blend at c is thus a weighted average of the single-layer
+    interventions at c, and `auto:1` is exactly `auto`. Equal summed L2 norm
+    (sum_l w_l |v_l| = |v_best|) was not taken: |v[l]| grows with depth along
+    with the residual stream, so the same L2 norm is a much larger push at an
+    early layer than at a late one, and the weights would then say less about
+    how hard each layer is pushed.
+    """
+    check_blend_size(k, n_layers if n_layers is not None else max((r.layer for r in rows), default=0))
+    spec = f"auto:{k}"
+    qualified = [r for r in rows if r.effect is not None and r.effect > 0 and (r.coherence or 0.0) >= min_coherence]
+    if not qualified:
+        layer, reason = choose_layer(rows, min_coherence)
+        return LayerBlend(spec, {layer: 1.0}, f"no layer had a positive effect with coherence >= {min_coherence:.0f}: "
+                                              f"the auto layer alone ({reason})")
+    top = sorted(qualified, key=lambda r: -(r.effect or 0.0))[:k]
+    total = sum(r.effect or 0.0 for r in top)
+    weights = {r.layer: (r.effect or 0.0) / total for r in top}
+    note = "" if len(top) == k else (
+        f"only {len(top)} of the measured layers had a positive effect with coherence >= {min_coherence:.0f}: blending those"
+    )
+    return LayerBlend(spec, weights, note)
+
+
+def blend_for_vector(vector_path: str | Path, spec: str, n_layers: int) -> LayerBlend:
+    """The blend `spec` ("auto" or "auto:K") from the layers.json beside a vector file (a run folder holds both)."""
+    k = 1 if spec == "auto" else blend_size(spec)
+    if k is None:
+        raise LayerSpecError(f"'{spec}' is not a layer, 'auto' or 'auto:K' (e.g. auto:3)")
+    check_blend_size(k, n_layers)
+    saved = Path(vector_path).parent / "layers.json"
+    if not saved.is_file():
+        raise LayerSpecError(
+            f"--layer {spec} needs the measured effect per layer, and there is no layers.json beside {vector_path}: "
+            "run `personactl layers` first and use the vector.safetensors of its run folder"
+        )
+    try:
+        selection = LayerSelection.load(saved)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LayerSpecError(f"cannot read {saved}: {exc}; re-run `personactl layers`") from exc
+    return layer_weights(selection.rows, k, n_layers)
 
 
 def default_candidates(n_layers: int, count: int = 8) -> list[int]:

@@ -3,7 +3,8 @@
 A method is anything with a `name`, a `uses_layers` flag and
 `generate(questions, coefs, layer, seeds) -> answers`, where `coefs` and
 `seeds` hold one value per question row, so a whole sweep runs as one batch
-and each row samples from its own seed. Later
+and each row samples from its own seed. `layer` is a layer index, or the label
+of a multi-layer blend ("auto:K") whose weights the context holds. Later
 packages register more (LoRA directions, transferred vectors, adapters) with
 `register_method`.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, Union
 
 from .errors import PersonactlError
 from .generation import chat_prompt, generate
 from .models import Backbone
-from .steering import SteeringTerm
+from .steering import SteeringTerm, weighted_terms
 from .traits import AnyTrait, Trait
 from .vectors import PersonaVector
 
@@ -36,11 +37,14 @@ class GenerationSettings:
     batch_size: int = 32
 
 
+LayerSpec = Union[int, str]  # a layer, or a blend's label ("auto:K") looked up in MethodContext.blends
+
+
 class SteeringMethod(Protocol):
     name: str
     uses_layers: bool
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]: ...
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]: ...
 
 
 @dataclass
@@ -53,23 +57,30 @@ class MethodContext:
     settings: GenerationSettings
     positions: str = "all"
     options: dict[str, str] = field(default_factory=dict)  # method-specific inputs, e.g. {"lora": DIR, "adapter": NAME}
+    blends: dict[str, dict[int, float]] = field(default_factory=dict)  # "auto:K" -> {layer: weight}, weights summing to 1
 
 
 @dataclass
 class VectorMethod:
-    """Activation steering h' = h + coef * v[layer], one coefficient per row."""
+    """Activation steering h' = h + coef * v[layer], one coefficient per row; for a blend
+    ("auto:K") h'_l = h_l + coef * w_l * v[l] at each of its layers."""
 
     ctx: MethodContext
     name: str = "vector"
     uses_layers: bool = True
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]:
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]:
         if self.ctx.vector is None:
             raise MethodError("method 'vector' needs a persona vector: pass --vector or let the sweep extract one")
         s = self.ctx.settings
-        term = SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)  # type: ignore[arg-type]
+        if isinstance(layer, str):
+            if layer not in self.ctx.blends:
+                raise MethodError(f"no weights for the layer blend '{layer}': resolve it with experiment.choose_layers first")
+            terms = weighted_terms(self.ctx.vector, self.ctx.blends[layer], list(coefs), positions=self.ctx.positions)  # type: ignore[arg-type]
+        else:
+            terms = [SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)]  # type: ignore[arg-type]
         return generate(
-            self.ctx.backbone, [chat_prompt(q) for q in questions], steering=[term],
+            self.ctx.backbone, [chat_prompt(q) for q in questions], steering=terms,
             max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size,
         )
 
@@ -83,7 +94,7 @@ class PromptMethod:
     name: str = "prompt"
     uses_layers: bool = False
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]:
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]:
         trait = self.ctx.trait
         if not isinstance(trait, Trait):
             raise MethodError("method 'prompt' needs a trait with instructions, not plain contrastive texts")

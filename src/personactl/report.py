@@ -104,6 +104,25 @@ def _int(value: Any) -> int | None:
     return None if number is None else int(number)
 
 
+def _layer(value: Any) -> int | str | None:
+    """A record's layer: an index, a blend's label ("auto:3"), or None (methods without layers)."""
+    number = _int(value)
+    if number is not None:
+        return number
+    text = "" if value is None else str(value).strip()
+    return text if text and text.lower() not in ("nan", "none", "null", "na") else None
+
+
+def _layer_key(layer: int | str | None) -> tuple[int, float, str]:
+    """Sort key: no layer, then layer indices, then blend labels (auto:2 before auto:10)."""
+    if layer is None:
+        return (0, 0.0, "")
+    if isinstance(layer, int):
+        return (1, float(layer), "")
+    k = _float(layer.rpartition(":")[2])
+    return (2, -1.0 if k is None else k, layer)
+
+
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -134,7 +153,7 @@ def _read_results(path: Path, run_dir: Path) -> tuple[list[dict[str, Any]], list
             ) from exc
         if not isinstance(record, dict) or "method" not in record or "coef" not in record:
             raise ReportError(f"{path} line {number} is not a sweep record (needs at least 'method' and 'coef')")
-        record["layer"] = _int(record.get("layer"))
+        record["layer"] = _layer(record.get("layer"))
         record["coef"] = _float(record.get("coef"))
         records.append(record)
     if not records:
@@ -152,7 +171,7 @@ def _read_summary(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         item: dict[str, Any] = {name: _float(row.get(name)) for name in SUMMARY_FIELDS}
         item["method"] = (row.get("method") or "").strip() or "?"
-        item["layer"] = _int(row.get("layer"))
+        item["layer"] = _layer(row.get("layer"))
         item["n"] = _int(row.get("n"))
         out.append(item)
     return out
@@ -183,7 +202,7 @@ def summarize_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _sort_key(row: dict[str, Any]) -> tuple:
     layer, coef = row.get("layer"), row.get("coef")
-    return (str(row.get("method")), -1 if layer is None else layer, -math.inf if coef is None else coef)
+    return (str(row.get("method")), _layer_key(layer), -math.inf if coef is None else coef)
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -256,7 +275,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _series_label(method: str, layer: int | None) -> str:
+def _series_label(method: str, layer: int | str | None) -> str:
+    if isinstance(layer, str):
+        return f"{method} · layers {layer}"
     return method if layer is None or layer < 0 else f"{method} · layer {layer}"
 
 
@@ -267,7 +288,7 @@ def _series(summary: list[dict[str, Any]]) -> dict[tuple[str, int | None], list[
             series[(row["method"], row["layer"])].append(row)
     for rows in series.values():
         rows.sort(key=lambda r: r["coef"])
-    return dict(sorted(series.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])))
+    return dict(sorted(series.items(), key=lambda kv: (kv[0][0], _layer_key(kv[0][1]))))
 
 
 def _nan(value: float | None) -> float:
@@ -462,6 +483,19 @@ def _layer_rows(run: RunData) -> list[dict[str, Any]]:
     } for r in run.layers["rows"]]
 
 
+def _blend_rows(run: RunData) -> list[dict[str, str]]:
+    """The multi-layer blends of layers.json ("auto:K": weights per layer) as text."""
+    blends = run.layers.get("blends") if run.layers else None
+    if not isinstance(blends, dict):
+        return []
+    rows = []
+    for spec, blend in sorted(blends.items(), key=lambda kv: _layer_key(kv[0])):
+        weights = blend.get("weights", {}) if isinstance(blend, dict) else {}
+        text = ", ".join(f"layer {layer} × {w:.2f}" for layer, w in weights.items() if _float(w) is not None)
+        rows.append({"spec": str(spec), "weights": text, "note": str(blend.get("note") or "") if isinstance(blend, dict) else ""})
+    return rows
+
+
 def _examples(run: RunData) -> list[dict[str, Any]]:
     """Per (method, layer): the first questions, one answer (lowest sample) per coefficient."""
     groups: dict[tuple, dict[int, dict[float, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
@@ -476,7 +510,7 @@ def _examples(run: RunData) -> list[dict[str, Any]]:
         if best is None or (_int(record.get("sample")) or 0) < (_int(best.get("sample")) or 0):
             by_coef[coef] = record
     out = []
-    for (method, layer), by_question in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+    for (method, layer), by_question in sorted(groups.items(), key=lambda kv: (kv[0][0], _layer_key(kv[0][1]))):
         items = []
         for qid in sorted(by_question)[:EXAMPLE_QUESTIONS]:
             answers = []
@@ -582,6 +616,7 @@ Trait and coherence are judged on 0-100.</p>
 {% if layer_rows %}
 <h2 id="layers">Layer choice</h2>
 {% if chosen is not none %}<div class="reason"><b>Chosen layer: {{ chosen }}</b>{% if reason %} — {{ reason }}{% endif %}</div>{% endif %}
+{% for b in blends %}<div class="reason"><b>Blend {{ b.spec }}:</b> {{ b.weights }} (coefficient c adds c × weight × v[layer] at each layer; the weights sum to 1){% if b.note %} — {{ b.note }}{% endif %}</div>{% endfor %}
 <table>
 <thead><tr><th>layer</th><th>AUROC</th><th>Cohen's d</th><th>effect</th><th>coherence</th></tr></thead>
 <tbody>
@@ -632,7 +667,7 @@ def render_html(run: RunData, figures: dict[str, Path]) -> str:
     facts = {
         "records": len(results),
         "methods": ", ".join(sorted({str(r["method"]) for r in results})),
-        "layers": ", ".join(str(x) for x in sorted({r["layer"] for r in results if r["layer"] is not None})) or "—",
+        "layers": ", ".join(str(x) for x in sorted({r["layer"] for r in results if r["layer"] is not None}, key=_layer_key)) or "—",
         "coefs": ", ".join(_fmt_coef(c) for c in sorted({r["coef"] for r in results if r["coef"] is not None})),
         "questions": len({r.get("question_id") for r in results}),
         "null_trait": sum(_float(r.get("trait")) is None for r in results),
@@ -646,6 +681,7 @@ def render_html(run: RunData, figures: dict[str, Path]) -> str:
         summary_rows=_summary_rows(run),
         figures=[{"uri": _data_uri(path), "caption": _CAPTIONS.get(name, name)} for name, path in figures.items()],
         layer_rows=_layer_rows(run),
+        blends=_blend_rows(run),
         chosen=_int(run.layers.get("chosen")) if run.layers else None,
         reason="; ".join(str(run.layers.get(k)) for k in ("reason", "probe") if run.layers.get(k)) if run.layers else "",
         examples=_examples(run),

@@ -28,7 +28,7 @@ class LoRAMethod:
         self.direction = LoRADirection.load(resolve_adapter(folder))
         self.direction.check_base(self.ctx.backbone)
 
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: int, seeds: Sequence[int]) -> list[str]:
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: "int | str", seeds: Sequence[int]) -> list[str]:
         s = self.ctx.settings
         answers: list[str] = [""] * len(questions)
         for coef in sorted(set(coefs)):
