@@ -62,10 +62,11 @@ def test_filter_keeps_only_pairs_that_express_the_trait_coherently():
 
     pairs = [_pair(0, "arr matey", "hello"), _pair(0, "hello", "hello"), _pair(1, "arr arr", "arr"), _pair(1, "arr !!", "fine")]
     judges = Judges(_KeywordJudge("arr"), _KeywordJudge("!!", hit=0.0, miss=100.0))
-    kept, report = filter_pairs(pairs, judges)
+    kept, report, scores = filter_pairs(pairs, judges)
     assert kept == [pairs[0]]
     assert report.kept == {0: 1} and report.total == {0: 2, 1: 2}
     assert report.describe() == "instruction 0: 1/2, instruction 1: 0/2"
+    assert scores.passing == [True, False, False, False] and scores.pos[0] == 90.0 and scores.neg[0] == 10.0
 
 
 def test_filter_that_keeps_nothing_is_a_clear_error():

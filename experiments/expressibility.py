@@ -1,0 +1,67 @@
+"""Expressibility on the built-in traits: does SmolLM2 express each trait, and does steering then move it?
+
+For every built-in trait: the contrastive answers of the demo's extraction (12
+questions x the trait's instruction pairs, greedy), the offline judge's
+out-of-fold AUROC, accuracy and score gap, the best projection AUROC, and the
+measured steering effect (judged trait at coefficient 2 minus at 0, best over
+the candidate layers, on 4 extraction questions the vector did not use). The
+same verdict from the first 6 questions only (what a quick `extract --check`
+sees) shows how stable it is. The thresholds in personactl/expressibility.py
+are read off this table. Writes a section of docs/experiments.md.
+
+Run: .venv/bin/python experiments/expressibility.py
+"""
+
+from __future__ import annotations
+
+import time
+
+from _doc import write_section
+from personactl import builtin_traits, load_model, load_trait
+from personactl.expressibility import STRONG_AUROC, WEAK_AUROC
+from personactl.extraction import ExtractionSettings, assess_pairs, check
+from personactl.judges.factory import make_judges
+from personactl.layer_selection import PROBE_COEF, default_candidates, measure_effects, probe_questions
+from personactl.methods import GenerationSettings
+
+N_QUESTIONS, QUICK = 12, 6
+
+
+def main() -> None:
+    backbone = load_model("smollm2-135m")
+    rows, data = [], {}
+    for name in builtin_traits():
+        trait = load_trait(name)
+        start = time.perf_counter()
+        verdict, vector, pairs = check(backbone, trait, ExtractionSettings(n_questions=N_QUESTIONS))
+        seconds = time.perf_counter() - start
+        quick_questions = set(trait.questions[:QUICK])
+        quick = assess_pairs(name, [p for p in pairs if p.question in quick_questions])
+        judges = make_judges("embed", trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+        questions, _ = probe_questions(trait.questions, N_QUESTIONS)
+        layers = default_candidates(backbone.n_layers)
+        effects = measure_effects(backbone, vector, judges, questions, layers, PROBE_COEF,
+                                  GenerationSettings(temperature=0.0))
+        best_layer = max(effects, key=lambda l: effects[l][0])
+        effect, coherence = effects[best_layer]
+        rows.append({
+            "trait": name, "pairs": verdict.n_pairs, "judge AUROC": verdict.auroc, "accuracy": verdict.accuracy, "gap": verdict.gap,
+            "verdict": verdict.level, f"AUROC, first {QUICK} questions": quick.auroc if quick else None,
+            "projection AUROC": verdict.projection_auroc, "steering effect at +2": effect, "at layer": best_layer,
+            "coherence there": coherence, "check seconds": seconds,
+        })
+        data[name] = {"verdict": verdict.to_dict(), "effects": {str(k): v for k, v in effects.items()}}
+        print(rows[-1], flush=True)
+    note = (
+        f"SmolLM2-135M-Instruct, offline judge, greedy answers of {N_QUESTIONS} extraction questions per instruction pair. "
+        "Judge AUROC, accuracy and gap (mean score of positive minus negative answers, 0-100) are out of fold (5 folds). "
+        f"Steering effect: judged trait at coefficient {PROBE_COEF:g} minus at 0 on 4 unused extraction questions, the best of "
+        f"the candidate layers. Thresholds set from this table: strongly expressed at judge AUROC >= {STRONG_AUROC:.2f}, "
+        f"weakly >= {WEAK_AUROC:.2f}, else not expressed. Check seconds: answers + activations + judge for {N_QUESTIONS} "
+        "questions on 2 cores."
+    )
+    print(write_section("expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's thresholds)", rows, note, data))
+
+
+if __name__ == "__main__":
+    main()
