@@ -1,0 +1,132 @@
+"""Conditional steering (CAST-style): a pirate vector that acts only on questions about the sea.
+
+On SmolLM2: extracts a pirate persona vector (or reads --vector), finds the sea
+condition from the shipped prompt sets (`personactl condition find`: layer chosen
+by cross-validation on the training prompts), and on the held-out prompts only
+(never used for any choice) generates greedy answers with no steering, with
+unconditional pirate steering and with conditional pirate steering. Reports the
+firing rate on the held-out on-topic and off-topic prompts and the judged pirate
+trait (offline embedding judge fitted on the extraction answers) with bootstrap
+95% CIs per cell. Writes runs/conditional/ and a section of docs/experiments.md.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python experiments/conditional_steering.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _doc import write_section
+from personactl import ExtractionSettings, SteeringTerm, chat_prompt, extract, generate, load_model, load_pairs, load_trait, load_vector
+from personactl.conditions import find_condition, layer_table, read_prompts
+from personactl.evaluate import bootstrap_ci
+from personactl.extraction import save_pairs
+from personactl.judges.factory import make_judges
+
+
+def ci(values) -> str:
+    mean, lo, hi = bootstrap_ci(values)
+    return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def note(s: dict) -> str:
+    """The section's note, from the run's settings (no number written by hand)."""
+    (d_on, lo_on, hi_on), (d_off, lo_off, hi_off) = s["paired_difference_sea"], s["paired_difference_other"]
+    verdict = "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in s["criteria"].items())
+    return (
+        f"Pirate vector ({s['trait']}, {s['n_questions']} extraction questions) added at layer {s['layer']} with coefficient "
+        f"{s['coef']:g}; the sea condition from the shipped `sea`/`other` prompt sets ({s['n_train'][0]}+{s['n_train'][1]} "
+        f"training prompts): layer {s['condition_layer']} (chosen by {s['condition_cv_accuracy']:.2f} cross-validated accuracy on "
+        f"the training prompts), threshold {s['condition_threshold']:.3g}, held-out balanced accuracy "
+        f"{s['condition_heldout_accuracy']:.2f}. Rows are scored on the {s['n_heldout'][0]} sea and {s['n_heldout'][1]} other "
+        f"held-out questions only (used for no choice); greedy, {s['max_new_tokens']} tokens; offline embedding judge (held-out "
+        f"accuracy {s['judge_heldout_accuracy']:.2f}); brackets: bootstrap 95% CIs. Paired difference conditional - unsteered: "
+        f"sea {d_on:+.1f} [{lo_on:+.1f}, {hi_on:+.1f}], other {d_off:+.1f} [{lo_off:+.1f}, {hi_off:+.1f}]. Criteria: {verdict}."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vector", type=Path, default=None, help="pirate vector (+ .pairs.jsonl beside it); extracted when absent")
+    parser.add_argument("--layer", type=int, default=25, help="steering layer (the demo's measured choice)")
+    parser.add_argument("--coef", type=float, default=2.0)
+    parser.add_argument("--n-questions", type=int, default=12, help="extraction questions for the pirate vector")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the condition's training/held-out split")
+    parser.add_argument("--out", type=Path, default=Path("runs/conditional"))
+    args = parser.parse_args()
+
+    backbone, trait = load_model("smollm2-135m"), load_trait("pirate")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.vector or args.out / "pirate.safetensors"
+    if not path.exists():
+        vector, pairs = extract(backbone, trait, ExtractionSettings(n_questions=args.n_questions))
+        vector.save(path)
+        save_pairs(pairs, path.with_suffix(".pairs.jsonl"))
+    vector = load_vector(path, backbone=backbone)
+    pairs = [p for p in load_pairs(path.with_suffix(".pairs.jsonl")) if p.pos_answer.strip() and p.neg_answer.strip()]
+    judges = make_judges("embed", trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+
+    search = find_condition(backbone, read_prompts("sea"), read_prompts("other"), seed=args.seed, name="condition-sea")
+    search.vector.save(args.out / "condition-sea.safetensors")
+    chosen = search.chosen
+    on_topic, off_topic = search.heldout
+    prompts = on_topic + off_topic
+    messages = [chat_prompt(p) for p in prompts]
+    term = SteeringTerm(vector, args.layer, args.coef)
+    fired: list[bool] = []
+    kwargs = dict(max_new_tokens=args.max_new_tokens, batch_size=len(prompts))
+    answers = {
+        "no steering": generate(backbone, messages, **kwargs),
+        f"pirate +{args.coef:g} (layer {args.layer}), always": generate(backbone, messages, steering=[term], **kwargs),
+        f"pirate +{args.coef:g} (layer {args.layer}), if sea (layer {chosen.layer})": generate(
+            backbone, messages, steering=[term], condition=search.condition,
+            on_condition=lambda f, s: fired.extend(f.tolist()), **kwargs),
+    }
+    n_on = len(on_topic)
+    fire_on, fire_off = sum(fired[:n_on]) / n_on, sum(fired[n_on:]) / len(off_topic)
+    scores = {mode: judges.trait.score(prompts, texts) for mode, texts in answers.items()}
+    rows = []
+    for mode, values in scores.items():
+        conditional = "if sea" in mode
+        rows.append({
+            "steering": mode,
+            "fires on sea questions": f"{sum(fired[:n_on])}/{n_on}" if conditional else ("all" if "always" in mode else "-"),
+            "fires on other questions": f"{sum(fired[n_on:])}/{len(off_topic)}" if conditional else ("all" if "always" in mode else "-"),
+            "pirate trait, sea questions": ci(values[:n_on]),
+            "pirate trait, other questions": ci(values[n_on:]),
+        })
+        print(rows[-1])
+    base, cond = scores["no steering"], scores[list(scores)[2]]
+    diff_on = [c - b for c, b in zip(cond[:n_on], base[:n_on])]
+    diff_off = [c - b for c, b in zip(cond[n_on:], base[n_on:])]
+    (d_on, lo_on, hi_on), (d_off, lo_off, hi_off) = bootstrap_ci(diff_on), bootstrap_ci(diff_off)
+    criteria = {
+        "fires on >= 90% of held-out sea questions": fire_on >= 0.9,
+        "fires on <= 10% of held-out other questions": fire_off <= 0.1,
+        "trait rises on sea questions (paired CI above 0)": lo_on > 0,
+        "trait does not rise on other questions (paired CI includes 0 or is below)": lo_off <= 0,
+    }
+    settings = {
+        "model": backbone.name, "vector": str(path), "vector_fingerprint": vector.fingerprint(), "layer": args.layer,
+        "coef": args.coef, "max_new_tokens": args.max_new_tokens, "condition_layer": chosen.layer,
+        "condition_threshold": chosen.threshold, "condition_cv_accuracy": chosen.cv_accuracy,
+        "condition_heldout_accuracy": chosen.heldout_accuracy, "n_train": [len(t) for t in search.train],
+        "n_heldout": [n_on, len(off_topic)], "judge_heldout_accuracy": judges.trait.heldout_accuracy,
+        "paired_difference_sea": [d_on, lo_on, hi_on], "paired_difference_other": [d_off, lo_off, hi_off],
+        "criteria": criteria, "trait": trait.name, "n_questions": args.n_questions,
+        "firing_rate_sea": fire_on, "firing_rate_other": fire_off,
+    }
+    (args.out / "answers.json").write_text(json.dumps({
+        "prompts": prompts, "fired": fired, "answers": answers, "scores": scores, "layers": layer_table(search), "settings": settings,
+    }, indent=2))
+    text = note(settings)
+    print(text)
+    print(write_section("conditional_steering", "Conditional steering: pirate only on sea questions (SmolLM2-135M)", rows, text,
+                        data={"settings": settings, "condition_layers": layer_table(search)}))
+
+
+if __name__ == "__main__":
+    main()
