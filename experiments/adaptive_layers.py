@@ -92,24 +92,33 @@ def side(a: dict, b: dict, metric: str) -> int:
     return 1 if a[f"{metric}_lo"] > b[f"{metric}_hi"] else -1 if a[f"{metric}_hi"] < b[f"{metric}_lo"] else 0
 
 
+def paired_side(row: dict, metric: str) -> int:
+    """+1 when the paired difference blend - single is above 0 beyond its CI, -1 below, 0 when the CI holds 0."""
+    return 1 if row[f"d_{metric}_lo"] > 0 else -1 if row[f"d_{metric}_hi"] < 0 else 0
+
+
+def winner(trait_sides: list[int], coherence_sides: list[int]) -> str:
+    """The blend wins when it is higher in trait somewhere, lower nowhere, and never less coherent; and vice versa."""
+    if any(x > 0 for x in trait_sides) and not any(x < 0 for x in trait_sides) and not any(x < 0 for x in coherence_sides):
+        return "the blend wins"
+    if any(x < 0 for x in trait_sides) and not any(x > 0 for x in trait_sides) and not any(x > 0 for x in coherence_sides):
+        return "the single best layer wins"
+    return "undecided"
+
+
 def verdict(rows: list[dict]) -> str:
-    """Which wins for one trait, on the steered coefficients (> 0), by non-overlapping 95% CIs."""
+    """Which wins for one trait on the steered coefficients (> 0): by non-overlapping 95% CIs (the criterion),
+    and by the paired differences (the same questions and seeds on both sides) as supporting evidence."""
     pairs = [(r, next(s for s in rows if s["spec"] == "auto" and s["coef"] == r["coef"])) for r in rows
              if r["spec"] == "auto:3" and r["coef"] > 0]
-    said = []
-    for blend, single in pairs:
-        t, c = side(blend, single, "trait"), side(blend, single, "coherence")
-        words = {1: "higher", -1: "lower", 0: "undecided"}
-        said.append(f"coef {blend['coef']:g}: trait {words[t]}, coherence {words[c]}")
-    trait_sides = [side(b, s, "trait") for b, s in pairs]
-    coh_sides = [side(b, s, "coherence") for b, s in pairs]
-    if any(x > 0 for x in trait_sides) and not any(x < 0 for x in trait_sides) and not any(x < 0 for x in coh_sides):
-        winner = "the blend wins"
-    elif any(x < 0 for x in trait_sides) and not any(x > 0 for x in trait_sides) and not any(x > 0 for x in coh_sides):
-        winner = "the single best layer wins"
-    else:
-        winner = "undecided"
-    return f"{winner} (auto:3 vs auto, by non-overlapping 95% CIs; {'; '.join(said)})"
+    words = {1: "higher", -1: "lower", 0: "undecided"}
+    said = [f"coef {b['coef']:g}: trait {words[side(b, s, 'trait')]}, coherence {words[side(b, s, 'coherence')]}" for b, s in pairs]
+    paired = [f"coef {b['coef']:g}: d trait {words[paired_side(b, 'trait')]}, d coherence {words[paired_side(b, 'coherence')]}"
+              for b, _ in pairs]
+    by_ci = winner([side(b, s, "trait") for b, s in pairs], [side(b, s, "coherence") for b, s in pairs])
+    by_pairs = winner([paired_side(b, "trait") for b, _ in pairs], [paired_side(b, "coherence") for b, _ in pairs])
+    return (f"{by_ci} by non-overlapping 95% CIs ({'; '.join(said)}); paired differences: {by_pairs} "
+            f"({'; '.join(paired)})")
 
 
 def note(data: dict) -> str:
@@ -122,10 +131,16 @@ def note(data: dict) -> str:
         "effect and summing to 1 (c pos-neg gaps in total). d = paired difference auto:3 - auto over the same "
         "(question, sample); brackets: bootstrap 95% CIs."
     ]
+    said = []
     for trait, t in data["traits"].items():
         weights = ", ".join(f"L{layer} {w:.2f}" for layer, w in t["weights"].items())
-        parts.append(f"{trait}: auto = layer {t['chosen']}; auto:3 = {weights}{' (' + t['blend_note'] + ')' if t['blend_note'] else ''}; "
-                     f"{verdict([r for r in data['rows'] if r['persona'] == trait])}.")
+        said.append(verdict([r for r in data["rows"] if r["persona"] == trait]))
+        parts.append(f"{trait}: auto = layer {t['chosen']}; auto:3 = {weights}{' (' + t['blend_note'] + ')' if t['blend_note'] else ''}"
+                     f"{'; ' + t['reused'] + ' (the same settings)' if t.get('reused') else ''}; {said[-1]}.")
+    blend_wins = all(v.startswith("the blend wins") for v in said)
+    parts.append(f"Default kept: `--layers {'auto:3' if blend_wins else 'auto'}` "
+                 + ("(the blend wins for every trait)." if blend_wins else
+                    "(the blend does not win beyond the CIs for every trait; a blend stays available as auto:K)."))
     return "\n\n".join(parts)
 
 

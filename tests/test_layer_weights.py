@@ -136,3 +136,18 @@ def test_generate_auto_k_reads_layers_json_beside_the_vector(model_dir, vector_f
     assert printed["layers"] == [2, 1] and printed["weights"] == pytest.approx({"2": 0.75, "1": 0.25})
     assert run(argv + ["--layer", "auto:2", "--layer", "1"]) == 2
     assert "give it alone" in capsys.readouterr().err
+
+
+def test_the_adaptive_layers_note_is_written_from_its_stored_numbers():
+    import re
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "experiments"))
+    import adaptive_layers  # noqa: PLC0415
+
+    data = json.loads((root / "docs" / "experiments" / "adaptive_layers.json").read_text())
+    section = re.search(r"<!-- adaptive_layers -->\n(.*?)<!-- /adaptive_layers -->", (root / "docs" / "experiments.md").read_text(), re.S)
+    assert section and adaptive_layers.note({**data, "rows": data["raw"]}) in section.group(1)
+    assert adaptive_layers.table(data["raw"]) == data["rows"]
