@@ -73,4 +73,16 @@ def test_demo_runs_the_main_job_and_states_its_verdict(model_dir, tmp_path, caps
     printed = capsys.readouterr().out
     for trait in ("pirate", "silly"):
         assert (tmp_path / f"demo-{trait}" / "report.html").is_file()
-    assert printed.count("trait at +2:") == 2 and ("clear rise" in printed)
+    from personactl.verdicts import CLEAR, COHERENCE_LOSS, JUDGE_BLIND, NO_EFFECT
+
+    verdicts = [line for line in printed.splitlines() if line.startswith("verdict: vector @ layer")]
+    assert len(verdicts) == 2 and all(any(v in line for v in (CLEAR, COHERENCE_LOSS, NO_EFFECT, JUDGE_BLIND)) for line in verdicts)
+    assert printed.count("expressibility: pirate: ") == 1 and printed.count("expressibility: silly: ") == 1
+    for trait in ("pirate", "silly"):  # the report shows the same verdict at the top
+        assert verdicts[0 if trait == "pirate" else 1].removeprefix("verdict: ") in _html_text(tmp_path / f"demo-{trait}" / "report.html")
+
+
+def _html_text(path):
+    import html
+
+    return html.unescape(path.read_text())

@@ -3,7 +3,7 @@
 import pytest
 
 from personactl.expressibility import STRONG_AUROC, WEAK_AUROC, from_scores, level_of
-from personactl.verdicts import CLEAR, COHERENCE_LOSS, JUDGE_BLIND, NO_EFFECT, Cell, judge, sign_test, sweep_verdicts
+from personactl.verdicts import CLEAR, COHERENCE_LOSS, JUDGE_BLIND, NO_EFFECT, Cell, sign_test, sweep_verdicts, verdict_for
 
 
 def _cell(coef, trait, half=5.0, coherence=80.0, per_question=None):
@@ -12,33 +12,33 @@ def _cell(coef, trait, half=5.0, coherence=80.0, per_question=None):
 
 def test_clear_rise_picks_the_best_coherent_coefficient():
     cells = [_cell(0, 20), _cell(1, 40), _cell(2, 70), _cell(3, 90, coherence=30)]
-    v = judge("vector", 12, cells)
+    v = verdict_for("vector", 12, cells)
     assert v.verdict == CLEAR and v.coef == 2 and v.trait == (70, 65, 75)
     assert "vector @ layer 12: clear rise (trait 70.0 [65.0, 75.0] at +2 vs 20.0 [15.0, 25.0] at 0, coherence 80)" in v.line()
 
 
 def test_a_rise_only_where_coherence_fell_is_named_so():
-    v = judge("vector", 12, [_cell(0, 20), _cell(1, 22), _cell(3, 90, coherence=30)])
+    v = verdict_for("vector", 12, [_cell(0, 20), _cell(1, 22), _cell(3, 90, coherence=30)])
     assert v.verdict == COHERENCE_LOSS and v.coef == 3
 
 
 def test_overlapping_intervals_are_no_measurable_effect():
-    v = judge("vector", 12, [_cell(0, 20, half=10), _cell(2, 35, half=10)])
+    v = verdict_for("vector", 12, [_cell(0, 20, half=10), _cell(2, 35, half=10)])
     assert v.verdict == NO_EFFECT and v.coef == 2
 
 
 def test_a_judge_that_cannot_separate_overrides_any_rise():
-    v = judge("vector", 12, [_cell(0, 20), _cell(2, 70)], expressed=False)
+    v = verdict_for("vector", 12, [_cell(0, 20), _cell(2, 70)], expressed=False)
     assert v.verdict == JUDGE_BLIND and "could not tell" in v.line()
 
 
 def test_without_coefficient_zero_there_is_nothing_to_compare():
-    v = judge("vector", 12, [_cell(1, 20), _cell(2, 70)])
+    v = verdict_for("vector", 12, [_cell(1, 20), _cell(2, 70)])
     assert v.verdict == NO_EFFECT and "coefficient 0" in v.note
 
 
 def test_unknown_coherence_does_not_block_a_clear_rise():
-    v = judge("adapter", None, [_cell(0, 20, coherence=None), _cell(1, 70, coherence=None)])
+    v = verdict_for("adapter", None, [_cell(0, 20, coherence=None), _cell(1, 70, coherence=None)])
     assert v.verdict == CLEAR and v.line().startswith("adapter: clear rise")
 
 
@@ -55,7 +55,7 @@ def test_one_question_cannot_carry_the_mean():
     """A big rise on one question and small falls elsewhere: the mean rises, the sign test says otherwise."""
     base = {q: 50.0 for q in range(8)}
     steered = {0: 100.0} | {q: 45.0 for q in range(1, 8)}
-    v = judge("vector", 5, [Cell(0, 50, 45, 55, 80, base), Cell(2, 68, 60, 66, 80, steered)])
+    v = verdict_for("vector", 5, [Cell(0, 50, 45, 55, 80, base), Cell(2, 68, 60, 66, 80, steered)])
     assert v.sign.up == 1 and v.sign.down == 7
     assert "1/8 questions rose, 7 fell" in v.line()
 

@@ -74,6 +74,9 @@ def traits_show(name: str = typer.Argument(..., help="built-in trait name or a t
     print(load_trait(name).model_dump_json(indent=2))
 
 
+CHECK_QUESTIONS = 6  # `extract --check` default: a quick verdict (docs/experiments.md shows it agrees with 12)
+
+
 @app.command()
 def extract(
     trait: str = typer.Option(..., "--trait", "-t", help="built-in trait name or trait file"),
@@ -90,11 +93,18 @@ def extract(
     filter_judge: Optional[str] = typer.Option(
         None, help="keep only pairs a judge confirms (pos trait >= 50, neg < 50, both coherent): local:MODEL or openai:MODEL"
     ),
+    check_only: bool = typer.Option(
+        False, "--check", help=f"only say whether the model expresses the trait (judge AUROC of its positive vs negative answers), "
+        f"on the first {CHECK_QUESTIONS} questions unless --n-questions is given; writes nothing",
+    ),
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
     device_map: Optional[str] = DeviceMapOpt,
 ) -> None:
-    """Extract a persona vector: contrastive answers -> activations of all layers -> a direction per layer."""
+    """Extract a persona vector: contrastive answers -> activations of all layers -> a direction per layer.
+
+    Prints whether the model expresses the trait at all (strongly, weakly, not: thresholds in personactl/expressibility.py);
+    --check stops there, so a trait file can be tried in seconds before a long run."""
     from .activations import POSITIONS  # noqa: PLC0415
     from .aggregators import METHODS  # noqa: PLC0415
     from .extraction import ExtractionSettings, save_pairs  # noqa: PLC0415
@@ -108,8 +118,18 @@ def extract(
     loaded_trait = load_trait(trait)
     judges = make_judges(filter_judge, loaded_trait) if filter_judge else None
     backbone = _load(model, device, dtype, device_map)
+    if check_only:
+        from .extraction import check  # noqa: PLC0415
+
+        settings = ExtractionSettings(method, positions, max_new_tokens, samples, temperature, seed, batch_size, n_questions or CHECK_QUESTIONS)
+        verdict, _, pairs = check(backbone, loaded_trait, settings, judges)
+        out.print(f"expressibility: {verdict.line()}", markup=False)
+        out.print(f"({len(pairs)} contrastive pairs; nothing written)")
+        return
     settings = ExtractionSettings(method, positions, max_new_tokens, samples, temperature, seed, batch_size, n_questions)
     vector, pairs = run_extract(backbone, loaded_trait, settings, judges)
+    if "expressibility" in vector.extra:
+        out.print(f"expressibility: {vector.extra['expressibility']['line']}", markup=False)
     if "filter" in vector.extra:
         out.print(f"pairs kept by {vector.extra['filter']['judge']}: {vector.extra['filter']['kept']}")
     path = out_path or Path("vectors") / backbone.name / f"{loaded_trait.name}.safetensors"
@@ -129,7 +149,8 @@ def generate(
     layer: List[str] = typer.Option([], "--layer", "-l", help="layer(s) to steer (l = output of block l-1), or auto / auto:K: the best / top K "
                                     "measured layers, weights from the layers.json beside --vector (`personactl layers`)"),
     coef: float = typer.Option(1.0, "--coef", "-c", help="steering coefficient (negative suppresses)"),
-    positions: str = typer.Option("all", help="all, prompt or response (generated tokens only)"),
+    positions: str = typer.Option("all", help="all (every token), response (the last prompt token and every new one, as "
+                                  "persona_vectors steers) or prompt (the rest)"),
     op: str = typer.Option("add", help="add or ablate"),
     norm_preserving: bool = typer.Option(False, help="rescale steered states to their original norm"),
     system: Optional[str] = typer.Option(None, help="system message"),
@@ -275,12 +296,21 @@ def _print_summary(summary: list[dict], title: str) -> None:
     out.print(table)
 
 
+def _print_verdicts(verdicts, expressibility=None) -> None:
+    """The run's conclusions, one line each (verdicts.py): what the table can and cannot say."""
+    if expressibility is not None:
+        out.print(f"expressibility: {expressibility.line()}", markup=False)
+    for verdict in verdicts:
+        out.print(f"verdict: {verdict.line()}", markup=False)
+
+
 def _print_run(result) -> None:
     if result.selection is not None:
         out.print(f"layer {result.selection.chosen} chosen: {result.selection.reason}")
         for blend in result.selection.blends.values():
             out.print(f"layers {blend.describe()}")
     _print_summary(result.summary, str(result.run_dir))
+    _print_verdicts(result.verdicts, result.prepared.expressibility)
     out.print(f"results: {result.run_dir / 'results.jsonl'}")
     out.print(f"summary: {result.run_dir / 'summary.csv'}")
     if result.report:
@@ -323,6 +353,9 @@ def sweep(
     max_new_tokens: Optional[int] = typer.Option(None, help="[default: 48]"),
     seed: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None, help="rows per generation batch (a batch is part of a sweep) [default: 32]"),
+    positions: Optional[str] = typer.Option(None, help="steered positions: all (every token) or response (the last prompt token "
+                                             "and every new one, as persona_vectors steers; each question's prompt is then "
+                                             "prefilled once for all coefficients, faster) [default: all]"),
     name: Optional[str] = typer.Option(None, help="run name: results go to OUT/NAME [default: sweep]"),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
     config: Optional[Path] = typer.Option(None, help="JSON file with any of these settings (flags override it)"),
@@ -335,7 +368,7 @@ def sweep(
     cfg = _sweep_config(config, {
         "trait": trait, "model": model, "vector": vector, "lora": lora, "adapter": adapter, "samples": samples, "n_questions": n_questions,
         "judge": judge, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
-        "batch_size": batch_size, "name": name,
+        "batch_size": batch_size, "name": name, "positions": positions,
         "methods": [m.strip() for m in methods.split(",")] if methods else None,
         "coefs": _numbers(coefs) if coefs else None,
         "layers": _layer_specs(layers) if layers else None,
@@ -603,6 +636,7 @@ def adapter_evaluate(
     if "llm_judge" in result:
         (b, b_lo, b_hi), (a, a_lo, a_hi) = result["llm_adherence_base"], result["llm_adherence_adapter"]
         out.print(f"{result['llm_judge']}: base {b:.1f} [{b_lo:.1f}, {b_hi:.1f}], with adapter {a:.1f} [{a_lo:.1f}, {a_hi:.1f}]")
+    out.print(f"verdict: {result['verdict']['line']}", markup=False)
     p, n = result["persona_perplexity"], result["neutral_perplexity"]
     out.print(f"held-out persona perplexity: {p['before']:.2f} -> {p['after']:.2f}")
     out.print(f"neutral text perplexity: {n['before']:.2f} -> {n['after']:.2f} ({100 * n['change']:+.1f}%)")
@@ -687,6 +721,7 @@ def compare(
     })
     result = run_compare(cfg, out_dir, backbone=_load(model, device, None, None))
     _print_summary(result.summary, f"{result.run_dir} (activation layer {result.layer})")
+    _print_verdicts(result.verdicts)
     table = Table("mode", "tokens/s", "ratio to unsteered", title="latency")
     for t in result.latency:
         table.add_row(t.mode, f"{t.tokens_per_second:.1f}", f"{t.ratio_to_unsteered:.3f}")
@@ -704,12 +739,11 @@ def demo(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """The main job: extract pirate and silly, choose layers, sweep, judge offline, report."""
-    from .demo import margin, run_demo  # noqa: PLC0415
+    from .demo import run_demo  # noqa: PLC0415
 
     backbone = _load(model, device, None, None)
     for result in run_demo(backbone, out_dir):
         _print_run(result)
-        out.print(margin(result).describe())
 
 
 @condition_app.command("find")
@@ -841,7 +875,7 @@ def transfer_evaluate(
     from .extraction import ExtractionSettings, generate_pairs  # noqa: PLC0415
     from .judges.factory import make_judges  # noqa: PLC0415
     from .traits import load_trait  # noqa: PLC0415
-    from .transfer.evaluation import evaluate_vector  # noqa: PLC0415
+    from .transfer.evaluation import evaluate_vector, verdict_of  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
     loaded_trait = load_trait(trait)
@@ -862,6 +896,14 @@ def transfer_evaluate(
         table.add_row(f"{r['coef']:g}", f"{r['trait']:.1f}", f"[{r['trait_lo']:.1f}, {r['trait_hi']:.1f}]", f"{r['coherence']:.1f}",
                       f"{100 * r['collapse_rate']:.0f}%")
     out.print(table)
+    expressed = None
+    if getattr(judges.trait, "heldout_auroc", None) is not None:
+        from .expressibility import from_embedding_judge  # noqa: PLC0415
+
+        verdict = from_embedding_judge(loaded_trait.name, judges.trait, len(pairs))
+        expressed = verdict.expressed
+        out.print(f"expressibility on {backbone.name}: {verdict.line()}", markup=False)
+    out.print(f"verdict: {verdict_of(rows, vector.name, chosen, expressed).line()}", markup=False)
 
 
 def _number(text: str, option: str) -> float:

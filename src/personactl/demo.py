@@ -7,9 +7,8 @@ effect, sweep coefficients over the held-out questions with the offline judge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .evaluate import SweepConfig
 from .experiment import RunResult, run
@@ -25,31 +24,6 @@ def demo_config(trait: str) -> SweepConfig:
         name=f"demo-{trait}", trait=trait, methods=["vector"], layers="auto", coefs=DEMO_COEFS,
         samples=2, temperature=0.7, judge="embed", extraction_questions=12,
     )
-
-
-@dataclass
-class Margin:
-    """Does the trait at +2 beat the trait at 0 beyond both confidence intervals?"""
-
-    at_zero: dict[str, Any]
-    at_two: dict[str, Any]
-
-    @property
-    def clear(self) -> bool:
-        return self.at_two["trait_lo"] > self.at_zero["trait_hi"]
-
-    def describe(self) -> str:
-        z, t = self.at_zero, self.at_two
-        verdict = "clear rise" if self.clear else "NO clear rise"
-        return (
-            f"trait at +2: {t['trait_mean']:.1f} [{t['trait_lo']:.1f}, {t['trait_hi']:.1f}] vs at 0: "
-            f"{z['trait_mean']:.1f} [{z['trait_lo']:.1f}, {z['trait_hi']:.1f}] -> {verdict}"
-        )
-
-
-def margin(result: RunResult, method: str = "vector") -> Margin:
-    rows = {row["coef"]: row for row in result.summary if row["method"] == method}
-    return Margin(rows[0.0], rows[2.0])
 
 
 def run_demo(backbone: Backbone, out_dir: str | Path = "runs", traits: Sequence[str] = DEMO_TRAITS) -> list[RunResult]:

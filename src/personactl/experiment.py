@@ -13,17 +13,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ._io import write_text_atomic
 from .evaluate import SweepConfig, SweepError, claim_run_dir, run_sweep, summarize
-from .extraction import ContrastivePair, ExtractionSettings, extract, load_pairs, pair_activations, save_pairs, usable_pairs
+from .expressibility import Expressibility, from_embedding_judge
+from .extraction import (
+    ContrastivePair, ExtractionSettings, assess_pairs, best_projection_separation, expressibility_of, extract, load_pairs,
+    pair_activations, save_pairs, stored_projections, usable_pairs,
+)
 from .judges.base import Judges
+from .judges.embedding import EmbeddingJudge
 from .judges.factory import make_judges
 from .layer_selection import LayerSelection, LayerSpec, blend_size, check_blend_size, layer_weights, probe_questions, select_layer
 from .monitor import projections
 from .methods import MethodContext, make_method
 from .models import Backbone, load_model
+from .progress import note
 from .traits import Trait, load_trait
 from .vectors import PersonaVector, load_vector
+from .verdicts import Verdict, sweep_verdicts
 
 
 @dataclass
@@ -37,6 +46,7 @@ class RunResult:
     selection: LayerSelection | None
     report: Path | None
     prepared: "Prepared"
+    verdicts: list[Verdict]
 
 
 def update_info(run_dir: Path, **sections: Any) -> None:
@@ -112,20 +122,30 @@ def _selection(
     saved = run_dir / "layers.json"
     if saved.exists():
         return LayerSelection.load(saved)
-    pairs = usable_pairs(pairs, vector.positions)
-    if not pairs:
-        raise SweepError("--layers auto needs the extraction answers: give a vector with its .pairs.jsonl, or name the layers")
-    pos, neg = pair_activations(backbone, pairs, positions=vector.positions if vector.positions != "unknown" else "response_avg")
+    _, pos, neg = _answer_projections(backbone, vector, pairs)
     questions, probe = probe_questions(trait.questions, config.extraction_questions if not config.vector else None)
     selection = select_layer(backbone, vector, pos, neg, judges, questions, settings=config.generation(), positions=config.positions, probe=probe)
     selection.save(saved)
     chosen = selection.chosen
     write_text_atomic(
         run_dir / "projections.json",
-        json.dumps({"layer": chosen, "pos": projections(pos, vector, [chosen])[:, 0].tolist(), "neg": projections(neg, vector, [chosen])[:, 0].tolist()}),
+        json.dumps({"layer": chosen, "pos": pos[:, chosen - 1].tolist(), "neg": neg[:, chosen - 1].tolist()}),
     )
     update_info(run_dir, layer_selection={"chosen": chosen, "reason": selection.reason, "probe": selection.probe})
     return selection
+
+
+def _answer_projections(backbone: Backbone, vector: PersonaVector, pairs: list[ContrastivePair]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Projections of the extraction answers on layers 1..n: kept in the vector since extraction, else captured now."""
+    stored = stored_projections(vector)
+    if stored is not None:
+        return stored
+    pairs = usable_pairs(pairs, vector.positions)
+    if not pairs:
+        raise SweepError("--layers auto needs the extraction answers: give a vector with its .pairs.jsonl, or name the layers")
+    pos, neg = pair_activations(backbone, pairs, positions=vector.positions if vector.positions != "unknown" else "response_avg")
+    layers = list(range(1, backbone.n_layers + 1))
+    return layers, projections(pos, vector, layers), projections(neg, vector, layers)
 
 
 @dataclass
@@ -139,6 +159,7 @@ class Prepared:
     vector: PersonaVector
     pairs: list[ContrastivePair]
     judges: Judges
+    expressibility: Expressibility | None
 
 
 def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None) -> Prepared:
@@ -153,7 +174,30 @@ def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbon
     claim_run_dir(config, run_dir)
     vector, pairs = _vector_and_pairs(config, backbone, trait, run_dir)
     update_info(run_dir, vector={"trait": vector.trait, "model": vector.model, "method": vector.method, "fingerprint": vector.fingerprint()})
-    return Prepared(config, run_dir, backbone, trait, vector, pairs, _judges(config, trait, pairs, run_dir))
+    judges = _judges(config, trait, pairs, run_dir)
+    return Prepared(config, run_dir, backbone, trait, vector, pairs, judges, _expressibility(trait, vector, pairs, judges, run_dir))
+
+
+def _expressibility(trait: Trait, vector: PersonaVector, pairs: list[ContrastivePair], judges: Judges, run_dir: Path) -> Expressibility | None:
+    """Whether this run's judge tells the model's positive from its negative answers (config.json 'expressibility').
+
+    The offline judge reports what it measured when fitted; an LLM judge scores the extraction answers once.
+    Without answers, the verdict stored in the vector at extraction (if any) stands.
+    """
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("expressibility")
+    if saved:
+        verdict: Expressibility | None = Expressibility.from_dict(saved)
+    elif not pairs:
+        verdict = expressibility_of(vector)
+    elif isinstance(judges.trait, EmbeddingJudge):
+        verdict = from_embedding_judge(trait.name, judges.trait, len(usable_pairs(pairs, "response_avg")), best_projection_separation(vector))
+    else:
+        verdict = assess_pairs(trait.name, pairs, vector, judges)
+    if verdict is not None:
+        if not saved:
+            update_info(run_dir, expressibility=verdict.to_dict())
+        note(verdict.line())
+    return verdict
 
 
 def check_layer_specs(config: SweepConfig, backbone: Backbone) -> None:
@@ -183,4 +227,10 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
         from .report import write_report  # noqa: PLC0415
 
         report_path = write_report(prep.run_dir)
-    return RunResult(prep.run_dir, records, summarize(records), layers, selection, report_path, prep)
+    summary = summarize(records)
+    return RunResult(prep.run_dir, records, summary, layers, selection, report_path, prep, run_verdicts(summary, records, prep.expressibility))
+
+
+def run_verdicts(summary: list[dict[str, Any]], records: list[dict[str, Any]], expressibility: Expressibility | None) -> list[Verdict]:
+    """One verdict per method and layer (verdicts.py), told whether the judge could separate the trait at all."""
+    return sweep_verdicts(summary, records, None if expressibility is None else expressibility.expressed)

@@ -155,15 +155,13 @@ def stored_projections(vector: PersonaVector) -> tuple[list[int], torch.Tensor, 
 
 def best_projection_separation(vector: PersonaVector) -> tuple[float, int] | None:
     """(AUROC, layer) of the layer whose projections best separate positive from negative answers."""
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    from .layer_selection import separation_scores  # noqa: PLC0415
 
     stored = stored_projections(vector)
     if stored is None:
         return None
-    layers, pos, neg = stored
-    labels = [1] * len(pos) + [0] * len(neg)
-    scores = [(float(roc_auc_score(labels, torch.cat([pos[:, j], neg[:, j]]).numpy())), layer) for j, layer in enumerate(layers)]
-    return max(scores)
+    best = max(separation_scores(stored[1], stored[2], stored[0]), key=lambda row: row.auroc)
+    return best.auroc, best.layer
 
 
 def assess_pairs(

@@ -81,16 +81,15 @@ def probe_questions(extraction_questions: Sequence[str], n_used: int | None, cou
     return questions[start:], f"measured on extraction questions {start + 1}-{len(questions)}, never scored by the sweep"
 
 
-def separation_scores(pos: torch.Tensor, neg: torch.Tensor, vector: PersonaVector, layers: Sequence[int]) -> list[LayerScore]:
-    """AUROC and Cohen's d of pos vs neg projections per layer."""
+def separation_scores(pos: torch.Tensor, neg: torch.Tensor, layers: Sequence[int]) -> list[LayerScore]:
+    """AUROC and Cohen's d per layer from the projections [n, len(layers)] of positive and negative answers."""
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
-    layers = list(layers)
-    p, n = projections(pos, vector, layers), projections(neg, vector, layers)
-    cohens_d = separation(pos[:, layers], neg[:, layers], vector.directions[layers])
-    labels = np.r_[np.ones(len(p)), np.zeros(len(n))]
+    pooled = ((pos.var(0) + neg.var(0)) / 2).sqrt() if min(len(pos), len(neg)) > 1 else torch.ones(pos.shape[1])
+    cohens_d = (pos.mean(0) - neg.mean(0)) / pooled.clamp_min(1e-12)
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     return [
-        LayerScore(layer, float(roc_auc_score(labels, np.r_[p[:, j].numpy(), n[:, j].numpy()])), float(cohens_d[j]))
+        LayerScore(layer, float(roc_auc_score(labels, np.r_[pos[:, j].numpy(), neg[:, j].numpy()])), float(cohens_d[j]))
         for j, layer in enumerate(layers)
     ]
 
@@ -253,9 +252,11 @@ def select_layer(
     positions: str = "all",
     probe: str = "",
 ) -> LayerSelection:
-    """Score every layer's separation, measure the effect at the candidates on `questions` (described by `probe`), choose one."""
+    """Score every layer's separation from the answers' projections `pos`, `neg` [n, n_layers] (layers 1..n, as
+    `extraction.stored_projections` gives them), measure the effect at the candidates on `questions` (described
+    by `probe`), choose one."""
     candidates = list(candidates or default_candidates(backbone.n_layers))
-    rows = separation_scores(pos, neg, vector, range(1, backbone.n_layers + 1))
+    rows = separation_scores(pos, neg, range(1, backbone.n_layers + 1))
     effects = measure_effects(backbone, vector, judges, questions, candidates, coef, settings, positions)
     for row in rows:
         if row.layer in effects:

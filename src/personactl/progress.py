@@ -33,3 +33,9 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
     with Progress(*columns, console=_console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def note(text: str) -> None:
+    """A line about long work in progress (a verdict reached midway), on stderr with the bars."""
+    if enabled():
+        _console.print(text, markup=False, highlight=False)

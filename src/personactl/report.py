@@ -572,6 +572,10 @@ _TEMPLATE = """<!doctype html>
   table.ex col.num { width: 90px; }
   table.ex td.ans { text-align: left; white-space: pre-wrap; word-break: break-word; font-size: 13.5px; }
   .tag { display: inline-block; font-size: 11px; padding: 0 6px; border-radius: 8px; background: #fee4e2; color: var(--accent); }
+  .banner { border: 1px solid var(--line); border-left: 4px solid #12b76a; border-radius: 6px; padding: 8px 12px; margin: 12px 0; }
+  .banner.weak { border-left-color: #d92d20; background: #fef3f2; }
+  .banner.verdicts { border-left-color: var(--accent); }
+  .banner ul { margin: 6px 0; padding-left: 20px; }
   pre { background: var(--bg-alt); border: 1px solid var(--line); border-radius: 6px; padding: 12px;
         overflow-x: auto; font-size: 13px; }
 </style>
@@ -590,6 +594,11 @@ _TEMPLATE = """<!doctype html>
   <span>unscored (trait / coherence) <b>{{ facts.null_trait }} / {{ facts.null_coherence }}</b></span>
 </p>
 {% if notes %}<div class="notes">{% for n in notes %}<div>{{ n }}</div>{% endfor %}</div>{% endif %}
+{% if expressibility %}<div class="{{ 'banner weak' if expressibility.weak else 'banner' }}"><b>Can this model express the trait?</b> {{ expressibility.line }}</div>{% endif %}
+{% if verdicts %}<div class="banner verdicts"><b>What this run can conclude</b>
+<ul>{% for v in verdicts %}<li>{{ v }}</li>{% endfor %}</ul>
+<div class="sub">Clear rise: the trait at the best positive coefficient beats coefficient 0 beyond both 95% CIs with coherence &ge; 50.
+The sign test counts held-out questions whose mean trait rose from coefficient 0 to that coefficient.</div></div>{% endif %}
 
 <h2 id="summary">Summary</h2>
 <p class="sub">Means per method, layer and coefficient; brackets hold bootstrap 95% confidence intervals.
@@ -658,6 +667,24 @@ _CAPTIONS = {
 }
 
 
+def _expressibility(run: RunData) -> dict[str, Any] | None:
+    data = run.config.get("expressibility")
+    if not isinstance(data, dict) or "line" not in data:
+        return None
+    return {"line": data["line"], "weak": data.get("level") != "strongly expressed"}
+
+
+def _verdict_lines(run: RunData) -> list[str]:
+    """The run's verdicts (verdicts.py), the same lines the CLI prints; none without confidence intervals."""
+    from .verdicts import sweep_verdicts  # noqa: PLC0415
+
+    if run.summary_from_results:
+        return []
+    level = (run.config.get("expressibility") or {}).get("level")
+    expressed = None if level is None else level != "not expressed"
+    return [v.line() for v in sweep_verdicts(run.summary, run.results, expressed)]
+
+
 def render_html(run: RunData, figures: dict[str, Path]) -> str:
     """The report as one HTML string (figures inlined as data URIs)."""
     from jinja2 import Environment
@@ -682,6 +709,8 @@ def render_html(run: RunData, figures: dict[str, Path]) -> str:
         figures=[{"uri": _data_uri(path), "caption": _CAPTIONS.get(name, name)} for name, path in figures.items()],
         layer_rows=_layer_rows(run),
         blends=_blend_rows(run),
+        expressibility=_expressibility(run),
+        verdicts=_verdict_lines(run),
         chosen=_int(run.layers.get("chosen")) if run.layers else None,
         reason="; ".join(str(run.layers.get(k)) for k in ("reason", "probe") if run.layers.get(k)) if run.layers else "",
         examples=_examples(run),

@@ -96,7 +96,7 @@ def sign_test(base: dict[Any, float], steered: dict[Any, float]) -> SignTest | N
     return SignTest(up, down, len(shared) - up - down, float(p))
 
 
-def judge(method: str, layer: Any, cells: Sequence[Cell], expressed: bool | None = None) -> Verdict:
+def verdict_for(method: str, layer: Any, cells: Sequence[Cell], expressed: bool | None = None) -> Verdict:
     """The verdict for one method at one layer from its cells (one per coefficient, 0 included)."""
     base = next((c for c in cells if c.coef == 0 and _finite(c.trait)), None)
     rising = [c for c in cells if c.coef > 0 and _finite(c.trait)]
@@ -134,7 +134,7 @@ def sweep_verdicts(summary: Sequence[dict[str, Any]], records: Iterable[dict[str
         groups.setdefault(key[:2], []).append(
             Cell(key[2], _num(row["trait_mean"]), _num(row["trait_lo"]), _num(row["trait_hi"]), _opt(row.get("coherence_mean")), means)
         )
-    return [judge(method, layer, cells, expressed) for (method, layer), cells in groups.items()]
+    return [verdict_for(method, layer, cells, expressed) for (method, layer), cells in groups.items()]
 
 
 def _num(value: Any) -> float:

@@ -23,8 +23,10 @@ from ..generation import chat_prompt, format_prompts, generate
 from ..judges.base import QUESTION_AND_ANSWER
 from ..judges.embedding import EmbeddingJudge
 from ..judges.factory import rubric_judges
-from ..judges.text import perplexity
+from ..expressibility import level_of
+from ..judges.text import RepetitionCoherenceJudge, perplexity
 from ..models import Backbone
+from ..verdicts import Cell, verdict_for
 from .adapters import read_persona_data
 from .direction import PERSONA, LoRADirection, merged
 
@@ -96,14 +98,20 @@ def adherence(
         adapted_val = generate(backbone, ask(val_idx), **settings)
         ppl_after = _mean(perplexity(backbone, persona_prompts, persona_answers))
         neutral_after = _mean(perplexity(backbone, neutral_prompts, neutral_a))
-    base_score, adapted_score = bootstrap_ci(judge.score(val_questions, base_val)), bootstrap_ci(judge.score(val_questions, adapted_val))
+    base_scores, adapted_scores = judge.score(val_questions, base_val), judge.score(val_questions, adapted_val)
+    base_score, adapted_score = bootstrap_ci(base_scores), bootstrap_ci(adapted_scores)
+    coherence = RepetitionCoherenceJudge()
+    verdict = verdict_for("adapter", None, [
+        Cell(c, *bootstrap_ci(scores), _mean(coherence.score(val_questions, answers)), dict(enumerate(scores)))
+        for c, scores, answers in ((0.0, base_scores, base_val), (1.0, adapted_scores, adapted_val))
+    ], expressed=level_of(judge.heldout_auroc) != "not expressed")
     llm: dict[str, Any] = {}
     if llm_judge is not None:
         llm = {"llm_judge": llm_judge.name, "llm_adherence_base": bootstrap_ci(llm_judge.score(val_questions, base_val)),
                "llm_adherence_adapter": bootstrap_ci(llm_judge.score(val_questions, adapted_val))}
     return {
         "adapter": card.get("name"), "judge_heldout_accuracy": judge.heldout_accuracy, "n_eval": len(val_idx),
-        "adherence_base": base_score, "adherence_adapter": adapted_score,
+        "adherence_base": base_score, "adherence_adapter": adapted_score, "verdict": verdict.to_dict(),
         "persona_perplexity": {"before": ppl_before, "after": ppl_after},
         "neutral_perplexity": {"before": neutral_before, "after": neutral_after, "change": neutral_after / neutral_before - 1},
         **llm,

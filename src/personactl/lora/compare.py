@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -105,6 +105,7 @@ class Comparison:
     latency: list[Latency]
     geometry: list[LayerShift]
     written: list[Path]
+    verdicts: list = field(default_factory=list)  # verdicts.Verdict per method
 
 
 def compare(config, out_dir: str | Path = "runs", backbone: Backbone | None = None, n_timing_prompts: int = 8) -> Comparison:
@@ -130,4 +131,4 @@ def compare(config, out_dir: str | Path = "runs", backbone: Backbone | None = No
     figure = plot_geometry(shifts, result.run_dir / "figures" / "geometry.png")
     data = {"layer": layer, "latency": [asdict(t) for t in timing], "geometry": [asdict(s) for s in shifts]}
     written = [write_text_atomic(result.run_dir / "compare.json", json.dumps(data, indent=2)), figure]
-    return Comparison(result.run_dir, layer, result.summary, timing, shifts, written + ([result.report] if result.report else []))
+    return Comparison(result.run_dir, layer, result.summary, timing, shifts, written + ([result.report] if result.report else []), result.verdicts)

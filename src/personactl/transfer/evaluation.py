@@ -20,6 +20,8 @@ from ..judges.text import is_collapsed
 from ..models import Backbone
 from ..progress import progress_bar
 from ..steering import SteeringTerm
+from ..verdicts import Cell as VerdictCell
+from ..verdicts import Verdict, verdict_for
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,16 @@ def score_cells(judges: Judges, questions: Sequence[str], cells: Sequence[Cell],
             "trait_scores": trait, "coherence_scores": coherence, "collapsed": collapsed,
         })
     return rows
+
+
+def verdict_of(rows: Sequence[dict[str, Any]], label: str, layer: int, expressed: bool | None = None) -> Verdict:
+    """The shared verdict (verdicts.py) for rows of one vector over coefficients, as `evaluate_vector` returns them."""
+    cells = [
+        VerdictCell(r["coef"], r["trait"], r["trait_lo"], r["trait_hi"], r["coherence"],
+                    {i: s for i, s in enumerate(r["trait_scores"]) if s is not None})
+        for r in rows
+    ]
+    return verdict_for(label, layer, cells, expressed)
 
 
 def evaluate_vector(
