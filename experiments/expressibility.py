@@ -6,18 +6,22 @@ out-of-fold AUROC, accuracy and score gap, the best projection AUROC, and the
 measured steering effect (judged trait at coefficient 2 minus at 0, best over
 the candidate layers, on 4 extraction questions the vector did not use). The
 same verdict from the first 6 questions only (what a quick `extract --check`
-sees) shows how stable it is. The thresholds in personactl/expressibility.py
-are read off this table. Writes a section of docs/experiments.md.
+sees) shows how stable it is. A placebo trait, whose positive and negative
+instructions say the same thing in other words, is the control: nothing can
+be expressed, so its verdict must be "not expressed". The thresholds in
+personactl/expressibility.py are read off this table. Writes a section of
+docs/experiments.md; a rerun reuses the traits already in its JSON.
 
 Run: .venv/bin/python experiments/expressibility.py
 """
 
 from __future__ import annotations
 
+import json
 import time
 
-from _doc import write_section
-from personactl import builtin_traits, load_model, load_trait
+from _doc import DOC, write_section
+from personactl import Trait, builtin_traits, load_model, load_trait
 from personactl.expressibility import STRONG_AUROC, WEAK_AUROC
 from personactl.extraction import ExtractionSettings, assess_pairs, check
 from personactl.judges.factory import make_judges
@@ -29,9 +33,15 @@ N_QUESTIONS, QUICK = 12, 6
 
 def main() -> None:
     backbone = load_model("smollm2-135m")
-    rows, data = [], {}
-    for name in builtin_traits():
-        trait = load_trait(name)
+    saved = DOC.parent / "experiments" / "expressibility.json"
+    previous = json.loads(saved.read_text()) if saved.exists() else {"rows": []}
+    done = {row["trait"]: row for row in previous["rows"]}
+    rows, data = [], {k: v for k, v in previous.items() if k in done}
+    for trait in [load_trait(name) for name in builtin_traits()] + [placebo()]:
+        name = trait.name
+        if name in done:
+            rows.append(done[name])
+            continue
         start = time.perf_counter()
         verdict, vector, pairs = check(backbone, trait, ExtractionSettings(n_questions=N_QUESTIONS))
         seconds = time.perf_counter() - start
@@ -61,6 +71,22 @@ def main() -> None:
         "questions on 2 cores."
     )
     print(write_section("expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's thresholds)", rows, note, data))
+
+
+def placebo() -> Trait:
+    """The control: pirate's questions, with positive and negative instructions that ask for the same thing."""
+    pirate = load_trait("pirate")
+    same = [
+        ("Answer the user's question.", "Reply to the question the user asks."),
+        ("Give a helpful answer.", "Be helpful in your reply."),
+        ("Respond to the question below.", "Answer what is asked below."),
+        ("Write a short, clear reply.", "Keep your reply short and clear."),
+        ("Help the user with their question.", "Assist the user with what they ask."),
+    ]
+    return Trait.model_validate({
+        **pirate.model_dump(), "name": "placebo", "description": "a control: both instructions ask for the same thing",
+        "instructions": [{"pos": pos, "neg": neg} for pos, neg in same],
+    })
 
 
 if __name__ == "__main__":

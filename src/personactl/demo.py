@@ -2,7 +2,10 @@
 
 For each demo trait: extract the persona vector, pick the layer by measured
 effect, sweep coefficients over the held-out questions with the offline judge
-(two sampled answers each), and write `runs/demo-<trait>/report.html`.
+(two sampled answers each), and write `runs/demo-<trait>/report.html`. Steering
+acts on `response` positions (the last prompt token and every new one), as
+persona_vectors evaluates, so each question's prompt is prefilled once for
+all its coefficients.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def demo_config(trait: str) -> SweepConfig:
     """The sweep the demo runs for one trait."""
     return SweepConfig(
         name=f"demo-{trait}", trait=trait, methods=["vector"], layers="auto", coefs=DEMO_COEFS,
-        samples=2, temperature=0.7, judge="embed", extraction_questions=12,
+        samples=2, temperature=0.7, judge="embed", extraction_questions=12, positions="response",
     )
 
 
