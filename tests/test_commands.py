@@ -86,3 +86,24 @@ def _html_text(path):
     import html
 
     return html.unescape(path.read_text())
+
+
+def test_extract_check_prints_the_verdict_and_writes_nothing(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = run(["extract", "--model", str(model_dir), "--trait", "pirate", "--check", "--n-questions", "2", "--max-new-tokens", "4"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    line = next(l for l in printed.splitlines() if l.startswith("expressibility: pirate: "))
+    assert any(level in line for level in ("strongly expressed", "weakly expressed", "not expressed"))
+    assert "judge AUROC" in line and "10 contrastive pairs; nothing written" in printed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_stores_the_verdict_in_the_vector(model_dir, tmp_path, capsys):
+    from personactl import load_vector
+
+    path = tmp_path / "v.safetensors"
+    assert run(["extract", "--model", str(model_dir), "--trait", "pirate", "--n-questions", "2", "--max-new-tokens", "4", "--out", str(path)]) == 0
+    stored = load_vector(path).extra["expressibility"]
+    assert stored["line"] in capsys.readouterr().out and 0.0 <= stored["auroc"] <= 1.0
+    assert len(load_vector(path).extra["projections"]["pos"]) == stored["n_pairs"]
