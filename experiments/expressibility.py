@@ -22,7 +22,7 @@ import time
 
 from _doc import DOC, write_section
 from personactl import Trait, builtin_traits, load_model, load_trait
-from personactl.expressibility import STRONG_AUROC, WEAK_AUROC
+from personactl.expressibility import EXPRESSED_AUROC, auroc_lower_bound, level_of
 from personactl.extraction import ExtractionSettings, assess_pairs, check
 from personactl.judges.factory import make_judges
 from personactl.layer_selection import PROBE_COEF, default_candidates, measure_effects, probe_questions
@@ -34,43 +34,52 @@ N_QUESTIONS, QUICK = 12, 6
 def main() -> None:
     backbone = load_model("smollm2-135m")
     saved = DOC.parent / "experiments" / "expressibility.json"
-    previous = json.loads(saved.read_text()) if saved.exists() else {"rows": []}
-    done = {row["trait"]: row for row in previous["rows"]}
-    rows, data = [], {k: v for k, v in previous.items() if k in done}
+    measured = json.loads(saved.read_text())["measured"] if saved.exists() else {}
     for trait in [load_trait(name) for name in builtin_traits()] + [placebo()]:
-        name = trait.name
-        if name in done:
-            rows.append(done[name])
-            continue
-        start = time.perf_counter()
-        verdict, vector, pairs = check(backbone, trait, ExtractionSettings(n_questions=N_QUESTIONS))
-        seconds = time.perf_counter() - start
-        quick_questions = set(trait.questions[:QUICK])
-        quick = assess_pairs(name, [p for p in pairs if p.question in quick_questions])
-        judges = make_judges("embed", trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
-        questions, _ = probe_questions(trait.questions, N_QUESTIONS)
-        layers = default_candidates(backbone.n_layers)
-        effects = measure_effects(backbone, vector, judges, questions, layers, PROBE_COEF,
-                                  GenerationSettings(temperature=0.0))
-        best_layer = max(effects, key=lambda l: effects[l][0])
-        effect, coherence = effects[best_layer]
-        rows.append({
-            "trait": name, "pairs": verdict.n_pairs, "judge AUROC": verdict.auroc, "accuracy": verdict.accuracy, "gap": verdict.gap,
-            "verdict": verdict.level, f"AUROC, first {QUICK} questions": quick.auroc if quick else None,
-            "projection AUROC": verdict.projection_auroc, "steering effect at +2": effect, "at layer": best_layer,
-            "coherence there": coherence, "check seconds": seconds,
-        })
-        data[name] = {"verdict": verdict.to_dict(), "effects": {str(k): v for k, v in effects.items()}}
-        print(rows[-1], flush=True)
+        if trait.name not in measured:
+            measured[trait.name] = measure(backbone, trait)
+            print(row_of(measured[trait.name]), flush=True)
+    rows = [row_of(m) for m in measured.values()]
     note = (
         f"SmolLM2-135M-Instruct, offline judge, greedy answers of {N_QUESTIONS} extraction questions per instruction pair. "
-        "Judge AUROC, accuracy and gap (mean score of positive minus negative answers, 0-100) are out of fold (5 folds). "
+        "Judge AUROC, accuracy and gap (mean score of positive minus negative answers, 0-100) are out of fold (5 folds); "
+        "the AUROC's CI is Hanley & McNeil's. "
         f"Steering effect: judged trait at coefficient {PROBE_COEF:g} minus at 0 on 4 unused extraction questions, the best of "
-        f"the candidate layers. Thresholds set from this table: strongly expressed at judge AUROC >= {STRONG_AUROC:.2f}, "
-        f"weakly >= {WEAK_AUROC:.2f}, else not expressed. Check seconds: answers + activations + judge for {N_QUESTIONS} "
-        "questions on 2 cores."
+        f"the candidate layers (read it only where the judge separates the trait). Threshold set from this table: "
+        f"expressed at judge AUROC >= {EXPRESSED_AUROC:.2f}, strongly when the CI's lower end is above it too. "
+        f"Check seconds: answers + activations + judge for {N_QUESTIONS} questions on 2 cores, other jobs running."
     )
-    print(write_section("expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's thresholds)", rows, note, data))
+    print(write_section("expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's threshold)", rows, note,
+                        {"measured": measured}))
+
+
+def measure(backbone, trait: Trait) -> dict:
+    """The check on `trait`, the check on its first questions only, and the steering effect per candidate layer."""
+    start = time.perf_counter()
+    verdict, vector, pairs = check(backbone, trait, ExtractionSettings(n_questions=N_QUESTIONS))
+    seconds = time.perf_counter() - start
+    quick_questions = set(trait.questions[:QUICK])
+    quick = assess_pairs(trait.name, [p for p in pairs if p.question in quick_questions])
+    judges = make_judges("embed", trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+    questions, _ = probe_questions(trait.questions, N_QUESTIONS)
+    effects = measure_effects(backbone, vector, judges, questions, default_candidates(backbone.n_layers), PROBE_COEF,
+                              GenerationSettings(temperature=0.0))
+    return {"trait": trait.name, "verdict": verdict.to_dict(), "quick_auroc": quick.auroc if quick else None,
+            "quick_pairs": quick.n_pairs if quick else 0, "effects": {str(k): v for k, v in effects.items()}, "seconds": seconds}
+
+
+def row_of(m: dict) -> dict:
+    """A table row, its verdict recomputed from the measured AUROC (so a changed rule needs no new run)."""
+    v = m["verdict"]
+    lo = auroc_lower_bound(v["auroc"], v["n_pairs"], v["n_pairs"])
+    quick_lo = auroc_lower_bound(m["quick_auroc"], m["quick_pairs"], m["quick_pairs"]) if m["quick_auroc"] is not None else None
+    layer, (effect, coherence) = max(m["effects"].items(), key=lambda item: item[1][0])
+    return {
+        "trait": m["trait"], "pairs": v["n_pairs"], "judge AUROC": v["auroc"], "CI from": lo, "accuracy": v["accuracy"], "gap": v["gap"],
+        "verdict": level_of(v["auroc"], lo), f"first {QUICK} questions": None if quick_lo is None else level_of(m["quick_auroc"], quick_lo),
+        "projection AUROC": v["projection_auroc"], "steering effect at +2": effect, "at layer": int(layer),
+        "coherence there": coherence, "check seconds": m["seconds"],
+    }
 
 
 def placebo() -> Trait:

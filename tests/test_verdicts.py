@@ -2,7 +2,7 @@
 
 import pytest
 
-from personactl.expressibility import STRONG_AUROC, WEAK_AUROC, from_scores, level_of
+from personactl.expressibility import EXPRESSED_AUROC, auroc_lower_bound, from_scores, level_of
 from personactl.verdicts import CLEAR, COHERENCE_LOSS, JUDGE_BLIND, NO_EFFECT, Cell, sign_test, sweep_verdicts, verdict_for
 
 
@@ -71,9 +71,27 @@ def test_sweep_verdicts_group_summary_rows_and_records_by_method_and_layer():
     assert verdicts[9].verdict == NO_EFFECT and verdicts[9].sign is None
 
 
-@pytest.mark.parametrize("auroc, level", [(STRONG_AUROC, "strongly expressed"), (WEAK_AUROC, "weakly expressed"), (WEAK_AUROC - 0.01, "not expressed")])
-def test_expressibility_levels_follow_the_thresholds(auroc, level):
-    assert level_of(auroc) == level
+@pytest.mark.parametrize("auroc, lo, level", [
+    (0.95, EXPRESSED_AUROC, "strongly expressed"), (0.80, EXPRESSED_AUROC - 0.01, "weakly expressed"),
+    (EXPRESSED_AUROC - 0.01, 0.5, "not expressed"),
+])
+def test_expressibility_levels_follow_the_threshold_and_its_ci(auroc, lo, level):
+    assert level_of(auroc, lo) == level
+
+
+def test_auroc_ci_narrows_with_more_answers_and_matches_a_bootstrap():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1.2, 1, 60), rng.normal(0, 1, 60)
+    auroc = roc_auc_score(np.r_[np.ones(60), np.zeros(60)], np.r_[pos, neg])
+    boot = []
+    for _ in range(2000):
+        p, n = rng.choice(pos, 60), rng.choice(neg, 60)
+        boot.append(roc_auc_score(np.r_[np.ones(60), np.zeros(60)], np.r_[p, n]))
+    assert auroc_lower_bound(auroc, 60, 60) == pytest.approx(np.percentile(boot, 2.5), abs=0.02)
+    assert auroc_lower_bound(auroc, 15, 15) < auroc_lower_bound(auroc, 60, 60) < auroc
 
 
 def test_expressibility_from_llm_scores_reports_gap_and_filter_passes():
