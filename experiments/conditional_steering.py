@@ -38,12 +38,17 @@ def note(s: dict) -> str:
     return (
         f"Pirate vector ({s['trait']}, {s['n_questions']} extraction questions) added at layer {s['layer']} with coefficient "
         f"{s['coef']:g}; the sea condition from the shipped `sea`/`other` prompt sets ({s['n_train'][0]}+{s['n_train'][1]} "
-        f"training prompts): layer {s['condition_layer']} (chosen by {s['condition_cv_accuracy']:.2f} cross-validated accuracy on "
+        f"training prompts; {s.get('condition_method', 'mean_diff')} direction on each prompt's mean state after the chat template's "
+        f"{s.get('condition_skip_prefix', 1)}-token shared prefix): layer {s['condition_layer']} (chosen by "
+        f"{s['condition_cv_accuracy']:.2f} cross-validated accuracy on "
         f"the training prompts), threshold {s['condition_threshold']:.3g}, held-out balanced accuracy "
         f"{s['condition_heldout_accuracy']:.2f}. Rows are scored on the {s['n_heldout'][0]} sea and {s['n_heldout'][1]} other "
         f"held-out questions only (used for no choice); greedy, {s['max_new_tokens']} tokens; offline embedding judge (held-out "
         f"accuracy {s['judge_heldout_accuracy']:.2f}); brackets: bootstrap 95% CIs. Paired difference conditional - unsteered: "
         f"sea {d_on:+.1f} [{lo_on:+.1f}, {hi_on:+.1f}], other {d_off:+.1f} [{lo_off:+.1f}, {hi_off:+.1f}]. Criteria: {verdict}."
+        + (f" Note: the offline pirate judge already scores the unsteered sea answers high ({s['unsteered_trait_sea']:.1f} on "
+           f"average, against {s['unsteered_trait_other']:.1f} on the other questions): it reads sea vocabulary as pirate, so "
+           f"the rise on sea questions starts near the top of the scale." if "unsteered_trait_sea" in s else "")
     )
 
 
@@ -118,6 +123,8 @@ def main() -> None:
         "paired_difference_sea": [d_on, lo_on, hi_on], "paired_difference_other": [d_off, lo_off, hi_off],
         "criteria": criteria, "trait": trait.name, "n_questions": args.n_questions,
         "firing_rate_sea": fire_on, "firing_rate_other": fire_off,
+        "condition_method": search.vector.method, "condition_skip_prefix": search.condition.skip_prefix,
+        "unsteered_trait_sea": sum(base[:n_on]) / n_on, "unsteered_trait_other": sum(base[n_on:]) / len(off_topic),
     }
     (args.out / "answers.json").write_text(json.dumps({
         "prompts": prompts, "fired": fired, "answers": answers, "scores": scores, "layers": layer_table(search), "settings": settings,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from personactl import Condition, PersonaVector, SteeringError, SteeringTerm, generate, steer
+from personactl.steering import prompt_mean
 from personactl.activations import make_batch
 from personactl.cli import run
 from personactl.conditions import (
@@ -14,6 +15,7 @@ from personactl.conditions import (
     find_condition,
     prompt_activations,
     read_prompts,
+    template_prefix,
 )
 from personactl.errors import ConditionError
 from personactl.generation import chat_prompt, format_prompts
@@ -118,6 +120,34 @@ def test_best_threshold_takes_the_middle_of_the_widest_gap():
     assert threshold == 3.5 and accuracy == pytest.approx(0.5 * (2 / 3 + 1))
 
 
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_template_prefix_is_the_chat_template_before_the_user_message(tiny, system):
+    """Every token before the user's text (system prompt and headers included) is the prefix; at least one."""
+    text = tiny.chat(chat_prompt("Zebra", system))
+    before = tiny.encode([text[: text.index("Zebra")]])[0]
+    assert template_prefix(tiny, system) == max(len(before), 1)
+    assert tiny.encode([text])[0][: len(before)] == before  # the prefix is the formatted prompt's first tokens
+    if system:
+        assert template_prefix(tiny, system) > template_prefix(tiny) + len(system) - 1
+
+
+def test_the_score_ignores_the_prefix_tokens_whatever_the_padding():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 9, 4)
+    mask = torch.tensor([[1] * 9, [0, 0, 0] + [1] * 6, [0] * 7 + [1] * 2])  # left padding; the last row is short
+    skip = 4
+    score = prompt_mean(hidden, mask, skip)
+    changed = hidden.clone()
+    for row, first in enumerate((0, 3, 7)):
+        changed[row, first : min(first + skip, 8)] += 100.0  # other template tokens (a short row keeps its last one)
+    torch.testing.assert_close(prompt_mean(changed, mask, skip), score)
+    torch.testing.assert_close(score[0], hidden[0, 4:].mean(0))
+    torch.testing.assert_close(score[1], hidden[1, 7:].mean(0))
+    torch.testing.assert_close(score[2], hidden[2, 8])  # shorter than the prefix: its last token
+    torch.testing.assert_close(prompt_mean(hidden, mask), prompt_mean(hidden, mask, 1))  # the default: the first token only
+    torch.testing.assert_close(prompt_mean(hidden, mask, 1)[1], hidden[1, 4:].mean(0))
+
+
 def test_find_condition_separates_prompts_and_the_gate_reads_the_same_scores(tmp_path):
     from conftest import tiny_backbone
 
@@ -131,6 +161,9 @@ def test_find_condition_separates_prompts_and_the_gate_reads_the_same_scores(tmp
 
     loaded = condition_from_vector(load_vector(path, backbone=backbone))
     assert (loaded.layer, loaded.threshold, loaded.comparison) == (search.condition.layer, search.condition.threshold, "greater")
+    assert loaded.skip_prefix == search.condition.skip_prefix == template_prefix(backbone) > 0
+    old_file = PersonaVector(loaded.vector.directions, extra={"condition": {"layer": 1, "threshold": 0.0}})
+    assert condition_from_vector(old_file).skip_prefix == 1  # files from before the prefix: the first token only
     other_layer = 3 - loaded.layer
     assert condition_from_vector(loaded.vector, layer=other_layer).threshold == search.vector.extra["condition"]["thresholds"][str(other_layer)]
     # generation fires on the held-out sea prompts and on none of the others, with the scores find measured
@@ -141,7 +174,8 @@ def test_find_condition_separates_prompts_and_the_gate_reads_the_same_scores(tmp
     (fired, scores), = decisions
     assert fired.tolist() == [True] * 3 + [False] * 3
     unit = loaded.vector.unit(loaded.layer)
-    expected = prompt_activations(backbone, format_prompts(backbone, [chat_prompt(p) for p in held]))[:, loaded.layer] @ unit
+    expected = prompt_activations(backbone, format_prompts(backbone, [chat_prompt(p) for p in held]),
+                                  skip=loaded.skip_prefix)[:, loaded.layer] @ unit
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
 
 

@@ -101,7 +101,8 @@ def test_drift_note_and_stored_correlation_recompute_exactly():
     assert drift_mixtures.note(settings, c, data["checkpoints"]) in _section("drift")
 
 
-@pytest.mark.parametrize("name, script", [("preventative", "preventative_steering"), ("persona_adapters", "persona_adapters")])
+@pytest.mark.parametrize("name, script", [("preventative", "preventative_steering"), ("persona_adapters", "persona_adapters"),
+                                          ("conditional_steering", "conditional_steering")])
 def test_notes_are_written_from_the_stored_settings(name, script):
     data = json.loads((ROOT / "docs" / "experiments" / f"{name}.json").read_text())
     if "settings" not in data:

@@ -157,10 +157,13 @@ class _LayerHook:
 class Condition:
     """Steer a row only if its prompt's projection on `vector` at `layer` passes `threshold` (as CAST does).
 
-    A prompt's score is the mean, over its non-padding tokens but the first (see
-    `prompt_mean`), of `hidden_states[layer]` (read before any steering at that
-    layer) projected on the unit direction of `vector` at `layer`. With `comparison="greater"` the
-    condition fires when score > threshold, with `"less"` when score < threshold.
+    A prompt's score is the mean, over its non-padding tokens but the first
+    `skip_prefix` (see `prompt_mean`), of `hidden_states[layer]` (read before any
+    steering at that layer) projected on the unit direction of `vector` at `layer`.
+    `skip_prefix` is the chat template's part before the user's message, the same
+    for every prompt (`conditions.template_prefix`; 1, the first token, at least).
+    With `comparison="greater"` the condition fires when score > threshold, with
+    `"less"` when score < threshold.
     `personactl condition find` (`conditions.find_condition`) fits both from two
     sets of prompts.
     """
@@ -169,6 +172,7 @@ class Condition:
     layer: int
     threshold: float
     comparison: Literal["greater", "less"] = "greater"
+    skip_prefix: int = 1  # leading real tokens of each prompt left out of its score (the shared template prefix)
 
     def unit(self, backbone: Backbone) -> torch.Tensor:
         """The unit direction at `layer`, checked against the backbone (float32, on its device)."""
@@ -190,20 +194,23 @@ class Condition:
         return scores > self.threshold if self.comparison == "greater" else scores < self.threshold
 
 
-def prompt_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """A condition's view of each prompt: the mean of hidden [batch, seq, hidden] over its real tokens but the first.
+def prompt_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, skip: int = 1) -> torch.Tensor:
+    """A condition's view of each prompt: the mean of hidden [batch, seq, hidden] over its real tokens but the first `skip`.
 
-    The first token's state is the same for every prompt that starts alike (a causal model has seen nothing
-    else), and in most models it is a huge attention sink, so counting it only adds an offset that shrinks with
-    the prompt's length. A one-token prompt keeps its token. The mask is [batch, seq] (1 = real, left padding
-    allowed); without one every position is real.
+    The first tokens of chat-formatted prompts are the template's (SmolLM2's default system prompt is 24 tokens):
+    their states are the same for every prompt (a causal model has seen nothing else), and the first is in most
+    models a huge attention sink, so counting them only adds an offset whose weight depends on the prompt's
+    length. `skip=1` leaves out the first token only. A prompt no longer than `skip` keeps its last token. The mask
+    is [batch, seq] (1 = real, padding on either side); without one every position is real.
     """
     hidden = hidden.float()
     mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask.to(hidden.device).float()
     first = mask.argmax(1)  # index of each row's first real token
-    rows = torch.arange(len(mask), device=mask.device)
-    weights = mask.clone()
-    weights[rows, first] = torch.where(mask.sum(1) > 1, 0.0, mask[rows, first])
+    position = torch.arange(mask.shape[1], device=mask.device)[None, :] - first[:, None]  # within the real tokens
+    weights = mask * (position >= max(int(skip), 0)).float()
+    last = torch.zeros_like(mask)
+    last[torch.arange(len(mask), device=mask.device), (mask * (position + 1)).argmax(1)] = 1.0  # each row's last real token
+    weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, mask * last)
     return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
 
 
@@ -248,7 +255,7 @@ class ConditionGate:
         hidden = output[0] if isinstance(output, tuple) else output
         batch, seq = hidden.shape[:2]
         usable = mask is not None and mask.shape[0] == batch and mask.shape[1] >= seq
-        self.scores = (prompt_mean(hidden, mask[:, -seq:] if usable else None) @ self.unit).cpu()
+        self.scores = (prompt_mean(hidden, mask[:, -seq:] if usable else None, self.condition.skip_prefix) @ self.unit).cpu()
         self.fired = self.condition.fires(self.scores)
         self._pending = False
 
