@@ -73,7 +73,7 @@ def main() -> None:
     same_batched = sum(a == b for a, b in zip(answers["batched"], flat_separate))
     label = f"K={len(COEFS)} coefficients x {len(questions)} questions"
     rows = [
-        {"sweep": f"{label}: K separate runs", "seconds": times["separate"], "prefill seconds": None, "speed-up": 1.0},
+        {"sweep": f"{label}: K separate runs", "seconds": times["separate"], "prefill seconds": "-", "speed-up": 1.0},
         {"sweep": f"{label}: one batch, per-row coefficients", "seconds": times["batched"], "prefill seconds": t_full,
          "speed-up": times["separate"] / times["batched"]},
         {"sweep": f"{label}: one batch, prefill shared across coefficients", "seconds": times["shared"], "prefill seconds": t_prefix,

@@ -40,6 +40,7 @@ def main() -> None:
             measured[trait.name] = measure(backbone, trait)
             print(row_of(measured[trait.name]), flush=True)
     rows = [row_of(m) for m in measured.values()]
+    agree = sum((r["verdict"] == "not expressed") == (r[f"first {QUICK} questions"] == "not expressed") for r in rows)
     note = (
         f"SmolLM2-135M-Instruct, offline judge, greedy answers of {N_QUESTIONS} extraction questions per instruction pair. "
         "Judge AUROC, accuracy and gap (mean score of positive minus negative answers, 0-100) are out of fold (5 folds); "
@@ -47,6 +48,8 @@ def main() -> None:
         f"Steering effect: judged trait at coefficient {PROBE_COEF:g} minus at 0 on 4 unused extraction questions, the best of "
         f"the candidate layers (read it only where the judge separates the trait). Threshold set from this table: "
         f"expressed at judge AUROC >= {EXPRESSED_AUROC:.2f}, strongly when the CI's lower end is above it too. "
+        f"The first {QUICK} questions alone (what `extract --check` uses by default) give the same expressed / not expressed "
+        f"answer for {agree} of {len(rows)} traits. "
         f"Check seconds: answers + activations + judge for {N_QUESTIONS} questions on 2 cores, other jobs running."
     )
     print(write_section("expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's threshold)", rows, note,

@@ -17,7 +17,7 @@ for every judge; accuracy, the mean score gap and (for LLM judges) the pairs
 passing Chen et al.'s filter are reported beside it. EXPRESSED_AUROC comes
 from the built-in traits and a placebo control on SmolLM2
 (experiments/expressibility.py, docs/experiments.md): the traits that steering
-then moved scored 0.80-0.89, the others at most 0.56, so the line sits
+then moved scored 0.80-0.89, the others at most 0.59, so the line sits
 between the two groups. The projection separation per layer is reported too,
 but it does not decide: positive and negative answers are read under
 different instructions, so their activations separate even when the answers
