@@ -36,3 +36,16 @@ def test_perplexity_matches_a_manual_computation(tiny):
         lp = torch.log_softmax(logits[:-1], -1).gather(-1, batch.input_ids[0, 1:, None])[:, 0]
         expected = math.exp(-float(lp[-len(a):].mean()))
         assert value == pytest.approx(expected, rel=1e-4)
+
+
+def test_perplexity_of_rows_sharing_a_prompt_equals_one_forward_per_row(tiny):
+    """Rows that repeat a prompt run it once and copy its cache: the numbers must not change (sliding windows included)."""
+    long_prompt = "<user>a prompt longer than the sliding window"
+    prompts = [long_prompt, "<user>hi", long_prompt, long_prompt, "<user>hi"]
+    answers = ["abc def", "x", "a much longer answer here", "", "yz"]
+    shared = perplexity(tiny, prompts, answers, batch_size=8)
+    one_by_one = [perplexity(tiny, [p], [a])[0] for p, a in zip(prompts, answers)]
+    assert shared[3] is None and one_by_one[3] is None
+    for got, expected in zip(shared, one_by_one):
+        if expected is not None:
+            assert got == pytest.approx(expected, rel=1e-4)

@@ -111,3 +111,15 @@ def test_shared_prefill_gives_the_answers_of_separate_runs(tiny, monkeypatch, te
                             temperature=temperature, seeds=[10 * i for i in range(len(questions))])
         assert [shared[i * len(coefs) + k] for i in range(len(questions))] == separate
     assert len(calls) == 1  # separate runs have no repeated prompt: the ordinary path
+
+
+def test_row_sampler_draws_from_the_softmax_and_never_a_masked_token():
+    from personactl.generation import RowSampler
+
+    probs = torch.tensor([0.2, 0.5, 0.3, 0.0])
+    scores = torch.log(probs).expand(4000, -1).clone()
+    sampler = RowSampler(range(4000), temperature=1.0, top_p=1.0)
+    picked = sampler(torch.zeros(4000, 1, dtype=torch.long), scores).argmax(-1)
+    frequencies = torch.bincount(picked, minlength=4).float() / 4000
+    torch.testing.assert_close(frequencies, probs, atol=0.03, rtol=0)
+    assert frequencies[3] == 0

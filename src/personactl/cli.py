@@ -89,7 +89,7 @@ def extract(
     samples: int = typer.Option(1, help="answers per (instruction, question)"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     seed: int = typer.Option(0),
-    batch_size: int = typer.Option(16),
+    batch_size: int = typer.Option(64, help="rows per generation and capture batch"),
     filter_judge: Optional[str] = typer.Option(
         None, help="keep only pairs a judge confirms (pos trait >= 50, neg < 50, both coherent): local:MODEL or openai:MODEL"
     ),

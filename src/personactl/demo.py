@@ -25,7 +25,7 @@ def demo_config(trait: str) -> SweepConfig:
     """The sweep the demo runs for one trait."""
     return SweepConfig(
         name=f"demo-{trait}", trait=trait, methods=["vector"], layers="auto", coefs=DEMO_COEFS,
-        samples=2, temperature=0.7, judge="embed", extraction_questions=12, positions="response",
+        samples=2, temperature=0.7, judge="embed", extraction_questions=10, positions="response", batch_size=72,
     )
 
 

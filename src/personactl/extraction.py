@@ -56,7 +56,7 @@ class ExtractionSettings:
     samples_per_question: int = 1
     temperature: float = 0.0
     seed: int = 0
-    batch_size: int = 16
+    batch_size: int = 64
     n_questions: int | None = None
 
 
@@ -93,7 +93,7 @@ def usable_pairs(pairs: list[ContrastivePair], positions: str) -> list[Contrasti
 
 
 def pair_activations(
-    backbone: Backbone, pairs: list[ContrastivePair], *, positions: str = "response_avg", batch_size: int = 16
+    backbone: Backbone, pairs: list[ContrastivePair], *, positions: str = "response_avg", batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduced activations of the positive and the negative side: two [n_pairs, layers+1, hidden]."""
     prompts = [p.pos_prompt for p in pairs] + [p.neg_prompt for p in pairs]
@@ -112,7 +112,7 @@ def vector_from_pairs(
     trait: str,
     method: str = "mean_diff",
     positions: str = "response_avg",
-    batch_size: int = 16,
+    batch_size: int = 64,
 ) -> PersonaVector:
     """Directions per layer from the pairs' activations (one forward pass per batch)."""
     if method not in METHODS:

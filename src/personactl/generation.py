@@ -49,10 +49,12 @@ class RowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for warper in self.warpers:
             scores = warper(input_ids, scores)
-        probs = torch.softmax(scores.float(), dim=-1).cpu()
-        picked = torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1)
+        # inverse-transform sampling, all rows at once; u in (0, 1] never lands on a zero-probability token
+        u = torch.stack([1.0 - torch.rand((), generator=g) for g in self.generators]).to(cdf.device)
+        picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(cdf.shape[-1] - 1)
         only = torch.full_like(scores, -float("inf"))
-        return only.scatter_(1, picked.to(scores.device)[:, None], 0.0)
+        return only.scatter_(1, picked, 0.0)
 
 
 @torch.no_grad()
