@@ -29,6 +29,10 @@ transfer_app = typer.Typer(help="Cross-model transfer: carry a persona vector fr
 app.add_typer(transfer_app, name="transfer")
 condition_app = typer.Typer(help="Conditional steering: find a condition (direction, layer, threshold) from two sets of prompts.", no_args_is_help=True)
 app.add_typer(condition_app, name="condition")
+export_app = typer.Typer(help="Export personas to llama.cpp: control vectors and LoRA adapters as GGUF files.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+import_app = typer.Typer(help="Import persona vectors from other tools (llama.cpp / repeng control vectors).", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 out = Console(soft_wrap=True)  # paths stay on one line
 err = Console(stderr=True)
@@ -89,7 +93,7 @@ def extract(
     samples: int = typer.Option(1, help="answers per (instruction, question)"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     seed: int = typer.Option(0),
-    batch_size: int = typer.Option(64, help="rows per generation and capture batch"),
+    batch_size: int = typer.Option(128, help="rows per generation and capture batch"),
     filter_judge: Optional[str] = typer.Option(
         None, help="keep only pairs a judge confirms (pos trait >= 50, neg < 50, both coherent): local:MODEL or openai:MODEL"
     ),
@@ -167,9 +171,31 @@ def generate(
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
     device_map: Optional[str] = DeviceMapOpt,
+    backend: str = typer.Option("hf", "--backend", help="hf (local model, activation steering); llamacpp (the GGUF model under llama.cpp: "
+                                "the vector as a control vector, --lora as a GGUF LoRA); or openai:MODEL: an OpenAI-compatible "
+                                "endpoint (PERSONACTL_API_BASE_URL / PERSONACTL_API_KEY), steered by parameter modulation"),
+    lora: Optional[str] = typer.Option(None, "--lora", help="persona LoRA: a LoRA direction / adapter folder, a registry name, or (llamacpp) a LoRA .gguf"),
+    lora_scale: float = typer.Option(1.0, "--lora-scale", help="LoRA strength: W + scale * dW"),
 ) -> None:
     """Generate answers, steered by a persona vector (and unsteered with --baseline); --condition steers only the
     prompts whose projection on the condition vector passes the threshold."""
+    from .blackbox.api import parse_backend  # noqa: PLC0415
+
+    kind = parse_backend(backend)[0]
+    if kind == "openai":
+        _generate_via_api(backend, prompt, vector, layer, coef, system, temperature, max_new_tokens, seed, as_json,
+                          lambda: _load(model, device, dtype, device_map))
+        return
+    if kind == "llamacpp":
+        unsupported = [name for name, used in (("--op ablate", op != "add"), ("--norm-preserving", norm_preserving),
+                                               ("--condition", condition is not None)) if used]
+        if unsupported:
+            from .errors import OptionError  # noqa: PLC0415
+
+            raise OptionError(f"{', '.join(unsupported)} needs --backend hf (llama.cpp adds control vectors only)")
+        _generate_via_llamacpp(model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json,
+                               max_new_tokens, temperature, seed, lora, lora_scale)
+        return
     from .conditions import condition_from_vector  # noqa: PLC0415
     from .generation import chat_prompt, generate as run_generate  # noqa: PLC0415
     from .steering import SteeringTerm, weighted_terms  # noqa: PLC0415
@@ -197,8 +223,9 @@ def generate(
             out.print(f"layers {blend.describe()}")
     messages = [chat_prompt(p, system) for p in prompt]
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    steered = run_generate(backbone, messages, steering=terms, condition=cond,  # type: ignore[arg-type]
-                           on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())), **kwargs)
+    with _merged_lora(backbone, lora, lora_scale):
+        steered = run_generate(backbone, messages, steering=terms, condition=cond,  # type: ignore[arg-type]
+                               on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())), **kwargs)
     base = run_generate(backbone, messages, **kwargs) if baseline else None  # type: ignore[arg-type]
     rows = [
         {"prompt": p, "steered": s, **({"baseline": base[i]} if base else {}),
@@ -218,6 +245,86 @@ def generate(
     for row in rows:
         said = [f"{'fired' if row['condition_fired'] else 'not fired'} ({row['condition_score']:+.3f})"] if cond else []
         table.add_row(row["prompt"], *said, *([row["baseline"]] if base else []), row["steered"])
+    out.print(table)
+
+
+def _merged_lora(backbone, lora: Optional[str], scale: float):
+    """`--lora` on the hf backend: coef * dW merged for the steered answers (restored afterwards)."""
+    import contextlib  # noqa: PLC0415
+
+    if not lora:
+        return contextlib.nullcontext()
+    from .lora.adapters import resolve_adapter  # noqa: PLC0415
+    from .lora.direction import LoRADirection, merged  # noqa: PLC0415
+
+    direction = LoRADirection.load(resolve_adapter(lora))
+    direction.check_base(backbone)
+    return merged(backbone, (direction, scale))
+
+
+def _generate_via_llamacpp(model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json,
+                           max_new_tokens, temperature, seed, lora, lora_scale) -> None:
+    """`generate --backend llamacpp`: the GGUF model under llama.cpp, the vector as a control vector (blackbox/llamacpp.py)."""
+    from .blackbox.llamacpp import Control, LlamaCppBackend, context_size, generate_answers  # noqa: PLC0415
+    from .generation import chat_prompt  # noqa: PLC0415
+    from .vectors import load_vector  # noqa: PLC0415
+
+    _check_choice(positions, ("all", "response", "prompt"), "--positions")
+    with err.status(f"loading {model} (llama.cpp) ..."):
+        backend = LlamaCppBackend(model, n_ctx=context_size(max_new_tokens), seed=seed)
+    control, layers, blend = None, [], None
+    if vector is not None:
+        if not layer:
+            raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
+        blend = _blend_option(layer, vector, backend.n_layers)
+        layers = list(blend.weights) if blend else _numbers(",".join(layer), int)
+        loaded = load_vector(vector, fmt=vector_format, layer=layers[0])  # type: ignore[arg-type]
+        control = Control(loaded, dict(blend.weights) if blend else {int(x): 1.0 for x in layers}, coef, positions)
+    messages = [chat_prompt(p, system) for p in prompt]
+    try:
+        steered, base = generate_answers(backend, messages, control=control, lora=lora, lora_scale=lora_scale, baseline=baseline,
+                                         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    finally:
+        backend.close()
+    rows = [{"prompt": p, "steered": s, **({"baseline": base[i]} if base else {})} for i, (p, s) in enumerate(zip(prompt, steered))]
+    if as_json:
+        print(json.dumps({"backend": "llamacpp", "model": backend.name, "gguf": str(backend.path), "vector": str(vector) if vector else None,
+                          "layers": layers, "coef": coef, "lora": lora, "lora_scale": lora_scale if lora else None,
+                          **({"weights": {str(k): w for k, w in blend.weights.items()}} if blend else {}), "results": rows}, indent=2))
+        return
+    table = Table("prompt", *(["baseline"] if base else []), f"steered (llama.cpp, coef {coef:g}, layer {','.join(map(str, layers)) or '-'})",
+                  show_lines=True)
+    for row in rows:
+        table.add_row(row["prompt"], *([row["baseline"]] if base else []), row["steered"])
+    out.print(table)
+
+
+def _generate_via_api(backend, prompt, vector, layer, coef, system, temperature, max_new_tokens, seed, as_json, load_local) -> None:
+    """`generate --backend openai:MODEL`: parameter modulation (blackbox/modulation.py); prints the parameters it used."""
+    from .blackbox.api import ApiGenerator, Sampling  # noqa: PLC0415
+    from .blackbox.modulation import generate_modulated  # noqa: PLC0415
+    from .generation import chat_prompt  # noqa: PLC0415
+
+    if vector is None:
+        sampling = Sampling(temperature, max_tokens=max_new_tokens)
+        answers, info = ApiGenerator.from_backend(backend).chat([chat_prompt(p, system) for p in prompt], sampling,
+                                                                 [seed + i for i in range(len(prompt))]), {}
+    else:
+        if len(layer) != 1 or not layer[0].strip().isdigit():
+            raise typer.BadParameter("parameter modulation reads the vector at one layer: give one --layer number", param_hint="--layer")
+        done = generate_modulated(backend, prompt, str(vector), int(layer[0]), coef, load_local=load_local, base_temperature=temperature,
+                                  max_tokens=max_new_tokens, seed=seed, system=system)
+        answers, sampling = done.answers, done.sampling
+        info = {"magnitude": round(done.magnitude, 4), "hidden_norm": round(done.hidden_norm, 3), "coef": coef, "layer": int(layer[0])}
+    if as_json:
+        print(json.dumps({"backend": backend, "parameters": sampling.to_dict(), **info,
+                          "results": [{"prompt": p, "answer": a} for p, a in zip(prompt, answers)]}, indent=2))
+        return
+    out.print(f"{backend}: {sampling.describe()}" + (f" (|v| = {info['magnitude']:.3g} x 10% of the mean hidden-state norm "
+                                                      f"at layer {info['layer']}, coef {coef:g})" if info else ""))
+    table = Table("prompt", "answer", show_lines=True)
+    for p, a in zip(prompt, answers):
+        table.add_row(p, a)
     out.print(table)
 
 
@@ -342,7 +449,7 @@ def sweep(
     vector: Optional[str] = typer.Option(None, "--vector", "-v", help="vector file (its .pairs.jsonl beside it feeds the embed judge); extracted when absent"),
     lora: Optional[str] = typer.Option(None, help="persona direction folder for method 'lora' (from `personactl lora extract`)"),
     adapter: Optional[str] = typer.Option(None, help="persona adapter (registry name or folder) for method 'adapter'"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt, lora, adapter [default: vector]"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt, lora, adapter, fewshot, modulation, api-prompt [default: vector]"),
     coefs: Optional[str] = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
     layers: Optional[str] = typer.Option(None, help="layers, e.g. '8,12,16'; 'auto' (the best measured layer); 'auto:K' (the top K "
                                          "blended, coefficient split by measured effect); or a mix, e.g. 'auto,auto:3' [default: auto]"),
@@ -361,6 +468,10 @@ def sweep(
     config: Optional[Path] = typer.Option(None, help="JSON file with any of these settings (flags override it)"),
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
+    backend: Optional[str] = typer.Option(None, "--backend", help="hf (local); llamacpp: vector, lora, adapter and prompt run as their "
+                                          "llama.cpp twins (llamacpp-vector ...; judges and perplexity stay on the hf model); or "
+                                          "openai:MODEL: where modulation, api-prompt and "
+                                          "fewshot generate (base URL / key: PERSONACTL_API_BASE_URL / PERSONACTL_API_KEY) [default: hf]"),
 ) -> None:
     """Sweep coefficients (x layers x methods) over held-out questions, judged; resumable; writes a report."""
     from .experiment import run as run_experiment  # noqa: PLC0415
@@ -368,7 +479,7 @@ def sweep(
     cfg = _sweep_config(config, {
         "trait": trait, "model": model, "vector": vector, "lora": lora, "adapter": adapter, "samples": samples, "n_questions": n_questions,
         "judge": judge, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
-        "batch_size": batch_size, "name": name, "positions": positions,
+        "batch_size": batch_size, "name": name, "positions": positions, "backend": backend,
         "methods": [m.strip() for m in methods.split(",")] if methods else None,
         "coefs": _numbers(coefs) if coefs else None,
         "layers": _layer_specs(layers) if layers else None,
@@ -662,11 +773,21 @@ def chat(
     coef: float = typer.Option(1.5, help="coefficient for --vector"),
     layer: Optional[int] = typer.Option(None, help="layer for --vector [default: the run's chosen layer, else 2/3 depth]"),
     max_new_tokens: int = typer.Option(96),
+    backend: str = typer.Option("hf", "--backend", help="hf, or llamacpp: the GGUF model under llama.cpp (adapters as GGUF LoRAs, "
+                                "vectors as control vectors)"),
 ) -> None:
     """Interactive chat: /persona NAME, /blend a=0.5,b=0.5, /vector V 1.5, /reset, /help; Ctrl-D quits."""
-    from .lora.chat import HELP, ChatSession  # noqa: PLC0415
+    from .blackbox.backends import check_backend  # noqa: PLC0415
 
-    session = ChatSession(_load(model, None, None, None), max_new_tokens)
+    if check_backend(backend) == "llamacpp":
+        from .blackbox.llamacpp import CHAT_HELP as HELP, LlamaCppBackend, LlamaCppChat  # noqa: PLC0415
+
+        with err.status(f"loading {model} (llama.cpp) ..."):
+            session = LlamaCppChat(LlamaCppBackend(model, n_ctx=4096), max_new_tokens)
+    else:
+        from .lora.chat import HELP, ChatSession  # noqa: PLC0415
+
+        session = ChatSession(_load(model, None, None, None), max_new_tokens)  # type: ignore[assignment]
     try:
         for command in ([f"/persona {adapter}"] if adapter else []) + ([f"/vector {vector} {coef} {layer or ''}".strip()] if vector else []):
             out.print(session.handle(command), markup=False)
@@ -904,6 +1025,56 @@ def transfer_evaluate(
         expressed = verdict.expressed
         out.print(f"expressibility on {backbone.name}: {verdict.line()}", markup=False)
     out.print(f"verdict: {verdict_of(rows, vector.name, chosen, expressed).line()}", markup=False)
+
+
+@export_app.command("cvec")
+def export_cvec(
+    vector: Path = typer.Argument(..., help="persona vector file (.safetensors)"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="control vector file to write (.gguf)"),
+    layers: str = typer.Option("all", help="our layers (2..N; layer l = output of block l-1): 'all' (every non-zero one), 18-28 or 18,20,24-26"),
+    coef: float = typer.Option(1.0, help="scale the directions written (llama.cpp's --control-vector-scaled multiplies again)"),
+    model: str = ModelOpt,
+) -> None:
+    """Write a persona vector as a llama.cpp control vector: our layer l becomes direction.(l-1)."""
+    from .blackbox.cvec import parse_layers, write_control_vector  # noqa: PLC0415
+    from .vectors import load_vector  # noqa: PLC0415
+
+    chosen = parse_layers(layers)
+    loaded = load_vector(vector)
+    backbone = _load(model, None, None, None)
+    write_control_vector(loaded, out_path, layers=chosen, coef=coef, backbone=backbone)
+    out.print(f"control vector written to {out_path}: use `llama-cli -m MODEL.gguf --control-vector-scaled {out_path} 1.0`")
+
+
+@export_app.command("gguf-lora")
+def export_gguf_lora(
+    folder: Path = typer.Argument(..., help="a LoRA persona direction (lora extract OUT or OUT/diff) or a persona adapter folder"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="llama.cpp LoRA adapter file to write (.gguf)"),
+    model: str = ModelOpt,
+) -> None:
+    """Write a LoRA direction or persona adapter as a llama.cpp LoRA adapter (GGUF) for the base model."""
+    from .blackbox.gguf_lora import load_lora_folder, write_gguf_lora  # noqa: PLC0415
+
+    direction = load_lora_folder(folder)
+    backbone = _load(model, None, None, None)
+    write_gguf_lora(direction, out_path, backbone)
+    out.print(f"LoRA adapter written to {out_path}: use `llama-cli -m MODEL.gguf --lora {out_path}` (or --lora-scaled {out_path} S)")
+
+
+@import_app.command("cvec")
+def import_cvec(
+    file: Path = typer.Argument(..., help="a llama.cpp or repeng control vector (.gguf)"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="persona vector file to write (.safetensors)"),
+    model: str = ModelOpt,
+) -> None:
+    """Read a llama.cpp / repeng control vector into a persona vector: direction.N becomes our layer N+1."""
+    from .blackbox.cvec import read_control_vector  # noqa: PLC0415
+
+    read_control_vector(file)  # a file that is no control vector fails before the model loads
+    backbone = _load(model, None, None, None)
+    vector = read_control_vector(file, backbone)
+    vector.save(out_path)
+    out.print(f"persona vector (layers {vector.extra['layers']}) written to {out_path}")
 
 
 def _number(text: str, option: str) -> float:

@@ -56,7 +56,7 @@ class ExtractionSettings:
     samples_per_question: int = 1
     temperature: float = 0.0
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 128
     n_questions: int | None = None
 
 
