@@ -58,6 +58,7 @@ class SweepConfig(BaseModel):
     seed: int = 0
     batch_size: int = Field(32, ge=1)
     positions: Literal["all", "prompt", "response"] = "all"
+    backend: str = Field("hf", description="where API methods generate: hf (local), or openai:MODEL (modulation, api-prompt, fewshot)")
 
     @field_validator("layers")
     @classmethod
@@ -78,6 +79,14 @@ class SweepConfig(BaseModel):
                     raise ValueError(f"'{item}' blends no layers: K must be at least 1")
             checked.append(item)
         return checked[0] if isinstance(value, str) else checked
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        from .blackbox.api import parse_backend  # noqa: PLC0415
+
+        kind, model = parse_backend(value)  # raises BackendError (one line), not a ValueError
+        return kind if not model else f"{kind}:{model}"
 
     @model_validator(mode="after")
     def _samples_need_sampling(self) -> "SweepConfig":
@@ -191,6 +200,8 @@ def claim_run_dir(config: SweepConfig, run_dir: Path) -> None:
     wanted = config.model_dump()
     if path.exists():
         found = json.loads(path.read_text(encoding="utf-8")).get("sweep")
+        # a field added since the run was written counts as its default
+        found = None if found is None else {**{k: f.default for k, f in SweepConfig.model_fields.items() if k not in found}, **found}
         if found is not None and found != wanted:
             diff = sorted(k for k in wanted if found.get(k) != wanted[k])
             raise SweepError(

@@ -217,8 +217,9 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
     """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report."""
     prep = prepare(config, out_dir, backbone)
     layers, selection = choose_layers(prep)
-    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions, {"lora": config.lora or "", "adapter": config.adapter or ""},
-                        {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()})
+    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions,
+                        {"lora": config.lora or "", "adapter": config.adapter or "", "backend": config.backend},
+                        {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()}, prep.pairs)
     methods = [make_method(name, ctx) for name in config.methods]
     questions = prep.trait.eval_questions[: config.n_questions]
     records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir)

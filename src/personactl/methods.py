@@ -58,6 +58,7 @@ class MethodContext:
     positions: str = "all"
     options: dict[str, str] = field(default_factory=dict)  # method-specific inputs, e.g. {"lora": DIR, "adapter": NAME}
     blends: dict[str, dict[int, float]] = field(default_factory=dict)  # "auto:K" -> {layer: weight}, weights summing to 1
+    pairs: list = field(default_factory=list)  # the vector's extraction answers (ContrastivePair), for fewshot and modulation
 
 
 @dataclass
@@ -119,6 +120,9 @@ _REGISTRY: dict[str, MethodFactory | str] = {
     "prompt": PromptMethod,
     "lora": "personactl.lora.method:LoRAMethod",
     "adapter": "personactl.lora.method:AdapterMethod",
+    "modulation": "personactl.blackbox.modulation:ModulationMethod",
+    "api-prompt": "personactl.blackbox.modulation:ApiPromptMethod",
+    "fewshot": "personactl.blackbox.fewshot:FewShotMethod",
 }
 
 

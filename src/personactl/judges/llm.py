@@ -19,7 +19,7 @@ import hashlib
 import math
 import os
 import random
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import openai
 
@@ -31,6 +31,7 @@ BASE_URL_ENVS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL")
 API_KEY_ENVS = ("PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NUMBER_TOKENS = 3  # "100" written digit by digit
+T = TypeVar("T")
 
 
 class JudgeError(PersonactlError):
@@ -51,6 +52,34 @@ def _first_line(err: openai.APIStatusError) -> str:
     message = body.get("message") if isinstance(body, dict) else None
     lines = str(message or err.message).strip().splitlines()
     return lines[0] if lines else ""
+
+
+def async_client(base_url: str | None, api_key: str, timeout: float) -> openai.AsyncOpenAI:
+    """The async client every personactl call to an OpenAI-compatible endpoint uses (retries are ours: `with_retries`)."""
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], label: str, max_retries: int, backoff: float, error: type[PersonactlError] | None = None
+) -> T:
+    """`call()`, retried with exponential backoff on rate limits, 5xx, timeouts and dropped connections;
+    other refusals (4xx) raise at once. `label` names the caller in the one-line `error` (default JudgeError)."""
+    error = error or JudgeError
+    for attempt in range(max_retries + 1):
+        try:
+            return await call()
+        except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as err:
+            # APITimeoutError is an APIConnectionError; InternalServerError is any 5xx.
+            if attempt == max_retries:
+                raise error(
+                    f"{label} still failing after {max_retries + 1} attempts ({type(err).__name__}: {err}); "
+                    "lower the concurrency or try again later"
+                ) from err
+            delay = backoff * 2**attempt
+            await asyncio.sleep(delay + random.uniform(0, 0.1 * delay))
+        except openai.APIStatusError as err:
+            raise error(f"{label} refused the request: HTTP {err.status_code}: {_first_line(err)}") from err
+    raise AssertionError("unreachable")
 
 
 class OpenAIJudge:
@@ -118,9 +147,7 @@ class OpenAIJudge:
                 todo.append(pair)
         if todo:
             semaphore = asyncio.Semaphore(self.concurrency)
-            async with openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout
-            ) as client:
+            async with async_client(self.base_url, self.api_key, self.timeout) as client:
                 tasks = [asyncio.ensure_future(self._score_one(client, semaphore, q, a)) for q, a in todo]
                 try:
                     scores = await asyncio.gather(*tasks)
@@ -137,39 +164,25 @@ class OpenAIJudge:
         """One judgement, retried on transient failures and stored in the cache as soon as it is known."""
         prompt = fill_rubric(self.rubric, question, answer)
         async with semaphore:  # held through the backoff too, so a rate-limited endpoint sees fewer calls
-            for attempt in range(self.max_retries + 1):
-                try:
-                    completion = await client.chat.completions.create(
-                        model=self.model,
-                        messages=[{"role": "user", "content": prompt}],
-                        max_tokens=NUMBER_TOKENS,
-                        temperature=0,
-                        logprobs=True,
-                        top_logprobs=TOP_LOGPROBS,
-                        seed=0,
-                    )
-                    break
-                except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as err:
-                    # APITimeoutError is an APIConnectionError; InternalServerError is any 5xx.
-                    if attempt == self.max_retries:
-                        raise JudgeError(
-                            f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL} still failing after "
-                            f"{self.max_retries + 1} attempts ({type(err).__name__}: {err}); "
-                            "lower the concurrency or try again later"
-                        ) from err
-                    delay = self.backoff * 2**attempt
-                    await asyncio.sleep(delay + random.uniform(0, 0.1 * delay))
-                except openai.APIStatusError as err:
-                    raise JudgeError(
-                        f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL} refused the request: "
-                        f"HTTP {err.status_code}: {_first_line(err)}"
-                    ) from err
+            completion = await with_retries(
+                lambda: client.chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=NUMBER_TOKENS,
+                    temperature=0,
+                    logprobs=True,
+                    top_logprobs=TOP_LOGPROBS,
+                    seed=0,
+                ),
+                f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL}", self.max_retries, self.backoff,
+            )
         choice = completion.choices[0] if completion.choices else None
         content = choice.logprobs.content if choice is not None and choice.logprobs is not None else None
         if not content:
             raise JudgeError(
-                f"judge {self.model!r} returned no logprobs; use a model and server that support "
-                "logprobs=True with top_logprobs (e.g. OpenAI gpt-4.1-mini, vLLM, llama.cpp server)"
+                f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL} returns no logprobs, and the judge scores "
+                "from them: use --judge embed (offline) or a model and server that return logprobs=True with top_logprobs "
+                "(e.g. OpenAI gpt-4.1-mini, vLLM, llama.cpp's server)"
             )
         value = read_score([{tok.token: tok.logprob for tok in position.top_logprobs} for position in content],
                            [position.token for position in content])
