@@ -1,0 +1,115 @@
+"""A LoRA persona direction or persona adapter as a llama.cpp LoRA adapter (GGUF).
+
+llama.cpp's layout (convert_lora_to_gguf.py, src/llama-adapter.cpp):
+`general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha`,
+`general.architecture` of the base, and per adapted weight two tensors named
+after the base tensor: `blk.N.attn_q.weight.lora_a` (A, numpy [r, in], GGUF
+ne [in, r]) and `.lora_b` (B, numpy [out, r]). llama.cpp computes
+y += scale * alpha / r * B @ A @ x, with `scale` the user's `--lora-scaled`
+factor (1 for `--lora`). Weights the GGUF conversion permutes (llama's q/k rows
+for rotary) get the same row permutation on B, as convert_lora_to_gguf does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._io import atomic_path
+from ..errors import PersonactlError
+from ..lora.direction import AdapterError, LoRADirection
+from ..models import Backbone
+from .cvec import ControlVectorError, llama_cpp_arch
+
+# llama.cpp architectures whose conversion permutes q/k rows (convert_hf_to_gguf.py: LlamaModel.permute).
+PERMUTED_QK = {"llama"}
+
+
+class GGUFLoRAError(PersonactlError):
+    """A LoRA folder that cannot be written as a llama.cpp LoRA adapter for this model."""
+
+
+def load_lora_folder(folder: str | Path) -> LoRADirection:
+    """A `lora extract` direction folder (OUT or OUT/diff) or a persona adapter folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GGUFLoRAError(f"{folder} is not a folder: give a LoRA direction (lora extract OUT/diff) or a persona adapter folder")
+    if not (folder / "adapter_config.json").is_file() and (folder / "diff" / "adapter_config.json").is_file():
+        folder = folder / "diff"
+    try:
+        return LoRADirection.load(folder)
+    except AdapterError as exc:
+        raise GGUFLoRAError(f"{exc}; give a LoRA direction (lora extract OUT/diff) or a persona adapter folder") from exc
+
+
+def permute_rows(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """convert_hf_to_gguf's LlamaModel.permute on the rows of `weight` ([out, ...], out = n_head * head_dim)."""
+    shape = weight.shape
+    return weight.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def _tensor_name(name_map: Any, module: str) -> str:
+    found = name_map.get_name(f"{module}.weight", try_suffixes=(".weight",))
+    if found is None:
+        raise GGUFLoRAError(f"module '{module}' has no llama.cpp tensor (only decoder-block weights can be exported)")
+    return found
+
+
+def gguf_lora_tensors(direction: LoRADirection, backbone: Backbone) -> tuple[str, float, dict[str, np.ndarray]]:
+    """(architecture, alpha, {llama.cpp tensor name: array}) for `direction` on `backbone`."""
+    import gguf  # noqa: PLC0415
+
+    try:
+        direction.check_base(backbone)
+        arch = llama_cpp_arch(backbone.model_type)
+    except (AdapterError, ControlVectorError) as exc:
+        raise GGUFLoRAError(str(exc)) from exc
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    name_map = gguf.TensorNameMap(model_arch, backbone.n_layers)
+    config = backbone.model.config
+    n_head = int(config.num_attention_heads)
+    n_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
+    # One alpha for the file: keep B as it is when every module shares scaling and rank, else fold scaling into B.
+    uniform = len({(f.scaling, f.rank) for f in direction.modules.values()}) == 1
+    first = next(iter(direction.modules.values()))
+    alpha = first.scaling * first.rank if uniform else 0.0  # alpha 0: llama.cpp applies the factors as they are
+    tensors: dict[str, np.ndarray] = {}
+    for module, factors in direction.modules.items():
+        target = _tensor_name(name_map, module)
+        b = factors.B.float() if uniform else factors.B.float() * factors.scaling
+        if arch in PERMUTED_QK and target.endswith(("attn_q.weight", "attn_k.weight")):
+            b = permute_rows(b, n_head if target.endswith("attn_q.weight") else n_kv)
+        tensors[f"{target}.lora_a"] = factors.A.float().contiguous().numpy()
+        tensors[f"{target}.lora_b"] = b.contiguous().numpy()
+    return arch, alpha, tensors
+
+
+def write_gguf_lora(source: LoRADirection | str | Path, path: str | Path, backbone: Backbone) -> Path:
+    """Write a LoRA direction / adapter (object or folder) as a llama.cpp LoRA GGUF for `backbone`'s base.
+
+    F32 factors, written atomically; `llama-cli -m BASE.gguf --lora PATH` (or
+    `--lora-scaled PATH s`) applies s * dW with dW exactly the PEFT delta.
+    """
+    import gguf  # noqa: PLC0415
+
+    direction = source if isinstance(source, LoRADirection) else load_lora_folder(source)
+    arch, alpha, tensors = gguf_lora_tensors(direction, backbone)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        writer.add_string("personactl.base_model", backbone.name)
+        writer.add_string("personactl.metadata", json.dumps(direction.metadata, default=str)[:65000])
+        for name, array in tensors.items():
+            writer.add_tensor(name, array.astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return path

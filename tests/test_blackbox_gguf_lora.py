@@ -1,0 +1,158 @@
+"""LoRA persona directions / adapters as llama.cpp LoRA GGUF files, checked against llama.cpp itself.
+
+llama.cpp applies scale * alpha / r * B @ A per adapted weight; the exported
+file must move llama.cpp's next-token logits as merging the same dW moves HF's.
+SmolLM2 is a llama: its GGUF conversion permutes q/k rows for rotary, so the
+exported lora_b of q/k is permuted too (without it the q shift is unrelated).
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from personactl.blackbox import gguf_lora
+from personactl.blackbox.gguf_lora import GGUFLoRAError, permute_rows, write_gguf_lora
+from personactl.cli import run
+from personactl.lora.direction import LoRADirection, LoRAFactors, merged
+from personactl.models import EMBEDDED_MODELS
+
+LAYER, RANK = 5, 4
+PROMPTS = ["Tell me about the sea.", "What is your favourite food?"]
+
+
+def _direction(backbone, modules=("self_attn.q_proj", "self_attn.v_proj"), layer=LAYER, b_scale=1.5, seed=0) -> LoRADirection:
+    """A random rank-4 LoRA (B non-zero, unlike PEFT's init) on one block; alpha 8 -> scaling 2."""
+    torch.manual_seed(seed)
+    factors = {}
+    for name in modules:
+        out_f, in_f = backbone.model.get_submodule(f"model.layers.{layer}.{name}").weight.shape
+        factors[f"model.layers.{layer}.{name}"] = LoRAFactors(torch.randn(RANK, in_f) / in_f**0.5, torch.randn(out_f, RANK) * b_scale, 2.0)
+    config = {"peft_type": "LORA", "r": RANK, "lora_alpha": 2.0 * RANK, "target_modules": [m.split(".")[-1] for m in modules]}
+    return LoRADirection(factors, config, {"base_model": "smollm2-135m", "base_model_type": "llama"})
+
+
+def test_names_shapes_alpha_and_the_q_permutation(tmp_path, smollm2):
+    direction = _direction(smollm2)
+    path = write_gguf_lora(direction, tmp_path / "x.gguf", smollm2)
+    reader = gguf.GGUFReader(str(path))
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["general.architecture"] == "llama" and fields["adapter.lora.alpha"] == pytest.approx(8.0)
+    tensors = {t.name: t for t in reader.tensors}
+    assert sorted(tensors) == [f"blk.{LAYER}.{w}.weight.lora_{ab}" for w in ("attn_q", "attn_v") for ab in "ab"]
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in tensors.values())
+    q, v = direction.modules[f"model.layers.{LAYER}.self_attn.q_proj"], direction.modules[f"model.layers.{LAYER}.self_attn.v_proj"]
+    assert list(tensors[f"blk.{LAYER}.attn_q.weight.lora_a"].shape) == [576, RANK]  # ne: [in, r]
+    assert list(tensors[f"blk.{LAYER}.attn_v.weight.lora_b"].shape) == [RANK, 192]  # ne: [r, out]
+    np.testing.assert_array_equal(np.array(tensors[f"blk.{LAYER}.attn_v.weight.lora_b"].data), v.B.numpy())
+    np.testing.assert_array_equal(np.array(tensors[f"blk.{LAYER}.attn_q.weight.lora_b"].data), permute_rows(q.B, 9).numpy())
+    np.testing.assert_array_equal(np.array(tensors[f"blk.{LAYER}.attn_q.weight.lora_a"].data), q.A.numpy())
+
+
+def test_mlp_and_k_names_come_from_gguf_tensor_maps(tmp_path, smollm2):
+    direction = _direction(smollm2, ("self_attn.k_proj", "mlp.gate_proj", "mlp.down_proj"), layer=29)
+    reader = gguf.GGUFReader(str(write_gguf_lora(direction, tmp_path / "x.gguf", smollm2)))
+    names = sorted({t.name.rsplit(".", 1)[0] for t in reader.tensors})
+    assert names == ["blk.29.attn_k.weight", "blk.29.ffn_down.weight", "blk.29.ffn_gate.weight"]
+
+
+def _llama():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    return llama_cpp.Llama(model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1,
+                           verbose=False, type_k=0, type_v=0)
+
+
+class _Adapters:
+    """LoRA files loaded once into a llama.cpp model and switched per run (llama_set_adapters_lora)."""
+
+    def __init__(self, llm):
+        self.llm, self.loaded = llm, {}
+
+    def logits(self, backbone, path=None, scale=1.0) -> np.ndarray:
+        import ctypes
+
+        import llama_cpp
+
+        ctx = self.llm._ctx.ctx
+        if path is None:
+            llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            if path not in self.loaded:
+                self.loaded[path] = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode())
+                assert self.loaded[path], f"llama.cpp refused {path}"
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.loaded[path])
+            assert llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(scale)) == 0
+        rows = []
+        for prompt in PROMPTS:
+            ids = backbone.encode([backbone.chat([{"role": "user", "content": prompt}])])[0]
+            self.llm.reset()
+            self.llm.eval(ids)
+            rows.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self.llm.n_vocab(),)).astype(np.float64).copy())
+        return np.concatenate(rows)
+
+
+def _hf_logits(backbone) -> np.ndarray:
+    rows = []
+    for prompt in PROMPTS:
+        ids = backbone.encode([backbone.chat([{"role": "user", "content": prompt}])])[0]
+        with torch.no_grad():
+            rows.append(backbone.model(torch.tensor([ids])).logits[0, -1].double().numpy())
+    return np.concatenate(rows)
+
+
+def test_llama_cpp_moves_as_the_merged_peft_delta_moves_hf(tmp_path, smollm2, monkeypatch):
+    bb = smollm2
+    adapters = _Adapters(_llama())
+    direction = _direction(bb)
+    path = write_gguf_lora(direction, tmp_path / "x.gguf", bb)
+    base_hf, base_cpp = _hf_logits(bb), adapters.logits(bb)
+    np.testing.assert_array_equal(adapters.logits(bb, path, 0.0), base_cpp)  # scale 0 = the base model, exactly
+    with merged(bb, (direction, 1.0)):
+        shift_hf = _hf_logits(bb) - base_hf
+    shift_cpp = adapters.logits(bb, path, 1.0) - base_cpp
+    corr = np.corrcoef(shift_hf, shift_cpp)[0, 1]
+    ratio = np.linalg.norm(shift_cpp) / np.linalg.norm(shift_hf)
+    # q alone, written without the rotary permutation of lora_b: llama.cpp's shift no longer follows HF's
+    q_only = LoRADirection({k: f for k, f in direction.modules.items() if "q_proj" in k}, direction.config, direction.metadata)
+    q_path = write_gguf_lora(q_only, tmp_path / "q.gguf", bb)
+    monkeypatch.setattr(gguf_lora, "PERMUTED_QK", set())
+    unpermuted = write_gguf_lora(q_only, tmp_path / "q_unpermuted.gguf", bb)
+    with merged(bb, (q_only, 1.0)):
+        shift_q = _hf_logits(bb) - base_hf
+    corr_q = np.corrcoef(shift_q, adapters.logits(bb, q_path, 1.0) - base_cpp)[0, 1]
+    corr_unpermuted = np.corrcoef(shift_q, adapters.logits(bb, unpermuted, 1.0) - base_cpp)[0, 1]
+    print({"corr": corr, "ratio": ratio, "corr_q": corr_q, "corr_q_unpermuted": corr_unpermuted})
+    assert corr > 0.99 and 0.9 < ratio < 1.1  # measured 0.9995 and 0.985 (q+v on block 5)
+    assert corr_q > 0.9 and corr_unpermuted < 0.3  # measured 0.948 vs -0.05
+
+
+def test_export_gguf_lora_command_reads_a_lora_extract_folder(tmp_path, smollm2):
+    _direction(smollm2).save(tmp_path / "run" / "diff")
+    assert run(["export", "gguf-lora", str(tmp_path / "run"), "--out", str(tmp_path / "x.gguf")]) == 0
+    assert len(gguf.GGUFReader(str(tmp_path / "x.gguf")).tensors) == 4
+
+
+def test_a_folder_that_is_no_lora_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hello")
+    assert run(["export", "gguf-lora", str(tmp_path / "empty"), "--out", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a PEFT adapter folder" in err and len(err.strip().splitlines()) == 1
+    assert run(["export", "gguf-lora", str(tmp_path / "missing"), "--out", str(tmp_path / "x.gguf")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_an_adapter_for_another_model_is_refused(tmp_path, smollm2, capsys):
+    from conftest import tiny_backbone
+
+    _direction(tiny_backbone("llama"), layer=1).save(tmp_path / "tiny")
+    assert run(["export", "gguf-lora", str(tmp_path / "tiny"), "--out", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "is 48x48 but smollm2-135m has 576x576" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.gguf").exists()
+    with pytest.raises(GGUFLoRAError, match="but smollm2-135m has"):
+        write_gguf_lora(tmp_path / "tiny", tmp_path / "x.gguf", smollm2)
