@@ -35,6 +35,8 @@ from .judges.local import LocalJudge
 from .lora.adapters import PersonaSwitcher, train_adapter
 from .lora.direction import LoRADirection, combine, difference, merged
 from .lora.runtime import runtime
+from .blackbox.cvec import ControlVectorError, read_control_vector, set_control_vector, write_control_vector
+from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
 from .lora.adherence import adherence
 from .lora.config import LoRATrainConfig
 from .transfer.config import TransferConfig
@@ -44,6 +46,12 @@ from .transfer.ridge import RidgeMap, fit_ridge
 from .transfer.runner import run_transfer
 
 __all__ = [
+    "ControlVectorError",
+    "GGUFLoRAError",
+    "read_control_vector",
+    "set_control_vector",
+    "write_control_vector",
+    "write_gguf_lora",
     "LoRATrainConfig",
     "PairedActivations",
     "RidgeMap",
