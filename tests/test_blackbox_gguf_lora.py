@@ -59,6 +59,17 @@ def test_mlp_and_k_names_come_from_gguf_tensor_maps(tmp_path, smollm2):
     assert names == ["blk.29.attn_k.weight", "blk.29.ffn_down.weight", "blk.29.ffn_gate.weight"]
 
 
+def test_rslora_scaling_becomes_alpha_times_rank_over_rank(tmp_path, smollm2):
+    """llama.cpp applies alpha / r; a rank-stabilised adapter (alpha / sqrt(r)) is written with alpha = scaling * r."""
+    direction = _direction(smollm2)
+    direction.config.update(use_rslora=True, lora_alpha=6.0)
+    direction.save(tmp_path / "rs")
+    loaded = LoRADirection.load(tmp_path / "rs")
+    reader = gguf.GGUFReader(str(write_gguf_lora(tmp_path / "rs", tmp_path / "rs.gguf", smollm2)))
+    assert reader.fields["adapter.lora.alpha"].contents() / RANK == pytest.approx(6.0 / RANK**0.5)
+    assert loaded.modules[f"model.layers.{LAYER}.self_attn.q_proj"].scaling == pytest.approx(6.0 / RANK**0.5)
+
+
 def _llama():
     llama_cpp = pytest.importorskip("llama_cpp")
     return llama_cpp.Llama(model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1,

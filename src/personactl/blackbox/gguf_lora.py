@@ -34,10 +34,19 @@ class GGUFLoRAError(PersonactlError):
 
 
 def load_lora_folder(folder: str | Path) -> LoRADirection:
-    """A `lora extract` direction folder (OUT or OUT/diff) or a persona adapter folder."""
+    """A `lora extract` direction folder (OUT or OUT/diff), a persona adapter folder or a registry adapter name."""
     folder = Path(folder)
+    if not folder.is_dir() and folder.name == str(folder):  # a plain name: an adapter in the registry
+        from ..lora.adapters import resolve_adapter  # noqa: PLC0415
+
+        try:
+            folder = resolve_adapter(str(folder))
+        except AdapterError:
+            pass
     if not folder.is_dir():
-        raise GGUFLoRAError(f"{folder} is not a folder: give a LoRA direction (lora extract OUT/diff) or a persona adapter folder")
+        raise GGUFLoRAError(
+            f"{folder} is not a folder (nor a registry adapter): give a LoRA direction (lora extract OUT/diff) or a persona adapter folder"
+        )
     if not (folder / "adapter_config.json").is_file() and (folder / "diff" / "adapter_config.json").is_file():
         folder = folder / "diff"
     try:
