@@ -204,3 +204,17 @@ def test_off_by_one_llama_cpp_direction_l_minus_1_matches_hf_layer_l(tmp_path, s
     for layer, r in results.items():
         assert r["right"][0] > 0.99 and r["right"][1] < 0.1, (layer, r)  # measured 0.9986 / 0.016 (l=3), 0.9986 / 0.044 (l=20)
         assert r["wrong"][0] < 0.9 and r["wrong"][1] > 0.3, (layer, r)  # measured 0.80 / 0.45, 0.78 / 1.55
+
+
+@pytest.mark.parametrize("arch, hint", [("llama", "llama"), ("qwen2", "qwen2"), ("gemma3", "gemma3"), ("gpt2", "gpt2")])
+def test_model_hint_is_llama_cpp_architecture_name_and_round_trip_is_exact(tmp_path, arch, hint):
+    from conftest import tiny_backbone
+
+    backbone = tiny_backbone(arch)
+    vector = _vector(3, 48)
+    path = write_control_vector(vector, tmp_path / "v.gguf", backbone=backbone)
+    _, reader = _tensors(path)
+    assert reader.fields["controlvector.model_hint"].contents() == hint
+    back = read_control_vector(path, backbone)
+    torch.testing.assert_close(back.directions[2:], vector.directions[2:])
+    assert back.directions[:2].abs().sum() == 0 and back.extra["layers"] == [2, 3]

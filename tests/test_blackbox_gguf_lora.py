@@ -167,3 +167,30 @@ def test_an_adapter_for_another_model_is_refused(tmp_path, smollm2, capsys):
     assert not (tmp_path / "x.gguf").exists()
     with pytest.raises(GGUFLoRAError, match="but smollm2-135m has"):
         write_gguf_lora(tmp_path / "tiny", tmp_path / "x.gguf", smollm2)
+
+
+@pytest.mark.parametrize("arch, module, expected", [
+    ("llama", "model.layers.2.self_attn.k_proj", ("llama", "blk.2.attn_k.weight", True)),
+    ("qwen2", "model.layers.1.mlp.up_proj", ("qwen2", "blk.1.ffn_up.weight", False)),
+    ("gemma3", "model.layers.0.self_attn.q_proj", ("gemma3", "blk.0.attn_q.weight", False)),
+    ("gpt2", "transformer.h.1.attn.c_attn", ("gpt2", "blk.1.attn_qkv.weight", False)),
+])
+def test_tensor_names_and_permutation_per_architecture(tmp_path, arch, module, expected):
+    from conftest import tiny_backbone
+
+    from personactl.blackbox.cvec import llama_cpp_arch
+    from personactl.lora.direction import _weight_shape
+
+    backbone = tiny_backbone(arch)
+    out_f, in_f = _weight_shape(backbone.model.get_submodule(module))
+    torch.manual_seed(0)
+    b = torch.randn(out_f, 2)
+    direction = LoRADirection({module: LoRAFactors(torch.randn(2, in_f), b, 1.0)}, {"r": 2, "lora_alpha": 2.0})
+    reader = gguf.GGUFReader(str(write_gguf_lora(direction, tmp_path / "x.gguf", backbone)))
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    name_arch, name, permuted = expected
+    assert llama_cpp_arch(backbone.model_type) == name_arch == reader.fields["general.architecture"].contents()
+    assert sorted(tensors) == [f"{name}.lora_a", f"{name}.lora_b"]
+    n_head = 4 if name.endswith("attn_q.weight") else 2
+    assert np.array_equal(tensors[f"{name}.lora_b"], permute_rows(b, n_head).numpy()) == permuted
+    assert np.array_equal(tensors[f"{name}.lora_b"], b.numpy()) != permuted
