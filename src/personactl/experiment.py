@@ -17,6 +17,7 @@ import torch
 
 from ._io import write_text_atomic
 from .evaluate import SweepConfig, SweepError, claim_run_dir, run_sweep, summarize
+from .blackbox.backends import backend_methods
 from .expressibility import Expressibility, from_embedding_judge
 from .extraction import (
     ContrastivePair, ExtractionSettings, assess_pairs, best_projection_separation, expressibility_of, extract, load_pairs,
@@ -218,9 +219,10 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
     prep = prepare(config, out_dir, backbone)
     layers, selection = choose_layers(prep)
     ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions,
-                        {"lora": config.lora or "", "adapter": config.adapter or "", "backend": config.backend},
+                        {"lora": config.lora or "", "adapter": config.adapter or "", "backend": config.backend,
+                         "model": config.model},
                         {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()}, prep.pairs)
-    methods = [make_method(name, ctx) for name in config.methods]
+    methods = [make_method(name, ctx) for name in backend_methods(config.methods, config.backend)]  # llamacpp: vector -> llamacpp-vector ...
     questions = prep.trait.eval_questions[: config.n_questions]
     records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir)
     report_path = None

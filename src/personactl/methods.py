@@ -123,6 +123,11 @@ _REGISTRY: dict[str, MethodFactory | str] = {
     "modulation": "personactl.blackbox.modulation:ModulationMethod",
     "api-prompt": "personactl.blackbox.modulation:ApiPromptMethod",
     "fewshot": "personactl.blackbox.fewshot:FewShotMethod",
+    # the HF methods' twins on llama.cpp (a GGUF model); `--backend llamacpp` maps vector, lora, adapter, prompt onto them
+    "llamacpp-vector": "personactl.blackbox.llamacpp:LlamaCppVectorMethod",
+    "llamacpp-lora": "personactl.blackbox.llamacpp:LlamaCppLoRAMethod",
+    "llamacpp-adapter": "personactl.blackbox.llamacpp:LlamaCppAdapterMethod",
+    "llamacpp-prompt": "personactl.blackbox.llamacpp:LlamaCppPromptMethod",
 }
 
 
