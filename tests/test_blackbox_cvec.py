@@ -218,3 +218,11 @@ def test_model_hint_is_llama_cpp_architecture_name_and_round_trip_is_exact(tmp_p
     back = read_control_vector(path, backbone)
     torch.testing.assert_close(back.directions[2:], vector.directions[2:])
     assert back.directions[:2].abs().sum() == 0 and back.extra["layers"] == [2, 3]
+
+
+def test_a_file_made_for_another_architecture_loads_with_a_note(tmp_path, capsys):
+    _repeng_file(tmp_path / "g.gguf", {4: np.ones(576, np.float32)}, hint="gemma3")
+    assert run(["import", "cvec", str(tmp_path / "g.gguf"), "--out", str(tmp_path / "v.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "note:" in err and "made for a 'gemma3' model" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "v.safetensors").exists()
