@@ -222,6 +222,7 @@ class LlamaCppBackend:
         self.architecture = str(self.llm.metadata.get("general.architecture", ""))
         self._loras: dict[str, Any] = {}
         self._cvec: np.ndarray | None = None  # the applied control buffer (None: no control vector)
+        self._cvec_range = (-1, -1)
         self._formatter = self._chat_formatter()
 
     # -- prompts ---------------------------------------------------------------------------------------------
@@ -271,10 +272,12 @@ class LlamaCppBackend:
                 self._cvec = None
             return
         data, start, end = control_buffer([(c.vector, c.weights(), c.coef) for c in controls], self.n_layers, self.hidden_size)
-        self._cvec = data  # llama.cpp copies it, but keep it alive for the call
+        if self._cvec is not None and self._cvec_range == (start, end) and np.array_equal(self._cvec, data):
+            return  # already applied: setting it again would make llama.cpp re-reserve its graph
         pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         if llama_cpp.llama_set_adapter_cvec(self._ctx, pointer, data.size, self.hidden_size, start, end):
             raise LlamaCppError("llama.cpp refused the control vector")
+        self._cvec, self._cvec_range = data, (start, end)
 
     def load_lora(self, path: str | Path) -> Any:
         """Load a LoRA GGUF once (checked first); returns llama.cpp's handle."""
@@ -303,7 +306,7 @@ class LlamaCppBackend:
 
     @contextmanager
     def steered(self, *controls: Control, loras: Sequence[tuple[str | Path, float]] = ()) -> Iterator["LlamaCppBackend"]:
-        """Control vectors and LoRAs for the body of the `with`, cleared afterwards (exceptions included)."""
+        """Control vectors (at every position) and LoRAs for the body of the `with`, cleared afterwards (exceptions included)."""
         try:
             if loras:
                 self.set_lora(*loras)
@@ -326,8 +329,11 @@ class LlamaCppBackend:
             )
 
     def _prefill(self, tokens: list[int], controls: Sequence[Control]) -> None:
-        """Start a sequence; with `response`/`prompt` controls, evaluate all but the last token with the prompt's steering."""
+        """Start a sequence under `controls` (none given: whatever `set_control`/`steered` set); with `response`/`prompt`
+        controls, evaluate all but the last token with the prompt's steering."""
         self.llm.reset()
+        if not controls:
+            return
         positions = {c.positions for c in controls}
         if len(positions) > 1:
             raise LlamaCppError("the llama.cpp backend steers one set of positions per call: give every term the same positions")
@@ -357,8 +363,8 @@ class LlamaCppBackend:
     ) -> list[str]:
         """Answers to `prompts`, one sequence at a time; row i samples from `seeds[i]` (default seed + i).
 
-        `forced` ignores end-of-generation tokens (a fixed length, for timing). Control vectors are
-        applied for this call and cleared afterwards; LoRAs set with `set_lora`/`steered` stay.
+        `forced` ignores end-of-generation tokens (a fixed length, for timing). `controls` are applied for
+        this call and cleared afterwards; without them, the control vectors and LoRAs set by `steered` apply.
         """
         llama_cpp = _llama_cpp()
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
