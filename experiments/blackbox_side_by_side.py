@@ -71,22 +71,44 @@ def ci(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
-def conclusion(verdicts: dict[str, object], sampling: dict[float, dict]) -> str:
-    """The sentence the numbers support (nothing written by hand)."""
+ORDER = ["vector", "llamacpp-vector", *BLACK_BOX]
+
+
+def conclusion(verdicts: dict[str, dict], sampling: dict[str, dict]) -> str:
+    """The sentence the numbers support, from the stored verdicts (Verdict.to_dict) and modulation's parameters per coefficient."""
     mod = verdicts.get("modulation")
-    risen = [m for m, v in verdicts.items() if v.verdict != NO_EFFECT]  # type: ignore[attr-defined]
-    flat = [m for m, v in verdicts.items() if v.verdict == NO_EFFECT]  # type: ignore[attr-defined]
-    top = max(sampling)
-    text = (f"Moved the trait beyond both CIs: {', '.join(risen) or 'none'}; no measurable effect: {', '.join(flat) or 'none'}. ")
-    if mod is not None and mod.verdict == NO_EFFECT:  # type: ignore[attr-defined]
-        s0, s = sampling[0.0], sampling[top]
-        text += (f"Parameter modulation does not move the trait: at {top:+g} it samples at temperature {s['temperature']:.2f} "
+    risen = [m for m, v in verdicts.items() if v["verdict"] != NO_EFFECT]
+    flat = [m for m, v in verdicts.items() if v["verdict"] == NO_EFFECT]
+    top = max(sampling, key=float)
+    text = f"Moved the trait beyond both CIs: {', '.join(risen) or 'none'}; no measurable effect: {', '.join(flat) or 'none'}. "
+    if mod is not None and mod["verdict"] == NO_EFFECT:
+        s0, s = sampling[min(sampling, key=lambda c: abs(float(c)))], sampling[top]
+        text += (f"Parameter modulation does not move the trait: at {float(top):+g} it samples at temperature {s['temperature']:.2f} "
                  f"(vs {s0['temperature']:.2f} at 0), top_p {s['top_p']:g} and repetition penalty {s['repetition_penalty']:g}; that changes how "
                  "random the answers are, not which way they lean, since no sampling parameter knows the persona's direction. "
                  "Without activation access, the persona has to travel in the text: the system prompt and few-shot examples.")
     elif mod is not None:
-        text += f"Parameter modulation: {mod.line()}; read it against the coherence column: a temperature rise also moves the offline judge."  # type: ignore[attr-defined]
+        text += f"Parameter modulation: {mod['line']}; read it against the coherence column: a temperature rise also moves the offline judge."
     return text
+
+
+def note(data: dict) -> str:
+    """The section's note, from the stored settings, verdicts and modulation parameters (no number written by hand)."""
+    st = data["settings"]
+    verdicts = {v["method"]: v for v in data["verdicts"]}
+    return (f"Pirate vector of the demo (`{st['vector']}`), layer {st['layer']}; {st['questions']} held-out questions x {st['samples']} samples at "
+            f"temperature {st['temperature']:g}, {st['max_new_tokens']} tokens; offline judge (held-out accuracy "
+            f"{st['judge_heldout_accuracy']:.2f}); brackets: bootstrap 95% CIs. `vector` steers the HF model's activations, `llamacpp-vector` "
+            "adds the same vector as a llama.cpp control vector (llama-cpp-python in process); `modulation`, `api-prompt` and `fewshot` go "
+            "through llama-cpp-python's OpenAI-compatible server serving the same GGUF (chat completions, per-row seeds). "
+            f"Modulation: |v| at layer {st['layer']} is {st['magnitude']:.2f} tenths of the mean hidden-state norm there, so temperature = "
+            f"{st['temperature']:g} + {st['magnitude']:.2f} x coef x 0.1 (clamped to [0, 1.5]); coef > 0 also sets top_p 0.9 and repetition "
+            "penalty 1.1 (coherence here is the repetition-based score, which that penalty flatters). Few-shot: 2 x |coef| "
+            "(question, pirate answer) turns from the extraction answers. "
+            + (st["llamacpp_note"] + " " if st.get("llamacpp_note") else "")
+            + f"Run time {st['minutes']:.1f} min on 2 CPU cores.\n\n"
+            + "\n".join(f"- {verdicts[m]['line']}" for m in ORDER if m in verdicts)
+            + "\n\n" + conclusion(verdicts, data["modulation_sampling"]))
 
 
 def _records(out: Path) -> int:
@@ -148,12 +170,11 @@ def main() -> None:
     sampling = {c: s.to_dict() for c, s in zip(coefs, ModulationMethod(ctx).samplings(coefs, args.layer))}
     mag = magnitude(ctx.vector, args.layer, hidden_norms(backbone, ctx.vector, ctx.pairs))
 
-    order = ["vector", "llamacpp-vector", *BLACK_BOX]
     summary = [row for r in results for row in r.summary]
     records = [rec for r in results for rec in r.records]
     verdicts = {v.method: v for r in results for v in r.verdicts}
     rows = []
-    for row in sorted(summary, key=lambda r: (order.index(r["method"]) if r["method"] in order else 99, r["coef"])):
+    for row in sorted(summary, key=lambda r: (ORDER.index(r["method"]) if r["method"] in ORDER else 99, r["coef"])):
         m, c = row["method"], float(row["coef"])
         example = next((r["answer"] for r in records if r["method"] == m and float(r["coef"]) == c and r["question_id"] == 0
                         and r["sample"] == 0), "")
@@ -167,22 +188,11 @@ def main() -> None:
     judge = main_run.prepared.judges.trait
     settings = {"vector": str(args.vector), "layer": args.layer, "coefs": coefs, "questions": args.questions, "samples": args.samples,
                 "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "magnitude": mag,
-                "judge_heldout_accuracy": getattr(judge, "heldout_accuracy", None), "minutes": minutes}
-    note = (f"Pirate vector of the demo (`{args.vector}`), layer {args.layer}; {args.questions} held-out questions x {args.samples} samples at "
-            f"temperature {args.temperature:g}, {args.max_new_tokens} tokens; offline judge (held-out accuracy "
-            f"{settings['judge_heldout_accuracy']:.2f}); brackets: bootstrap 95% CIs. `vector` steers the HF model's activations, `llamacpp-vector` adds the same vector as a "
-            "llama.cpp control vector (llama-cpp-python in process); "
-            "`modulation`, `api-prompt` and `fewshot` go through llama-cpp-python's OpenAI-compatible server serving the same GGUF "
-            f"(chat completions, per-row seeds). Modulation: |v| at layer {args.layer} is {mag:.2f} tenths of the mean hidden-state norm "
-            "there, so temperature = 0.7 + " f"{mag:.2f} x coef x 0.1 (clamped to [0, 1.5]); coef > 0 also sets top_p 0.9 and repetition "
-            "penalty 1.1 (coherence here is the repetition-based score, which that penalty flatters). Few-shot: 2 x |coef| (question, pirate answer) turns from the extraction answers. "
-            + (llamacpp_note + " " if llamacpp_note else "")
-            + f"Run time {minutes:.1f} min on 2 CPU cores.\n\n"
-            + "\n".join(f"- {verdicts[m].line()}" for m in order if m in verdicts)
-            + "\n\n" + conclusion(verdicts, sampling))
-    print(write_section("blackbox_side_by_side", "White-box and black-box steering side by side (pirate, SmolLM2-135M)", rows, note,
-                        data={"settings": settings, "modulation_sampling": {str(c): s for c, s in sampling.items()},
-                              "verdicts": [v.to_dict() for v in verdicts.values()], "summary": summary}))
+                "judge_heldout_accuracy": getattr(judge, "heldout_accuracy", None), "minutes": minutes, "llamacpp_note": llamacpp_note}
+    data = {"settings": settings, "modulation_sampling": {str(c): s for c, s in sampling.items()},
+            "verdicts": [verdicts[m].to_dict() for m in ORDER if m in verdicts], "summary": summary}
+    print(write_section("blackbox_side_by_side", "White-box and black-box steering side by side (pirate, SmolLM2-135M)", rows,
+                        note(data), data=data))
 
 
 if __name__ == "__main__":

@@ -196,3 +196,20 @@ def test_api_prompt_fewshot_and_modulation_run_as_a_sweep(llama_server, smollm2,
     by_key = {(r["method"], r["coef"], r["question_id"]): r["answer"] for r in records}
     # coef 0 of api-prompt and fewshot is the same plain request with the same seed: the same answer
     assert by_key[("api-prompt", 0.0, 0)] == by_key[("fewshot", 0.0, 0)]
+
+
+def test_fewshot_runs_on_the_local_model_with_the_shots_in_its_prompt(tiny, monkeypatch):
+    import personactl.blackbox.fewshot as fewshot
+
+    seen = []
+    real = fewshot.generate
+
+    def spy(backbone, prompts, **kw):
+        seen.extend(prompts)
+        return real(backbone, prompts, **kw)
+
+    monkeypatch.setattr(fewshot, "generate", spy)
+    ctx = MethodContext(tiny, load_trait("pirate"), None, GenerationSettings(max_new_tokens=3), pairs=make_pairs())
+    answers = make_method("fewshot", ctx).generate(["Why?", "Why?", "Why?"], [0.0, 1.0, -1.0], 0, [0, 1, 2])
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    assert len(seen[0]) == 1 and len(seen[1]) == 5 and seen[1][1]["content"] in PIRATE and seen[2][1]["content"] in PLAIN

@@ -109,3 +109,12 @@ def test_notes_are_written_from_the_stored_settings(name, script):
         pytest.skip(f"docs/experiments/{name}.json predates the notes written from settings: re-run experiments/{script}.py")
     module = __import__(script)
     assert module.note(data["settings"]) in _section(name)
+
+
+def test_the_side_by_side_note_is_written_from_its_stored_verdicts():
+    import blackbox_side_by_side
+
+    data = json.loads((ROOT / "docs" / "experiments" / "blackbox_side_by_side.json").read_text())
+    if "verdicts" not in data or not isinstance(data["verdicts"], list) or "llamacpp_note" not in data["settings"]:
+        pytest.skip("docs/experiments/blackbox_side_by_side.json predates the note written from its data: re-run the script")
+    assert blackbox_side_by_side.note(data) in _section("blackbox_side_by_side")
