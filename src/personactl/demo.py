@@ -18,14 +18,14 @@ from .experiment import RunResult, run
 from .models import Backbone
 
 DEMO_TRAITS = ("pirate", "silly")
-DEMO_COEFS = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+DEMO_COEFS = [-2.0, 0.0, 1.0, 2.0, 3.0]
 
 
 def demo_config(trait: str) -> SweepConfig:
     """The sweep the demo runs for one trait."""
     return SweepConfig(
         name=f"demo-{trait}", trait=trait, methods=["vector"], layers="auto", coefs=DEMO_COEFS,
-        samples=2, temperature=0.7, judge="embed", extraction_questions=10, positions="response", batch_size=72,
+        samples=2, temperature=0.7, judge="embed", extraction_questions=10, positions="response", batch_size=60,
     )
 
 
