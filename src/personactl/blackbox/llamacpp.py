@@ -23,6 +23,7 @@ maps `--backend llamacpp` onto them). Nothing imports llama_cpp at import time.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -475,6 +476,10 @@ def context_size(max_new_tokens: int, prompt_budget: int = 1024) -> int:
 def shared_backend(spec: str, n_ctx: int, seed: int = 0) -> LlamaCppBackend:
     """One backend per (model, context size), shared by the llama.cpp methods of a sweep."""
     return LlamaCppBackend(spec, n_ctx=n_ctx, seed=seed)
+
+
+# Free the shared models while Python is still whole: llama.cpp's own destructor fails during interpreter teardown.
+atexit.register(shared_backend.cache_clear)
 
 
 def _backend_for(ctx: MethodContext) -> LlamaCppBackend:
