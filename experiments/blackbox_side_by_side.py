@@ -18,17 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from _doc import write_section
 from personactl import load_model
+from personactl.blackbox.llamacpp_server import llamacpp_server
 from personactl.evaluate import validate_config
 from personactl.experiment import run
 from personactl.methods import GenerationSettings, MethodContext, available_methods
@@ -37,34 +32,6 @@ from personactl.traits import load_trait
 from personactl.verdicts import NO_EFFECT
 
 BLACK_BOX = ["modulation", "api-prompt", "fewshot"]
-
-
-@contextmanager
-def llama_server(threads: int, log: Path) -> Iterator[str]:
-    """llama_cpp.server with the embedded SmolLM2 GGUF on a free loopback port; its /v1 URL; always stopped."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(EMBEDDED_MODELS["smollm2-135m"].locate()),
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads)]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"llama_cpp.server did not start: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.3)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def ci(mean: float, lo: float, hi: float) -> str:
@@ -146,7 +113,7 @@ def main() -> None:
     done_before = _records(args.out)
     started = time.monotonic()
     os.environ.setdefault("PERSONACTL_API_KEY", "none")
-    with llama_server(2, args.out / "blackbox-side-by-side" / "server.log") as url:
+    with llamacpp_server(EMBEDDED_MODELS["smollm2-135m"].locate(), args.out / "blackbox-side-by-side" / "server.log") as url:
         os.environ["PERSONACTL_API_BASE_URL"] = url
         main_run = run(validate_config({**base, "name": "blackbox-side-by-side", "methods": ["vector", *BLACK_BOX],
                                         "backend": "openai:smollm2"}), args.out, backbone=backbone, report=False)

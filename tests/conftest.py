@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import string
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 
 import pytest
 import torch
@@ -117,29 +112,9 @@ def vector_file(tmp_path):
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """llama_cpp.server serving the embedded SmolLM2 GGUF on a free 127.0.0.1 port (its /v1 base URL); stopped however the tests end."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    pytest.importorskip("llama_cpp.server")
+    from personactl.blackbox.llamacpp_server import llamacpp_server
     from personactl.models import EMBEDDED_MODELS
 
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(EMBEDDED_MODELS["smollm2-135m"].locate()),
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    with open(log, "wb") as sink:  # a pipe nobody reads would fill up and stall the server
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base_url}/models", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server did not start: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.3)
-        yield base_url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with llamacpp_server(EMBEDDED_MODELS["smollm2-135m"].locate(), log) as url:
+        yield url
