@@ -107,3 +107,5 @@ def test_extract_stores_the_verdict_in_the_vector(model_dir, tmp_path, capsys):
     stored = load_vector(path).extra["expressibility"]
     assert stored["line"] in capsys.readouterr().out and 0.0 <= stored["auroc"] <= 1.0
     assert len(load_vector(path).extra["projections"]["pos"]) == stored["n_pairs"]
+    norms = load_vector(path).extra["hidden_norms"]  # what parameter modulation needs, with no second pass
+    assert len(norms) == load_vector(path).n_layers + 1 and all(n > 0 for n in norms)

@@ -4,8 +4,9 @@ Answers are generated under each positive and negative instruction for every
 extraction question (or taken as given for a ContrastiveTexts trait), then the
 activations of all layers over prompt + answer come from one forward pass per
 batch and an aggregator turns the pairs into directions. The projections of
-every answer on every layer's direction are kept in the vector's metadata
-(layer choice and reports read them instead of capturing again), and a verdict
+every answer on every layer's direction and the mean hidden-state norm per
+layer are kept in the vector's metadata (layer choice, reports and parameter
+modulation read them instead of capturing again), and a verdict
 on whether the model expresses the trait at all goes beside them
 (expressibility.py).
 """
@@ -134,6 +135,7 @@ def vector_from_pairs(
         separation=separation(pos, neg, directions).tolist(),
     )
     layers = list(range(1, backbone.n_layers + 1))
+    vector.extra["hidden_norms"] = [round(float(x), 4) for x in torch.cat([pos, neg]).norm(dim=-1).mean(0)]
     vector.extra["projections"] = {
         "layers": layers,
         "pos": projections(pos, vector, layers).round(decimals=4).tolist(),

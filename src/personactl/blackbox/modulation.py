@@ -20,11 +20,12 @@ This changes how random the answers are, not which way they lean: no sampling
 parameter knows the persona's direction. The side-by-side experiment measures
 how much (or how little) of the trait that buys.
 
-The mean hidden-state norm: `hidden_norms` runs one short forward pass of the
-local model over (up to N_NORM_PAIRS of) the vector's own extraction answers,
-reduced exactly as the vector was (`vector.positions`, e.g. response_avg), so
-numerator and denominator are the same kind of quantity; the result is kept in
-`vector.extra["hidden_norms"]` (and saved with the vector if it is saved). The
+The mean hidden-state norm: extraction records it over all the vector's
+answers (`vector.extra["hidden_norms"]`); for an older vector, `hidden_norms`
+runs one short forward pass of the local model over (up to N_NORM_PAIRS of)
+its extraction answers, reduced exactly as the vector was (`vector.positions`,
+e.g. response_avg), so numerator and denominator are the same kind of
+quantity, and keeps the result in the vector's metadata. The
 stored projections are not used: they are the components along v only, far
 smaller than ||h||. A vector that already carries `hidden_norms` needs no local
 model at all.
