@@ -151,3 +151,19 @@ def test_the_adaptive_layers_note_is_written_from_its_stored_numbers():
     section = re.search(r"<!-- adaptive_layers -->\n(.*?)<!-- /adaptive_layers -->", (root / "docs" / "experiments.md").read_text(), re.S)
     assert section and adaptive_layers.note({**data, "rows": data["raw"]}) in section.group(1)
     assert adaptive_layers.table(data["raw"]) == data["rows"]
+
+
+def test_generate_auto_k_refuses_layers_measured_with_another_vector(model_dir, vector_file, capsys):
+    from personactl import load_vector
+
+    rows = [_row(1, 10.0, 90.0), _row(2, 30.0, 80.0), _row(3, -2.0, 99.0)]
+    layers = {"rows": [r.__dict__ for r in rows], "chosen": 2, "reason": "r", "vector": "0123456789abcdef"}
+    (vector_file.parent / "layers.json").write_text(json.dumps(layers))
+    argv = ["generate", "--model", str(model_dir), "--vector", str(vector_file), "--prompt", "hi", "--max-new-tokens", "3",
+            "--layer", "auto:2", "--json"]
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was measured with another vector" in err and len(err.splitlines()) == 1
+    layers["vector"] = load_vector(vector_file).fingerprint()
+    (vector_file.parent / "layers.json").write_text(json.dumps(layers))
+    assert run(argv) == 0

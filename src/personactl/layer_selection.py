@@ -30,7 +30,7 @@ from .models import Backbone
 from .monitor import projections
 from .progress import progress_bar
 from .steering import SteeringTerm
-from .vectors import PersonaVector
+from .vectors import PersonaVector, load_vector
 
 MIN_COHERENCE = 50.0
 PROBE_COEF = 2.0  # the coefficient each candidate layer is tried at
@@ -55,6 +55,7 @@ class LayerSelection:
     reason: str
     probe: str = ""  # which questions measured the effect (never the ones the sweep scores)
     blends: dict[str, Any] = field(default_factory=dict)  # "auto:K" -> LayerBlend (as a dict once saved)
+    vector: str = ""  # fingerprint of the vector whose effects these are
 
     def save(self, path: str | Path) -> Path:
         return write_text_atomic(path, json.dumps(asdict(self), indent=2))
@@ -63,7 +64,8 @@ class LayerSelection:
     def load(cls, path: str | Path) -> "LayerSelection":
         """A saved selection (its blends are not read back: `layer_weights` recomputes them from the rows)."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"], data.get("probe", ""))
+        return cls([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"], data.get("probe", ""),
+                   vector=data.get("vector", ""))
 
 
 def probe_questions(extraction_questions: Sequence[str], n_used: int | None, count: int = PROBE_QUESTIONS) -> tuple[list[str], str]:
@@ -229,6 +231,11 @@ def blend_for_vector(vector_path: str | Path, spec: str, n_layers: int) -> Layer
         selection = LayerSelection.load(saved)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LayerSpecError(f"cannot read {saved}: {exc}; re-run `personactl layers`") from exc
+    if selection.vector and selection.vector != load_vector(vector_path).fingerprint():
+        raise LayerSpecError(
+            f"{saved} was measured with another vector than {vector_path}: use the vector of that run folder, "
+            "or run `personactl layers --vector` on this one"
+        )
     return layer_weights(selection.rows, k, n_layers)
 
 
@@ -262,4 +269,4 @@ def select_layer(
         if row.layer in effects:
             row.effect, row.coherence = effects[row.layer]
     chosen, reason = choose_layer(rows)
-    return LayerSelection(rows, chosen, reason, probe)
+    return LayerSelection(rows, chosen, reason, probe, vector=vector.fingerprint())
