@@ -113,6 +113,17 @@ class PromptMethod:
         return pair.pos if coef > 0 else pair.neg
 
 
+def per_coefficient(coefs: Sequence[float], answer_rows: Callable[[float, list[int]], list[str]]) -> list[str]:
+    """Answers in row order for a method whose steering is one setting per pass (merged weights, a llama.cpp
+    control vector or LoRA): `answer_rows(coef, rows)` answers the rows of each distinct coefficient."""
+    answers = [""] * len(coefs)
+    for coef in sorted(set(coefs)):
+        rows = [i for i, c in enumerate(coefs) if c == coef]
+        for i, answer in zip(rows, answer_rows(coef, rows)):
+            answers[i] = answer
+    return answers
+
+
 MethodFactory = Callable[[MethodContext], SteeringMethod]
 # A factory, or "module:attribute" imported on first use (sub-packages stay optional imports).
 _REGISTRY: dict[str, MethodFactory | str] = {

@@ -27,7 +27,6 @@ import atexit
 import ctypes
 import functools
 import hashlib
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from ..errors import ModelLoadError, PersonactlError
-from ..methods import LayerSpec, MethodContext, MethodError, PromptMethod
+from ..methods import LayerSpec, MethodContext, MethodError, PromptMethod, per_coefficient
 from ..models import EMBEDDED_MODELS, Backbone, Message
 from ..vectors import PersonaVector
 
@@ -493,11 +492,6 @@ def _backend_for(ctx: MethodContext) -> LlamaCppBackend:
     return backend
 
 
-def _by_coef(coefs: Sequence[float]) -> Iterator[tuple[float, list[int]]]:
-    for coef in sorted(set(coefs)):
-        yield coef, [i for i, c in enumerate(coefs) if c == coef]
-
-
 @dataclass
 class LlamaCppVectorMethod:
     """Method `vector` on llama.cpp: the persona vector as a control vector at the layer (or blend), one pass per coefficient."""
@@ -522,16 +516,15 @@ class LlamaCppVectorMethod:
         else:
             layers = int(layer)
         s = self.ctx.settings
-        answers = [""] * len(questions)
-        for coef, rows in _by_coef(coefs):
+
+        def answer_rows(coef: float, rows: list[int]) -> list[str]:
             controls = [Control(self.ctx.vector, layers, coef, self.ctx.positions)] if coef != 0 else []  # type: ignore[arg-type]
-            out = self.backend.generate(
+            return self.backend.generate(
                 [chat_prompt(questions[i]) for i in rows], controls=controls, max_new_tokens=s.max_new_tokens,
                 temperature=s.temperature, seeds=[seeds[i] for i in rows],
             )
-            for i, answer in zip(rows, out):
-                answers[i] = answer
-        return answers
+
+        return per_coefficient(coefs, answer_rows)
 
 
 @dataclass
@@ -556,16 +549,15 @@ class LlamaCppLoRAMethod:
         from ..generation import chat_prompt  # noqa: PLC0415
 
         s = self.ctx.settings
-        answers = [""] * len(questions)
-        for coef, rows in _by_coef(coefs):
+
+        def answer_rows(coef: float, rows: list[int]) -> list[str]:
             with self.backend.steered(loras=[(self.path, coef)] if coef != 0 else []):
-                out = self.backend.generate(
+                return self.backend.generate(
                     [chat_prompt(questions[i]) for i in rows], max_new_tokens=s.max_new_tokens,
                     temperature=s.temperature, seeds=[seeds[i] for i in rows],
                 )
-            for i, answer in zip(rows, out):
-                answers[i] = answer
-        return answers
+
+        return per_coefficient(coefs, answer_rows)
 
 
 @dataclass
@@ -691,6 +683,7 @@ class LlamaCppChat:
         return f"persona {Path(parts[0]).name} (LoRA scale {scale:g})"
 
     def _vector(self, spec: str) -> str:
+        from ..lora.chat import default_layer  # noqa: PLC0415
         from ..vectors import load_vector  # noqa: PLC0415
 
         parts = spec.split()
@@ -701,7 +694,7 @@ class LlamaCppChat:
             return "error: use /vector PATH COEF [LAYER]"
         try:
             coef = float(parts[1])
-            layer = int(parts[2]) if len(parts) == 3 else self._default_layer(Path(parts[0]))
+            layer = int(parts[2]) if len(parts) == 3 else default_layer(Path(parts[0]), self.backend.n_layers, lowest=2)  # llama.cpp cannot steer layer 1
         except ValueError:
             return f"error: '{' '.join(parts[1:])}' is not COEF [LAYER] (a number and a whole number)"
         vector = load_vector(parts[0])
@@ -709,13 +702,6 @@ class LlamaCppChat:
         control_buffer([(vector, control.weights(), coef)], self.backend.n_layers, self.backend.hidden_size)  # checks now
         self.controls = [control]
         return f"vector {Path(parts[0]).name} at layer {layer}, coef {coef:g}"
-
-    def _default_layer(self, vector_path: Path) -> int:
-        """The layer a run chose for this vector (layers.json beside it), else 2/3 of the depth (as the hf chat)."""
-        layers = vector_path.parent / "layers.json"
-        if layers.exists():
-            return int(json.loads(layers.read_text(encoding="utf-8"))["chosen"])
-        return max(2, round(2 * self.backend.n_layers / 3))
 
     def close(self) -> None:
         self.backend.close()

@@ -94,7 +94,7 @@ class ChatSession:
         except ValueError:
             return f"error: '{' '.join(parts[1:])}' is not COEF [LAYER] (a number and a whole number): use {VECTOR_USAGE}"
         vector = load_vector(path, backbone=self.backbone)
-        layer = self.backbone.check_layer(default_layer(path, self.backbone) if layer is None else layer, allow_embedding=False)
+        layer = self.backbone.check_layer(default_layer(path, self.backbone.n_layers) if layer is None else layer, allow_embedding=False)
         self.steering = [SteeringTerm(vector, layer, coef)]
         return f"vector {path.name} at layer {layer}, coef {coef:g}"
 
@@ -107,9 +107,9 @@ class ChatSession:
         self._blends.cleanup()
 
 
-def default_layer(vector_path: Path, backbone: Backbone) -> int:
-    """The layer a run chose for this vector (layers.json beside it), else 2/3 of the depth."""
+def default_layer(vector_path: Path, n_layers: int, lowest: int = 1) -> int:
+    """The layer a run chose for this vector (layers.json beside it), else 2/3 of the depth (at least `lowest`)."""
     layers = vector_path.parent / "layers.json"
     if layers.exists():
         return int(json.loads(layers.read_text(encoding="utf-8"))["chosen"])
-    return max(1, round(2 * backbone.n_layers / 3))
+    return max(lowest, round(2 * n_layers / 3))

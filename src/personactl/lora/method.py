@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..generation import chat_prompt, generate
-from ..methods import MethodContext, MethodError
+from ..methods import MethodContext, MethodError, per_coefficient
 from .adapters import resolve_adapter
 from .direction import LoRADirection, merged
 
@@ -30,17 +30,15 @@ class LoRAMethod:
 
     def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: "int | str", seeds: Sequence[int]) -> list[str]:
         s = self.ctx.settings
-        answers: list[str] = [""] * len(questions)
-        for coef in sorted(set(coefs)):
-            rows = [i for i, c in enumerate(coefs) if c == coef]
+
+        def answer_rows(coef: float, rows: list[int]) -> list[str]:
             with merged(self.ctx.backbone, (self.direction, coef)):
-                out = generate(
+                return generate(
                     self.ctx.backbone, [chat_prompt(questions[i]) for i in rows],
                     max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=[seeds[i] for i in rows], batch_size=s.batch_size,
                 )
-            for i, answer in zip(rows, out):
-                answers[i] = answer
-        return answers
+
+        return per_coefficient(coefs, answer_rows)
 
 
 @dataclass
