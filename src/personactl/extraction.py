@@ -135,13 +135,18 @@ def vector_from_pairs(
         separation=separation(pos, neg, directions).tolist(),
     )
     layers = list(range(1, backbone.n_layers + 1))
-    vector.extra["hidden_norms"] = [round(float(x), 4) for x in torch.cat([pos, neg]).norm(dim=-1).mean(0)]
+    vector.extra["hidden_norms"] = mean_hidden_norms(pos, neg)
     vector.extra["projections"] = {
         "layers": layers,
         "pos": projections(pos, vector, layers).round(decimals=4).tolist(),
         "neg": projections(neg, vector, layers).round(decimals=4).tolist(),
     }
     return vector
+
+
+def mean_hidden_norms(pos: torch.Tensor, neg: torch.Tensor) -> list[float]:
+    """Mean ||h_l|| per layer over the reduced activations of both sides (what parameter modulation scales by)."""
+    return [round(float(x), 4) for x in torch.cat([pos, neg]).norm(dim=-1).mean(0)]
 
 
 MIN_JUDGED_PAIRS = 4  # the offline judge needs 4 answers a side

@@ -36,10 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import torch
-
 from ..errors import PersonactlError
-from ..extraction import ContrastivePair, pair_activations, usable_pairs
+from ..extraction import ContrastivePair, mean_hidden_norms, pair_activations, usable_pairs
 from ..generation import chat_prompt
 from ..methods import LayerSpec, MethodContext, MethodError
 from ..models import Backbone
@@ -70,9 +68,7 @@ def hidden_norms(backbone: Backbone, vector: PersonaVector, pairs: Sequence[Cont
             "parameter modulation needs the mean hidden-state norm of the vector's model: give a vector with its "
             ".pairs.jsonl beside it (or one whose metadata has hidden_norms)"
         )
-    pos, neg = pair_activations(backbone, usable, positions=positions)
-    norms = torch.cat([pos, neg]).norm(dim=-1).mean(0)
-    vector.extra["hidden_norms"] = [round(float(x), 4) for x in norms]
+    vector.extra["hidden_norms"] = mean_hidden_norms(*pair_activations(backbone, usable, positions=positions))
     return vector.extra["hidden_norms"]
 
 
