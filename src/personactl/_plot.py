@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Sequence
 
@@ -34,3 +35,8 @@ def two_panels(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
+
+
+def data_uri(path: str | Path) -> str:
+    """A PNG file as a data: URI, so an HTML report is one self-contained file."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -1112,6 +1112,15 @@ def _floats(text: str, option: str) -> list[float]:
         raise typer.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=option) from exc
 
 
+def _add_safety() -> None:
+    from .safety.cli import safety_app  # noqa: PLC0415 - its commands import this module's helpers lazily
+
+    app.add_typer(safety_app, name="safety")
+
+
+_add_safety()
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line and return exit code 2.
 

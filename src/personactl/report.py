@@ -14,7 +14,6 @@ no pyplot state, no global backend switch, nothing left open.
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import math
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_path, write_text_atomic
+from ._plot import data_uri
 from .errors import PersonactlError
 
 SUMMARY_FIELDS = (
@@ -530,10 +530,6 @@ def _examples(run: RunData) -> list[dict[str, Any]]:
     return out
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 _TEMPLATE = """<!doctype html>
 <html lang="en">
 <head>
@@ -706,7 +702,7 @@ def render_html(run: RunData, figures: dict[str, Path]) -> str:
         facts=facts,
         notes=run.notes,
         summary_rows=_summary_rows(run),
-        figures=[{"uri": _data_uri(path), "caption": _CAPTIONS.get(name, name)} for name, path in figures.items()],
+        figures=[{"uri": data_uri(path), "caption": _CAPTIONS.get(name, name)} for name, path in figures.items()],
         layer_rows=_layer_rows(run),
         blends=_blend_rows(run),
         expressibility=_expressibility(run),

@@ -125,7 +125,7 @@ def optimise(
     return state
 
 
-def _training_metadata(backbone: Backbone, config: LoRATrainConfig, losses: list[float], metadata: dict | None) -> dict:
+def training_card(backbone: Backbone, config: LoRATrainConfig, losses: list[float], metadata: dict | None) -> dict:
     return {**(metadata or {}), "base_model": backbone.name, "base_model_type": backbone.model_type, "train": vars(config), "losses": losses}
 
 
@@ -157,7 +157,7 @@ def train_lora(
     model = get_peft_model(backbone.model, lora_config)
     losses = optimise(model, backbone, prompts, answers, config, "LoRA").losses
     if out_dir is not None:
-        save_adapter(model, out_dir, _training_metadata(backbone, config, losses, metadata))
+        save_adapter(model, out_dir, training_card(backbone, config, losses, metadata))
     return model, losses
 
 
@@ -173,20 +173,31 @@ def train_full(
     _check_examples(prompts, answers)
     check_replaceable(out_dir, PERSONA)
     torch.manual_seed(config.seed)
+    with all_weights_trainable(backbone):
+        losses = optimise(backbone.model, backbone, prompts, answers, config, "all weights").losses
+        save_model(backbone, out_dir, training_card(backbone, config, losses, metadata))
+    return losses
+
+
+@contextmanager
+def all_weights_trainable(backbone: Backbone) -> Iterator[None]:
+    """Every weight trainable inside; on exit the weights and requires_grad flags are as before, bit-exactly."""
     original = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
     flags = {n: p.requires_grad for n, p in backbone.model.named_parameters()}
     try:
         for p in backbone.model.parameters():
             p.requires_grad_(True)
-        losses = optimise(backbone.model, backbone, prompts, answers, config, "all weights").losses
-        save_folder(out_dir, lambda tmp: save_model_folder(backbone.model, backbone.tokenizer, tmp),
-                    _training_metadata(backbone, config, losses, metadata))
+        yield
     finally:
         with torch.no_grad():
             backbone.model.load_state_dict(original)
         for n, p in backbone.model.named_parameters():
             p.requires_grad_(flags[n])
-    return losses
+
+
+def save_model(backbone: Backbone, out_dir: str | Path, card: dict) -> Path:
+    """Save the backbone as a model folder (weights, config, tokenizer) with its persona card, as a whole."""
+    return save_folder(out_dir, lambda tmp: save_model_folder(backbone.model, backbone.tokenizer, tmp), card)
 
 
 def check_out_dir(out_dir: str | Path) -> Path:

@@ -1,0 +1,82 @@
+"""Make a model that refuses: a short fine-tune on the team-written refusals and helpful answers.
+
+The embedded SmolLM2-135M-Instruct complies with nearly every harmful request,
+so there is no refusal behaviour to locate. This step creates one, measures it
+before and after on the held-out splits, and says so in the model's card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..lora.config import LoRATrainConfig
+from ..lora.train import all_weights_trainable, check_out_dir, optimise, save_model, train_lora
+from ..models import Backbone
+from ..progress import note
+from .data import Examples, formatted
+from .measure import refusals, utility_perplexity
+from .refusal import RefusalClassifier
+
+ALIGN_FULL = LoRATrainConfig(epochs=1, learning_rate=5e-5, batch_size=8, max_length=192)
+ALIGN_LORA = LoRATrainConfig(rank=16, alpha=32.0, epochs=2, learning_rate=5e-4, batch_size=8, max_length=192)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out measurement sets and the classifier, built once per model."""
+
+    harmful: Examples
+    benign: Examples
+    classifier: RefusalClassifier
+
+    @classmethod
+    def for_model(cls, backbone: Backbone) -> "HeldOut":
+        classifier = RefusalClassifier.fit(formatted(backbone, "harmful_train").answers, formatted(backbone, "benign_train").answers)
+        return cls(formatted(backbone, "harmful_heldout"), formatted(backbone, "benign_heldout"), classifier)
+
+
+def measure_safety(backbone: Backbone, held_out: HeldOut) -> dict:
+    """Refusal on held-out harmful requests, over-refusal and perplexity on held-out benign ones (answers kept)."""
+    harmful = refusals(backbone, held_out.harmful, held_out.classifier)
+    benign = refusals(backbone, held_out.benign, held_out.classifier)
+    return {"refusal": harmful.to_dict(), "over_refusal": benign.to_dict(), "utility_perplexity": utility_perplexity(backbone, held_out.benign)}
+
+
+def training_examples(backbone: Backbone) -> Examples:
+    """Harmful requests with refusals plus benign instructions with helpful answers (the training splits)."""
+    return formatted(backbone, "harmful_train") + formatted(backbone, "benign_train")
+
+
+def align(backbone: Backbone, out_dir: str | Path, *, lora: bool = False, config: LoRATrainConfig | None = None) -> dict:
+    """Fine-tune (all weights, or a LoRA merged in) to refuse harmful requests; save the model folder with its card.
+
+    Returns the card: the training settings and the held-out measurements before and after.
+    """
+    out = check_out_dir(out_dir)
+    config = config or (ALIGN_LORA if lora else ALIGN_FULL)
+    held_out = HeldOut.for_model(backbone)
+    note("measuring the model before alignment (held-out harmful and benign requests)")
+    before = measure_safety(backbone, held_out)
+    train = training_examples(backbone)
+    with all_weights_trainable(backbone):
+        if lora:
+            model, losses = train_lora(backbone, train.prompts, train.answers, config)
+            model.merge_and_unload()  # type: ignore[attr-defined]
+        else:
+            losses = optimise(backbone.model, backbone, train.prompts, train.answers, config, "safety alignment").losses
+        after = measure_safety(backbone, held_out)
+        card = {"kind": "safety-aligned model", "base_model": backbone.name, "method": "lora-merged" if lora else "full",
+                "train": vars(config), "losses": losses, "n_train": len(train.prompts), "before": before, "after": after}
+        save_model(backbone, out, card)
+    return card
+
+
+def read_align_card(folder: str | Path) -> dict | None:
+    """The alignment card of a model folder written by `align`, or None."""
+    path = Path(folder) / "persona.json"
+    if not path.is_file():
+        return None
+    card = json.loads(path.read_text(encoding="utf-8"))
+    return card if card.get("kind") == "safety-aligned model" else None

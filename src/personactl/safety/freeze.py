@@ -1,0 +1,85 @@
+"""Masked weights kept bit-identical through a fine-tune, or zeroed for a prune check; always undone on exit.
+
+Freezing has two halves. A gradient hook zeroes the masked entries' gradients,
+so AdamW's moments for them stay zero; but AdamW's weight decay still shrinks
+every weight, so after each optimiser step the masked entries are written back
+from a copy. `FrozenWeights.verify` then checks bit-identity: frozen is an
+invariant, not a hope.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ..models import Backbone
+from .errors import FrozenWeightsChanged
+from .masks import match_to_model
+from .wanda import linear_layers
+
+
+class FrozenWeights:
+    """The masked weights of a model and their values when freezing began."""
+
+    def __init__(self, backbone: Backbone, masks: Mapping[str, torch.Tensor]) -> None:
+        layers = linear_layers(backbone)
+        self.masks = {name: m.to(layers[name].weight.device, torch.bool) for name, m in match_to_model(backbone, masks).items()}
+        self.weights = {name: layers[name].weight for name in self.masks}
+        self.values = {name: self.weights[name].detach()[mask].clone() for name, mask in self.masks.items()}
+
+    @property
+    def count(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write the frozen values back into the masked entries."""
+        for name, mask in self.masks.items():
+            self.weights[name].data[mask] = self.values[name]
+
+    @torch.no_grad()
+    def changed(self) -> int:
+        """How many masked entries differ (bitwise) from their frozen values."""
+        return int(sum(int((self.weights[n].detach()[m] != self.values[n]).sum()) for n, m in self.masks.items()))
+
+    def verify(self) -> None:
+        """Raise FrozenWeightsChanged unless every masked entry is bit-identical to its frozen value."""
+        moved = self.changed()
+        if moved:
+            raise FrozenWeightsChanged(f"{moved} of {self.count} frozen weights changed during fine-tuning: the result is not a frozen fine-tune")
+
+
+@contextmanager
+def frozen(backbone: Backbone, masks: Mapping[str, torch.Tensor]) -> Iterator[FrozenWeights]:
+    """Keep the masked weights fixed while any optimiser steps: gradient hooks plus a write-back after each step.
+
+    Hooks are registered on the weights that require gradients now (a PEFT
+    wrap later keeps the same tensors) and removed on exit, exceptions included.
+    """
+    state = FrozenWeights(backbone, masks)
+    handles = [
+        state.weights[name].register_hook(lambda grad, mask=mask: grad.masked_fill(mask, 0.0))
+        for name, mask in state.masks.items() if state.weights[name].requires_grad
+    ]
+    handles.append(register_optimizer_step_post_hook(lambda *_: state.restore()))
+    try:
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def zeroed(backbone: Backbone, masks: Mapping[str, torch.Tensor]) -> Iterator[int]:
+    """The masked weights set to zero (pruned) inside the context, restored bit-exactly on exit; yields their count."""
+    state = FrozenWeights(backbone, masks)
+    with torch.no_grad():
+        for name, mask in state.masks.items():
+            state.weights[name].data[mask] = 0
+    try:
+        yield state.count
+    finally:
+        state.restore()

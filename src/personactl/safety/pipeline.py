@@ -1,0 +1,89 @@
+"""The whole study in one resumable run: align -> identify -> prune check -> six fine-tunes -> dynamics -> report.
+
+Every step writes its files into the run folder and is skipped when they are
+already there, so a stopped run goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .._io import write_text_atomic
+from ..lora.direction import LoRADirection, merged
+from ..models import Backbone, load_model
+from ..progress import note
+from .align import HeldOut, align, read_align_card
+from .data import formatted
+from .dynamics import score_dynamics
+from .finetune import CARD_KIND, frozen_finetune
+from .identify import MASKS, RANDOM_MASKS, SAFETY_SCORES, IdentifySettings, identify, load_masks, load_scores, require_summary, safety_calibration_scores
+from .measure import refusals
+from .prune import PRUNE_CHECK, prune_check
+
+FINETUNES: tuple[tuple[str, str], ...] = tuple((m, f) for m in ("full", "lora") for f in ("safety", "none", "random"))
+DYNAMICS = "dynamics.json"
+
+
+def finetune_card(folder: str | Path) -> dict | None:
+    path = Path(folder) / "persona.json"
+    card = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return card if card and card.get("kind") == CARD_KIND else None
+
+
+def measure_finetune(before: Backbone, identify_dir: str | Path, finetuned: str | Path, held_out: HeldOut) -> dict:
+    """Refusal and Wanda-score dynamics of one fine-tuned model (folder) or adapter against the model it started from."""
+    folder, identify_dir = Path(finetuned), Path(identify_dir)
+    settings = require_summary(identify_dir)["settings"]
+    frozen_masks, random_masks = load_masks(before, identify_dir / MASKS), load_masks(before, identify_dir / RANDOM_MASKS)
+    scores_before = load_scores(before, identify_dir / SAFETY_SCORES)
+
+    def measure(model: Backbone) -> dict:
+        harmful = refusals(model, held_out.harmful, held_out.classifier)
+        benign = refusals(model, held_out.benign, held_out.classifier)
+        after = safety_calibration_scores(model, settings["nsamples"])
+        return {"refusal": harmful.to_dict(), "over_refusal": benign.to_dict(with_answers=False),
+                "scores": score_dynamics(scores_before, after, frozen_masks, random_masks, settings["seed"])}
+
+    if (folder / "adapter_config.json").is_file():
+        with merged(before, (LoRADirection.load(folder), 1.0)):
+            return measure(before)
+    return measure(load_model(str(folder), device=str(before.device)))
+
+
+def run_safety(model: str, out_dir: str | Path, *, settings: dict | None = None, lora_align: bool = False) -> dict:
+    """Run (or resume) the whole study in `out_dir`; returns the results written to results.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    aligned_dir = out / "model"
+    card = read_align_card(aligned_dir)
+    if card is None:
+        note(f"step 1/6: aligning {model} to refuse harmful requests")
+        card = align(load_model(model), aligned_dir, lora=lora_align)
+    backbone = load_model(str(aligned_dir))
+    held_out = HeldOut.for_model(backbone)
+    identify_dir = out / "identify"
+    note("step 2/6: Wanda scores and set-difference masks")
+    summary = identify(backbone, identify_dir, IdentifySettings(model=str(aligned_dir), **(settings or {})))
+    prune_path = identify_dir / PRUNE_CHECK
+    if not prune_path.is_file():
+        note("step 3/6: prune check")
+        prune_check(backbone, identify_dir, held_out)
+    masks = {"safety": load_masks(backbone, identify_dir / MASKS), "random": load_masks(backbone, identify_dir / RANDOM_MASKS), "none": None}
+    utility = formatted(backbone, "benign_train")
+    finetunes: dict[str, dict] = {}
+    for method, freeze in FINETUNES:
+        name = f"{method}-{freeze}"
+        folder = out / "finetune" / name
+        if finetune_card(folder) is None:
+            note(f"step 4/6: fine-tune {name}")
+            frozen_finetune(backbone, utility, folder, masks[freeze], peft=method == "lora", freeze_label=freeze)
+        dynamics_path = folder / DYNAMICS
+        if not dynamics_path.is_file():
+            note(f"step 5/6: refusal and score dynamics of {name}")
+            write_text_atomic(dynamics_path, json.dumps(measure_finetune(backbone, identify_dir, folder, held_out), indent=2))
+        finetunes[name] = {"card": finetune_card(folder), **json.loads(dynamics_path.read_text(encoding="utf-8"))}
+    results = {"model": model, "align": card, "identify": summary, "prune_check": json.loads(prune_path.read_text(encoding="utf-8")),
+               "finetunes": finetunes}
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    return results
