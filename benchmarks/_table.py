@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +34,16 @@ def write_section(name: str, title: str, rows: list[dict], note: str = "", doc: 
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     doc.write_text(text)
     return doc
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """The shortest of `repeats` wall-clock timings of fn() (the least disturbed by other work)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def machine() -> str:

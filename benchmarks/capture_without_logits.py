@@ -5,22 +5,11 @@ Run: .venv/bin/python benchmarks/capture_without_logits.py
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from _table import write_section
+from _table import best_of, write_section
 from personactl import activations, chat_prompt, load_model, load_trait
 from personactl.generation import format_prompts
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -47,7 +36,6 @@ def main() -> None:
     print(write_section("capture", f"All-layer capture, 16 texts x {batch.input_ids.shape[1]} tokens, SmolLM2-135M", rows))
     for r in rows:
         print(r)
-
 
 if __name__ == "__main__":
     main()

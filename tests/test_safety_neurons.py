@@ -186,4 +186,17 @@ def test_freezing_hooks_are_removed_on_error(llama):
     with pytest.raises(RuntimeError), frozen(llama, masks):
         raise RuntimeError("training crashed")
     assert len(_global_optimizer_post_hooks) == hooks_before
-    assert not weight._backward_hooks
+    assert not weight._backward_hooks and not getattr(weight, "_post_accumulate_grad_hooks", None)
+
+
+def test_the_gradient_hooks_zero_exactly_the_masked_gradients(llama):
+    from personactl.activations import make_batch
+    from personactl.lora.train import all_weights_trainable, answer_labels
+
+    masks = top_fraction(wanda_scores(llama, PROMPTS, ANSWERS), 0.2)
+    batch = make_batch(llama, PROMPTS, ANSWERS)
+    with all_weights_trainable(llama), frozen(llama, masks):
+        llama.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    labels=answer_labels(batch.input_ids, batch.response_mask)).loss.backward()
+        for name, weight in ((n, linear_layers(llama)[n].weight) for n in masks):
+            assert bool((weight.grad[masks[name]] == 0).all()) and bool((weight.grad[~masks[name]] != 0).any())

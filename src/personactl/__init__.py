@@ -44,8 +44,14 @@ from .transfer.mapping import TransferMap, fit_map, map_vector
 from .transfer.pairs import PairedActivations, collect_pairs
 from .transfer.ridge import RidgeMap, fit_ridge
 from .transfer.runner import run_transfer
+from .safety import FrozenWeightsChanged, IdentifySettings, SafetyError, frozen, frozen_finetune, prune_check, run_safety, score_dynamics
+from .safety import align as align_to_refuse
+from .safety import identify as identify_safety_neurons
+from .safety import set_difference, wanda_scores, zeroed
 
 __all__ = [
+    "FrozenWeightsChanged", "IdentifySettings", "SafetyError", "align_to_refuse", "frozen", "frozen_finetune", "identify_safety_neurons",
+    "prune_check", "run_safety", "score_dynamics", "set_difference", "wanda_scores", "zeroed",
     "ControlVectorError",
     "GGUFLoRAError",
     "read_control_vector",

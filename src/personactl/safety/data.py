@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from ..generation import chat_prompt, format_prompts
 from ..lora.adapters import PersonaData, read_persona_data
@@ -50,7 +50,3 @@ def formatted(backbone: Backbone, source: str | Path | PersonaData) -> Examples:
     data = source if isinstance(source, PersonaData) else load_examples(source)
     prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
     return Examples(list(data.questions), prompts, list(data.answers))
-
-
-def questions_of(data: Sequence[str]) -> list[str]:
-    return list(data)
