@@ -29,12 +29,24 @@ def _without_answers(results: dict) -> dict:
     return {"align": align, "identify": {k: v for k, v in results["identify"].items() if k != "per_matrix"}, "prune_check": prune, "finetunes": finetunes}
 
 
+def masked_entries_moved(run: Path) -> dict[str, int]:
+    """How many set-difference entries each full fine-tune changed, against the aligned model (frozen must be 0)."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    masks, aligned = load_file(str(run / "identify" / "masks.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    moved = {}
+    for folder in sorted((run / "finetune").glob("full-*")):
+        tuned = load_file(str(folder / "model.safetensors"))
+        moved[folder.name] = sum(int((tuned[f"{n}.weight"][m] != aligned[f"{n}.weight"][m]).sum()) for n, m in masks.items())
+    return moved
+
+
 def main() -> None:
     start = time.perf_counter()
     results = run_safety("smollm2-135m", RUN)
-    seconds = time.perf_counter() - start
     data = _without_answers(results)
     (align, _), (prune, _), (finetunes, _) = tables(results).values()
+    moved = masked_entries_moved(RUN)
     identify = results["identify"]
     write_section("safety_align", "Safety neurons 1: aligning SmolLM2-135M to refuse (held-out requests)", align,
                   "48 held-out harmful requests (refusal) and 48 held-out benign ones (over-refusal, 12 of them alarming-sounding); "
@@ -50,9 +62,11 @@ def main() -> None:
                   "One epoch on the 128 benign training examples. Score change = mean over weight matrices of the relative change "
                   "of the mean safety Wanda score of that set (frozen = the set-difference mask, random = a random mask of the same "
                   "size, others = every weight not frozen), bootstrap 95% CI over matrices. Verdict A: the CI lies below -10%; "
-                  f"B: inside ±5%; otherwise neither. Whole run: {seconds / 60:.1f} min (resumed steps are not re-timed).",
-                  data={"finetunes": data["finetunes"], "seconds": seconds})
-    print(f"wrote docs/experiments.md ({seconds:.0f} s)", file=sys.stderr)
+                  "B: inside ±5%; otherwise neither. With LoRA the base weights are frozen anyway, so the three LoRA "
+                  "rows are the same fine-tune (same seed): a mask changes nothing there. Masked entries changed by each full "
+                  f"fine-tune: {', '.join(f'{n} {c}' for n, c in moved.items())} (of {identify['masked']}).",
+                  data={"finetunes": data["finetunes"], "masked_entries_moved": moved})
+    print(f"wrote docs/experiments.md ({time.perf_counter() - start:.0f} s, resumed steps included)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 from .masks import Tensors
 
 DRIFT_DROP, STABLE_BAND = 0.10, 0.05
-HISTOGRAM_BINS = np.linspace(-8.0, 3.0, 45)  # log10 of a Wanda score
+HISTOGRAM_BINS = np.linspace(-4.0, 3.0, 57)  # log10 of a Wanda score
 _BLOCK = re.compile(r"\.(\d+)\.")
 
 

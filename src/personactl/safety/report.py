@@ -10,7 +10,9 @@ from typing import Any
 from .._io import atomic_path, write_text_atomic
 from .._plot import data_uri
 from ..transfer.report import markdown_table
+from ..judges.text import is_collapsed
 from .errors import SafetyError
+from .refusal import rate_with_ci
 
 GROUPS = ("frozen", "others", "random")
 
@@ -23,19 +25,26 @@ def _change(stat: dict) -> str:
     return f"{100 * stat['mean']:+.1f}% [{100 * stat['low']:+.1f}, {100 * stat['high']:+.1f}]"
 
 
+def collapsed(measure: dict) -> str:
+    """Share of degenerate (repetitive) answers: a 'refusal rate' of 0 from a broken model is not compliance."""
+    return _pct(rate_with_ci([is_collapsed(a) for a in measure["answers"]]).to_dict())
+
+
 def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
     """The report's tables as rows: alignment, prune check, fine-tunes with score dynamics."""
     align = [{"model": label, "refusal (phrases)": _pct(m["refusal"]["keyword"]), "refusal (embedding)": _pct(m["refusal"]["embedding"]),
-              "over-refusal (phrases)": _pct(m["over_refusal"]["keyword"]), "utility ppl": f"{m['utility_perplexity']:.2f}",
+              "collapsed": collapsed(m["refusal"]), "over-refusal (phrases)": _pct(m["over_refusal"]["keyword"]), "utility ppl": f"{m['utility_perplexity']:.2f}",
               "classifier agreement": f"{100 * m['refusal']['agreement']['agree']:.0f}%"}
              for label, m in (("before alignment", results["align"]["before"]), ("after alignment", results["align"]["after"]))]
     prune = [{"weights zeroed": name.replace("_", " "), "count": v["pruned"], "refusal (phrases)": _pct(v["refusal"]["keyword"]),
-              "refusal (embedding)": _pct(v["refusal"]["embedding"]), "utility ppl": f"{v['utility_perplexity']:.2f}"}
+              "refusal (embedding)": _pct(v["refusal"]["embedding"]), "collapsed": collapsed(v["refusal"]),
+              "utility ppl": f"{v['utility_perplexity']:.2f}"}
              for name, v in results["prune_check"]["variants"].items()]
     finetunes = []
     for name, f in results["finetunes"].items():
         overall = f["scores"]["overall"]
-        finetunes.append({"fine-tune": name, "refusal after": _pct(f["refusal"]["keyword"]), "over-refusal": _pct(f["over_refusal"]["keyword"]),
+        finetunes.append({"fine-tune": name, "refusal after": _pct(f["refusal"]["keyword"]), "collapsed": collapsed(f["refusal"]),
+                          "over-refusal": _pct(f["over_refusal"]["keyword"]),
                           **{f"{g} score change": _change(overall[f"{g}_mean"]) for g in GROUPS},
                           "frozen median change": _change(overall["frozen_median"]), "verdict": f["scores"]["verdict"].split(":")[0]})
     return {"Alignment (held-out requests)": (align, list(align[0])), "Prune check": (prune, list(prune[0])),
@@ -163,7 +172,8 @@ table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px s
 th{{background:#f3f3f3}}img{{max-width:100%}}figcaption{{font-size:13px;color:#555}}.note{{background:#fff7e0;padding:8px 12px}}</style></head>
 <body><h1>Safety-critical neurons: {html.escape(results['model'])}</h1>
 <p class="note">The base model barely refuses, so it was first fine-tuned on team-written refusals and helpful answers ("aligned");
-every later step studies that aligned model. Refusal = the phrase matcher; the embedding classifier is the second opinion.
+every later step studies that aligned model. Refusal = the phrase matcher; the embedding classifier is the second opinion;
+"collapsed" = answers that are mostly repetition (a model broken by pruning refuses nothing without complying either).
 Masks: top {100 * results['identify']['settings']['sparsity']:.1f}% by safety Wanda score minus top
 {100 * results['identify']['settings']['utility_sparsity']:.1f}% by utility score, per matrix ({results['identify']['masked']} weights,
 {100 * results['identify']['fraction']:.2f}% of the block linear weights).</p>
