@@ -6,7 +6,15 @@ import zlib
 from typing import Callable, Sequence, Union
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.generation.streamers import BaseStreamer
 
 from .activations import make_batch, position_ids
 from .models import Backbone, Message
@@ -73,6 +81,9 @@ def generate(
     on_batch: Callable[[int], None] | None = None,
     condition: Condition | None = None,
     on_condition: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    streamer: BaseStreamer | None = None,
+    observers: Sequence[LogitsProcessor] = (),
+    stopping: Sequence[StoppingCriteria] = (),
 ) -> list[str]:
     """Answers to `prompts` (strings are used as formatted; message lists are chat-formatted).
 
@@ -88,6 +99,10 @@ def generate(
     last token is prefilled once, unsteered, and its cache is copied to its rows
     (`shared_prefill`); the answers are those of separate runs. A condition reads
     the whole prompt, so conditional generation never shares the prefill.
+
+    A server streams with `streamer` (HF's: `put` gets each step's tokens),
+    reads each step's raw logits with `observers` (before sampling) and ends
+    rows early with `stopping`; these see one batch at a time.
     """
     texts = format_prompts(backbone, prompts)
     if seeds is None:
@@ -103,7 +118,7 @@ def generate(
         else:
             batch = make_batch(backbone, batch_texts)
             input_ids, attention_mask, cache = batch.input_ids.to(backbone.device), batch.attention_mask.to(backbone.device), None
-        processors = LogitsProcessorList([RowSampler(seeds[rows], temperature, top_p)] if temperature > 0 else [])
+        processors = LogitsProcessorList([*observers, *([RowSampler(seeds[rows], temperature, top_p)] if temperature > 0 else [])])
         with steer(backbone, *(term.with_rows(rows) for term in steering), condition=condition) as gate:
             out = backbone.model.generate(
                 input_ids=input_ids,
@@ -114,6 +129,8 @@ def generate(
                 pad_token_id=backbone.pad_id,
                 do_sample=False, temperature=None, top_p=None, top_k=None,
                 logits_processor=processors,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList(stopping),
             )
         if gate is not None and on_condition is not None:
             on_condition(gate.fired, gate.scores)

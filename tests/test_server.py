@@ -1,0 +1,192 @@
+"""The persona server on a tiny model, spoken to with the official openai client over 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from conftest import tiny_backbone
+from openai import BadRequestError, OpenAI
+
+from personactl import PersonaVector
+from personactl.server import ServerError, ServerSettings, running_server
+
+QUESTION = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone("llama")
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vectors")
+    torch.manual_seed(1)
+    PersonaVector(torch.randn(4, 48) * 4, trait="random").save(folder / "rand.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(backbone, vectors):
+    with running_server(backbone, ServerSettings(port=0, vectors=vectors, max_tokens=64, max_personas=2, batch_window_s=0.2)) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+def _chat(client, persona=None, **kw):
+    extra = {"persona": persona} if persona is not None else None
+    reply = client.chat.completions.create(model="personactl", messages=QUESTION, max_tokens=12, temperature=0, extra_body=extra, **kw)
+    return reply.choices[0].message.content
+
+
+def test_models_chat_and_completions(client):
+    assert [m.id for m in client.models.list().data] == ["tiny-llama"]
+    reply = client.chat.completions.create(model="personactl", messages=QUESTION, max_tokens=8, temperature=0)
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens <= 8
+    text = client.completions.create(model="personactl", prompt="<user>hi</s><assistant>", max_tokens=8, temperature=0)
+    assert text.choices[0].text is not None and text.usage.completion_tokens <= 8
+
+
+def test_streaming_gives_the_same_answer_as_one_reply(client):
+    stream = client.chat.completions.create(model="personactl", messages=QUESTION, max_tokens=12, temperature=0, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == _chat(client)
+    completion = client.completions.create(model="personactl", prompt="<user>hi</s><assistant>", max_tokens=6, temperature=0, stream=True)
+    assert len([c for c in completion]) >= 2
+
+
+def test_logprobs_are_log_probabilities_of_the_chosen_tokens(client):
+    reply = client.chat.completions.create(model="personactl", messages=QUESTION, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert content and all(t.logprob <= 0 and len(t.top_logprobs) == 3 for t in content)
+    assert all(abs(t.logprob - t.top_logprobs[0].logprob) < 1e-5 for t in content)  # greedy: the chosen token is the most likely
+    legacy = client.completions.create(model="personactl", prompt="<user>hi</s><assistant>", max_tokens=4, temperature=0, logprobs=2)
+    assert len(legacy.choices[0].logprobs.token_logprobs) == len(legacy.choices[0].logprobs.top_logprobs) >= 1
+
+
+def test_a_persona_changes_the_answer_and_coefficient_zero_is_the_plain_model(client):
+    plain = _chat(client)
+    assert _chat(client, {"vectors": [{"name": "rand", "coef": 0.0, "layers": [2]}]}) == plain
+    assert _chat(client, {"vectors": [{"name": "rand", "coef": 8.0, "layers": [2]}]}) != plain
+
+
+def test_concurrent_requests_with_different_coefficients_equal_each_request_alone(client, served):
+    coefs = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0]
+    alone = {c: _chat(client, {"vectors": [{"name": "rand", "coef": c, "layers": [2]}]}) for c in coefs}
+    batches_before = served.engine.batches
+    together: dict[float, str] = {}
+    threads = [threading.Thread(target=lambda c=c: together.__setitem__(c, _chat(client, {"vectors": [{"name": "rand", "coef": c, "layers": [2]}]})))
+               for c in coefs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert len(set(alone.values())) > 1
+    assert served.engine.batches - batches_before < len(coefs)  # some requests shared a forward pass
+
+
+def test_the_meter_streams_a_projection_per_token(server):
+    body = {"messages": QUESTION, "max_tokens": 6, "temperature": 0, "stream": True,
+            "persona": {"vectors": [{"name": "rand", "coef": 2.0, "layers": [2]}], "meter": True}}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+    import json
+
+    chunks = [json.loads(line[6:]) for line in lines]
+    meters = [c["persona_meter"]["rand"] for c in chunks if "persona_meter" in c]
+    assert meters and all(isinstance(v, float) for v in meters)
+
+
+@pytest.mark.parametrize("persona, message", [
+    ({"vectors": [{"name": "../rand", "coef": 1}]}, "not a persona name"),
+    ({"vectors": [{"name": "/etc/passwd", "coef": 1}]}, "not a persona name"),
+    ({"vectors": [{"name": "missing", "coef": 1}]}, "no persona vector 'missing'"),
+    ({"vectors": [{"name": "rand", "coef": 1, "layers": [9]}]}, "out of range"),
+    ({"vectors": [{"name": "rand", "coef": 1}] * 3}, "at most 2"),
+    ({"adapter": "butler"}, "no adapter folder"),
+])
+def test_bad_personas_are_400_with_a_message(client, persona, message):
+    with pytest.raises(BadRequestError, match=message):
+        _chat(client, persona)
+
+
+def test_limits_and_validation_are_json_errors(server, client):
+    with pytest.raises(BadRequestError, match="over this server's limit of 64"):
+        client.chat.completions.create(model="personactl", messages=QUESTION, max_tokens=1000)
+    response = httpx.post(f"{server}/v1/chat/completions", json={"messages": []}, timeout=30)
+    assert response.status_code == 400 and "messages" in response.json()["error"]["message"]
+    response = httpx.post(f"{server}/v1/chat/completions", content=b"x" * 70_000, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 413 and "error" in response.json()
+    assert httpx.get(f"{server}/personas", timeout=30).json()["vectors"][0]["name"] == "rand"
+
+
+def test_a_token_is_required_on_every_route_when_set(backbone, vectors):
+    with running_server(backbone, ServerSettings(port=0, vectors=vectors, token="s3cret")) as served:
+        url = served.url
+        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        assert httpx.get(f"{url}/personas", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        client = OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        assert client.models.list().data
+
+
+def test_binding_beyond_loopback_needs_a_token():
+    with pytest.raises(ServerError, match="--token"):
+        ServerSettings(host="0.0.0.0").check()
+    ServerSettings(host="0.0.0.0", token="t").check()
+    ServerSettings(host="localhost").check()
+
+
+def _wait_until(condition, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_queue_answers_429_with_retry_after(backbone, vectors):
+    body = {"messages": QUESTION, "max_tokens": 2}
+    with running_server(backbone, ServerSettings(port=0, vectors=vectors, queue_size=1, batch_window_s=0)) as served:
+        engine, results = served.engine, []
+
+        def post() -> None:
+            results.append(httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=60).status_code)
+
+        waiting = [threading.Thread(target=post) for _ in range(2)]
+        with engine.lock:  # generation is blocked: the first request is taken and waits, the second fills the queue
+            waiting[0].start()
+            _wait_until(lambda: engine.queue.empty() and len(results) == 0 and _taken(engine))
+            waiting[1].start()
+            _wait_until(engine.queue.full)
+            third = httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=60)
+            assert third.status_code == 429 and third.headers["retry-after"] == "2" and "retry" in third.json()["error"]["message"]
+        for thread in waiting:
+            thread.join()
+        assert results == [200, 200]
+
+
+def _taken(engine) -> bool:
+    time.sleep(0.2)  # the worker has had time to take the first job off the queue
+    return engine.queue.empty()
+
+
+def test_serve_beyond_loopback_without_a_token_is_one_line_before_loading(capsys, monkeypatch):
+    from personactl.cli import run
+
+    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: pytest.fail("loaded a model"))
+    assert run(["serve", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--token" in err and len(err.splitlines()) == 1
