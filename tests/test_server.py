@@ -190,3 +190,27 @@ def test_serve_beyond_loopback_without_a_token_is_one_line_before_loading(capsys
     assert run(["serve", "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "--token" in err and len(err.splitlines()) == 1
+
+
+def test_a_custom_trait_is_extracted_in_the_background_and_then_usable_by_name(served, client):
+    body = {"name": "shouty", "description": "writes in capitals", "positive": ["Answer in CAPITAL LETTERS."],
+            "negative": ["Answer in lower case."], "questions": ["hi", "how are you?", "what is up?"]}
+    job = httpx.post(f"{served.url}/personas/extract", json=body, timeout=30).json()
+    assert job["status"] in ("queued", "running") and job["name"] == "shouty"
+    seen = []
+
+    def finished() -> bool:
+        state = httpx.get(f"{served.url}/personas/jobs/{job['job']}", timeout=30).json()
+        seen.append(state["progress"])
+        return state["status"] in ("done", "failed")
+
+    _wait_until(finished, 120)
+    assert httpx.get(f"{served.url}/personas/jobs/{job['job']}", timeout=30).json()["status"] == "done"
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert "shouty" in [v["name"] for v in httpx.get(f"{served.url}/personas", timeout=30).json()["vectors"]]
+    assert _chat(client, {"vectors": [{"name": "shouty", "coef": 0.0, "layers": [2]}]}) == _chat(client)
+    again = httpx.post(f"{served.url}/personas/extract", json=body, timeout=30)
+    assert again.status_code == 409 and "already exists" in again.json()["error"]["message"]
+    bad = httpx.post(f"{served.url}/personas/extract", json={**body, "name": "../etc"}, timeout=30)
+    assert bad.status_code == 400
+    assert httpx.get(f"{served.url}/personas/jobs/nope", timeout=30).status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -10,6 +11,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _console = Console(stderr=True)
+_listeners = threading.local()  # per thread: a server job follows its own work, not another request's
+
+Listener = Callable[[str, int, int], None]  # (description, done, total)
+
+
+@contextmanager
+def reporting_to(listener: Listener) -> Iterator[None]:
+    """Inside, every progress bar of this thread also reports (description, done, total) to `listener`."""
+    previous = getattr(_listeners, "current", None)
+    _listeners.current = listener
+    try:
+        yield
+    finally:
+        _listeners.current = previous
 
 
 def enabled() -> bool:
@@ -19,9 +34,20 @@ def enabled() -> bool:
 
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Show a bar for `total` items; yields `advance(n)`."""
+    """Show a bar for `total` items; yields `advance(n)` (also reported to this thread's listener, if any)."""
+    listener: Listener | None = getattr(_listeners, "current", None)
+    done = 0
+
+    def tell(n: int) -> None:
+        nonlocal done
+        done += n
+        if listener is not None:
+            listener(description, done, total)
+
+    if listener is not None:
+        listener(description, 0, total)
     if not enabled():
-        yield lambda n: None
+        yield tell
         return
     columns = (
         TextColumn("{task.description}"),
@@ -32,7 +58,11 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
     )
     with Progress(*columns, console=_console, transient=False) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            tell(n)
+        yield advance
 
 
 def note(text: str) -> None:

@@ -86,7 +86,17 @@ class ContrastiveTexts(BaseModel):
         return self
 
 
-AnyTrait = Union[Trait, ContrastiveTexts]
+class TraitSketch(BaseModel):
+    """A quick trait for extraction only (e.g. defined in the web page): a few instruction pairs and questions,
+    without the held-out questions and rubric that an evaluation needs."""
+
+    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    description: str = ""
+    instructions: list[InstructionPair] = Field(min_length=1)
+    questions: list[str] = Field(min_length=2)
+
+
+AnyTrait = Union[Trait, ContrastiveTexts, TraitSketch]
 
 
 def builtin_traits() -> list[str]:

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import PersonactlError
 from .engine import DoneEvent, Engine, ErrorEvent, Job, QueueFull, TokenEvent
+from .jobs import ExtractRequest, Extractions
 from .personas import PersonaRequest, UnknownPersona
 
 
@@ -64,6 +65,7 @@ def _error(status: int, message: str, headers: Optional[dict[str, str]] = None) 
 def create_app(engine: Engine, model_name: str = "personactl") -> FastAPI:
     """The app over a running engine (the caller owns the engine and closes it)."""
     settings, library, backbone = engine.settings, engine.library, engine.backbone
+    extractions = Extractions(engine, settings.max_jobs)
     app = FastAPI(title="personactl", docs_url=None, redoc_url=None, openapi_url=None)
     static = resources.files("personactl") / "server" / "static"
 
@@ -232,6 +234,22 @@ def create_app(engine: Engine, model_name: str = "personactl") -> FastAPI:
             return library.describe()
         except PersonactlError as exc:
             raise ApiError(500, str(exc)) from exc
+
+    @app.post("/personas/extract")
+    async def extract_trait(body: ExtractRequest) -> dict:
+        try:
+            return extractions.submit(body).to_dict()
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), {"Retry-After": "10"}) from exc
+        except UnknownPersona as exc:
+            raise ApiError(409, str(exc)) from exc
+
+    @app.get("/personas/jobs/{job}")
+    async def job_state(job: str) -> dict:
+        state = extractions.jobs.get(job)
+        if state is None:
+            raise ApiError(404, f"no extraction job '{job}'")
+        return state.to_dict()
 
     if (static / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=str(static)), name="static")

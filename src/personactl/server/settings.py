@@ -33,6 +33,7 @@ class ServerSettings(BaseModel):
     max_batch: int = Field(16, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     batch_window_s: float = Field(0.01, ge=0)
+    max_jobs: int = Field(2, ge=1)
 
     def check(self) -> "ServerSettings":
         """Refuse to listen beyond loopback without a token; refuse missing persona folders."""
