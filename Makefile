@@ -9,7 +9,7 @@ STAMP := $(VENV)/.personactl-installed
 # AVX2/FMA/F16C only (CI machines may lack AVX512); --no-cache-dir so no wheel built with other flags is reused.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: setup demo test rebuild-llamacpp
+.PHONY: setup demo test browser rebuild-llamacpp
 
 setup: $(STAMP)
 
@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/personactl demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
+
+# The web page's tests drive Debian's chromium through playwright (which cannot download its own browser here).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 # Rebuild the installed llama-cpp-python (same version) with the flags above, e.g. after a native build.
 rebuild-llamacpp: setup
