@@ -22,11 +22,13 @@ from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import PersonactlError
+from ..extraction import stored_projections
 from ..generation import generate
 from ..lora.adapters import PersonaSwitcher
 from ..lora.direction import LoRADirection, merged
 from ..models import Backbone
 from ..steering import SteeringTerm
+from ..vectors import PersonaVector
 from .personas import PersonaLibrary, PersonaRequest
 from .settings import ServerSettings
 
@@ -141,7 +143,11 @@ class _Logprobs(LogitsProcessor):
 
 
 class _Meter:
-    """Projection of the hidden state that chose each token onto each metered vector (before any steering at that layer)."""
+    """Projection of the hidden state that chose each token onto each metered vector (before any steering at that layer).
+
+    When the vector kept its extraction projections, the value is rescaled so that 0 lies midway between the
+    trait and non-trait answers and +1 / -1 are their means: comparable across layers and vectors.
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, torch.Tensor] = {}
@@ -150,18 +156,30 @@ class _Meter:
         return {name: float(v[row]) for name, v in self.values.items() if row < len(v)}
 
     @contextmanager
-    def hooks(self, backbone: Backbone, specs: dict[str, tuple[int, torch.Tensor]]) -> Iterator[None]:
+    def hooks(self, backbone: Backbone, specs: dict[str, tuple[int, PersonaVector]]) -> Iterator[None]:
         handles = []
         try:
-            for name, (layer, unit) in specs.items():
-                def record(_module, _inputs, output, name=name, unit=unit) -> None:
+            for name, (layer, vector) in specs.items():
+                unit, (middle, half_gap) = vector.unit(layer), _meter_scale(vector, layer)
+
+                def record(_module, _inputs, output, name=name, unit=unit, middle=middle, half_gap=half_gap) -> None:
                     hidden = output[0] if isinstance(output, tuple) else output
-                    self.values[name] = (hidden[:, -1].float() @ unit.to(hidden.device)).cpu()
+                    self.values[name] = ((hidden[:, -1].float() @ unit.to(hidden.device) - middle) / half_gap).cpu()
                 handles.append(backbone.block(layer).register_forward_hook(record))
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _meter_scale(vector: PersonaVector, layer: int) -> tuple[float, float]:
+    """(midpoint, half the gap) of the mean trait and non-trait projections at `layer`; (0, 1) when not stored."""
+    stored = stored_projections(vector)
+    if stored is None or layer not in stored[0]:
+        return 0.0, 1.0
+    column = stored[0].index(layer)
+    pos, neg = float(stored[1][:, column].mean()), float(stored[2][:, column].mean())
+    return (pos + neg) / 2, (abs(pos - neg) / 2) or 1.0
 
 
 def _eos_ids(backbone: Backbone) -> list[int]:
@@ -242,17 +260,17 @@ class Engine:
             terms = [(LoRADirection.load(self.library.adapter_path(n)), w) for n, w in adapter["blend"].items()]
             stack.enter_context(merged(self.backbone, *terms))
 
-    def _steering(self, jobs: list[Job]) -> tuple[list[SteeringTerm], dict[str, tuple[int, torch.Tensor]]]:
+    def _steering(self, jobs: list[Job]) -> tuple[list[SteeringTerm], dict[str, tuple[int, PersonaVector]]]:
         """One term per (vector, layers) with a coefficient per row; the meter reads each metered vector at its first layer."""
         coefs: dict[tuple[str, tuple[int, ...]], list[float]] = {}
-        meter: dict[str, tuple[int, torch.Tensor]] = {}
+        meter: dict[str, tuple[int, PersonaVector]] = {}
         for row, job in enumerate(jobs):
             persona = job.persona or PersonaRequest()
             for use in persona.vectors:
                 layers = tuple(use.layers or [self.library.layer(use.name)])
                 coefs.setdefault((use.name, layers), [0.0] * len(jobs))[row] += use.coef
                 if persona.meter:
-                    meter.setdefault(use.name, (layers[0], self.library.vector(use.name).unit(layers[0])))
+                    meter.setdefault(use.name, (layers[0], self.library.vector(use.name)))
         positions = (jobs[0].persona or PersonaRequest()).positions
         terms = [SteeringTerm(self.library.vector(name), list(layers), values, positions=positions) for (name, layers), values in coefs.items()]
         return terms, meter
