@@ -91,6 +91,16 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def pirate(smollm2):
+    """(trait, vector, pairs) of the pirate trait on SmolLM2 from 6 questions, extracted once per session."""
+    from personactl import ExtractionSettings, extract, load_trait
+
+    trait = load_trait("pirate")
+    vector, pairs = extract(smollm2, trait, ExtractionSettings(n_questions=6, max_new_tokens=32, batch_size=30))
+    return trait, vector, pairs
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny llama saved as a model folder, for commands that load by path."""

@@ -214,3 +214,37 @@ def test_a_custom_trait_is_extracted_in_the_background_and_then_usable_by_name(s
     bad = httpx.post(f"{served.url}/personas/extract", json={**body, "name": "../etc"}, timeout=30)
     assert bad.status_code == 400
     assert httpx.get(f"{served.url}/personas/jobs/nope", timeout=30).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    from personactl.lora.direction import LoRADirection, LoRAFactors
+
+    root = tmp_path_factory.mktemp("adapters")
+    torch.manual_seed(0)
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4.0, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
+    for name in ("arr", "bee"):
+        modules = {f"model.layers.{i}.self_attn.q_proj": LoRAFactors(torch.randn(2, 48) * 3, torch.randn(48, 2) * 3, 2.0) for i in range(3)}
+        LoRADirection(modules, config, {"name": name, "base_model": "tiny-llama", "base_model_type": "llama"}).save(root / name)
+    return root
+
+
+def test_adapters_by_name_and_as_a_blend(backbone, vectors, adapters):
+    with running_server(backbone, ServerSettings(port=0, vectors=vectors, adapters=adapters)) as served:
+        client = OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        plain = _chat(client)
+        arr = _chat(client, {"adapter": "arr"})
+        assert arr != plain and _chat(client) == plain  # the adapter is off again for the next request
+        assert _chat(client, {"adapter": {"blend": {"arr": 1.0}}}) == arr  # a blend of one at weight 1 is the adapter
+        assert _chat(client, {"adapter": {"blend": {"arr": 0.5, "bee": 0.5}}}) not in (plain, arr)
+        assert {a["name"] for a in httpx.get(f"{served.url}/personas", timeout=30).json()["adapters"]} == {"arr", "bee"}
+        with pytest.raises(BadRequestError, match="no adapter 'nope'"):
+            _chat(client, {"adapter": "nope"})
+
+
+def test_personactls_own_llm_judge_can_use_a_served_model(server):
+    from personactl.judges.llm import OpenAIJudge
+
+    judge = OpenAIJudge("personactl", "Rate {question} {answer} from 0 to 100:", base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    scores = judge.score(["hi", "hello"], ["yes", "no"])
+    assert len(scores) == 2 and all(s is None or 0 <= s <= 100 for s in scores)

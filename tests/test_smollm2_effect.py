@@ -4,17 +4,10 @@ import re
 
 import pytest
 
-from personactl import ExtractionSettings, SteeringTerm, chat_prompt, extract, generate, load_trait, project
+from personactl import SteeringTerm, chat_prompt, generate, project
 
 pytestmark = pytest.mark.slow
 PIRATE = re.compile(r"\b(arr+|aye|ye|matey|ahoy|me hearty|sea|ship|treasure|captain|sail\w*)\b", re.I)
-
-
-@pytest.fixture(scope="module")
-def pirate(smollm2):
-    trait = load_trait("pirate")
-    vector, pairs = extract(smollm2, trait, ExtractionSettings(n_questions=6, max_new_tokens=32, batch_size=30))
-    return trait, vector, pairs
 
 
 def test_pirate_answers_differ_as_instructed(pirate):
