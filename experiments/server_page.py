@@ -22,7 +22,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         shutil.copy(RUN / "vector.safetensors", Path(folder) / "pirate.safetensors")
-        shutil.copy(RUN / "layers.json", Path(folder) / "layers.json")
+        shutil.copy(RUN / "layers.json", Path(folder) / "pirate.layers.json")
         settings = ServerSettings(port=0, vectors=Path(folder))
         with running_server(load_model("smollm2-135m"), settings) as served, sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])

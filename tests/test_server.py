@@ -131,6 +131,8 @@ def test_limits_and_validation_are_json_errors(server, client):
     assert response.status_code == 400 and "messages" in response.json()["error"]["message"]
     response = httpx.post(f"{server}/v1/chat/completions", content=b"x" * 70_000, headers={"content-type": "application/json"}, timeout=30)
     assert response.status_code == 413 and "error" in response.json()
+    chunked = httpx.post(f"{server}/v1/chat/completions", content=iter([b'{"messages": ', b"[]}"]), timeout=30)
+    assert chunked.status_code == 411 and "Content-Length" in chunked.json()["error"]["message"]
     assert httpx.get(f"{server}/personas", timeout=30).json()["vectors"][0]["name"] == "rand"
 
 
@@ -262,3 +264,15 @@ def test_load_200_requests_at_concurrency_16_each_with_its_own_coefficient(clien
         together = list(pool.map(ask, coefs))
     alone = [ask(c) for c in coefs]
     assert together == alone  # greedy: batching changes no answer, and no request failed
+
+
+def test_the_recommended_layer_comes_from_the_vectors_own_layers_file(backbone, vectors):
+    from personactl.server import PersonaLibrary
+
+    library = PersonaLibrary(backbone, vectors)
+    assert library.layer("rand") == 2  # 2/3 of 3 blocks, at least 2
+    (vectors / "rand.layers.json").write_text('{"chosen": 3}')
+    try:
+        assert library.layer("rand") == 3 and library.describe()["vectors"][0]["layer"] == 3
+    finally:
+        (vectors / "rand.layers.json").unlink()

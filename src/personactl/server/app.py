@@ -76,7 +76,9 @@ def create_app(engine: Engine, model_name: str = "personactl") -> FastAPI:
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
                 return _error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
         length = request.headers.get("content-length")
-        if length is not None and int(length) > settings.max_body_bytes:
+        if request.method == "POST" and (length is None or not length.isdigit()):
+            return _error(411, "send the request body with a Content-Length (chunked bodies are not accepted)")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
             return _error(413, f"request body over {settings.max_body_bytes} bytes")
         return await call_next(request)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +80,15 @@ class PersonaLibrary:
         return sorted(set(on_disk) | set(self._vectors))
 
     def layer(self, name: str) -> int:
-        path = self.vectors_dir / f"{name}.safetensors" if self.vectors_dir else None
-        return default_layer(path, self.backbone.n_layers, lowest=2) if path and path.is_file() else max(2, round(2 * self.backbone.n_layers / 3))
+        """The recommended layer: NAME.layers.json beside the vector, else the folder's layers.json, else 2/3 of the depth."""
+        if self.vectors_dir is not None:
+            own = self.vectors_dir / f"{name}.layers.json"
+            if own.is_file():
+                return int(json.loads(own.read_text(encoding="utf-8"))["chosen"])
+            path = self.vectors_dir / f"{name}.safetensors"
+            if path.is_file():
+                return default_layer(path, self.backbone.n_layers, lowest=2)
+        return max(2, round(2 * self.backbone.n_layers / 3))
 
     def adapter_path(self, name: str) -> Path:
         check_name(name)
