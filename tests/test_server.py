@@ -276,3 +276,11 @@ def test_the_recommended_layer_comes_from_the_vectors_own_layers_file(backbone, 
         assert library.layer("rand") == 3 and library.describe()["vectors"][0]["layer"] == 3
     finally:
         (vectors / "rand.layers.json").unlink()
+
+
+def test_a_generation_past_the_timeout_is_a_504_and_the_server_goes_on(backbone, vectors):
+    with running_server(backbone, ServerSettings(port=0, vectors=vectors, timeout_s=0.5)) as served:
+        with served.engine.lock:  # the model is busy for longer than the timeout
+            late = httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=30)
+        assert late.status_code == 504 and "longer than 0.5 s" in late.json()["error"]["message"]
+        assert httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=30).status_code == 200
