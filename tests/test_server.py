@@ -266,16 +266,22 @@ def test_load_200_requests_at_concurrency_16_each_with_its_own_coefficient(clien
     assert together == alone  # greedy: batching changes no answer, and no request failed
 
 
-def test_the_recommended_layer_comes_from_the_vectors_own_layers_file(backbone, vectors):
+def test_the_recommended_layer_and_coefficients_come_from_the_vectors_run(backbone, vectors):
     from personactl.server import PersonaLibrary
 
     library = PersonaLibrary(backbone, vectors)
     assert library.layer("rand") == 2  # 2/3 of 3 blocks, at least 2
+    assert library.describe()["vectors"][0]["coef_source"].startswith("default")
     (vectors / "rand.layers.json").write_text('{"chosen": 3}')
+    (vectors / "rand.summary.csv").write_text(
+        "method,layer,coef,trait_mean,coherence_mean\nvector,3,-1,10,95\nvector,3,0,20,95\nvector,3,2,60,80\nvector,3,4,90,30\nvector,2,9,99,99\n")
     try:
-        assert library.layer("rand") == 3 and library.describe()["vectors"][0]["layer"] == 3
+        described = library.describe()["vectors"][0]
+        assert described["layer"] == 3 and described["coef_range"] == [-1.0, 4.0]
+        assert described["coef"] == 2.0  # the best trait among coherent answers (coef 4 broke coherence)
     finally:
         (vectors / "rand.layers.json").unlink()
+        (vectors / "rand.summary.csv").unlink()
 
 
 def test_a_generation_past_the_timeout_is_a_504_and_the_server_goes_on(backbone, vectors):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from dataclasses import dataclass, field
@@ -90,6 +91,25 @@ class PersonaLibrary:
                 return default_layer(path, self.backbone.n_layers, lowest=2)
         return max(2, round(2 * self.backbone.n_layers / 3))
 
+    def coefficients(self, name: str, layer: int) -> dict:
+        """Slider range and starting coefficient: from the vector's sweep (NAME.summary.csv beside it) when there is one.
+
+        The range is the swept coefficients at `layer`; the start is the one with the highest judged trait among
+        those whose coherence stayed at or above 50. Without a sweep: -4..4, starting at 2 (a guess, and said so).
+        """
+        path = self.vectors_dir / f"{name}.summary.csv" if self.vectors_dir else None
+        rows = []
+        if path is not None and path.is_file():
+            with path.open(encoding="utf-8", newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if r.get("method") == "vector" and r.get("layer") == str(layer)]
+        if not rows:
+            return {"coef_range": [-4.0, 4.0], "coef": 2.0, "coef_source": "default (no sweep beside the vector)"}
+        coefs = [float(r["coef"]) for r in rows]
+        scored = [r for r in rows if r.get("trait_mean")]
+        coherent = [r for r in scored if r.get("coherence_mean") and float(r["coherence_mean"]) >= 50] or scored
+        start = float(max(coherent, key=lambda r: float(r["trait_mean"]))["coef"]) if coherent else max(coefs)
+        return {"coef_range": [min(coefs), max(coefs)], "coef": start, "coef_source": f"sweep in {path.name}"}
+
     def adapter_path(self, name: str) -> Path:
         check_name(name)
         if self.adapters_dir is None:
@@ -109,8 +129,9 @@ class PersonaLibrary:
         vectors = []
         for name in self.vector_names():
             vector = self.vector(name)
+            layer = self.layer(name)
             vectors.append({"name": name, "trait": vector.trait, "model": vector.model, "layers": list(range(1, vector.n_layers + 1)),
-                            "layer": self.layer(name), "coef_range": [-4.0, 4.0], "coef": 2.0})
+                            "layer": layer, **self.coefficients(name, layer)})
         traits = [{"name": t, "description": load_trait(t).description} for t in builtin_traits()]
         return {"vectors": vectors, "adapters": self.adapters(), "traits": traits}
 
