@@ -53,6 +53,7 @@ def _error_line(capsys):
         (["finetune", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/ft", "--max-steps", "0"], "max_steps must be at least 1, got 0"),
         (["finetune", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/ft", "--max-steps=-3"], "max_steps must be at least 1, got -3"),
         (["finetune", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/theirs"], "not a folder personactl wrote"),
+        (["finetune", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/ft", "--steer-op", "flip"], "--steer-op 'flip' is not one of: add, ablate"),
         (["lora", "extract", "--trait", "pirate", "--out", "{tmp}/l", "--max-steps", "0"], "max_steps must be at least 1"),
         (["adapter", "train", "--data", "{tmp}/d.jsonl", "--name", "x", "--max-steps", "0"], "max_steps must be at least 1"),
         (["sweep", "--config", "{tmp}/list.json"], "holds a JSON list, not an object of settings"),

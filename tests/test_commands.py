@@ -109,3 +109,18 @@ def test_extract_stores_the_verdict_in_the_vector(model_dir, tmp_path, capsys):
     assert len(load_vector(path).extra["projections"]["pos"]) == stored["n_pairs"]
     norms = load_vector(path).extra["hidden_norms"]  # what parameter modulation needs, with no second pass
     assert len(norms) == load_vector(path).n_layers + 1 and all(n > 0 for n in norms)
+
+
+def test_finetune_with_the_persona_direction_ablated_during_training(model_dir, vector_file, tmp_path, capsys):
+    """Preventative steering by ablation: the direction is projected out of the layer's output while training."""
+    import json
+
+    from personactl.cli import run
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "an answer"}) + "\n" for i in range(4)))
+    out = tmp_path / "ft"
+    assert run(["finetune", "--data", str(data), "--out", str(out), "--model", str(model_dir), "--steer-vector", str(vector_file),
+                "--steer-layer", "2", "--steer-op", "ablate", "--max-steps", "1", "--rank", "2", "--alpha", "4"]) == 0
+    card = json.loads((out / "persona.json").read_text())
+    assert card["preventative"]["steering"] == [{"trait": "random", "layers": [2], "coef": 1.0, "op": "ablate"}]

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import PersonactlError
+from .errors import OptionError, PersonactlError
 
 app = typer.Typer(
     help="Find, measure, steer and move the character traits (personas) of language models.",
@@ -190,7 +190,6 @@ def generate(
         unsupported = [name for name, used in (("--op ablate", op != "add"), ("--norm-preserving", norm_preserving),
                                                ("--condition", condition is not None)) if used]
         if unsupported:
-            from .errors import OptionError  # noqa: PLC0415
 
             raise OptionError(f"{', '.join(unsupported)} needs --backend hf (llama.cpp adds control vectors only)")
         _generate_via_llamacpp(model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json,
@@ -363,7 +362,6 @@ def monitor(
 
 def _blend_option(values: List[str], vector: Path, n_layers: int):
     """The LayerBlend of `--layer auto` / `--layer auto:K` (from layers.json beside the vector), None for plain layers."""
-    from .errors import OptionError  # noqa: PLC0415
     from .layer_selection import blend_for_vector  # noqa: PLC0415
 
     specs = [v.strip() for v in values if not v.strip().lstrip("-").isdigit()]
@@ -500,7 +498,6 @@ def layers(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Per-layer effectiveness (AUROC, Cohen's d, measured steering effect), the auto layer choice and the auto:K weights."""
-    from .errors import OptionError  # noqa: PLC0415
     from .evaluate import validate_config  # noqa: PLC0415
     from .experiment import choose_layers, prepare  # noqa: PLC0415
     from .layer_selection import check_blend_size, layer_weights  # noqa: PLC0415
@@ -602,6 +599,7 @@ def finetune(
     steer_vector: Optional[Path] = typer.Option(None, help="persona vector added in the activations during training"),
     steer_layer: List[int] = typer.Option([], help="layer(s) for --steer-vector"),
     steer_coef: float = typer.Option(1.0, help="coefficient of --steer-vector (positive = preventative, as in Chen et al.)"),
+    steer_op: str = typer.Option("add", help="add (h + coef*v) or ablate (remove coef times the projection on v; 1 = all of it)"),
     premerge_lora: Optional[Path] = typer.Option(None, help="persona direction folder merged into the weights while training"),
     premerge_coef: float = typer.Option(-5.0, help="coefficient of --premerge-lora (negative suppresses)"),
     full: bool = typer.Option(False, "--full", help="train every weight (saves a model folder) instead of a LoRA"),
@@ -622,6 +620,8 @@ def finetune(
 
     if steer_vector is not None and not steer_layer:
         raise typer.BadParameter("--steer-layer is required with --steer-vector", param_hint="--steer-layer")
+    if steer_op not in ("add", "ablate"):
+        raise OptionError(f"--steer-op '{steer_op}' is not one of: add, ablate")
     config = LoRATrainConfig(rank=rank, alpha=alpha, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
                              batch_size=batch_size, seed=seed)
     check_out_dir(out_dir)
@@ -629,7 +629,7 @@ def finetune(
     questions, answers = examples.questions, examples.answers
     premerge = [(LoRADirection.load(premerge_lora), premerge_coef)] if premerge_lora else []
     backbone = _load(model, device, None, None)
-    steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layer, steer_coef)] if steer_vector else []
+    steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layer, steer_coef, op=steer_op)] if steer_vector else []
     prompts = format_prompts(backbone, [chat_prompt(q) for q in questions])
     losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge,
                           metadata={"data": str(data)}, full=full)
@@ -884,7 +884,6 @@ def condition_find(
     """Find a condition: a direction per layer from two sets of prompts, the threshold that separates them, and
     the layer that does it best (cross-validated on the training prompts; held-out accuracy reported per layer)."""
     from .conditions import check_request, find_condition, layer_table, read_prompts  # noqa: PLC0415
-    from .errors import OptionError  # noqa: PLC0415
 
     pos, neg = read_prompts(positive), read_prompts(negative)
     check_request(pos, neg, heldout)
@@ -1087,7 +1086,6 @@ def _number(text: str, option: str) -> float:
     """A finite number given as text (so a mistake is one `error:` line, not click's usage block)."""
     import math  # noqa: PLC0415
 
-    from .errors import OptionError  # noqa: PLC0415
 
     try:
         value = float(text)
@@ -1099,7 +1097,6 @@ def _number(text: str, option: str) -> float:
 
 
 def _check_choice(value: str, choices, option: str) -> None:
-    from .errors import OptionError  # noqa: PLC0415
 
     if value not in choices:
         raise OptionError(f"{option} {value!r} is not one of: {', '.join(choices)}")

@@ -41,7 +41,8 @@ def finetune(
     info = {
         **(metadata or {}),
         "preventative": {
-            "steering": [{"trait": getattr(t.vector, "trait", "tensor"), "layers": t.layer_list(), "coef": t.coef} for t in steering],
+            "steering": [{"trait": getattr(t.vector, "trait", "tensor"), "layers": t.layer_list(), "coef": t.coef, "op": t.op}
+                         for t in steering],
             "premerge": [{"trait": d.metadata.get("trait"), "coef": c} for d, c in premerge],
         },
     }
