@@ -46,10 +46,13 @@ from .transfer.ridge import RidgeMap, fit_ridge
 from .transfer.runner import run_transfer
 from .safety import FrozenWeightsChanged, IdentifySettings, SafetyError, frozen, frozen_finetune, prune_check, run_safety, score_dynamics
 from .safety import align as align_to_refuse
+from .screening import Screening
+from .screening import screen as screen_dataset
 from .safety import identify as identify_safety_neurons
 from .safety import set_difference, wanda_scores, zeroed
 
 __all__ = [
+    "Screening", "screen_dataset",
     "FrozenWeightsChanged", "IdentifySettings", "SafetyError", "align_to_refuse", "frozen", "frozen_finetune", "identify_safety_neurons",
     "prune_check", "run_safety", "score_dynamics", "set_difference", "wanda_scores", "zeroed",
     "ControlVectorError",

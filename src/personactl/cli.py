@@ -1134,6 +1134,41 @@ def serve(
     run_server(backbone, settings)
 
 
+@app.command()
+def screen(
+    data: Path = typer.Option(..., help="JSONL of {instruction|prompt, input?, output|response} (the fine-tuning data)"),
+    vector: Path = typer.Option(..., help="persona vector (.safetensors)"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="folder for screen.jsonl and summary.json"),
+    layer: Optional[int] = typer.Option(None, help="layer to project at (default: the vector's run's layer, else 2/3 of the depth)"),
+    filter_out: Optional[float] = typer.Option(None, help="percent of the most trait-inducing samples to drop (with --write)"),
+    write: Optional[Path] = typer.Option(None, help="write the dataset without the --filter-out samples here"),
+    model: str = ModelOpt,
+    max_new_tokens: int = typer.Option(64, help="length of the model's own answers"),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Before fine-tuning: which samples pull the model toward a trait (dataset answer vs the model's own, projected)."""
+    from .lora.adapters import read_persona_data  # noqa: PLC0415
+    from .lora.chat import default_layer  # noqa: PLC0415
+    from .screening import screen as run_screen, write_screening, write_without  # noqa: PLC0415
+    from .vectors import load_vector  # noqa: PLC0415
+
+    if (filter_out is None) != (write is None):
+        raise OptionError("--filter-out PCT and --write FILE go together")
+    if filter_out is not None and not 0 < filter_out < 100:
+        raise OptionError(f"--filter-out {filter_out}: give a percentage between 0 and 100")
+    examples = read_persona_data(data)
+    backbone = _load(model, device, None, None)
+    persona = load_vector(vector, backbone=backbone)
+    result = run_screen(backbone, examples, persona, layer or default_layer(vector, backbone.n_layers, lowest=1), max_new_tokens=max_new_tokens)
+    summary = result.summary
+    out.print(f"{summary['trait']} at layer {summary['layer']}: mean projection difference {summary['mean_difference']:+.3f} over "
+              f"{summary['scored']} samples ({100 * summary['positive_share']:.0f}% push toward the trait)")
+    out.print(f"written to {write_screening(result, out_dir)}")
+    if write is not None:
+        removed = result.flagged(filter_out)
+        out.print(f"{len(removed)} samples dropped; the rest written to {write_without(examples, removed, write)}")
+
+
 def _add_safety() -> None:
     from .safety.cli import safety_app  # noqa: PLC0415 - its commands import this module's helpers lazily
 
