@@ -128,3 +128,17 @@ def test_safety_run_goes_end_to_end_and_resumes_without_redoing_steps(model_dir,
     assert run(["safety", "run", "--model", str(model_dir), "--out", str(out), "--nsamples", "8", "--sparsity", "0.05"]) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert "report written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["safety", "identify", "--out", "{theirs}"],
+    ["safety", "run", "--out", "{theirs}"],
+])
+def test_a_folder_of_someone_elses_files_is_refused_before_loading(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: pytest.fail("loaded a model"))
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("precious")
+    assert run([a.format(theirs=theirs) for a in argv]) == 2
+    assert "not a folder personactl wrote" in _error_line(capsys)
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"] and (theirs / "notes.txt").read_text() == "precious"

@@ -48,3 +48,18 @@ def test_filter_out_needs_write(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     assert run(["screen", "--data", "d.jsonl", "--vector", "v.safetensors", "--out", str(tmp_path / "s"), "--filter-out", "10"]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+def test_screen_refuses_someone_elses_folder_and_overwriting_its_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("precious")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "q", "output": "a"}\n')
+    assert run(["screen", "--data", str(data), "--vector", "v.safetensors", "--out", str(theirs)]) == 2
+    assert "not a folder personactl wrote" in capsys.readouterr().err
+    assert run(["screen", "--data", str(data), "--vector", "v.safetensors", "--out", str(tmp_path / "s"), "--filter-out", "10",
+                "--write", str(data)]) == 2
+    assert "is the --data file itself" in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "precious" and data.read_text() == '{"instruction": "q", "output": "a"}\n'

@@ -290,3 +290,17 @@ def test_a_generation_past_the_timeout_is_a_504_and_the_server_goes_on(backbone,
             late = httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=30)
         assert late.status_code == 504 and "longer than 0.5 s" in late.json()["error"]["message"]
         assert httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--port", "70000"], "port"),
+    (["serve", "--vectors", "/nonexistent/vectors"], "is not a folder"),
+    (["serve", "--max-tokens", "0"], "max_tokens"),
+])
+def test_serve_bad_values_are_one_line_before_loading(argv, message, capsys, monkeypatch):
+    from personactl.cli import run
+
+    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: pytest.fail("loaded a model"))
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1

@@ -1127,8 +1127,16 @@ def serve(
     """OpenAI-compatible server (chat, completions, streaming, logprobs) with per-request personas, and a web page at /."""
     from .server import ServerSettings, serve as run_server  # noqa: PLC0415
 
-    settings = ServerSettings(host=host, port=port, vectors=vectors, adapters=adapters, token=token, cors=cors, max_tokens=max_tokens,
-                              queue_size=queue_size, max_batch=max_batch, timeout_s=timeout).check()
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from .errors import first_validation_error  # noqa: PLC0415
+
+    try:
+        settings = ServerSettings(host=host, port=port, vectors=vectors, adapters=adapters, token=token, cors=cors, max_tokens=max_tokens,
+                                  queue_size=queue_size, max_batch=max_batch, timeout_s=timeout)
+    except ValidationError as exc:
+        raise OptionError(f"serve {first_validation_error(exc, 'serve')}") from exc
+    settings.check()
     backbone = _load(model, device, None, None)
     out.print(f"serving {backbone.name} on http://{host}:{port} (OpenAI base URL http://{host}:{port}/v1; page at /); Ctrl-C stops")
     run_server(backbone, settings)
@@ -1149,13 +1157,17 @@ def screen(
     """Before fine-tuning: which samples pull the model toward a trait (dataset answer vs the model's own, projected)."""
     from .lora.adapters import read_persona_data  # noqa: PLC0415
     from .lora.chat import default_layer  # noqa: PLC0415
-    from .screening import screen as run_screen, write_screening, write_without  # noqa: PLC0415
+    from ._io import check_replaceable  # noqa: PLC0415
+    from .screening import SCREEN, screen as run_screen, write_screening, write_without  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
     if (filter_out is None) != (write is None):
         raise OptionError("--filter-out PCT and --write FILE go together")
     if filter_out is not None and not 0 < filter_out < 100:
         raise OptionError(f"--filter-out {filter_out}: give a percentage between 0 and 100")
+    if write is not None and write.resolve() == data.resolve():
+        raise OptionError(f"--write {write} is the --data file itself: give a new file for the filtered dataset")
+    check_replaceable(out_dir, SCREEN)
     examples = read_persona_data(data)
     backbone = _load(model, device, None, None)
     persona = load_vector(vector, backbone=backbone)

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import activations
-from ._io import write_text_atomic
+from ._io import check_replaceable, write_text_atomic
 from .generation import chat_prompt, format_prompts, generate
 from .lora.adapters import PersonaData
 from .models import Backbone
 from .monitor import projections
 from .vectors import PersonaVector
+
+SCREEN = "screen.jsonl"
 
 
 @dataclass
@@ -68,9 +70,9 @@ def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: 
 
 def write_screening(result: Screening, out_dir: str | Path) -> Path:
     """screen.jsonl (ranked) and summary.json in `out_dir`."""
-    out = Path(out_dir)
+    out = check_replaceable(out_dir, SCREEN)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "screen.jsonl", "".join(json.dumps(r) + "\n" for r in result.ranked()))
+    write_text_atomic(out / SCREEN, "".join(json.dumps(r) + "\n" for r in result.ranked()))
     write_text_atomic(out / "summary.json", json.dumps(result.summary, indent=2))
     return out
 

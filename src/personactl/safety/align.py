@@ -15,10 +15,11 @@ from ..lora.config import LoRATrainConfig
 from ..lora.train import all_weights_trainable, check_out_dir, optimise, save_model, train_lora
 from ..models import Backbone
 from ..progress import note
-from .data import Examples, formatted
+from .data import Examples, formatted, load_examples
 from .measure import refusals, utility_perplexity
 from .refusal import RefusalClassifier
 
+ALIGNED_KIND = "safety-aligned model"
 ALIGN_FULL = LoRATrainConfig(epochs=1, learning_rate=5e-5, batch_size=8, max_length=192)
 ALIGN_LORA = LoRATrainConfig(rank=16, alpha=32.0, epochs=2, learning_rate=5e-4, batch_size=8, max_length=192)
 
@@ -33,7 +34,7 @@ class HeldOut:
 
     @classmethod
     def for_model(cls, backbone: Backbone) -> "HeldOut":
-        classifier = RefusalClassifier.fit(formatted(backbone, "harmful_train").answers, formatted(backbone, "benign_train").answers)
+        classifier = RefusalClassifier.fit(load_examples("harmful_train").answers, load_examples("benign_train").answers)
         return cls(formatted(backbone, "harmful_heldout"), formatted(backbone, "benign_heldout"), classifier)
 
 
@@ -67,16 +68,19 @@ def align(backbone: Backbone, out_dir: str | Path, *, lora: bool = False, config
         else:
             losses = optimise(backbone.model, backbone, train.prompts, train.answers, config, "safety alignment").losses
         after = measure_safety(backbone, held_out)
-        card = {"kind": "safety-aligned model", "base_model": backbone.name, "method": "lora-merged" if lora else "full",
+        card = {"kind": ALIGNED_KIND, "base_model": backbone.name, "method": "lora-merged" if lora else "full",
                 "train": vars(config), "losses": losses, "n_train": len(train.prompts), "before": before, "after": after}
         save_model(backbone, out, card)
     return card
 
 
+def card_of_kind(folder: str | Path, kind: str) -> dict | None:
+    """The persona card of a folder when a safety step of this kind wrote it, else None."""
+    path = Path(folder) / "persona.json"
+    card = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return card if card and card.get("kind") == kind else None
+
+
 def read_align_card(folder: str | Path) -> dict | None:
     """The alignment card of a model folder written by `align`, or None."""
-    path = Path(folder) / "persona.json"
-    if not path.is_file():
-        return None
-    card = json.loads(path.read_text(encoding="utf-8"))
-    return card if card.get("kind") == "safety-aligned model" else None
+    return card_of_kind(folder, ALIGNED_KIND)

@@ -39,9 +39,9 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def _rate(measure: dict) -> str:
-    from .report import _pct  # noqa: PLC0415
+    from .report import percent  # noqa: PLC0415
 
-    return _pct(measure["keyword"])
+    return percent(measure["keyword"])
 
 
 @safety_app.command("align")
@@ -72,9 +72,11 @@ def identify_cmd(
     reference_pt: bool = typer.Option(False, "--reference-pt", help="also write original_safety_scores.pt / original_safety_masks.pt"),
 ) -> None:
     """Wanda scores on safety and utility data; safety-critical = top-q% safety minus top-p% utility (per matrix)."""
-    from .identify import IdentifySettings, identify  # noqa: PLC0415
+    from .._io import check_replaceable  # noqa: PLC0415
+    from .identify import SUMMARY, IdentifySettings, identify  # noqa: PLC0415
 
     settings = IdentifySettings(model=model, sparsity=sparsity, utility_sparsity=utility_sparsity, nsamples=nsamples)
+    check_replaceable(out_dir, SUMMARY)
     summary = identify(_load(model), out_dir, settings, reference_pt=reference_pt)
     _print(f"{summary['masked']} safety-critical weights ({100 * summary['fraction']:.2f}% of the block linear weights); "
            f"top-{100 * sparsity:g}% safety alone: {summary['safety_only']}")
@@ -145,18 +147,18 @@ def dynamics_cmd(
     from .._io import write_text_atomic  # noqa: PLC0415
     from .align import HeldOut  # noqa: PLC0415
     from .identify import require_summary  # noqa: PLC0415
-    from .pipeline import DYNAMICS, measure_finetune  # noqa: PLC0415
-    from .report import _change  # noqa: PLC0415
+    from .pipeline import DYNAMICS, Reference, measure_finetune  # noqa: PLC0415
+    from .report import change  # noqa: PLC0415
 
     backbone = _load(before or require_summary(identify_dir)["settings"]["model"])
-    held_out = HeldOut.for_model(backbone)
+    held_out, reference = HeldOut.for_model(backbone), Reference.load(backbone, identify_dir)
     rows = []
     for folder in after:
-        result = measure_finetune(backbone, identify_dir, folder, held_out)
+        result = measure_finetune(backbone, reference, folder, held_out)
         write_text_atomic(folder / DYNAMICS, json.dumps(result, indent=2))
         overall = result["scores"]["overall"]
         rows.append({"fine-tune": str(folder), "refusal": _rate(result["refusal"]),
-                     **{f"{g} change": _change(overall[f"{g}_mean"]) for g in ("frozen", "others", "random")}, "verdict": result["scores"]["verdict"]})
+                     **{f"{g} change": change(overall[f"{g}_mean"]) for g in ("frozen", "others", "random")}, "verdict": result["scores"]["verdict"]})
         _print(f"written to {folder / DYNAMICS}")
     _print_table("Wanda score dynamics (mean relative change, 95% CI over matrices)", rows, list(rows[0]))
 
@@ -177,10 +179,12 @@ def run_cmd(
 ) -> None:
     """align -> identify -> prune-check -> fine-tunes (full, LoRA x safety, none, random frozen) -> dynamics -> report."""
     from .identify import IdentifySettings  # noqa: PLC0415
-    from .pipeline import run_safety  # noqa: PLC0415
+    from .._io import check_replaceable  # noqa: PLC0415
+    from .pipeline import RUN_MARKERS, run_safety  # noqa: PLC0415
     from .report import markdown, write_report  # noqa: PLC0415
 
     IdentifySettings(model=model, sparsity=sparsity, utility_sparsity=utility_sparsity, nsamples=nsamples)  # bad values fail before any work
+    check_replaceable(out_dir, RUN_MARKERS)
     results = run_safety(model, out_dir, settings={"sparsity": sparsity, "utility_sparsity": utility_sparsity, "nsamples": nsamples})
     _print(markdown(results))
     for name, f in results["finetunes"].items():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import write_text_atomic
+from .._io import check_replaceable, write_text_atomic
 from ..models import Backbone
 from .data import formatted
 from .errors import SafetyError
@@ -53,7 +53,7 @@ def identify(backbone: Backbone, out_dir: str | Path, settings: IdentifySettings
 
     A folder that already holds a summary with the same settings is reused as it is (resumable).
     """
-    out = Path(out_dir)
+    out = check_replaceable(out_dir, SUMMARY)
     done = read_summary(out)
     if done is not None and done["settings"] == asdict(settings) and all((out / f).is_file() for f in (SAFETY_SCORES, UTILITY_SCORES, MASKS, RANDOM_MASKS)):
         return done

@@ -7,43 +7,57 @@ already there, so a stopped run goes on where it stopped.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from .._io import write_text_atomic
+from .._io import check_replaceable, write_text_atomic
 from ..lora.direction import LoRADirection, merged
 from ..models import Backbone, load_model
 from ..progress import note
-from .align import HeldOut, align, read_align_card
+from .align import HeldOut, align, card_of_kind, read_align_card
 from .data import formatted
 from .dynamics import score_dynamics
 from .finetune import CARD_KIND, frozen_finetune
 from .identify import MASKS, RANDOM_MASKS, SAFETY_SCORES, IdentifySettings, identify, load_masks, load_scores, require_summary, safety_calibration_scores
+from .masks import Tensors
 from .measure import refusals
 from .prune import PRUNE_CHECK, prune_check
 
 FINETUNES: tuple[tuple[str, str], ...] = tuple((m, f) for m in ("full", "lora") for f in ("safety", "none", "random"))
 DYNAMICS = "dynamics.json"
+RUN_MARKERS = ("results.json", "model/persona.json")  # a run folder this tool wrote, finished or not
 
 
 def finetune_card(folder: str | Path) -> dict | None:
-    path = Path(folder) / "persona.json"
-    card = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return card if card and card.get("kind") == CARD_KIND else None
+    return card_of_kind(folder, CARD_KIND)
 
 
-def measure_finetune(before: Backbone, identify_dir: str | Path, finetuned: str | Path, held_out: HeldOut) -> dict:
+@dataclass(frozen=True)
+class Reference:
+    """What every fine-tune is compared with: the identify folder's settings, masks and safety scores, loaded once."""
+
+    settings: dict
+    frozen: Tensors
+    random: Tensors
+    scores: Tensors
+
+    @classmethod
+    def load(cls, backbone: Backbone, identify_dir: str | Path) -> "Reference":
+        folder = Path(identify_dir)
+        return cls(require_summary(folder)["settings"], load_masks(backbone, folder / MASKS), load_masks(backbone, folder / RANDOM_MASKS),
+                   load_scores(backbone, folder / SAFETY_SCORES))
+
+
+def measure_finetune(before: Backbone, reference: Reference, finetuned: str | Path, held_out: HeldOut) -> dict:
     """Refusal and Wanda-score dynamics of one fine-tuned model (folder) or adapter against the model it started from."""
-    folder, identify_dir = Path(finetuned), Path(identify_dir)
-    settings = require_summary(identify_dir)["settings"]
-    frozen_masks, random_masks = load_masks(before, identify_dir / MASKS), load_masks(before, identify_dir / RANDOM_MASKS)
-    scores_before = load_scores(before, identify_dir / SAFETY_SCORES)
+    folder = Path(finetuned)
 
     def measure(model: Backbone) -> dict:
         harmful = refusals(model, held_out.harmful, held_out.classifier)
         benign = refusals(model, held_out.benign, held_out.classifier)
-        after = safety_calibration_scores(model, settings["nsamples"])
+        after = safety_calibration_scores(model, reference.settings["nsamples"])
         return {"refusal": harmful.to_dict(), "over_refusal": benign.to_dict(with_answers=False),
-                "scores": score_dynamics(scores_before, after, frozen_masks, random_masks, settings["seed"])}
+                "scores": score_dynamics(reference.scores, after, reference.frozen, reference.random, reference.settings["seed"])}
 
     if (folder / "adapter_config.json").is_file():
         with merged(before, (LoRADirection.load(folder), 1.0)):
@@ -53,7 +67,7 @@ def measure_finetune(before: Backbone, identify_dir: str | Path, finetuned: str 
 
 def run_safety(model: str, out_dir: str | Path, *, settings: dict | None = None, lora_align: bool = False) -> dict:
     """Run (or resume) the whole study in `out_dir`; returns the results written to results.json."""
-    out = Path(out_dir)
+    out = check_replaceable(out_dir, RUN_MARKERS)
     out.mkdir(parents=True, exist_ok=True)
     aligned_dir = out / "model"
     card = read_align_card(aligned_dir)
@@ -69,7 +83,8 @@ def run_safety(model: str, out_dir: str | Path, *, settings: dict | None = None,
     if not prune_path.is_file():
         note("step 3/6: prune check")
         prune_check(backbone, identify_dir, held_out)
-    masks = {"safety": load_masks(backbone, identify_dir / MASKS), "random": load_masks(backbone, identify_dir / RANDOM_MASKS), "none": None}
+    reference = Reference.load(backbone, identify_dir)
+    masks = {"safety": reference.frozen, "random": reference.random, "none": None}
     utility = formatted(backbone, "benign_train")
     finetunes: dict[str, dict] = {}
     for method, freeze in FINETUNES:
@@ -81,7 +96,7 @@ def run_safety(model: str, out_dir: str | Path, *, settings: dict | None = None,
         dynamics_path = folder / DYNAMICS
         if not dynamics_path.is_file():
             note(f"step 5/6: refusal and score dynamics of {name}")
-            write_text_atomic(dynamics_path, json.dumps(measure_finetune(backbone, identify_dir, folder, held_out), indent=2))
+            write_text_atomic(dynamics_path, json.dumps(measure_finetune(backbone, reference, folder, held_out), indent=2))
         finetunes[name] = {"card": finetune_card(folder), **json.loads(dynamics_path.read_text(encoding="utf-8"))}
     results = {"model": model, "align": card, "identify": summary, "prune_check": json.loads(prune_path.read_text(encoding="utf-8")),
                "finetunes": finetunes}

@@ -17,36 +17,36 @@ from .refusal import rate_with_ci
 GROUPS = ("frozen", "others", "random")
 
 
-def _pct(rate: dict) -> str:
+def percent(rate: dict) -> str:
     return f"{100 * rate['rate']:.0f}% [{100 * rate['low']:.0f}, {100 * rate['high']:.0f}]"
 
 
-def _change(stat: dict) -> str:
+def change(stat: dict) -> str:
     return f"{100 * stat['mean']:+.1f}% [{100 * stat['low']:+.1f}, {100 * stat['high']:+.1f}]"
 
 
 def collapsed(measure: dict) -> str:
     """Share of degenerate (repetitive) answers: a 'refusal rate' of 0 from a broken model is not compliance."""
-    return _pct(rate_with_ci([is_collapsed(a) for a in measure["answers"]]).to_dict())
+    return percent(rate_with_ci([is_collapsed(a) for a in measure["answers"]]).to_dict())
 
 
 def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
     """The report's tables as rows: alignment, prune check, fine-tunes with score dynamics."""
-    align = [{"model": label, "refusal (phrases)": _pct(m["refusal"]["keyword"]), "refusal (embedding)": _pct(m["refusal"]["embedding"]),
-              "collapsed": collapsed(m["refusal"]), "over-refusal (phrases)": _pct(m["over_refusal"]["keyword"]), "utility ppl": f"{m['utility_perplexity']:.2f}",
+    align = [{"model": label, "refusal (phrases)": percent(m["refusal"]["keyword"]), "refusal (embedding)": percent(m["refusal"]["embedding"]),
+              "collapsed": collapsed(m["refusal"]), "over-refusal (phrases)": percent(m["over_refusal"]["keyword"]), "utility ppl": f"{m['utility_perplexity']:.2f}",
               "classifier agreement": f"{100 * m['refusal']['agreement']['agree']:.0f}%"}
              for label, m in (("before alignment", results["align"]["before"]), ("after alignment", results["align"]["after"]))]
-    prune = [{"weights zeroed": name.replace("_", " "), "count": v["pruned"], "refusal (phrases)": _pct(v["refusal"]["keyword"]),
-              "refusal (embedding)": _pct(v["refusal"]["embedding"]), "collapsed": collapsed(v["refusal"]),
+    prune = [{"weights zeroed": name.replace("_", " "), "count": v["pruned"], "refusal (phrases)": percent(v["refusal"]["keyword"]),
+              "refusal (embedding)": percent(v["refusal"]["embedding"]), "collapsed": collapsed(v["refusal"]),
               "utility ppl": f"{v['utility_perplexity']:.2f}"}
              for name, v in results["prune_check"]["variants"].items()]
     finetunes = []
     for name, f in results["finetunes"].items():
         overall = f["scores"]["overall"]
-        finetunes.append({"fine-tune": name, "refusal after": _pct(f["refusal"]["keyword"]), "collapsed": collapsed(f["refusal"]),
-                          "over-refusal": _pct(f["over_refusal"]["keyword"]),
-                          **{f"{g} score change": _change(overall[f"{g}_mean"]) for g in GROUPS},
-                          "frozen median change": _change(overall["frozen_median"]), "verdict": f["scores"]["verdict"].split(":")[0]})
+        finetunes.append({"fine-tune": name, "refusal after": percent(f["refusal"]["keyword"]), "collapsed": collapsed(f["refusal"]),
+                          "over-refusal": percent(f["over_refusal"]["keyword"]),
+                          **{f"{g} score change": change(overall[f"{g}_mean"]) for g in GROUPS},
+                          "frozen median change": change(overall["frozen_median"]), "verdict": f["scores"]["verdict"].split(":")[0]})
     return {"Alignment (held-out requests)": (align, list(align[0])), "Prune check": (prune, list(prune[0])),
             "Utility fine-tunes and Wanda score dynamics": (finetunes, list(finetunes[0]) if finetunes else [])}
 

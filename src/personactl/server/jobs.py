@@ -78,8 +78,8 @@ class Extractions:
 
     def _run(self, state: JobState, request: ExtractRequest) -> None:
         def report(description: str, done: int, total: int) -> None:
-            stage = 0.0 if description.startswith("generating") else 0.8
-            state.progress = round(stage + (0.8 if stage == 0.0 else 0.2) * (done / max(total, 1)), 3)
+            start, span = (0.0, 0.8) if description.startswith("generating") else (0.8, 0.2)  # answers, then the capture
+            state.progress = round(start + span * done / max(total, 1), 3)
             state.message = description
 
         try:
