@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
+from markupsafe import escape
 
 from personactl.cli import run
+from personactl.screening import ANSWERS, AnswerCache, conclusion
 
 
 def test_screen_ranks_samples_by_projection_difference_and_filters_the_top(model_dir, vector_file, tmp_path, capsys):
@@ -25,7 +28,66 @@ def test_screen_ranks_samples_by_projection_difference_and_filters_the_top(model
     kept = [json.loads(line)["instruction"] for line in clean.read_text().splitlines()]
     dropped = {r["prompt"] for r in rows[:2]}
     assert len(kept) == 6 and not dropped & set(kept)
-    assert "mean projection difference" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean projection difference" in printed and "verdict:" in printed
+    low, high = summary["mean_difference_ci"]
+    assert low <= summary["mean_difference"] <= high and summary["conclusion"] == conclusion(summary["mean_difference"], low, high)
+    page = (out / "screen.html").read_text()
+    assert (out / "histogram.png").read_bytes()[:4] == b"\x89PNG" and "data:image/png;base64," in page
+    assert all(str(escape(r["model_answer"])) in page for r in rows[:3])
+
+
+def test_a_rerun_reuses_the_cached_model_answers(model_dir, vector_file, tmp_path, monkeypatch):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}", "response": "answer " * (i + 1)}) + "\n" for i in range(5)))
+    out = tmp_path / "screen"
+    args = ["screen", "--data", str(data), "--vector", str(vector_file), "--out", str(out), "--model", str(model_dir),
+            "--max-new-tokens", "5"]
+    assert run([*args, "--layer", "2"]) == 0
+    first = {json.loads(line)["index"]: json.loads(line)["model_answer"] for line in (out / "screen.jsonl").read_text().splitlines()}
+    assert len((out / ANSWERS).read_text().splitlines()) == 5
+    monkeypatch.setattr("personactl.screening.generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated again")))
+    assert run([*args, "--layer", "1"]) == 0
+    second = {json.loads(line)["index"]: json.loads(line)["model_answer"] for line in (out / "screen.jsonl").read_text().splitlines()}
+    assert second == first and json.loads((out / "summary.json").read_text())["layer"] == 1
+
+
+def test_the_answer_cache_skips_a_line_cut_short_by_a_kill(tmp_path):
+    path = tmp_path / ANSWERS
+    cache = AnswerCache(path)
+    cache.add(["a", "b"], ["first", "second"])
+    with open(path, "a") as fh:
+        fh.write('{"key": "c", "answ')
+    assert AnswerCache(path).answers == {"a": "first", "b": "second"}
+
+
+def test_conclusion_follows_the_interval():
+    assert conclusion(0.5, 0.1, 0.9).startswith("pushes toward")
+    assert conclusion(-0.5, -0.9, -0.1).startswith("pushes away")
+    assert conclusion(0.1, -0.2, 0.4).startswith("cannot conclude")
+    assert conclusion(None, None, None).startswith("cannot conclude")
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("other_model", "hidden size"),
+    ("no_responses", "no usable examples"),
+    ("layer_out_of_range", "layer 9"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(case, message, model_dir, vector_file, tmp_path, capsys):
+    from personactl import PersonaVector
+
+    data = tmp_path / "train.jsonl"
+    rows = [{"instruction": f"q{i}", "output": "" if case == "no_responses" else "an answer"} for i in range(3)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    vector = vector_file
+    if case == "other_model":
+        vector = PersonaVector(torch.randn(31, 576), trait="pirate").save(tmp_path / "smollm2.safetensors")
+    out = tmp_path / "screen"
+    args = ["screen", "--data", str(data), "--vector", str(vector), "--out", str(out), "--model", str(model_dir), "--max-new-tokens", "3"]
+    assert run([*args, "--layer", "9" if case == "layer_out_of_range" else "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_the_projection_is_the_mean_over_the_answer_tokens(tiny):
