@@ -130,21 +130,28 @@ def recompute(data: dict) -> dict:
                      n_boot=s["n_boot"], seed=s["correlation_seed"], n_perm=s["n_perm"])
 
 
+def mixture(pairs, seed: int, share: float, examples: int) -> tuple[list[str], list[str]]:
+    """(questions, answers) of one checkpoint's training data: `examples` pairs drawn with `seed` (the same questions for every
+    share of a seed), the first round(share * examples) answered with the trait, the rest without (nested: a larger share
+    keeps the smaller share's trait answers)."""
+    rng = random.Random(seed)
+    chosen = [rng.choice(pairs) for _ in range(examples)]
+    n_trait = round(share * examples)
+    return [p.question for p in chosen], [p.pos_answer for p in chosen[:n_trait]] + [p.neg_answer for p in chosen[n_trait:]]
+
+
 def train_and_judge(backbone, trait, pairs, judge, settings: dict, out: Path) -> tuple[list[dict], list[Path]]:
     """Fine-tune (or reuse) every share x seed checkpoint and judge its answers (cached in the checkpoint's judged.json)."""
     questions = trait.eval_questions
     points, paths = [], []
     for seed in settings["seeds"]:
-        rng = random.Random(seed)
-        chosen = [rng.choice(pairs) for _ in range(settings["examples"])]  # the same questions for every share of this seed
-        prompts = format_prompts(backbone, [chat_prompt(p.question) for p in chosen])
+        prompts = format_prompts(backbone, [chat_prompt(q) for q in mixture(pairs, seed, 0.0, settings["examples"])[0]])
         config = LoRATrainConfig(rank=settings["rank"], alpha=settings["alpha"], max_steps=settings["steps"],
                                  batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], seed=seed)
         for share in settings["shares"]:
             name, started = checkpoint_name(share, seed), time.perf_counter()
             folder = out / "checkpoints" / name
-            n_trait = round(share * settings["examples"])  # nested: a larger share keeps the smaller share's trait answers
-            answers = [p.pos_answer for p in chosen[:n_trait]] + [p.neg_answer for p in chosen[n_trait:]]
+            answers = mixture(pairs, seed, share, settings["examples"])[1]
             if not (folder / "adapter_model.safetensors").exists():
                 finetune(backbone, prompts, answers, folder, config, metadata={"trait_share": share, "seed": seed})
             judged_file = folder / "judged.json"

@@ -2,7 +2,9 @@
 
 Fine-tunes SmolLM2 LoRA adapters on pirate answers (asked without the pirate
 instruction): plainly, with the persona vector added in the activations during
-training, and with the LoRA persona direction pre-merged during training. The
+training, with the LoRA persona direction pre-merged during training, and with
+the persona vector's component projected out of the layer's output during
+training (ablation, as the reference's training code can). The
 steering is removed after training; each adapter is then judged on the
 held-out questions for trait and coherence. Writes runs/preventative/ and a
 section of docs/experiments.md.
@@ -62,6 +64,7 @@ def main() -> None:
         "fine-tuned": {},
         f"fine-tuned, activation steering +{args.steer_coef:g} v (layer {args.layer})": {"steering": [SteeringTerm(vector, args.layer, args.steer_coef)]},
         f"fine-tuned, pre-merged {args.premerge_coef:+g} dW": {"premerge": [(direction, args.premerge_coef)]},
+        f"fine-tuned, v ablated (layer {args.layer})": {"steering": [SteeringTerm(vector, args.layer, 1.0, op="ablate")]},
     }
     questions = trait.eval_questions
     rows = []

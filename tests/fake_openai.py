@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible Chat Completions server on loopback, for tests and benchmarks.
 
 It speaks the real JSON and picks its top logprobs from the answer inside the
-prompt: "arr" -> PIRATE, "zzz" -> REFUSAL, anything else -> PLAIN.
+prompt: "arr" -> PIRATE, "zzz" -> REFUSAL, anything else -> PLAIN. Canned chat
+answers queued in `FakeChat.answers` are sent instead, one per request, in order.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FakeChat:
         self.requests: list[dict] = []
         self.auth: list[str | None] = []  # Authorization headers, in order
         self.script: list[int | str] = []  # per request, in order: an HTTP status, "hang" or "nologprobs"
+        self.answers: list[str] = []  # per request, in order: the whole answer text (finish_reason "stop", no logprobs)
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -72,6 +74,19 @@ def completion_json(model: str, prompt: str, with_logprobs: bool = True) -> dict
     }
 
 
+def answer_json(model: str, content: str) -> dict:
+    """A Chat Completions response carrying a canned answer, as OpenAI sends it without logprobs."""
+    return {
+        "id": f"chatcmpl-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": len(content.split()), "total_tokens": 1 + len(content.split())},
+    }
+
+
 def make_handler(state: FakeChat) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -96,6 +111,7 @@ def make_handler(state: FakeChat) -> type[BaseHTTPRequestHandler]:
                 state.requests.append(dict(body, _path=self.path))
                 state.auth.append(self.headers.get("Authorization"))
                 action = state.script.pop(0) if state.script else None
+                canned = state.answers.pop(0) if state.answers and not isinstance(action, int) else None
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
             try:
@@ -106,6 +122,8 @@ def make_handler(state: FakeChat) -> type[BaseHTTPRequestHandler]:
                     message = f"scripted failure {action}\nsecond line of detail"
                     error = {"message": message, "type": "server_error", "param": None, "code": None}
                     self.send_json(action, {"error": error})
+                elif canned is not None:
+                    self.send_json(200, answer_json(body["model"], canned))
                 else:
                     if action == "hang":
                         time.sleep(0.6)

@@ -24,6 +24,7 @@ from .monitor import project
 from .steering import Condition, SteeringTerm, steer
 from .conditions import find_condition
 from .traits import ContrastiveTexts, Trait, builtin_traits, load_trait, parse_trait
+from .trait_generation import GeneratedTrait, TraitGenerationError, generate_trait
 from .vectors import PersonaVector, load_vector
 from .evaluate import SweepConfig, run_sweep
 from .experiment import run as run_experiment
@@ -52,6 +53,7 @@ from .safety import identify as identify_safety_neurons
 from .safety import set_difference, wanda_scores, zeroed
 
 __all__ = [
+    "GeneratedTrait", "TraitGenerationError", "generate_trait",
     "Screening", "screen_dataset",
     "FrozenWeightsChanged", "IdentifySettings", "SafetyError", "align_to_refuse", "frozen", "frozen_finetune", "identify_safety_neurons",
     "prune_check", "run_safety", "score_dynamics", "set_difference", "wanda_scores", "zeroed",

@@ -78,6 +78,32 @@ def traits_show(name: str = typer.Argument(..., help="built-in trait name or a t
     print(load_trait(name).model_dump_json(indent=2))
 
 
+@traits_app.command("generate")
+def traits_generate(
+    name: str = typer.Option(..., "--name", help="trait name (letters, digits, _ . -)"),
+    description: str = typer.Option(..., "--description", "-d", help="one line saying what the trait is"),
+    model: str = typer.Option(..., "--model", "-m", help="openai:MODEL (key and base URL as for the judge) or local:MODEL"),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="trait file to write; default traits/NAME.json"),
+    fmt: str = typer.Option("personactl", "--format", help="personactl or persona_vectors"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out file"),
+    max_attempts: int = typer.Option(3, "--max-attempts", help="requests in all, retries with the problem sent back included"),
+    near_duplicate: float = typer.Option(0.9, "--near-duplicate", help="drop a question whose embedding cosine with a kept one is >= this"),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="answer length limit per request"),
+    temperature: float = typer.Option(0.7),
+    seed: int = typer.Option(0, help="request seed and the shuffle before the extraction / held-out split"),
+) -> None:
+    """Write a new trait file from a one-line description: instruction pairs, questions and a judge rubric from an LLM."""
+    from .trait_generation import generate_trait  # noqa: PLC0415
+
+    result = generate_trait(
+        name, description, model, out=out_path or Path("traits") / f"{name}.json", fmt=fmt, force=force,
+        max_attempts=max_attempts, near_duplicate=near_duplicate, max_tokens=max_tokens, temperature=temperature, seed=seed,
+    )
+    trait = result.trait
+    out.print(f"{result.counts.line()}: {len(trait.questions)} extraction, {len(trait.eval_questions)} held out", markup=False)
+    out.print(f"trait '{trait.name}' ({result.fmt} format, {result.attempts} request(s)) written to {result.path}", markup=False)
+
+
 CHECK_QUESTIONS = 6  # `extract --check` default: a quick verdict (docs/experiments.md shows it agrees with 12)
 
 
@@ -1146,8 +1172,9 @@ def serve(
 def screen(
     data: Path = typer.Option(..., help="JSONL of {instruction|prompt, input?, output|response} (the fine-tuning data)"),
     vector: Path = typer.Option(..., help="persona vector (.safetensors)"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="folder for screen.jsonl and summary.json"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="folder for screen.jsonl, summary.json, histogram.png, screen.html and the cached model answers"),
     layer: Optional[int] = typer.Option(None, help="layer to project at (default: the vector's run's layer, else 2/3 of the depth)"),
+    answers: Optional[Path] = typer.Option(None, help="cache of the model's own answers to share between datasets [default: OUT/model_answers.jsonl]"),
     filter_out: Optional[float] = typer.Option(None, help="percent of the most trait-inducing samples to drop (with --write)"),
     write: Optional[Path] = typer.Option(None, help="write the dataset without the --filter-out samples here"),
     model: str = ModelOpt,
@@ -1158,7 +1185,7 @@ def screen(
     from .lora.adapters import read_persona_data  # noqa: PLC0415
     from .lora.chat import default_layer  # noqa: PLC0415
     from ._io import check_replaceable  # noqa: PLC0415
-    from .screening import SCREEN, screen as run_screen, write_screening, write_without  # noqa: PLC0415
+    from .screening import ANSWERS, SCREEN, AnswerCache, screen as run_screen, write_screening, write_without  # noqa: PLC0415
     from .vectors import load_vector  # noqa: PLC0415
 
     if (filter_out is None) != (write is None):
@@ -1167,15 +1194,21 @@ def screen(
         raise OptionError(f"--filter-out {filter_out}: give a percentage between 0 and 100")
     if write is not None and write.resolve() == data.resolve():
         raise OptionError(f"--write {write} is the --data file itself: give a new file for the filtered dataset")
-    check_replaceable(out_dir, SCREEN)
+    check_replaceable(out_dir, (SCREEN, ANSWERS))
     examples = read_persona_data(data)
     backbone = _load(model, device, None, None)
     persona = load_vector(vector, backbone=backbone)
-    result = run_screen(backbone, examples, persona, layer or default_layer(vector, backbone.n_layers, lowest=1), max_new_tokens=max_new_tokens)
+    cache = AnswerCache(answers or out_dir / ANSWERS)
+    result = run_screen(backbone, examples, persona, layer if layer is not None else default_layer(vector, backbone.n_layers, lowest=1),
+                        max_new_tokens=max_new_tokens, cache=cache)
     summary = result.summary
-    out.print(f"{summary['trait']} at layer {summary['layer']}: mean projection difference {summary['mean_difference']:+.3f} over "
-              f"{summary['scored']} samples ({100 * summary['positive_share']:.0f}% push toward the trait)")
-    out.print(f"written to {write_screening(result, out_dir)}")
+    if summary["scored"]:
+        low, high = summary["mean_difference_ci"]
+        out.print(f"{summary['trait']} at layer {summary['layer']}: mean projection difference {summary['mean_difference']:+.3f} "
+                  f"[{low:+.3f}, {high:+.3f}] over {summary['scored']} samples ({100 * summary['positive_share']:.0f}% above the "
+                  f"model's own answer)")
+    out.print(f"verdict: {summary['conclusion']}")
+    out.print(f"written to {write_screening(result, out_dir)} (screen.jsonl, summary.json, histogram.png, screen.html)")
     if write is not None:
         removed = result.flagged(filter_out)
         out.print(f"{len(removed)} samples dropped; the rest written to {write_without(examples, removed, write)}")

@@ -145,17 +145,23 @@ def parse_trait(data: dict[str, Any], *, default_name: str = "trait", source: st
 def _from_persona_vectors(data: dict[str, Any]) -> dict[str, Any]:
     """Convert the persona_vectors repository's trait file to this schema.
 
-    That format has one question list; its last MIN_EVAL_QUESTIONS questions
-    (or a quarter, if more) are held out for evaluation.
+    That format has one question list. Held out for evaluation are the
+    `eval_questions` when the file has them (as `traits generate` writes them;
+    they are then left out of the extraction questions), otherwise its last
+    MIN_EVAL_QUESTIONS questions (or a quarter, if more).
     """
     questions = list(data.get("questions", []))
-    n_eval = max(MIN_EVAL_QUESTIONS, len(questions) // 4)
-    rubric = str(data.get("eval_prompt", ""))
+    held_out = data.get("eval_questions")
+    if held_out:
+        extraction = [q for q in questions if q not in set(held_out)]
+    else:
+        n_eval = max(MIN_EVAL_QUESTIONS, len(questions) // 4)
+        extraction, held_out = (questions[:-n_eval] if len(questions) > n_eval else questions), questions[-n_eval:]
     return {
         "name": data["name"],
         "description": data.get("description", ""),
         "instructions": data["instruction"],
-        "questions": questions[:-n_eval] if len(questions) > n_eval else questions,
-        "eval_questions": data.get("eval_questions") or questions[-n_eval:],
-        "rubric": rubric,
+        "questions": extraction,
+        "eval_questions": held_out,
+        "rubric": str(data.get("eval_prompt", "")),
     }

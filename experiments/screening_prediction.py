@@ -1,0 +1,205 @@
+"""Does the training data's projection difference, measured before any training, predict the trait after fine-tuning?
+
+On the drift mixtures (experiments/drift_mixtures.py: pirate shares 0-100% x
+seeds, each a LoRA checkpoint judged on the held-out questions), screens every
+checkpoint's training data with `personactl.screen` (dataset answers vs the
+model's own greedy answers, projected onto the activation persona vector) and
+correlates the dataset-level mean projection difference with the judged trait
+after fine-tuning, side by side with the weight-space prediction (the
+checkpoint's projection onto the LoRA persona direction) on the same
+checkpoints. Then, on the 50% mixture of every seed: does removing the top 10%
+flagged samples lower the post-fine-tune trait more than removing a random 10%?
+Writes runs/screening/ and two sections of docs/experiments.md
+(screening_prediction, screening_removal); the raw numbers go to their JSON so
+tests/test_docs_numbers.py can recompute the printed correlations.
+
+Run after the drift mixtures and the demo (for runs/demo-pirate/vector.safetensors):
+.venv/bin/python experiments/screening_prediction.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _doc import pirate_setup, write_section
+from drift_mixtures import checkpoint_name, mixture
+from personactl import chat_prompt, generate, load_vector
+from personactl.evaluate import bootstrap_ci
+from personactl.generation import format_prompts
+from personactl.lora.adapters import PersonaData
+from personactl.lora.chat import default_layer
+from personactl.lora.config import LoRATrainConfig
+from personactl.lora.direction import LoRADirection, merged
+from personactl.lora.finetune import finetune
+from personactl.lora.projection import correlate
+from personactl.screening import AnswerCache, screen
+
+PREDICTORS = {"projection difference": "difference", "weight projection": "projection"}
+
+
+def correlations(points: list[dict], settings: dict) -> list[dict]:
+    """Pearson/Spearman of each predictor with the judged trait: over all checkpoints and per seed."""
+    groups = [("all seeds", points)] + [(f"seed {s}", [p for p in points if p["seed"] == s]) for s in settings["seeds"]]
+    rows = []
+    for label, key in PREDICTORS.items():
+        for group, mine in groups:
+            c = correlate([p[key] for p in mine], [p["judged_trait"] for p in mine], n_boot=settings["n_boot"],
+                          seed=settings["correlation_seed"], n_perm=settings["n_perm"])
+            rows.append({"predictor": label, "checkpoints": group, "n": c["n"], "needs training": key == "projection",
+                         "pearson_r": c["pearson_r"], "pearson_p": c["pearson_p"], "pearson_ci": c["pearson_ci"],
+                         "spearman_rho": c["spearman_rho"], "spearman_p": c["spearman_p"], "spearman_ci": c["spearman_ci"]})
+    return rows
+
+
+def correlation_table(rows: list[dict]) -> list[dict]:
+    return [{"predictor": r["predictor"], "checkpoints": r["checkpoints"], "n": r["n"],
+             "needs training": "yes" if r["needs training"] else "no",
+             "Pearson r [95% CI]": f"{r['pearson_r']:.2f} [{r['pearson_ci'][0]:.2f}, {r['pearson_ci'][1]:.2f}]",
+             "permutation p (r)": f"{r['pearson_p']:.2g}",
+             "Spearman rho [95% CI]": f"{r['spearman_rho']:.2f} [{r['spearman_ci'][0]:.2f}, {r['spearman_ci'][1]:.2f}]",
+             "permutation p (rho)": f"{r['spearman_p']:.2g}"} for r in rows]
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def prediction_note(settings: dict, rows: list[dict]) -> str:
+    """Which predictor did better, from the stored correlations (no number written by hand)."""
+    pooled = {r["predictor"]: r for r in rows if r["checkpoints"] == "all seeds"}
+    diff, weight = pooled["projection difference"], pooled["weight projection"]
+    better = "projection difference" if diff["pearson_r"] > weight["pearson_r"] else "weight projection"
+    tie = _overlap(diff["pearson_ci"], weight["pearson_ci"])
+    comparison = (f"Over all {diff['n']} checkpoints, Pearson r = {diff['pearson_r']:.3f} (p = {diff['pearson_p']:.2g}) for the projection "
+                  f"difference vs r = {weight['pearson_r']:.3f} (p = {weight['pearson_p']:.2g}) for the weight projection: the "
+                  f"{better} is higher, " + ("but the bootstrap 95% intervals overlap, so this run cannot say which predicts better."
+                                              if tie else "and the bootstrap 95% intervals do not overlap."))
+    return (f"{diff['n']} checkpoints of the drift mixtures ({len(settings['shares'])} pirate shares x seeds "
+            f"{', '.join(map(str, settings['seeds']))}; {settings['examples']} answers, {settings['steps']} LoRA steps each). "
+            f"Projection difference: mean over each checkpoint's training answers of (dataset answer - the base model's own greedy "
+            f"answer, {settings['max_new_tokens']} tokens), projected onto the pirate persona vector at layer {settings['layer']} "
+            f"(mean over answer tokens); measured before any training, {settings['screen_seconds']:.1f} s per dataset on average "
+            f"(the model's own answers are generated once per seed and cached) vs {settings['finetune_seconds']:.0f} s per fine-tune "
+            "in this run. Weight projection: each trained checkpoint projected onto the LoRA persona direction (drift section). "
+            f"Judged trait: the drift section's, offline judge. Permutation p: Monte-Carlo over {settings['n_perm']} pairings; "
+            f"CIs: bootstrap over checkpoints, {settings['n_boot']} resamples. {comparison}")
+
+
+def removal_table(results: list[dict]) -> list[dict]:
+    return [{"removed": r["condition"], "seed": r["seed"], "trait answers removed": r["trait_removed"],
+             "judged trait [95% CI]": f"{r['trait'][0]:.1f} [{r['trait'][1]:.1f}, {r['trait'][2]:.1f}]"} for r in results]
+
+
+def removal_note(settings: dict, comparison: dict) -> str:
+    """The removal experiment's note and verdict, from the stored per-question differences."""
+    mean, low, high = comparison["difference"]
+    verdict = ("removing the flagged samples lowered the trait more than removing random ones" if high < 0 else
+               "removing the flagged samples raised the trait compared with removing random ones" if low > 0 else
+               "the interval includes 0: this run cannot tell flagged removal from random removal")
+    return (f"The {settings['removal_share']:.0%} mixture of each seed ({settings['examples']} answers) less {settings['removed']} samples "
+            f"({settings['remove_percent']:g}%): the top-flagged ones by projection difference, or {settings['random_draws']} random draws; "
+            f"each retrained with the drift settings ({settings['steps']} steps) and judged on {settings['n_questions']} held-out questions "
+            f"(brackets: bootstrap 95% CIs over questions). Flagged minus random (per question, averaged over seeds and draws): "
+            f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] (bootstrap 95% CI over the {settings['n_questions']} questions): {verdict}.")
+
+
+def screen_mixtures(backbone, pairs, vector, layer: int, drift: dict, cache: AnswerCache, max_new_tokens: int) -> tuple[list[dict], dict]:
+    """Each drift checkpoint's numbers plus the projection difference of its training data (and the screenings by name)."""
+    examples = drift["settings"]["examples"]
+    points, screenings = [], {}
+    for point in drift["checkpoints"]:
+        started = time.perf_counter()
+        questions, answers = mixture(pairs, point["seed"], point["share"], examples)
+        result = screen(backbone, PersonaData(questions, answers), vector, layer, max_new_tokens=max_new_tokens, cache=cache)
+        screenings[point["checkpoint"]] = result
+        points.append({**{k: point[k] for k in ("checkpoint", "share", "seed", "judged_trait", "projection")},
+                       "difference": result.summary["mean_difference"], "seconds": time.perf_counter() - started})
+        print(f"{point['checkpoint']}: difference {points[-1]['difference']:+.3f}, judged {point['judged_trait']:.1f}", flush=True)
+    return points, screenings
+
+
+def judged_per_question(backbone, judge, questions: list[str], folder: Path, max_new_tokens: int) -> list[float]:
+    with merged(backbone, (LoRADirection.load(folder), 1.0)):
+        answers = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=max_new_tokens, batch_size=len(questions))
+    return judge.score(questions, answers)
+
+
+def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, out: Path) -> tuple[list[dict], dict, float]:
+    """Retrain the chosen mixture of every seed without its top-flagged or random samples; judge each per question."""
+    s = drift["settings"]
+    questions = trait.eval_questions
+    n_remove = math.ceil(s["examples"] * args.remove_percent / 100)
+    n_trait = round(args.removal_share * s["examples"])
+    results, per_question, seconds = [], {"flagged": [], "random": []}, []
+    for seed in s["seeds"]:
+        base_q, base_a = mixture(pairs, seed, args.removal_share, s["examples"])
+        prompts = format_prompts(backbone, [chat_prompt(q) for q in base_q])
+        flagged = sorted(screenings[checkpoint_name(args.removal_share, seed)].flagged(args.remove_percent))[:n_remove]
+        draws = [("top flagged", flagged)] + [(f"random {d + 1}", sorted(random.Random(1000 * seed + d).sample(range(s["examples"]), n_remove)))
+                                              for d in range(args.random_draws)]
+        config = LoRATrainConfig(rank=s["rank"], alpha=s["alpha"], max_steps=s["steps"], batch_size=s["batch_size"],
+                                 learning_rate=s["learning_rate"], seed=seed)
+        for condition, removed in draws:
+            folder = out / "removal" / f"s{seed}_{condition.replace(' ', '_')}"
+            keep = [i for i in range(s["examples"]) if i not in set(removed)]
+            if not (folder / "adapter_model.safetensors").exists():
+                started = time.perf_counter()
+                finetune(backbone, [prompts[i] for i in keep], [base_a[i] for i in keep], folder, config,
+                         metadata={"removed": removed, "seed": seed})
+                (folder / "seconds.txt").write_text(f"{time.perf_counter() - started:.3f}")
+            seconds.append(float((folder / "seconds.txt").read_text()))
+            scores = judged_per_question(backbone, judge, questions, folder, s["max_new_tokens"])
+            per_question["flagged" if condition == "top flagged" else "random"].append(scores)
+            results.append({"condition": condition, "seed": seed, "removed": removed, "trait_removed": sum(i < n_trait for i in removed),
+                            "scores": scores, "trait": list(bootstrap_ci(scores))})
+            print(f"seed {seed}, {condition}: trait {results[-1]['trait'][0]:.1f}", flush=True)
+    flagged = np.mean(per_question["flagged"], axis=0)
+    randoms = np.mean(per_question["random"], axis=0)
+    comparison = {"difference": list(bootstrap_ci((flagged - randoms).tolist())), "n_removed": n_remove}
+    return results, comparison, float(np.mean(seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--direction", type=Path, default=Path("runs/lora-pirate"), help="lora extract output folder")
+    parser.add_argument("--drift", type=Path, default=Path("runs/drift"), help="drift_mixtures.py output folder")
+    parser.add_argument("--vector", type=Path, default=Path("runs/demo-pirate/vector.safetensors"))
+    parser.add_argument("--layer", type=int, default=None, help="default: the vector's run's chosen layer")
+    parser.add_argument("--out", type=Path, default=Path("runs/screening"))
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="length of the model's own answers")
+    parser.add_argument("--removal-share", type=float, default=0.5)
+    parser.add_argument("--remove-percent", type=float, default=10.0)
+    parser.add_argument("--random-draws", type=int, default=3)
+    args = parser.parse_args()
+
+    backbone, trait, pairs, judge = pirate_setup(args.direction)
+    vector = load_vector(args.vector, backbone=backbone)
+    layer = args.layer if args.layer is not None else default_layer(args.vector, backbone.n_layers)
+    drift = json.loads((args.drift / "drift.json").read_text())
+    drift_settings = drift["settings"]
+    cache = AnswerCache(args.out / "model_answers.jsonl")
+    points, screenings = screen_mixtures(backbone, pairs, vector, layer, drift, cache, args.max_new_tokens)
+    results, comparison, finetune_seconds = removal(backbone, pairs, judge, trait, drift, screenings, args, args.out)
+    settings = {**{k: drift_settings[k] for k in ("shares", "seeds", "examples", "steps", "n_boot", "n_perm", "correlation_seed")},
+                "layer": layer, "max_new_tokens": args.max_new_tokens, "vector": vector.fingerprint(),
+                "screen_seconds": float(np.mean([p["seconds"] for p in points])), "finetune_seconds": finetune_seconds,
+                "removal_share": args.removal_share, "remove_percent": args.remove_percent, "removed": comparison["n_removed"],
+                "random_draws": args.random_draws, "n_questions": len(trait.eval_questions)}
+    rows = correlations(points, settings)
+    print(write_section("screening_prediction", "Predicting fine-tuning drift before training: projection difference vs weight projection",
+                        correlation_table(rows), prediction_note(settings, rows),
+                        data={"settings": settings, "datasets": points, "correlations": rows}))
+    print(write_section("screening_removal", "Removing the top-flagged 10% of a 50% pirate mixture vs a random 10%",
+                        removal_table(results), removal_note(settings, comparison),
+                        data={"settings": settings, "removals": results, "comparison": comparison}))
+
+
+if __name__ == "__main__":
+    main()
