@@ -104,6 +104,10 @@ def traits_generate(
     out.print(f"trait '{trait.name}' ({result.fmt} format, {result.attempts} request(s)) written to {result.path}", markup=False)
 
 
+RayOpt = typer.Option(None, "--ray", help="spread the work over Ray actors: local (a Ray started here, stopped after), auto (the "
+                      "running cluster) or HOST:PORT / ray://HOST:PORT; needs pip install 'personactl[ray]'")
+RayActorsOpt = typer.Option(2, "--ray-actors", help="Ray actors (one model each; on a GPU cluster one GPU each)")
+
 CHECK_QUESTIONS = 6  # `extract --check` default: a quick verdict (docs/experiments.md shows it agrees with 12)
 
 
@@ -496,8 +500,13 @@ def sweep(
                                           "llama.cpp twins (llamacpp-vector ...; judges and perplexity stay on the hf model); or "
                                           "openai:MODEL: where modulation, api-prompt and "
                                           "fewshot generate (base URL / key: PERSONACTL_API_BASE_URL / PERSONACTL_API_KEY) [default: hf]"),
+    ray: Optional[str] = RayOpt,
+    ray_actors: int = RayActorsOpt,
 ) -> None:
-    """Sweep coefficients (x layers x methods) over held-out questions, judged; resumable; writes a report."""
+    """Sweep coefficients (x layers x methods) over held-out questions, judged; resumable; writes a report.
+
+    With --ray, the records' batches are spread over Ray actors (one model each); this process judges and writes
+    results.jsonl, so a run resumes the same way with or without --ray."""
     from .experiment import run as run_experiment  # noqa: PLC0415
 
     cfg = _sweep_config(config, {
@@ -508,8 +517,15 @@ def sweep(
         "coefs": _numbers(coefs) if coefs else None,
         "layers": _layer_specs(layers) if layers else None,
     })
-    backbone = _load(cfg.model, device, dtype, None)
-    _print_run(run_experiment(cfg, out_dir, backbone=backbone))
+    if ray is None:
+        _print_run(run_experiment(cfg, out_dir, backbone=_load(cfg.model, device, dtype, None)))
+        return
+    from .scaleout import PoolSettings, parse_address, ray_pool  # noqa: PLC0415
+
+    parse_address(ray)
+    with ray_pool(ray, PoolSettings(cfg.model, ray_actors, device=device)) as pool:
+        out.print(f"Ray ({ray}): {ray_actors} workers, {pool.threads} thread(s) each" + (f", {pool.gpus:g} GPU each" if pool.gpus else ""))
+        _print_run(run_experiment(cfg, out_dir, backbone=_load(cfg.model, device, dtype, None), pool=pool))
 
 
 @app.command()

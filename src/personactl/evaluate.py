@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, Union
+from typing import Any, Iterator, Literal, Protocol, Sequence, Union
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -169,26 +169,72 @@ class ResultsFile:
         self.records.extend(records)
 
 
+@dataclass
+class Generated:
+    """The model's side of a group of records: answers, with their perplexity under the unsteered model and their length."""
+
+    answers: list[str]
+    perplexities: list[float | None]
+    n_tokens: list[int]
+
+
+def generate_group(backbone: Backbone, methods: dict[str, SteeringMethod], questions: Sequence[str], group: Sequence[Condition],
+                   run_seed: int) -> Generated:
+    """Answer one group of conditions (same method and layer, one coefficient and seed per row) and measure the answers."""
+    qs = [questions[c.question_id] for c in group]
+    answers = methods[group[0].method].generate(qs, [c.coef for c in group], group[0].layer, [c.seed(run_seed) for c in group])
+    ppl = perplexity(backbone, format_prompts(backbone, [chat_prompt(q) for q in qs]), answers)
+    return Generated(answers, ppl, [len(ids) for ids in backbone.encode(answers)])
+
+
+class GroupRunner(Protocol):
+    """Where a sweep's groups are generated: in this process, or spread over workers (`personactl.scaleout`).
+    `run` yields each group's result as it finishes, in any order."""
+
+    def run(self, groups: Sequence[list[Condition]]) -> Iterator[tuple[list[Condition], Generated]]: ...
+
+
+@dataclass
+class LocalRunner:
+    """Generate every group in this process, in order."""
+
+    backbone: Backbone
+    methods: dict[str, SteeringMethod]
+    questions: Sequence[str]
+    run_seed: int
+
+    def run(self, groups: Sequence[list[Condition]]) -> Iterator[tuple[list[Condition], Generated]]:
+        for group in groups:
+            yield group, generate_group(self.backbone, self.methods, self.questions, group, self.run_seed)
+
+
+def pending_groups(config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[LayerSpec], n_questions: int,
+                   done: set[str]) -> list[list[Condition]]:
+    """The batches of conditions not yet in results.jsonl, each one (method, layer), at most `config.batch_size` rows."""
+    todo = [c for c in plan(config, methods, layers, n_questions) if c.key not in done]
+    return list(_batches(todo, config.batch_size))
+
+
 def run_sweep(
     config: SweepConfig,
     backbone: Backbone,
     methods: Sequence[SteeringMethod],
-    layers: Sequence[int],
+    layers: Sequence[LayerSpec],
     questions: Sequence[str],
     judges: Judges,
     run_dir: Path,
+    runner: GroupRunner | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate, judge and append every missing record; returns all records of the run."""
+    """Generate (with `runner`, default this process), judge and append every missing record; returns all records of the run.
+
+    This process is the only writer of results.jsonl, whichever runner generates."""
     claim_run_dir(config, run_dir)
     results = ResultsFile(run_dir / "results.jsonl")
-    done = results.done
-    by_name = {m.name: m for m in methods}
-    todo = [c for c in plan(config, methods, layers, len(questions)) if c.key not in done]
-    with progress_bar(f"sweep {config.name}", len(todo)) as advance:
-        for group in _batches(todo, config.batch_size):
-            qs = [questions[c.question_id] for c in group]
-            answers = by_name[group[0].method].generate(qs, [c.coef for c in group], group[0].layer, [c.seed(config.seed) for c in group])
-            results.append(_judge(backbone, judges, group, qs, answers))
+    groups = pending_groups(config, methods, layers, len(questions), results.done)
+    runner = runner or LocalRunner(backbone, {m.name: m for m in methods}, questions, config.seed)
+    with progress_bar(f"sweep {config.name}", sum(map(len, groups))) as advance:
+        for group, generated in runner.run(groups):
+            results.append(judged_records(judges, group, [questions[c.question_id] for c in group], generated))
             advance(len(group))
     write_summary(results.records, run_dir / "summary.csv")
     return results.records
@@ -223,17 +269,17 @@ def _batches(conditions: Sequence[Condition], size: int) -> Iterator[list[Condit
         yield group
 
 
-def _judge(backbone: Backbone, judges: Judges, group: Sequence[Condition], qs: Sequence[str], answers: Sequence[str]) -> list[dict[str, Any]]:
+def judged_records(judges: Judges, group: Sequence[Condition], qs: Sequence[str], generated: Generated) -> list[dict[str, Any]]:
+    """The records of one generated group, with trait and coherence scores."""
+    answers = generated.answers
     trait = judges.trait.score(qs, answers)
     coherence = judges.coherence.score(qs, answers)
-    ppl = perplexity(backbone, format_prompts(backbone, [chat_prompt(q) for q in qs]), answers)
     records = []
-    for c, q, a, t, coh, p in zip(group, qs, answers, trait, coherence, ppl):
-        metrics = text_metrics(a)
+    for c, q, a, t, coh, p, n in zip(group, qs, answers, trait, coherence, generated.perplexities, generated.n_tokens):
         records.append({
             "key": c.key, "method": c.method, "layer": c.layer, "coef": c.coef, "question_id": c.question_id,
             "question": q, "sample": c.sample, "answer": a, "trait": t, "coherence": coh, "perplexity": p,
-            "collapsed": metrics.collapsed, "n_tokens": len(backbone.encode([a])[0]),
+            "collapsed": text_metrics(a).collapsed, "n_tokens": n,
         })
     return records
 

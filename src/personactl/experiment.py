@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,9 @@ from .progress import note
 from .traits import Trait, load_trait
 from .vectors import PersonaVector, load_vector
 from .verdicts import Verdict, sweep_verdicts
+
+if TYPE_CHECKING:
+    from .scaleout import WorkerPool
 
 
 @dataclass
@@ -214,17 +217,27 @@ def choose_layers(prep: Prepared) -> tuple[list[LayerSpec], LayerSelection | Non
     return _layers(prep.config, prep.backbone, prep.vector, prep.pairs, prep.judges, prep.trait, prep.run_dir)
 
 
-def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True) -> RunResult:
-    """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report."""
+def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True,
+        pool: WorkerPool | None = None) -> RunResult:
+    """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report.
+
+    With a `pool` (personactl.scaleout), the sweep's groups are generated on its Ray workers; this process prepares the
+    run, judges and is the only writer of results.jsonl, so resuming and the report work the same."""
     prep = prepare(config, out_dir, backbone)
     layers, selection = choose_layers(prep)
     ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions,
                         {"lora": config.lora or "", "adapter": config.adapter or "", "backend": config.backend,
                          "model": config.model},
                         {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()}, prep.pairs)
-    methods = [make_method(name, ctx) for name in backend_methods(config.methods, config.backend)]  # llamacpp: vector -> llamacpp-vector ...
+    names = backend_methods(config.methods, config.backend)  # llamacpp: vector -> llamacpp-vector ...
+    methods = [make_method(name, ctx) for name in names]
     questions = prep.trait.eval_questions[: config.n_questions]
-    records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir)
+    runner = None
+    if pool is not None:
+        from .scaleout import RayRunner  # noqa: PLC0415 - Ray is an optional extra
+
+        runner = RayRunner(pool, ctx, names, questions, config.seed)
+    records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir, runner)
     report_path = None
     if report:
         from .report import write_report  # noqa: PLC0415

@@ -1,0 +1,22 @@
+"""Scale-out on Ray: a pool of model workers (one model per actor) that sweeps and extractions spread their work over.
+
+The same code runs on a local Ray instance (`--ray local`) and on a cluster
+(`--ray auto` or an address); the driver stays the only writer of results.
+Ray is the optional extra `personactl[ray]`.
+"""
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from .cluster import ScaleoutError, connect, parse_address
+from .pool import PoolSettings, WorkerPool
+from .tasks import RayRunner, extract_traits
+
+__all__ = ["PoolSettings", "RayRunner", "ScaleoutError", "WorkerPool", "connect", "extract_traits", "parse_address", "ray_pool"]
+
+
+@contextmanager
+def ray_pool(address: str, settings: PoolSettings) -> Iterator[WorkerPool]:
+    """Connect to Ray as `address` says (local, auto, HOST:PORT) and start the pool; both end with the block."""
+    with connect(address), WorkerPool(settings) as pool:
+        yield pool

@@ -1,0 +1,143 @@
+"""A pool of Ray actors, each holding one loaded model, that work through a list of items and survive dead actors.
+
+Each actor loads the model once (`ModelWorker`), then runs module-level task
+functions `fn(backbone, memo, *args)` on it; `memo` is the actor's own dict for
+what a task builds once (a run's steering methods). `WorkerPool.map` keeps two
+items in flight per actor and yields results as they finish. An actor that dies
+(killed, out of memory, its node lost) has its unfinished items re-queued to
+the others, or to a replacement when none is left; an item that raises in a
+task stops the map with an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from ..errors import PersonactlError
+from .cluster import ScaleoutError, import_ray
+
+IN_FLIGHT = 2  # items queued per actor: the next one is ready when the current one ends
+MAX_ATTEMPTS = 3  # times an item is handed out before a dying actor is blamed on the item
+
+
+class ModelWorker:
+    """One model, loaded once in this actor's process."""
+
+    def __init__(self, model: str, threads: int | None, device: str | None) -> None:
+        import torch  # noqa: PLC0415
+
+        from ..models import load_model  # noqa: PLC0415
+
+        os.environ["PERSONACTL_PROGRESS"] = "0"  # the driver shows the progress
+        if threads:
+            torch.set_num_threads(threads)
+        self.backbone = load_model(model, device=device)
+        self.memo: dict[str, Any] = {}
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.backbone, self.memo, *args)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@dataclass
+class PoolSettings:
+    """How many actors and what each one gets: `threads` CPU threads (default: the cluster's CPUs shared out), `gpus` GPUs
+    (default: 1 each when the cluster has GPUs, else none)."""
+
+    model: str
+    actors: int = 2
+    threads: int | None = None
+    gpus: float | None = None
+    device: str | None = None
+
+
+class WorkerPool:
+    """`settings.actors` ModelWorker actors on the connected Ray (see `connect`); `close()` (or `with`) ends them.
+    Their models load in the background while the driver prepares the run."""
+
+    def __init__(self, settings: PoolSettings) -> None:
+        if settings.actors < 1:
+            raise ScaleoutError(f"--ray-actors {settings.actors}: give at least 1")
+        self.ray = import_ray()
+        self.settings = settings
+        resources = self.ray.cluster_resources()
+        self.threads = settings.threads or max(1, int(resources.get("CPU", 1)) // settings.actors)
+        self.gpus = settings.gpus if settings.gpus is not None else (1.0 if resources.get("GPU") else 0.0)
+        self.restarts = 0
+        self.actors = [self._start() for _ in range(settings.actors)]
+
+    def _start(self) -> Any:
+        s = self.settings
+        remote = self.ray.remote(num_cpus=1 if self.gpus else self.threads, num_gpus=self.gpus, max_restarts=0)(ModelWorker)
+        return remote.remote(s.model, self.threads, s.device or ("cuda" if self.gpus else None))
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for actor in self.actors:
+            if actor is not None:
+                self.ray.kill(actor)
+        self.actors = []
+
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], *shared: Any, label: Callable[[Any], str] = str,
+            max_attempts: int = MAX_ATTEMPTS) -> Iterator[tuple[int, Any]]:
+        """Yield (index, fn(backbone, memo, item, *shared)) for every item, in the order they finish.
+
+        Put large `shared` arguments in the object store first (`ray.put`): they are sent once per actor, not per item."""
+        exceptions = self.ray.exceptions
+        died = (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError, exceptions.OutOfMemoryError)
+        queue, attempts = deque(range(len(items))), [0] * len(items)
+        in_flight: dict[Any, tuple[int, Any]] = {}  # object ref -> (item index, actor)
+        while queue or in_flight:
+            self._fill(fn, items, shared, queue, attempts, in_flight)
+            ready, _ = self.ray.wait(list(in_flight), num_returns=1)
+            index, actor = in_flight.pop(ready[0])
+            try:
+                result = self.ray.get(ready[0])
+            except died as err:
+                self._lost(actor)
+                if attempts[index] >= max_attempts:
+                    raise ScaleoutError(f"{label(items[index])}: its worker died {attempts[index]} times ({type(err).__name__}); "
+                                        "the finished records are kept: lower the chunk size or memory use and re-run") from err
+                queue.appendleft(index)
+                continue
+            except exceptions.RayTaskError as err:
+                cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
+                message = str(cause).strip().splitlines()[0] if isinstance(cause, PersonactlError) else f"{type(cause).__name__}: {cause}"
+                raise ScaleoutError(f"{label(items[index])} failed on a worker: {message.splitlines()[0]}; "
+                                    "the finished records are kept: fix it and re-run to resume") from err
+            yield index, result
+
+    def _fill(self, fn: Callable[..., Any], items: Sequence[Any], shared: tuple, queue: deque, attempts: list[int],
+              in_flight: dict[Any, tuple[int, Any]]) -> None:
+        """Hand queued items to live actors (IN_FLIGHT each); with none alive, start a replacement."""
+        if not any(a is not None for a in self.actors):
+            if self.restarts >= len(self.actors) + MAX_ATTEMPTS:
+                raise ScaleoutError(f"every worker died and {self.restarts} replacements too: check the cluster's memory and logs")
+            self.actors[0] = self._start()
+            self.restarts += 1
+        for actor in self.actors:
+            if actor is None:
+                continue
+            busy = sum(1 for _, a in in_flight.values() if a is actor)
+            while busy < IN_FLIGHT and queue:
+                index = queue.popleft()
+                attempts[index] += 1
+                in_flight[actor.call.remote(fn, items[index], *shared)] = (index, actor)
+                busy += 1
+
+    def _lost(self, actor: Any) -> None:
+        """Forget a dead actor (its other items come back as errors and are re-queued one by one)."""
+        for slot, live in enumerate(self.actors):
+            if live is actor:
+                self.ray.kill(actor)
+                self.actors[slot] = None

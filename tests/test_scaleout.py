@@ -1,0 +1,160 @@
+"""Sweeps on a local Ray (2 CPUs, started and stopped by the fixture): the same records as one process, no record lost
+or written twice when an actor is killed, resumable across --ray and no --ray, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+import ray
+import torch
+
+from personactl import PersonaVector
+from personactl.cli import run
+from personactl.errors import PersonactlError
+from personactl.evaluate import SweepConfig, run_sweep
+from personactl.judges.base import Judges
+from personactl.judges.text import RepetitionCoherenceJudge
+from personactl.methods import MethodContext, VectorMethod
+from personactl.models import load_model
+from personactl.scaleout import PoolSettings, RayRunner, ScaleoutError, WorkerPool, parse_address
+from personactl.scaleout.tasks import describe_group
+from personactl.traits import load_trait
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs for this module's tests, shut down (ports closed) however they end."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's task functions, for the workers
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+    assert not ray.is_initialized()
+
+
+class LengthJudge:
+    name = "length"
+
+    def score(self, questions, answers):
+        return [min(100.0, 10.0 * len(a)) for a in answers]
+
+
+CONFIG = SweepConfig(name="r", methods=["vector"], layers=[1, 2], coefs=[-1.0, 0.0, 1.0], n_questions=4, max_new_tokens=4, batch_size=4)
+
+
+def _sweep(model_dir, run_dir, runner_for=None):
+    backbone = load_model(str(model_dir))
+    torch.manual_seed(0)
+    vector = PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size))
+    trait = load_trait("pirate")
+    ctx = MethodContext(backbone, trait, vector, CONFIG.generation())
+    questions = trait.eval_questions[: CONFIG.n_questions]
+    runner = runner_for(ctx, questions) if runner_for else None
+    return run_sweep(CONFIG, backbone, [VectorMethod(ctx)], [1, 2], questions, Judges(LengthJudge(), RepetitionCoherenceJudge()),
+                     run_dir, runner)
+
+
+def _by_key(records):
+    return {r["key"]: (r["answer"], r["trait"], r["coherence"], r["n_tokens"]) for r in records}
+
+
+class KillingRunner(RayRunner):
+    """A RayRunner that kills one actor once the first group is back, while it still holds queued groups."""
+
+    def run(self, groups):
+        for i, item in enumerate(super().run(groups)):
+            if i == 0:
+                ray.kill(self.pool.actors[0], no_restart=True)
+            yield item
+
+
+def test_ray_sweep_gives_the_single_process_records_even_when_an_actor_is_killed(local_ray, model_dir, tmp_path):
+    alone = _sweep(model_dir, tmp_path / "alone")
+    with WorkerPool(PoolSettings(str(model_dir), actors=2)) as pool:
+        assert pool.threads == 1  # 2 CPUs shared by 2 actors: no oversubscription
+        spread = _sweep(model_dir, tmp_path / "ray", lambda ctx, qs: RayRunner(pool, ctx, ["vector"], qs, CONFIG.seed))
+        killed = _sweep(model_dir, tmp_path / "killed", lambda ctx, qs: KillingRunner(pool, ctx, ["vector"], qs, CONFIG.seed))
+        assert pool.actors[0] is None and pool.actors[1] is not None  # the kill happened, the survivor took the rest
+    assert len(alone) == 2 * 3 * 4
+    assert _by_key(spread) == _by_key(alone)
+    lines = [json.loads(line) for line in (tmp_path / "killed" / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == len({r["key"] for r in lines}) == len(alone)  # none lost, none twice
+    assert _by_key(lines) == _by_key(alone)
+
+
+def test_a_run_killed_midway_resumes_with_ray(local_ray, model_dir, tmp_path, capsys):
+    args = ["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--n-questions", "2", "--max-new-tokens", "3",
+            "--layers", "1", "--coefs=-1,0,1", "--batch-size", "2"]
+    assert run([*args, "--name", "whole"]) == 0
+    whole = (tmp_path / "whole" / "results.jsonl").read_text().splitlines()
+    assert run([*args, "--name", "cut"]) == 0
+    results = tmp_path / "cut" / "results.jsonl"
+    results.write_text("\n".join(whole[:2]) + "\n" + whole[2][:25])  # as a driver killed mid-write leaves it
+    assert run([*args, "--name", "cut", "--ray", "local", "--ray-actors", "2"]) == 0
+    assert "2 workers" in capsys.readouterr().out
+    resumed = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(resumed) == len({r["key"] for r in resumed}) == len(whole)
+    assert _by_key(resumed) == _by_key([json.loads(line) for line in whole])
+
+
+def fail_on_odd(backbone, memo, item):
+    if item % 2:
+        raise PersonactlError(f"item {item} is odd")
+    return item * 10
+
+
+def test_a_failing_item_is_named_and_the_finished_ones_are_kept(local_ray, model_dir):
+    finished = []
+    with WorkerPool(PoolSettings(str(model_dir), actors=1)) as pool, pytest.raises(ScaleoutError) as err:
+        for index, value in pool.map(fail_on_odd, [0, 2, 4, 1, 6], label=lambda i: f"record {i}"):
+            finished.append(value)
+    assert str(err.value).startswith("record 1 failed on a worker: item 1 is odd") and "re-run to resume" in str(err.value)
+    assert finished == [0, 20, 40]
+
+
+def test_a_sweep_chunk_that_fails_names_its_record_keys(local_ray, model_dir, tmp_path):
+    with WorkerPool(PoolSettings(str(model_dir), actors=1)) as pool, pytest.raises(ScaleoutError) as err:
+        _sweep(model_dir, tmp_path / "bad", lambda ctx, qs: RayRunner(pool, ctx, ["no-such-method"], qs, CONFIG.seed))
+    assert "records vector|L1|c-1|q0|s0 .. vector|L1|c-1|q1|s0 (4) failed on a worker: unknown method 'no-such-method'" in str(err.value)
+    assert not (tmp_path / "bad" / "results.jsonl").exists()
+
+
+def test_describe_group_names_the_keys():
+    from personactl.evaluate import Condition
+
+    group = [Condition("vector", 3, 1.0, q, 0) for q in range(3)]
+    assert describe_group(group) == "records vector|L3|c1|q0|s0 .. vector|L3|c1|q2|s0 (3)"
+    assert describe_group(group[:1]) == "records vector|L3|c1|q0|s0"
+
+
+def test_an_unreachable_address_fails_in_seconds(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    started = time.monotonic()
+    assert run(["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--ray", "127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - started < 10
+    assert err.startswith("error: cannot reach Ray at 127.0.0.1:9") and len(err.splitlines()) == 1
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("spec", ["host:port", ":6379", "ray://"])
+def test_a_malformed_address_is_refused(spec):
+    with pytest.raises(ScaleoutError, match="use local, auto, HOST:PORT"):
+        parse_address(spec)
+
+
+def test_ray_missing_says_how_to_install_it(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert run(["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--ray", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'personactl[ray]'" in err and len(err.splitlines()) == 1
+
+
+def test_zero_actors_is_refused(local_ray, model_dir):
+    with pytest.raises(ScaleoutError, match="at least 1"):
+        WorkerPool(PoolSettings(str(model_dir), actors=0))
