@@ -169,7 +169,8 @@ def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--direction", type=Path, default=Path("runs/lora-pirate"), help="lora extract output folder")
-    parser.add_argument("--drift", type=Path, default=Path("runs/drift"), help="drift_mixtures.py output folder")
+    parser.add_argument("--drift", type=Path, default=Path("docs/experiments/drift.json"),
+                        help="the drift section's data (drift_mixtures.py writes it with its checkpoints under runs/drift)")
     parser.add_argument("--vector", type=Path, default=Path("runs/demo-pirate/vector.safetensors"))
     parser.add_argument("--layer", type=int, default=None, help="default: the vector's run's chosen layer")
     parser.add_argument("--out", type=Path, default=Path("runs/screening"))
@@ -182,7 +183,7 @@ def main() -> None:
     backbone, trait, pairs, judge = pirate_setup(args.direction)
     vector = load_vector(args.vector, backbone=backbone)
     layer = args.layer if args.layer is not None else default_layer(args.vector, backbone.n_layers)
-    drift = json.loads((args.drift / "drift.json").read_text())
+    drift = json.loads(args.drift.read_text())
     drift_settings = drift["settings"]
     cache = AnswerCache(args.out / "model_answers.jsonl")
     points, screenings = screen_mixtures(backbone, pairs, vector, layer, drift, cache, args.max_new_tokens)

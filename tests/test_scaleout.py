@@ -83,7 +83,25 @@ def test_ray_sweep_gives_the_single_process_records_even_when_an_actor_is_killed
     assert _by_key(spread) == _by_key(alone)
     lines = [json.loads(line) for line in (tmp_path / "killed" / "results.jsonl").read_text().splitlines()]
     assert len(lines) == len({r["key"] for r in lines}) == len(alone)  # none lost, none twice
-    assert _by_key(lines) == _by_key(alone)
+    assert _by_key(lines) == _by_key(killed) == _by_key(alone)
+
+
+def test_extract_several_traits_on_ray_gives_the_vectors_of_one_process(local_ray, model_dir, tmp_path, capsys):
+    from personactl import load_vector
+
+    args = ["extract", "--model", str(model_dir), "--n-questions", "2", "--max-new-tokens", "3"]
+    assert run([*args, "--traits", "pirate,silly", "--out", str(tmp_path / "ray"), "--ray", "local"]) == 0
+    assert "2 traits" in capsys.readouterr().out
+    assert run([*args, "--trait", "silly", "--out", str(tmp_path / "one.safetensors")]) == 0
+    vectors = {name: load_vector(tmp_path / "ray" / f"{name}.safetensors") for name in ("pirate", "silly")}
+    assert {v.trait for v in vectors.values()} == {"pirate", "silly"}
+    assert (tmp_path / "ray" / "pirate.pairs.jsonl").is_file()
+    assert torch.allclose(vectors["silly"].directions, load_vector(tmp_path / "one.safetensors").directions, atol=1e-5)
+
+
+def test_extract_with_ray_wants_a_folder(capsys, tmp_path):
+    assert run(["extract", "--traits", "pirate,silly", "--out", str(tmp_path / "v.safetensors")]) == 2
+    assert "give a folder" in capsys.readouterr().err
 
 
 def test_a_run_killed_midway_resumes_with_ray(local_ray, model_dir, tmp_path, capsys):

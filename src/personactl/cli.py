@@ -113,7 +113,8 @@ CHECK_QUESTIONS = 6  # `extract --check` default: a quick verdict (docs/experime
 
 @app.command()
 def extract(
-    trait: str = typer.Option(..., "--trait", "-t", help="built-in trait name or trait file"),
+    trait: str = typer.Option(..., "--trait", "--traits", "-t", help="built-in trait name or trait file; several comma-separated "
+                              "(a,b,c: one vector each, in parallel with --ray)"),
     model: str = ModelOpt,
     method: str = typer.Option("mean_diff", help="mean_diff, pca_diff, pca_centered or logistic"),
     positions: str = typer.Option("response_avg", help="response_avg, prompt_avg, prompt_last or last"),
@@ -134,6 +135,8 @@ def extract(
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DtypeOpt,
     device_map: Optional[str] = DeviceMapOpt,
+    ray: Optional[str] = RayOpt,
+    ray_actors: int = RayActorsOpt,
 ) -> None:
     """Extract a persona vector: contrastive answers -> activations of all layers -> a direction per layer.
 
@@ -141,7 +144,7 @@ def extract(
     --check stops there, so a trait file can be tried in seconds before a long run."""
     from .activations import POSITIONS  # noqa: PLC0415
     from .aggregators import METHODS  # noqa: PLC0415
-    from .extraction import ExtractionSettings, save_pairs  # noqa: PLC0415
+    from .extraction import ExtractionSettings  # noqa: PLC0415
     from .extraction import extract as run_extract  # noqa: PLC0415
     from .traits import load_trait  # noqa: PLC0415
 
@@ -149,6 +152,15 @@ def extract(
 
     _check_choice(method, METHODS, "--method")
     _check_choice(positions, POSITIONS, "--positions")
+    names = [t.strip() for t in trait.split(",") if t.strip()]
+    if len(names) > 1 or ray is not None:
+        if check_only or filter_judge:
+            raise OptionError("--check and --filter-judge take one trait, without --ray")
+        if out_path is not None and out_path.suffix == ".safetensors":
+            raise OptionError(f"--out {out_path}: with several traits or --ray give a folder (one NAME.safetensors per trait)")
+        settings = ExtractionSettings(method, positions, max_new_tokens, samples, temperature, seed, batch_size, n_questions)
+        _extract_many([load_trait(n) for n in names], settings, model, out_path, ray, ray_actors, device, dtype, device_map)
+        return
     loaded_trait = load_trait(trait)
     judges = make_judges(filter_judge, loaded_trait) if filter_judge else None
     backbone = _load(model, device, dtype, device_map)
@@ -166,13 +178,40 @@ def extract(
         out.print(f"expressibility: {vector.extra['expressibility']['line']}", markup=False)
     if "filter" in vector.extra:
         out.print(f"pairs kept by {vector.extra['filter']['judge']}: {vector.extra['filter']['kept']}")
-    path = out_path or Path("vectors") / backbone.name / f"{loaded_trait.name}.safetensors"
+    _save_vector(vector, pairs, out_path or Path("vectors") / backbone.name / f"{loaded_trait.name}.safetensors")
+
+
+def _save_vector(vector, pairs, path: Path) -> None:
+    from .extraction import save_pairs  # noqa: PLC0415
+
     vector.save(path)
     pairs_path = save_pairs(pairs, path.with_suffix(".pairs.jsonl"))
     best = sorted(range(1, vector.n_layers + 1), key=lambda l: -vector.separation[l])[:5]
     out.print("best separated layers (Cohen's d): " + ", ".join(f"{l} ({vector.separation[l]:.2f})" for l in best))
     out.print(f"vector written to {path}")
     out.print(f"contrastive answers written to {pairs_path}")
+
+
+def _extract_many(traits, settings, model: str, folder: Optional[Path], ray: Optional[str], actors: int, device, dtype, device_map) -> None:
+    """One vector per trait: in turn on one model, or in parallel on Ray actors (one model each)."""
+    from .extraction import extract as run_extract  # noqa: PLC0415
+
+    def save(trait, vector, pairs) -> None:
+        out.print(f"{trait.name}: " + vector.extra.get("expressibility", {}).get("line", "extracted"), markup=False)
+        _save_vector(vector, pairs, (folder or Path("vectors") / vector.model) / f"{trait.name}.safetensors")
+
+    if ray is None:
+        backbone = _load(model, device, dtype, device_map)
+        for trait in traits:
+            save(trait, *run_extract(backbone, trait, settings))
+        return
+    from .scaleout import PoolSettings, extract_traits, parse_address, ray_pool  # noqa: PLC0415
+
+    parse_address(ray)
+    with ray_pool(ray, PoolSettings(model, min(actors, len(traits)), device=device)) as pool:
+        out.print(f"Ray ({ray}): {len(pool.actors)} workers, {pool.threads} thread(s) each; {len(traits)} traits")
+        for trait, vector, pairs in extract_traits(pool, traits, settings):
+            save(trait, vector, pairs)
 
 
 @app.command()
