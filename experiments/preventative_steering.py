@@ -34,7 +34,14 @@ def note(s: dict) -> str:
     return (f"{s['examples']} pirate answers, {s['steps']} LoRA steps ({s['epochs']} epoch{'s' * (s['epochs'] != 1)}; rank {s['rank']}, alpha {s['alpha']:g}, lr {s['learning_rate']:g}, "
             f"batch {s['batch_size']}), steering removed after training; offline judge (held-out accuracy "
             f"{s['judge_heldout_accuracy']:.2f}), {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens; "
-            "brackets: bootstrap 95% CIs.")
+            "brackets: bootstrap 95% CIs; the last column compares each run with plain fine-tuning question by question.")
+
+
+def versus(scores: list[float], reference: list[float]) -> str:
+    """Mean per-question difference to `reference` with its bootstrap 95% CI, and what the CI allows one to say."""
+    mean, low, high = bootstrap_ci([a - b for a, b in zip(scores, reference)])
+    verdict = "lower" if high < 0 else "higher" if low > 0 else "no difference shown (CI includes 0)"
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]: {verdict}"
 
 
 def main() -> None:
@@ -67,7 +74,7 @@ def main() -> None:
         f"fine-tuned, v ablated (layer {args.layer})": {"steering": [SteeringTerm(vector, args.layer, 1.0, op="ablate")]},
     }
     questions = trait.eval_questions
-    rows = []
+    rows, scores = [], {}
     trained_steps = set()  # optimiser steps each adapter took: --steps is only a cap (epochs * examples / batch may be fewer)
     for i, (name, options) in enumerate(runs.items()):
         folder = args.out / f"run{i}"
@@ -79,11 +86,14 @@ def main() -> None:
         with merged(backbone, *terms):
             generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
                                  batch_size=len(questions))
-        t, t_lo, t_hi = bootstrap_ci(judge.score(questions, generated))
+        scores[name] = judge.score(questions, generated)
+        t, t_lo, t_hi = bootstrap_ci(scores[name])
         c, c_lo, c_hi = bootstrap_ci(coherence.score(questions, generated))
         rows.append({"run": name, "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]", "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
                      "example": generated[0][:90].replace("|", "/").replace("\n", " ")})
         print(rows[-1])
+    for row in rows:
+        row["trait vs fine-tuned (paired)"] = versus(scores[row["run"]], scores["fine-tuned"]) if row["run"] != "fine-tuned" else "-"
     if len(trained_steps) != 1:
         raise SystemExit(f"the adapters under {args.out} took different numbers of steps {sorted(trained_steps)}: delete them and re-run")
     settings = {"examples": len(chosen), "steps": trained_steps.pop(), "max_steps": args.steps, "epochs": config.epochs,

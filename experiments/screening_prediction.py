@@ -137,7 +137,7 @@ def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, 
     questions = trait.eval_questions
     n_remove = math.ceil(s["examples"] * args.remove_percent / 100)
     n_trait = round(args.removal_share * s["examples"])
-    results, per_question, seconds = [], {"flagged": [], "random": []}, []
+    results, seconds = [], []
     for seed in s["seeds"]:
         base_q, base_a = mixture(pairs, seed, args.removal_share, s["examples"])
         prompts = format_prompts(backbone, [chat_prompt(q) for q in base_q])
@@ -156,14 +156,17 @@ def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, 
                 (folder / "seconds.txt").write_text(f"{time.perf_counter() - started:.3f}")
             seconds.append(float((folder / "seconds.txt").read_text()))
             scores = judged_per_question(backbone, judge, questions, folder, s["max_new_tokens"])
-            per_question["flagged" if condition == "top flagged" else "random"].append(scores)
             results.append({"condition": condition, "seed": seed, "removed": removed, "trait_removed": sum(i < n_trait for i in removed),
                             "scores": scores, "trait": list(bootstrap_ci(scores))})
             print(f"seed {seed}, {condition}: trait {results[-1]['trait'][0]:.1f}", flush=True)
-    flagged = np.mean(per_question["flagged"], axis=0)
-    randoms = np.mean(per_question["random"], axis=0)
-    comparison = {"difference": list(bootstrap_ci((flagged - randoms).tolist())), "n_removed": n_remove}
-    return results, comparison, float(np.mean(seconds))
+    return results, {**compare(results), "n_removed": n_remove}, float(np.mean(seconds))
+
+
+def compare(results: list[dict]) -> dict:
+    """Flagged minus random removal, per question (averaged over seeds and random draws), with its bootstrap 95% CI."""
+    flagged = np.mean([r["scores"] for r in results if r["condition"] == "top flagged"], axis=0)
+    randoms = np.mean([r["scores"] for r in results if r["condition"] != "top flagged"], axis=0)
+    return {"difference": list(bootstrap_ci((flagged - randoms).tolist()))}
 
 
 def main() -> None:

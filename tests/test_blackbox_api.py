@@ -100,7 +100,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the mistake was found")
 
-    monkeypatch.setattr("personactl.cli._load", refuse)
+    monkeypatch.setattr("personactl.cli._common._load", refuse)
 
 
 @pytest.mark.parametrize("command", [["generate", "-p", "hi"], ["sweep"]])

@@ -202,7 +202,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the mistake was found")
 
-    monkeypatch.setattr("personactl.cli._load", refuse)
+    monkeypatch.setattr("personactl.cli._common._load", refuse)
 
 
 def test_an_empty_prompt_file_is_one_line(tmp_path, capsys, no_model_load):

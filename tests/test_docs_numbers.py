@@ -118,3 +118,16 @@ def test_the_side_by_side_note_is_written_from_its_stored_verdicts():
     if "verdicts" not in data or not isinstance(data["verdicts"], list) or "llamacpp_note" not in data["settings"]:
         pytest.skip("docs/experiments/blackbox_side_by_side.json predates the note written from its data: re-run the script")
     assert blackbox_side_by_side.note(data) in _section("blackbox_side_by_side")
+
+
+def test_the_screening_sections_are_recomputed_from_their_data():
+    import screening_prediction  # noqa: PLC0415 - the script's own table and note writers
+
+    data = json.loads((ROOT / "docs" / "experiments" / "screening_prediction.json").read_text())
+    rows = screening_prediction.correlations(data["datasets"], data["settings"])
+    assert json.dumps(rows) == json.dumps(data["correlations"])
+    assert screening_prediction.prediction_note(data["settings"], rows) in _section("screening_prediction")
+    removal = json.loads((ROOT / "docs" / "experiments" / "screening_removal.json").read_text())
+    comparison = {**screening_prediction.compare(removal["removals"]), "n_removed": removal["comparison"]["n_removed"]}
+    assert comparison == removal["comparison"]
+    assert screening_prediction.removal_note(removal["settings"], comparison) in _section("screening_removal")

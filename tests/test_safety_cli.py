@@ -70,7 +70,7 @@ def test_frozen_finetune_then_dynamics(identified, model_dir, tmp_path, peft):
 
 @pytest.mark.parametrize("bad", ["0", "1", "1.5", "-0.2"])
 def test_sparsity_outside_zero_one_is_one_line_before_loading(bad, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: pytest.fail("loaded a model"))
     assert run(["safety", "identify", "--out", str(tmp_path / "n"), "--sparsity", bad]) == 2
     assert "between 0 and 1" in _error_line(capsys)
     assert not (tmp_path / "n").exists()
@@ -135,7 +135,7 @@ def test_safety_run_goes_end_to_end_and_resumes_without_redoing_steps(model_dir,
     ["safety", "run", "--out", "{theirs}"],
 ])
 def test_a_folder_of_someone_elses_files_is_refused_before_loading(argv, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: pytest.fail("loaded a model"))
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("precious")

@@ -46,7 +46,7 @@ class LengthJudge:
 CONFIG = SweepConfig(name="r", methods=["vector"], layers=[1, 2], coefs=[-1.0, 0.0, 1.0], n_questions=4, max_new_tokens=4, batch_size=4)
 
 
-def _sweep(model_dir, run_dir, runner_for=None):
+def _sweep(model_dir, run_dir, runner_for=None, judges=None):
     backbone = load_model(str(model_dir))
     torch.manual_seed(0)
     vector = PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size))
@@ -54,8 +54,15 @@ def _sweep(model_dir, run_dir, runner_for=None):
     ctx = MethodContext(backbone, trait, vector, CONFIG.generation())
     questions = trait.eval_questions[: CONFIG.n_questions]
     runner = runner_for(ctx, questions) if runner_for else None
-    return run_sweep(CONFIG, backbone, [VectorMethod(ctx)], [1, 2], questions, Judges(LengthJudge(), RepetitionCoherenceJudge()),
+    return run_sweep(CONFIG, backbone, [VectorMethod(ctx)], [1, 2], questions, judges or Judges(LengthJudge(), RepetitionCoherenceJudge()),
                      run_dir, runner)
+
+
+@pytest.fixture(scope="module")
+def pool(local_ray, model_dir):
+    """Two workers with the tiny model, shared by the tests that do not kill one."""
+    with WorkerPool(PoolSettings(str(model_dir), actors=2)) as workers:
+        yield workers
 
 
 def _by_key(records):
@@ -72,18 +79,39 @@ class KillingRunner(RayRunner):
             yield item
 
 
-def test_ray_sweep_gives_the_single_process_records_even_when_an_actor_is_killed(local_ray, model_dir, tmp_path):
+def test_ray_sweep_gives_the_single_process_records(pool, model_dir, tmp_path):
+    assert pool.threads == 1  # 2 CPUs shared by 2 actors: no oversubscription
     alone = _sweep(model_dir, tmp_path / "alone")
-    with WorkerPool(PoolSettings(str(model_dir), actors=2)) as pool:
-        assert pool.threads == 1  # 2 CPUs shared by 2 actors: no oversubscription
-        spread = _sweep(model_dir, tmp_path / "ray", lambda ctx, qs: RayRunner(pool, ctx, ["vector"], qs, CONFIG.seed))
-        killed = _sweep(model_dir, tmp_path / "killed", lambda ctx, qs: KillingRunner(pool, ctx, ["vector"], qs, CONFIG.seed))
-        assert pool.actors[0] is None and pool.actors[1] is not None  # the kill happened, the survivor took the rest
+    spread = _sweep(model_dir, tmp_path / "ray", lambda ctx, qs: RayRunner(pool, ctx, ["vector"], qs, CONFIG.seed))
     assert len(alone) == 2 * 3 * 4
     assert _by_key(spread) == _by_key(alone)
+
+
+def test_a_killed_actor_loses_no_record_and_writes_none_twice(local_ray, model_dir, tmp_path):
+    alone = _sweep(model_dir, tmp_path / "alone")
+    with WorkerPool(PoolSettings(str(model_dir), actors=2)) as doomed:
+        killed = _sweep(model_dir, tmp_path / "killed", lambda ctx, qs: KillingRunner(doomed, ctx, ["vector"], qs, CONFIG.seed))
+        assert doomed.actors[0] is None and doomed.actors[1] is not None  # the kill happened, the survivor took the rest
     lines = [json.loads(line) for line in (tmp_path / "killed" / "results.jsonl").read_text().splitlines()]
     assert len(lines) == len({r["key"] for r in lines}) == len(alone)  # none lost, none twice
     assert _by_key(lines) == _by_key(killed) == _by_key(alone)
+
+
+def test_the_llm_judge_has_one_rate_limit_for_the_whole_run(pool, model_dir, tmp_path):
+    from fake_openai import FakeChat, serve
+
+    from personactl.judges.llm import OpenAIJudge
+
+    state = FakeChat()
+    state.delay = 0.05
+    with serve(state) as url:
+        judge = OpenAIJudge("fake", "[QUESTION START]{question}[QUESTION END] [ANSWER START]{answer}[ANSWER END]", base_url=url,
+                            api_key="x", concurrency=2)
+        records = _sweep(model_dir, tmp_path / "judged", lambda ctx, qs: RayRunner(pool, ctx, ["vector"], qs, CONFIG.seed),
+                         Judges(judge, RepetitionCoherenceJudge()))
+    assert state.count == len(records) == 2 * 3 * 4  # every answer judged once, by the driver
+    assert 1 <= state.max_in_flight <= 2  # two workers, still one limiter of 2 requests in flight
+    assert all(r["trait"] is not None for r in records)
 
 
 def test_extract_several_traits_on_ray_gives_the_vectors_of_one_process(local_ray, model_dir, tmp_path, capsys):
@@ -125,17 +153,17 @@ def fail_on_odd(backbone, memo, item):
     return item * 10
 
 
-def test_a_failing_item_is_named_and_the_finished_ones_are_kept(local_ray, model_dir):
+def test_a_failing_item_is_named_and_the_finished_ones_are_kept(pool):
     finished = []
-    with WorkerPool(PoolSettings(str(model_dir), actors=1)) as pool, pytest.raises(ScaleoutError) as err:
+    with pytest.raises(ScaleoutError) as err:
         for index, value in pool.map(fail_on_odd, [0, 2, 4, 1, 6], label=lambda i: f"record {i}"):
             finished.append(value)
     assert str(err.value).startswith("record 1 failed on a worker: item 1 is odd") and "re-run to resume" in str(err.value)
-    assert finished == [0, 20, 40]
+    assert finished and set(finished) <= {0, 20, 40, 60}  # what finished before the failure came back, all from even items
 
 
-def test_a_sweep_chunk_that_fails_names_its_record_keys(local_ray, model_dir, tmp_path):
-    with WorkerPool(PoolSettings(str(model_dir), actors=1)) as pool, pytest.raises(ScaleoutError) as err:
+def test_a_sweep_chunk_that_fails_names_its_record_keys(pool, model_dir, tmp_path):
+    with pytest.raises(ScaleoutError) as err:
         _sweep(model_dir, tmp_path / "bad", lambda ctx, qs: RayRunner(pool, ctx, ["no-such-method"], qs, CONFIG.seed))
     assert "records vector|L1|c-1|q0|s0 .. vector|L1|c-1|q1|s0 (4) failed on a worker: unknown method 'no-such-method'" in str(err.value)
     assert not (tmp_path / "bad" / "results.jsonl").exists()
@@ -150,7 +178,7 @@ def test_describe_group_names_the_keys():
 
 
 def test_an_unreachable_address_fails_in_seconds(model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     started = time.monotonic()
     assert run(["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--ray", "127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip()
@@ -167,7 +195,7 @@ def test_a_malformed_address_is_refused(spec):
 
 def test_ray_missing_says_how_to_install_it(model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     assert run(["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--ray", "local"]) == 2
     err = capsys.readouterr().err.strip()
     assert "pip install 'personactl[ray]'" in err and len(err.splitlines()) == 1

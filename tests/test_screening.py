@@ -107,13 +107,13 @@ def test_the_projection_is_the_mean_over_the_answer_tokens(tiny):
 
 
 def test_filter_out_needs_write(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     assert run(["screen", "--data", "d.jsonl", "--vector", "v.safetensors", "--out", str(tmp_path / "s"), "--filter-out", "10"]) == 2
     assert "go together" in capsys.readouterr().err
 
 
 def test_screen_refuses_someone_elses_folder_and_overwriting_its_input(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("precious")

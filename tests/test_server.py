@@ -188,7 +188,7 @@ def _taken(engine) -> bool:
 def test_serve_beyond_loopback_without_a_token_is_one_line_before_loading(capsys, monkeypatch):
     from personactl.cli import run
 
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: pytest.fail("loaded a model"))
     assert run(["serve", "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "--token" in err and len(err.splitlines()) == 1
@@ -300,7 +300,7 @@ def test_a_generation_past_the_timeout_is_a_504_and_the_server_goes_on(backbone,
 def test_serve_bad_values_are_one_line_before_loading(argv, message, capsys, monkeypatch):
     from personactl.cli import run
 
-    monkeypatch.setattr("personactl.cli._load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: pytest.fail("loaded a model"))
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1

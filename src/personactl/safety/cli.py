@@ -18,9 +18,9 @@ ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="alias, HF folder 
 
 
 def _load(model: str):
-    from .. import cli  # noqa: PLC0415 - the CLI's loader (status line, warnings)
+    from ..cli import _common  # noqa: PLC0415 - the CLI's loader (status line, warnings)
 
-    return cli._load(model, None, None, None)
+    return _common._load(model, None, None, None)
 
 
 def _print(text: str) -> None:

@@ -1,0 +1,45 @@
+"""The persona server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import OptionError
+from . import _common
+from ._common import DeviceOpt, ModelOpt, app, out
+
+
+@app.command()
+def serve(
+    model: str = ModelOpt,
+    host: str = typer.Option("127.0.0.1", help="address to bind; anything beyond loopback requires --token"),
+    port: int = typer.Option(8000, help="TCP port (0: any free port)"),
+    vectors: Optional[Path] = typer.Option(None, help="folder of persona vectors (NAME.safetensors), usable by name"),
+    adapters: Optional[Path] = typer.Option(None, help="folder of persona adapters (see `adapter train`), usable by name"),
+    token: Optional[str] = typer.Option(None, envvar="PERSONACTL_TOKEN", help="bearer token required on every route"),
+    cors: Optional[str] = typer.Option(None, help="allow this browser origin (CORS is off without it)"),
+    max_tokens: int = typer.Option(512, help="largest max_tokens a request may ask for"),
+    queue_size: int = typer.Option(64, help="requests that may wait; more get 429 with Retry-After"),
+    max_batch: int = typer.Option(16, help="requests batched into one forward pass"),
+    timeout: float = typer.Option(120.0, help="seconds a generation may take"),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """OpenAI-compatible server (chat, completions, streaming, logprobs) with per-request personas, and a web page at /."""
+    from ..server import ServerSettings, serve as run_server  # noqa: PLC0415
+
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from ..errors import first_validation_error  # noqa: PLC0415
+
+    try:
+        settings = ServerSettings(host=host, port=port, vectors=vectors, adapters=adapters, token=token, cors=cors, max_tokens=max_tokens,
+                                  queue_size=queue_size, max_batch=max_batch, timeout_s=timeout)
+    except ValidationError as exc:
+        raise OptionError(f"serve {first_validation_error(exc, 'serve')}") from exc
+    settings.check()
+    backbone = _common._load(model, device, None, None)
+    out.print(f"serving {backbone.name} on http://{host}:{port} (OpenAI base URL http://{host}:{port}/v1; page at /); Ctrl-C stops")
+    run_server(backbone, settings)
