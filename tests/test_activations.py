@@ -56,3 +56,14 @@ def test_padding_does_not_change_reduced_activations(tiny):
 def test_unknown_positions_is_an_error(tiny):
     with pytest.raises(ValueError, match="unknown positions"):
         activations.collect(tiny, ["a"], ["b"], positions="middle")
+
+
+def test_collect_layer_is_collect_at_that_layer_for_any_length_order(tiny):
+    from personactl.activations import collect, collect_layer
+
+    prompts = ["a", "a much longer prompt here", "mid prompt", "b"]
+    answers = ["short", "x", "a rather long answer with many words in it", "mid answer"]
+    full = collect(tiny, prompts, answers, positions="response_avg", batch_size=2)
+    for layer in (1, 2, tiny.n_layers):
+        one = collect_layer(tiny, prompts, answers, layer, batch_size=2)
+        assert torch.allclose(one, full[:, layer], atol=1e-5)

@@ -126,7 +126,7 @@ def test_the_screening_sections_are_recomputed_from_their_data():
     data = json.loads((ROOT / "docs" / "experiments" / "screening_prediction.json").read_text())
     rows = screening_prediction.correlations(data["datasets"], data["settings"])
     assert json.dumps(rows) == json.dumps(data["correlations"])
-    assert screening_prediction.prediction_note(data["settings"], rows) in _section("screening_prediction")
+    assert screening_prediction.prediction_note(data["settings"], rows, data["datasets"]) in _section("screening_prediction")
     removal = json.loads((ROOT / "docs" / "experiments" / "screening_removal.json").read_text())
     comparison = {**screening_prediction.compare(removal["removals"]), "n_removed": removal["comparison"]["n_removed"]}
     assert comparison == removal["comparison"]

@@ -116,6 +116,38 @@ def layer_states(backbone: Backbone, input_ids: torch.Tensor, attention_mask: to
     return store[0]
 
 
+@torch.no_grad()
+def collect_layer(
+    backbone: Backbone,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    layer: int,
+    *,
+    positions: Positions = "response_avg",
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Reduced activations at one layer for each (prompt, response), [n, hidden].
+
+    Cheaper than `collect(...)[:, layer]` when only one layer is wanted: the
+    forward stops after that layer's block (`layer_states`), and the texts are
+    batched shortest first, so long and short ones do not share a padded batch."""
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions '{positions}': use one of {', '.join(POSITIONS)}")
+    lengths = [len(ids) for ids in backbone.encode([p + r for p, r in zip(prompts, responses)])]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    reduced: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = make_batch(backbone, [prompts[i] for i in rows], [responses[i] for i in rows])
+        states = layer_states(backbone, batch.input_ids, batch.attention_mask, layer)
+        for i, row in zip(rows, reduce_positions(states[None], batch, positions)[:, 0]):
+            reduced[i] = row
+        if on_batch is not None:
+            on_batch(len(rows))
+    return torch.stack(reduced)
+
+
 def reduce_positions(states: torch.Tensor, batch: Batch, positions: Positions) -> torch.Tensor:
     """Reduce [layers, batch, seq, hidden] to [batch, layers, hidden] by position rule."""
     if positions == "last":

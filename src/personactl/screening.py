@@ -8,8 +8,9 @@ model toward the trait. The dataset's score is the mean gap, with a bootstrap
 CI that says whether the data can conclude anything.
 
 Cost: one batched greedy generation (cached in an `AnswerCache`, so a re-run
-or another dataset with the same prompts pays nothing) and one all-layer
-capture pass without logits over both answer sets.
+or another dataset with the same prompts pays nothing) and one capture pass
+without logits over both answer sets, stopped after the screened layer and
+batched by length.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from .evaluate import bootstrap_ci
 from .generation import chat_prompt, format_prompts, generate
 from .lora.adapters import PersonaData
 from .models import Backbone
-from .monitor import projections
 from .progress import progress_bar
 from .vectors import PersonaVector
 
@@ -120,9 +120,9 @@ def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: 
     prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
     own = own_answers(backbone, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, cache=cache)
     with progress_bar("capture both answer sets", 2 * len(prompts)) as advance:
-        acts = activations.collect(backbone, prompts + prompts, list(data.answers) + own, positions="response_avg",
-                                   batch_size=batch_size, on_batch=advance)
-    values = projections(acts, vector, [layer])[:, 0].tolist()
+        acts = activations.collect_layer(backbone, prompts + prompts, list(data.answers) + own, layer, positions="response_avg",
+                                         batch_size=batch_size, on_batch=advance)
+    values = (acts @ vector.unit(layer)).tolist()
     n = len(prompts)
     rows = []
     for i in range(n):
