@@ -106,8 +106,11 @@ def main() -> None:
             f"in {len(groups)} chunks of up to {config.batch_size}; random unit vector x 4; judges: answer length and repetition "
             f"coherence (judging runs in the driver in both set-ups). Records identical to the one-process run: {'yes' if same else 'NO'}. "
             f"Per-chunk overhead: {1000 * overhead_s:.1f} ms of a {chunk_s:.1f} s chunk = {100 * share:.2f}% (target < "
-            f"{100 * TARGET:g}%: {'met' if share < TARGET else 'not met'}). One run on 2 cores: two 1-thread actors against one "
-            "2-thread process is a wash at best on this machine; the pool pays off when each actor has its own GPU or cores.")
+            f"{100 * TARGET:g}%: {'met' if share < TARGET else 'not met'}). One run on 2 cores: with the models loaded, the sweep took "
+            f"{sweep_s / alone_s:.2f}x the one-process time (two independent 1-thread processes use 2 cores better than one "
+            f"2-thread process does on matrices this small); with Ray's start and the two model loads, {total_s / alone_s:.2f}x. "
+            "Time goes to the model load per actor (paid once per run, in parallel with the driver's preparation) and to "
+            "generation; serialisation is the round trip above.")
     print(write_section("ray_sweep", "Sweep on a local Ray (2 actors x 1 thread) vs one process (2 threads), SmolLM2-135M", rows, note))
     for r in rows:
         print(r)
