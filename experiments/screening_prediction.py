@@ -71,7 +71,7 @@ def _overlap(a: list[float], b: list[float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def prediction_note(settings: dict, rows: list[dict]) -> str:
+def prediction_note(settings: dict, rows: list[dict], points: list[dict]) -> str:
     """Which predictor did better, from the stored correlations (no number written by hand)."""
     pooled = {r["predictor"]: r for r in rows if r["checkpoints"] == "all seeds"}
     diff, weight = pooled["projection difference"], pooled["weight projection"]
@@ -81,15 +81,31 @@ def prediction_note(settings: dict, rows: list[dict]) -> str:
                   f"difference vs r = {weight['pearson_r']:.3f} (p = {weight['pearson_p']:.2g}) for the weight projection: the "
                   f"{better} is higher, " + ("but the bootstrap 95% intervals overlap, so this run cannot say which predicts better."
                                               if tie else "and the bootstrap 95% intervals do not overlap."))
+    share_r = float(np.corrcoef([p["share"] for p in points], [p["difference"] for p in points])[0, 1])
+    judged_r = float(np.corrcoef([p["share"] for p in points], [p["judged_trait"] for p in points])[0, 1])
+    caveat = (f" Caveat: in these mixtures the datasets differ only in their trait share, and the projection difference follows "
+              f"the share almost exactly (r = {share_r:.3f}; the share itself gives r = {judged_r:.3f} with the judged trait), so this "
+              "shows that the projection difference reads the share of trait answers without training and on one scale across "
+              "seeds (the weight projection's scale depends on the LoRA initialisation), not that it ranks datasets that differ "
+              "in other ways.")
     return (f"{diff['n']} checkpoints of the drift mixtures ({len(settings['shares'])} pirate shares x seeds "
             f"{', '.join(map(str, settings['seeds']))}; {settings['examples']} answers, {settings['steps']} LoRA steps each). "
             f"Projection difference: mean over each checkpoint's training answers of (dataset answer - the base model's own greedy "
             f"answer, {settings['max_new_tokens']} tokens), projected onto the pirate persona vector at layer {settings['layer']} "
-            f"(mean over answer tokens); measured before any training, {settings['screen_seconds']:.1f} s per dataset on average "
-            f"(the model's own answers are generated once per seed and cached) vs {settings['finetune_seconds']:.0f} s per fine-tune "
-            "in this run. Weight projection: each trained checkpoint projected onto the LoRA persona direction (drift section). "
+            f"(mean over answer tokens); measured before any training: {settings['screen_seconds_first']:.1f} s for the first dataset "
+            f"of a seed (the model's own answers generated, then cached), {settings['screen_seconds_cached']:.1f} s for each later one "
+            f"(capture only), vs {settings['finetune_seconds']:.0f} s per fine-tune in this run. Weight projection: each trained checkpoint projected onto the LoRA persona direction (drift section). "
             f"Judged trait: the drift section's, offline judge. Permutation p: Monte-Carlo over {settings['n_perm']} pairings; "
-            f"CIs: bootstrap over checkpoints, {settings['n_boot']} resamples. {comparison}")
+            f"CIs: bootstrap over checkpoints, {settings['n_boot']} resamples. {comparison}{caveat}")
+
+
+def screen_seconds(points: list[dict]) -> dict:
+    """Mean screening time of the first dataset of each seed (answers generated) and of the later ones (answers cached)."""
+    seen, first, cached = set(), [], []
+    for p in points:
+        (cached if p["seed"] in seen else first).append(p["seconds"])
+        seen.add(p["seed"])
+    return {"screen_seconds_first": float(np.mean(first)), "screen_seconds_cached": float(np.mean(cached))}
 
 
 def removal_table(results: list[dict]) -> list[dict]:
@@ -193,12 +209,12 @@ def main() -> None:
     results, comparison, finetune_seconds = removal(backbone, pairs, judge, trait, drift, screenings, args, args.out)
     settings = {**{k: drift_settings[k] for k in ("shares", "seeds", "examples", "steps", "n_boot", "n_perm", "correlation_seed")},
                 "layer": layer, "max_new_tokens": args.max_new_tokens, "vector": vector.fingerprint(),
-                "screen_seconds": float(np.mean([p["seconds"] for p in points])), "finetune_seconds": finetune_seconds,
+                **screen_seconds(points), "finetune_seconds": finetune_seconds,
                 "removal_share": args.removal_share, "remove_percent": args.remove_percent, "removed": comparison["n_removed"],
                 "random_draws": args.random_draws, "n_questions": len(trait.eval_questions)}
     rows = correlations(points, settings)
     print(write_section("screening_prediction", "Predicting fine-tuning drift before training: projection difference vs weight projection",
-                        correlation_table(rows), prediction_note(settings, rows),
+                        correlation_table(rows), prediction_note(settings, rows, points),
                         data={"settings": settings, "datasets": points, "correlations": rows}))
     print(write_section("screening_removal", "Removing the top-flagged 10% of a 50% pirate mixture vs a random 10%",
                         removal_table(results), removal_note(settings, comparison),
