@@ -125,3 +125,17 @@ def test_screen_refuses_someone_elses_folder_and_overwriting_its_input(tmp_path,
                 "--write", str(data)]) == 2
     assert "is the --data file itself" in capsys.readouterr().err
     assert (theirs / "notes.txt").read_text() == "precious" and data.read_text() == '{"instruction": "q", "output": "a"}\n'
+
+
+def test_an_empty_own_answer_leaves_that_sample_unscored(tiny, monkeypatch):
+    from personactl import PersonaVector
+    from personactl.lora.adapters import PersonaData
+    from personactl.screening import screen
+
+    monkeypatch.setattr("personactl.screening.generate", lambda backbone, prompts, **k: ["" if i == 1 else "some answer"
+                                                                                          for i in range(len(prompts))])
+    torch.manual_seed(0)
+    vector = PersonaVector(torch.randn(tiny.n_layers + 1, tiny.hidden_size), trait="t")
+    result = screen(tiny, PersonaData(["q0", "q1", "q2"], ["a0", "a1", "a2"]), vector, 2, max_new_tokens=3)
+    assert [r["difference"] is None for r in result.rows] == [False, True, False]
+    assert result.rows[1]["data_projection"] is not None and result.summary["scored"] == 2

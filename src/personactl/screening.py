@@ -119,10 +119,14 @@ def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: 
     backbone.check_layer(layer, allow_embedding=False)
     prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
     own = own_answers(backbone, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, cache=cache)
-    with progress_bar("capture both answer sets", 2 * len(prompts)) as advance:
-        acts = activations.collect_layer(backbone, prompts + prompts, list(data.answers) + own, layer, positions="response_avg",
-                                         batch_size=batch_size, on_batch=advance)
-    values = (acts @ vector.unit(layer)).tolist()
+    texts = list(data.answers) + own
+    kept = [i for i, text in enumerate(texts) if text.strip()]  # an empty answer has no tokens to average: no projection
+    with progress_bar("capture both answer sets", len(kept)) as advance:
+        acts = activations.collect_layer(backbone, [(prompts + prompts)[i] for i in kept], [texts[i] for i in kept], layer,
+                                         positions="response_avg", batch_size=batch_size, on_batch=advance)
+    values = [math.nan] * len(texts)
+    for i, value in zip(kept, (acts @ vector.unit(layer)).tolist()):
+        values[i] = value
     n = len(prompts)
     rows = []
     for i in range(n):
