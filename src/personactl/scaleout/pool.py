@@ -12,6 +12,7 @@ task stops the map with an error naming it.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..errors import PersonactlError
 from .cluster import ScaleoutError, import_ray
 
+PLACEMENT_WAIT_S = 10.0  # for resources of actors ended just before to be released
 IN_FLIGHT = 2  # items queued per actor: the next one is ready when the current one ends
 MAX_ATTEMPTS = 3  # times an item is handed out before a dying actor is blamed on the item
 
@@ -69,12 +71,34 @@ class WorkerPool:
         self.threads = settings.threads or max(1, int(resources.get("CPU", 1)) // settings.actors)
         self.gpus = settings.gpus if settings.gpus is not None else (1.0 if resources.get("GPU") else 0.0)
         self.restarts = 0
+        self._check_room()
         self.actors = [self._start() for _ in range(settings.actors)]
+
+    def _check_room(self, wait_s: float = PLACEMENT_WAIT_S) -> None:
+        """Refuse a pool the cluster cannot place (its actors would wait for resources forever); resources that
+        actors ended just before are released asynchronously, so they get `wait_s` seconds to come back."""
+        n = self.settings.actors
+        cpus, gpus = n * (1 if self.gpus else self.threads), n * self.gpus
+        deadline = time.monotonic() + wait_s
+        while True:
+            free = self.ray.available_resources()
+            if cpus <= free.get("CPU", 0) and gpus <= free.get("GPU", 0):
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        raise ScaleoutError(f"{n} Ray actors need {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "") +
+                            f"; the cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free: "
+                            "lower --ray-actors or add nodes")
 
     def _start(self) -> Any:
         s = self.settings
         remote = self.ray.remote(num_cpus=1 if self.gpus else self.threads, num_gpus=self.gpus, max_restarts=0)(ModelWorker)
         return remote.remote(s.model, self.threads, s.device or ("cuda" if self.gpus else None))
+
+    def ready(self) -> list[int]:
+        """Wait until every live actor has loaded its model; their process ids."""
+        return self.ray.get([actor.pid.remote() for actor in self.actors if actor is not None])
 
     def __enter__(self) -> "WorkerPool":
         return self
