@@ -123,9 +123,8 @@ def sweep(
     if ray is None:
         _print_run(run_experiment(cfg, out_dir, backbone=_common._load(cfg.model, device, dtype, None)))
         return
-    from ..scaleout import PoolSettings, parse_address, ray_pool  # noqa: PLC0415
+    from ..scaleout import PoolSettings, ray_pool  # noqa: PLC0415
 
-    parse_address(ray)
     with ray_pool(ray, PoolSettings(cfg.model, ray_actors, device=device)) as pool:
         out.print(f"Ray ({ray}): {ray_actors} workers, {pool.threads} thread(s) each" + (f", {pool.gpus:g} GPU each" if pool.gpus else ""))
         _print_run(run_experiment(cfg, out_dir, backbone=_common._load(cfg.model, device, dtype, None), pool=pool))

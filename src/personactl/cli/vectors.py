@@ -157,9 +157,8 @@ def _extract_many(traits, settings, model: str, folder: Optional[Path], ray: Opt
         for trait in traits:
             save(trait, *run_extract(backbone, trait, settings))
         return
-    from ..scaleout import PoolSettings, extract_traits, parse_address, ray_pool  # noqa: PLC0415
+    from ..scaleout import PoolSettings, extract_traits, ray_pool  # noqa: PLC0415
 
-    parse_address(ray)
     with ray_pool(ray, PoolSettings(model, min(actors, len(traits)), device=device)) as pool:
         out.print(f"Ray ({ray}): {len(pool.actors)} workers, {pool.threads} thread(s) each; {len(traits)} traits")
         for trait, vector, pairs in extract_traits(pool, traits, settings):
