@@ -23,7 +23,8 @@ from pathlib import Path
 
 from _doc import write_section
 from personactl import load_model
-from personactl.evaluate import SweepConfig, bootstrap_ci
+from personactl.evaluate import SweepConfig
+from personactl.intervals import mean_ci
 from personactl.experiment import run
 
 TRAITS = ("pirate", "silly")
@@ -74,14 +75,14 @@ def compare(records: list[dict], selection) -> list[dict]:
         keys = sorted(k for k in cells["auto"] if k[0] == coef and k in cells["auto:3"])
         for spec in SPECS:
             recs = [cells[spec][k] for k in keys]
-            t, c = bootstrap_ci([r["trait"] for r in recs]), bootstrap_ci([r["coherence"] for r in recs])
+            t, c = mean_ci([r["trait"] for r in recs]), mean_ci([r["coherence"] for r in recs])
             row = {"spec": spec, "coef": coef, "n": len(recs), "trait": t[0], "trait_lo": t[1], "trait_hi": t[2],
                    "coherence": c[0], "coherence_lo": c[1], "coherence_hi": c[2]}
             if spec != "auto":
                 for metric in ("trait", "coherence"):
                     diffs = [cells[spec][k][metric] - cells["auto"][k][metric] for k in keys
                              if cells[spec][k][metric] is not None and cells["auto"][k][metric] is not None]
-                    d = bootstrap_ci(diffs)
+                    d = mean_ci(diffs)
                     row.update({f"d_{metric}": d[0], f"d_{metric}_lo": d[1], f"d_{metric}_hi": d[2]})
             rows.append(row)
     return rows

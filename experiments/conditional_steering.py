@@ -21,13 +21,13 @@ from pathlib import Path
 from _doc import write_section
 from personactl import ExtractionSettings, SteeringTerm, chat_prompt, extract, generate, load_model, load_pairs, load_trait, load_vector
 from personactl.conditions import find_condition, layer_table, read_prompts
-from personactl.evaluate import bootstrap_ci
+from personactl.intervals import mean_ci
 from personactl.extraction import save_pairs
 from personactl.judges.factory import make_judges
 
 
 def ci(values) -> str:
-    mean, lo, hi = bootstrap_ci(values)
+    mean, lo, hi = mean_ci(values)
     return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
@@ -107,7 +107,7 @@ def main() -> None:
     base, cond = scores["no steering"], scores[list(scores)[2]]
     diff_on = [c - b for c, b in zip(cond[:n_on], base[:n_on])]
     diff_off = [c - b for c, b in zip(cond[n_on:], base[n_on:])]
-    (d_on, lo_on, hi_on), (d_off, lo_off, hi_off) = bootstrap_ci(diff_on), bootstrap_ci(diff_off)
+    (d_on, lo_on, hi_on), (d_off, lo_off, hi_off) = mean_ci(diff_on), mean_ci(diff_off)
     criteria = {
         "fires on >= 90% of held-out sea questions": fire_on >= 0.9,
         "fires on <= 10% of held-out other questions": fire_off <= 0.1,

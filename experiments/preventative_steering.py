@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _doc import pirate_setup, write_section
 from personactl import SteeringTerm, chat_prompt, generate, load_vector
-from personactl.evaluate import bootstrap_ci
+from personactl.intervals import mean_ci
 from personactl.generation import format_prompts
 from personactl.judges.text import RepetitionCoherenceJudge
 from personactl.lora.config import LoRATrainConfig
@@ -39,7 +39,7 @@ def note(s: dict) -> str:
 
 def versus(scores: list[float], reference: list[float]) -> str:
     """Mean per-question difference to `reference` with its bootstrap 95% CI, and what the CI allows one to say."""
-    mean, low, high = bootstrap_ci([a - b for a, b in zip(scores, reference)])
+    mean, low, high = mean_ci([a - b for a, b in zip(scores, reference)])
     verdict = "lower" if high < 0 else "higher" if low > 0 else "no difference shown (CI includes 0)"
     return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]: {verdict}"
 
@@ -87,8 +87,8 @@ def main() -> None:
             generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
                                  batch_size=len(questions))
         scores[name] = judge.score(questions, generated)
-        t, t_lo, t_hi = bootstrap_ci(scores[name])
-        c, c_lo, c_hi = bootstrap_ci(coherence.score(questions, generated))
+        t, t_lo, t_hi = mean_ci(scores[name])
+        c, c_lo, c_hi = mean_ci(coherence.score(questions, generated))
         rows.append({"run": name, "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]", "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
                      "example": generated[0][:90].replace("|", "/").replace("\n", " ")})
         print(rows[-1])

@@ -31,7 +31,7 @@ import numpy as np
 from _doc import pirate_setup, write_section
 from drift_mixtures import checkpoint_name, mixture
 from personactl import chat_prompt, generate, load_vector
-from personactl.evaluate import bootstrap_ci
+from personactl.intervals import mean_ci
 from personactl.generation import format_prompts
 from personactl.lora.adapters import PersonaData
 from personactl.lora.chat import default_layer
@@ -173,7 +173,7 @@ def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, 
             seconds.append(float((folder / "seconds.txt").read_text()))
             scores = judged_per_question(backbone, judge, questions, folder, s["max_new_tokens"])
             results.append({"condition": condition, "seed": seed, "removed": removed, "trait_removed": sum(i < n_trait for i in removed),
-                            "scores": scores, "trait": list(bootstrap_ci(scores))})
+                            "scores": scores, "trait": list(mean_ci(scores))})
             print(f"seed {seed}, {condition}: trait {results[-1]['trait'][0]:.1f}", flush=True)
     return results, {**compare(results), "n_removed": n_remove}, float(np.mean(seconds))
 
@@ -182,7 +182,7 @@ def compare(results: list[dict]) -> dict:
     """Flagged minus random removal, per question (averaged over seeds and random draws), with its bootstrap 95% CI."""
     flagged = np.mean([r["scores"] for r in results if r["condition"] == "top flagged"], axis=0)
     randoms = np.mean([r["scores"] for r in results if r["condition"] != "top flagged"], axis=0)
-    return {"difference": list(bootstrap_ci((flagged - randoms).tolist()))}
+    return {"difference": list(mean_ci((flagged - randoms).tolist()))}
 
 
 def main() -> None:

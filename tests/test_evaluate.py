@@ -14,7 +14,6 @@ from personactl.evaluate import (
     ResultsFile,
     SweepConfig,
     SweepError,
-    bootstrap_ci,
     claim_run_dir,
     plan,
     run_sweep,
@@ -126,15 +125,6 @@ def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
 def test_bad_sweep_configs_are_one_line_errors(change, message):
     with pytest.raises(SweepError, match=message):
         validate_config({**CONFIG, **change})
-
-
-def test_bootstrap_ci_brackets_the_mean():
-    mean, lo, hi = bootstrap_ci([10.0, 20.0, 30.0, 40.0, 50.0, None])
-    assert mean == 30.0 and lo < mean < hi and 10.0 <= lo and hi <= 50.0
-    assert bootstrap_ci([7.0, 7.0, 7.0]) == (7.0, 7.0, 7.0)
-    wide = bootstrap_ci([0.0, 100.0] * 3)
-    narrow = bootstrap_ci([0.0, 100.0] * 50)
-    assert narrow[2] - narrow[1] < wide[2] - wide[1]
 
 
 def test_results_file_trims_a_cut_line(tmp_path):

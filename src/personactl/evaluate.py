@@ -4,7 +4,7 @@ A sweep is a list of independent records keyed by their condition. Records are
 appended to `runs/<name>/results.jsonl` and flushed one batch at a time, so a
 killed run resumes where it stopped and never writes a key twice. The summary
 per condition (mean trait, mean coherence, collapse rate, each with a
-bootstrap 95% CI) goes to `summary.csv`.
+95% CI over questions, intervals.py) goes to `summary.csv`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from ._io import write_text_atomic
 from .errors import PersonactlError, first_validation_error
 from .generation import chat_prompt, format_prompts, record_seed
+from .intervals import mean_ci
 from .judges.base import Judges
 from .judges.text import perplexity, text_metrics
 from .layer_selection import LayerSpec, blend_size
@@ -294,20 +295,6 @@ def layer_order(layer: Any) -> tuple[int, float, str]:
     return (2, float(k if k is not None else 0), str(layer))
 
 
-def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high) with a percentile bootstrap CI (scipy); degenerate samples give a zero-width interval."""
-    from scipy.stats import bootstrap  # noqa: PLC0415
-
-    data = np.asarray([v for v in values if v is not None], dtype=float)
-    if data.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(data.mean())
-    if data.size < 2 or np.all(data == data[0]):
-        return mean, mean, mean
-    res = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile", random_state=seed)
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 SUMMARY_FIELDS = [
     "method", "layer", "coef", "n", "trait_mean", "trait_lo", "trait_hi", "trait_scored", "coherence_mean", "coherence_lo",
     "coherence_hi", "coherence_scored", "collapse_rate", "collapse_lo", "collapse_hi", "perplexity_mean",
@@ -316,15 +303,20 @@ SUMMARY_FIELDS = [
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, layer, coef) with means and bootstrap 95% CIs."""
+    """One row per (method, layer, coef): means over questions (samples averaged first) with 95% CIs over questions.
+
+    A function of the set of records: they are put in key order first, so a Ray sweep's completion order and a
+    one-process run give the same rows.
+    """
     groups: dict[tuple[str, LayerSpec, float], list[dict[str, Any]]] = {}
-    for r in records:
+    for r in sorted(records, key=lambda r: str(r["key"])):
         groups.setdefault((r["method"], r["layer"], r["coef"]), []).append(r)
     rows = []
     for (method, layer, coef), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], layer_order(kv[0][1]), kv[0][2])):
-        trait = bootstrap_ci([r["trait"] for r in recs])
-        coherence = bootstrap_ci([r["coherence"] for r in recs])
-        collapse = bootstrap_ci([float(r["collapsed"]) for r in recs])
+        questions = [r["question_id"] for r in recs]
+        trait = mean_ci([r["trait"] for r in recs], questions)
+        coherence = mean_ci([r["coherence"] for r in recs], questions)
+        collapse = mean_ci([float(r["collapsed"]) for r in recs], questions)
         ppl = [r["perplexity"] for r in recs if r["perplexity"] is not None]
         rows.append({
             "method": method, "layer": layer, "coef": coef, "n": len(recs),

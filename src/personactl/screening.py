@@ -25,7 +25,7 @@ from typing import Sequence
 from . import activations
 from ._io import atomic_path, check_replaceable, write_text_atomic
 from ._plot import data_uri
-from .evaluate import bootstrap_ci
+from .intervals import mean_ci
 from .generation import chat_prompt, format_prompts, generate
 from .lora.adapters import PersonaData
 from .models import Backbone
@@ -135,7 +135,7 @@ def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: 
                      "difference": None if data_p is None or own_p is None else data_p - own_p,
                      "data_answer": data.answers[i], "model_answer": own[i]})
     differences = [r["difference"] for r in rows if r["difference"] is not None]
-    mean, low, high = (bootstrap_ci(differences) if differences else (None, None, None))
+    mean, low, high = (mean_ci(differences) if differences else (None, None, None))
     summary = {"trait": vector.trait, "model": backbone.name, "vector": vector.fingerprint(), "layer": layer, "n": n,
                "scored": len(differences), "mean_difference": mean, "mean_difference_ci": [low, high],
                "positive_share": sum(d > 0 for d in differences) / len(differences) if differences else None,

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..evaluate import bootstrap_ci
+from ..intervals import mean_ci
 from ..generation import chat_prompt, format_prompts, generate
 from ..judges.base import QUESTION_AND_ANSWER
 from ..judges.embedding import EmbeddingJudge
@@ -99,16 +99,16 @@ def adherence(
         ppl_after = _mean(perplexity(backbone, persona_prompts, persona_answers))
         neutral_after = _mean(perplexity(backbone, neutral_prompts, neutral_a))
     base_scores, adapted_scores = judge.score(val_questions, base_val), judge.score(val_questions, adapted_val)
-    base_score, adapted_score = bootstrap_ci(base_scores), bootstrap_ci(adapted_scores)
+    base_score, adapted_score = mean_ci(base_scores), mean_ci(adapted_scores)
     coherence = RepetitionCoherenceJudge()
     verdict = verdict_for("adapter", None, [
-        Cell(c, *bootstrap_ci(scores), _mean(coherence.score(val_questions, answers)), dict(enumerate(scores)))
+        Cell(c, *mean_ci(scores), _mean(coherence.score(val_questions, answers)), dict(enumerate(scores)))
         for c, scores, answers in ((0.0, base_scores, base_val), (1.0, adapted_scores, adapted_val))
     ], expressed=judge.heldout_auroc >= EXPRESSED_AUROC)
     llm: dict[str, Any] = {}
     if llm_judge is not None:
-        llm = {"llm_judge": llm_judge.name, "llm_adherence_base": bootstrap_ci(llm_judge.score(val_questions, base_val)),
-               "llm_adherence_adapter": bootstrap_ci(llm_judge.score(val_questions, adapted_val))}
+        llm = {"llm_judge": llm_judge.name, "llm_adherence_base": mean_ci(llm_judge.score(val_questions, base_val)),
+               "llm_adherence_adapter": mean_ci(llm_judge.score(val_questions, adapted_val))}
     return {
         "adapter": card.get("name"), "judge_heldout_accuracy": judge.heldout_accuracy, "n_eval": len(val_idx),
         "adherence_base": base_score, "adherence_adapter": adapted_score, "verdict": verdict.to_dict(),

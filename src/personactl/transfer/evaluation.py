@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..evaluate import bootstrap_ci
+from ..intervals import mean_ci
 from ..generation import chat_prompt, generate
 from ..judges.base import Judges
 from ..judges.text import is_collapsed
@@ -73,7 +73,7 @@ def score_cells(judges: Judges, questions: Sequence[str], cells: Sequence[Cell],
         trait = judges.trait.score(list(questions), said)
         coherence = judges.coherence.score(list(questions), said)
         collapsed = [float(is_collapsed(a)) for a in said]
-        (t, t_lo, t_hi), (c, c_lo, c_hi) = bootstrap_ci(trait), bootstrap_ci(coherence)
+        (t, t_lo, t_hi), (c, c_lo, c_hi) = mean_ci(trait), mean_ci(coherence)
         rows.append({
             "group": cell.group, "method": cell.method, "layer": cell.layer, "coef": cell.coef,
             "applied_norm": float(cell.vector.norm()) * abs(cell.coef) if cell.vector is not None else 0.0,

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..evaluate import bootstrap_ci
+from ..intervals import mean_ci
 
 MIN_COHERENCE = 50.0  # a condition below this is broken text, whatever its trait score
 LEVEL = 0.05  # two-sided significance level of every paired test
@@ -61,7 +61,7 @@ class Choice:
 
     def mean(self, key: str = "trait") -> tuple[float, float, float]:
         """(mean, low, high) of `key` over the questions, bootstrap 95% CI."""
-        return bootstrap_ci(getattr(self, key))
+        return mean_ci(getattr(self, key))
 
     def said(self) -> str:
         t, lo, hi = self.mean()
