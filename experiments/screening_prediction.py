@@ -157,7 +157,8 @@ def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, 
     for seed in s["seeds"]:
         base_q, base_a = mixture(pairs, seed, args.removal_share, s["examples"])
         prompts = format_prompts(backbone, [chat_prompt(q) for q in base_q])
-        flagged = sorted(screenings[checkpoint_name(args.removal_share, seed)].flagged(args.remove_percent))[:n_remove]
+        ranked = screenings[checkpoint_name(args.removal_share, seed)].ranked()  # exactly n_remove, as the random draws
+        flagged = sorted(r["index"] for r in ranked[:n_remove] if r["difference"] is not None)
         draws = [("top flagged", flagged)] + [(f"random {d + 1}", sorted(random.Random(1000 * seed + d).sample(range(s["examples"]), n_remove)))
                                               for d in range(args.random_draws)]
         config = LoRATrainConfig(rank=s["rank"], alpha=s["alpha"], max_steps=s["steps"], batch_size=s["batch_size"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from markupsafe import escape
@@ -70,7 +71,7 @@ def test_conclusion_follows_the_interval():
 
 @pytest.mark.parametrize(("case", "message"), [
     ("other_model", "hidden size"),
-    ("no_responses", "no usable examples"),
+    ("no_responses", "no sample can be scored: 3 empty output"),
     ("layer_out_of_range", "layer 9"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(case, message, model_dir, vector_file, tmp_path, capsys):
@@ -139,3 +140,104 @@ def test_an_empty_own_answer_leaves_that_sample_unscored(tiny, monkeypatch):
     result = screen(tiny, PersonaData(["q0", "q1", "q2"], ["a0", "a1", "a2"]), vector, 2, max_new_tokens=3)
     assert [r["difference"] is None for r in result.rows] == [False, True, False]
     assert result.rows[1]["data_projection"] is not None and result.summary["scored"] == 2
+
+
+def _records_file(path):
+    """11 records as a user writes them: compact and spaced JSON, raw non-ASCII (U+2028 too), a CRLF line, a blank line,
+    no final newline. Line 4 has extra fields and an `input`, line 6 copies line 2 exactly, line 8 is blank, line 9 is
+    over the length limit, line 11 has an empty output."""
+    records = [
+        '{"instruction": "question 0", "output": "a calm answer"}',
+        '{"instruction":"question 1","output":"arr, the sea!"}',
+        '{"prompt": "question 2", "response": "caf\u00e9 \u2028 na\u00efve"}',
+        '{"instruction": "translate", "input": "bonjour", "output": "hello", "source": "web", "score": 0.5}',
+        '{"instruction": "question 4", "output": "short"}\r',
+        '{"instruction":"question 1","output":"arr, the sea!"}',
+        '{"instruction": "question 6",   "output": "yes"}',
+        '{"instruction": "question 7", "output": "' + "long " * 900 + '"}',
+        '{"instruction": "question 8", "output": "a longer answer about ships"}',
+        '{"instruction": "question 9", "output": "  "}',
+        '{"instruction": "question 10", "output": "plain"}',
+    ]
+    lines = [(r + "\n").encode() for r in records[:-1]] + [records[-1].encode()]
+    lines.insert(7, b"\n")  # a blank line: not a record, kept as it is
+    path.write_bytes(b"".join(lines))
+    return lines
+
+
+def test_filtered_data_is_the_input_less_the_flagged_lines_byte_for_byte(model_dir, vector_file, tmp_path, capsys):
+    data, out, clean = tmp_path / "train.jsonl", tmp_path / "screen", tmp_path / "clean.jsonl"
+    lines = _records_file(data)
+    assert run(["screen", "--data", str(data), "--vector", str(vector_file), "--out", str(out), "--model", str(model_dir),
+                "--layer", "2", "--max-new-tokens", "6", "--filter-out", "5", "--write", str(clean)]) == 0
+    rows = {r["line"]: r for r in map(json.loads, (out / "screen.jsonl").read_text().splitlines())}
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12]  # every record has a row, numbered by file line
+    assert rows[2]["difference"] == rows[6]["difference"] is not None  # the exact copy shares its original's score
+    assert rows[4]["prompt"] == "translate\n\nbonjour"  # screened as fine-tuning reads it
+    assert rows[9]["not_scored"].startswith("over 4000 characters") and rows[11]["not_scored"].startswith("empty output")
+    assert {line for line, r in rows.items() if r["difference"] is None} == {9, 11}
+    top = max((r for r in rows.values() if r["difference"] is not None), key=lambda r: r["difference"])
+    assert top["line"] not in (2, 6)  # one record flagged (5% of 11 rounds up to 1)
+    assert clean.read_bytes() == b"".join(line for number, line in enumerate(lines, 1) if number != top["line"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n"], summary["scored"], summary["prompts"]) == (11, 9, 8)
+    assert summary["not_scored"] == {"over 4000 characters (fine-tuning skips it too)": 1,
+                                     "empty output (no answer tokens to project)": 1}
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("kept but not scored: 1 over 4000 characters (fine-tuning skips it too) (lines 9); "
+            "1 empty output (no answer tokens to project) (lines 11)") in printed
+    assert f"1 flagged samples dropped (lines {top['line']})" in printed and "over 9 of 11 samples (8 prompts" in printed
+
+
+def test_training_reads_the_same_file_as_before():
+    """The reader screening uses keeps every record with its line; training still skips copies, over-long and empty ones."""
+    import tempfile
+    from pathlib import Path
+
+    from personactl.lora.adapters import read_persona_data, read_persona_records
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "d.jsonl"
+        _records_file(path)
+        records, training = read_persona_records(path), read_persona_data(path)
+    assert records.lines == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12] and records.answers[2] == "caf\u00e9 \u2028 na\u00efve"
+    assert training.lines == [1, 2, 3, 4, 5, 7, 10, 12]
+    assert (training.duplicates, training.too_long, training.empty) == ([6], [9], [11])
+    assert training.questions[3] == "translate\n\nbonjour" and training.sha256 == records.sha256
+
+
+def test_a_copy_of_a_flagged_sample_is_flagged_with_it():
+    from personactl.screening import Screening
+
+    rows = [{"index": i, "line": i + 1, "difference": d, "not_scored": None if d is not None else "empty output"}
+            for i, d in enumerate([3.0, 1.0, 3.0, None, -2.0, 0.5, 0.0, 2.0])]
+    result = Screening(rows, {})
+    assert result.flagged(10) == {0, 2} and result.flagged(30) == {0, 2, 7}
+    assert result.unscored() == {"empty output": [4]}
+
+
+@pytest.mark.parametrize("design", ["48 prompts once each", "48 samples of 24 prompts"])
+def test_the_mean_difference_ci_and_its_verdict_are_calibrated(design):
+    """Statistic: the dataset's mean projection difference, its 95% CI (`mean_difference`) and the verdict (`conclusion`).
+
+    Design: 48 training samples whose differences are skewed as a trait mixture makes them (1 sample in 8 a trait
+    answer, 6 SD above the others) less the model's own answer to the sample's prompt (a term the prompt's samples
+    share); prompts distinct, or drawn with replacement from 24 as the drift mixtures draw them. 4000 datasets each:
+    with no effect the verdict claims a push in <= 7%; with a true mean difference of +0.5 the CI covers it in 93-97%.
+    """
+    from personactl.screening import mean_difference
+
+    rng = np.random.default_rng(0)
+    runs, false_claims, covered = 4000, 0, 0
+    for _ in range(runs):
+        for effect in (0.0, 0.5):
+            prompts = np.arange(48) if design.startswith("48 prompts") else rng.integers(0, 24, 48)
+            own = rng.normal(0.0, 1.0, 48)[prompts]
+            data = rng.normal(0.0, 1.0, 48) + 6.0 * (rng.random(48) < 1 / 8) - 6.0 / 8
+            mean, low, high = mean_difference((data - own + effect).tolist(), [f"q{p}" for p in prompts])
+            if effect:
+                covered += low <= effect <= high
+            else:
+                false_claims += not conclusion(mean, low, high).startswith("cannot conclude")
+    print({"design": design, "false_positive_rate": false_claims / runs, "coverage": covered / runs})
+    assert false_claims / runs <= 0.07 and 0.93 <= covered / runs <= 0.97

@@ -4,8 +4,11 @@ For each (prompt, response) sample, the projection of the dataset's response
 onto the persona vector (mean over its tokens, at one layer) is compared with
 the projection of the model's own greedy response to the same prompt; their
 gap (the projection difference, Chen et al.) says how far the sample pulls the
-model toward the trait. The dataset's score is the mean gap, with a bootstrap
-CI that says whether the data can conclude anything.
+model toward the trait. The dataset's score is the mean gap over prompts (the
+samples of one prompt share the model's answer, so they are averaged first),
+with a Student t CI over prompts that says whether the data can conclude
+anything. Samples that cannot be scored keep a row that says why, and a
+filtered copy of the data keeps every line it does not flag, byte for byte.
 
 Cost: one batched greedy generation (cached in an `AnswerCache`, so a re-run
 or another dataset with the same prompts pays nothing) and one capture pass
@@ -18,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +32,8 @@ from ._io import atomic_path, check_replaceable, write_text_atomic
 from ._plot import data_uri
 from .intervals import mean_ci
 from .generation import chat_prompt, format_prompts, generate
-from .lora.adapters import PersonaData
+from .errors import PersonactlError
+from .lora.adapters import MAX_RECORD_CHARS, PersonaData
 from .models import Backbone
 from .progress import progress_bar
 from .vectors import PersonaVector
@@ -80,6 +86,13 @@ def own_answers(backbone: Backbone, prompts: Sequence[str], *, max_new_tokens: i
     return [cache.answers[k] for k in keys]
 
 
+class ScreeningError(PersonactlError):
+    """A dataset the screen cannot score."""
+
+
+OWN_EMPTY = "the model's own answer is empty"
+
+
 @dataclass
 class Screening:
     """Per-sample projections and differences (dataset order) and the dataset-level summary."""
@@ -92,13 +105,44 @@ class Screening:
         return sorted(self.rows, key=lambda r: -math.inf if r["difference"] is None else r["difference"], reverse=True)
 
     def flagged(self, top_percent: float) -> set[int]:
-        """Indices of the top `top_percent` % samples by projection difference."""
+        """Indices of the top `top_percent` % samples by projection difference; identical samples share one score, so
+        a copy of a flagged sample is flagged with it."""
         count = math.ceil(len(self.rows) * top_percent / 100)
-        return {r["index"] for r in self.ranked()[:count] if r["difference"] is not None}
+        top = [r["difference"] for r in self.ranked()[:count] if r["difference"] is not None]
+        return {r["index"] for r in self.rows if top and r["difference"] is not None and r["difference"] >= top[-1]}
+
+    def unscored(self) -> dict[str, list[int]]:
+        """Why samples were kept without a score: reason -> their file lines (dataset indices when built in code)."""
+        reasons: dict[str, list[int]] = {}
+        for r in self.rows:
+            if r["not_scored"]:
+                reasons.setdefault(r["not_scored"], []).append(r["index"] if r["line"] is None else r["line"])
+        return reasons
 
 
 def _value(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
+
+
+def _unscorable(question: str, answer: str, max_chars: int) -> str | None:
+    """Why a sample cannot be scored (None: it can)."""
+    if not answer.strip():
+        return "empty output (no answer tokens to project)"
+    if len(question) + len(answer) > max_chars:
+        return f"over {max_chars} characters (fine-tuning skips it too)"
+    return None
+
+
+def _lines(numbers: Sequence[int]) -> str:
+    return ", ".join(map(str, numbers[:8])) + ("..." if len(numbers) > 8 else "")
+
+
+def unscored_note(result: Screening) -> str | None:
+    """One line on the samples kept without a score and why (None when every sample was scored)."""
+    reasons = result.unscored()
+    if not reasons:
+        return None
+    return "kept but not scored: " + "; ".join(f"{len(n)} {reason} (lines {_lines(n)})" for reason, n in reasons.items())
 
 
 def conclusion(mean: float | None, low: float | None, high: float | None) -> str:
@@ -112,34 +156,56 @@ def conclusion(mean: float | None, low: float | None, high: float | None) -> str
     return "cannot conclude: the 95% CI of the mean difference includes 0"
 
 
+def mean_difference(differences: Sequence[float], prompts: Sequence[str]) -> tuple[float, float, float]:
+    """(mean, low, high) of the projection difference over prompts: the samples of one prompt share the model's own
+    answer (and a copy adds no evidence), so each prompt's differences are averaged first and t runs over prompts."""
+    return mean_ci(differences, prompts)
+
+
 def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: int, *, max_new_tokens: int = 64,
-           batch_size: int = 16, cache: AnswerCache | None = None) -> Screening:
-    """Projection difference of every sample at `layer` (see the module docstring)."""
+           batch_size: int = 16, cache: AnswerCache | None = None, max_chars: int = MAX_RECORD_CHARS) -> Screening:
+    """Projection difference of every sample at `layer` (see the module docstring).
+
+    Every sample gets a row; one with an empty output, over `max_chars` or whose own answer is empty gets no
+    difference and says why (`not_scored`). Identical samples are scored once and share the score."""
     vector.check_compatible(backbone)
     backbone.check_layer(layer, allow_embedding=False)
-    prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
-    own = own_answers(backbone, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, cache=cache)
-    texts = list(data.answers) + own
-    kept = [i for i, text in enumerate(texts) if text.strip()]  # an empty answer has no tokens to average: no projection
+    reasons = [_unscorable(q, a, max_chars) for q, a in zip(data.questions, data.answers)]
+    pairs = list(dict.fromkeys((q, a) for q, a, reason in zip(data.questions, data.answers, reasons) if reason is None))
+    if not pairs:
+        counts = "; ".join(f"{n} {reason}" for reason, n in Counter(reasons).items())
+        raise ScreeningError(f"no sample can be scored: {counts or 'the dataset is empty'}")
+    questions = list(dict.fromkeys(q for q, _ in pairs))
+    prompts = dict(zip(questions, format_prompts(backbone, [chat_prompt(q) for q in questions])))
+    own = dict(zip(questions, own_answers(backbone, list(prompts.values()), max_new_tokens=max_new_tokens,
+                                          batch_size=batch_size, cache=cache)))
+    items = [(prompts[q], a) for q, a in pairs] + [(prompts[q], own[q]) for q in questions]
+    kept = [i for i, (_, text) in enumerate(items) if text.strip()]  # an empty answer has no tokens to average
     with progress_bar("capture both answer sets", len(kept)) as advance:
-        acts = activations.collect_layer(backbone, [(prompts + prompts)[i] for i in kept], [texts[i] for i in kept], layer,
+        acts = activations.collect_layer(backbone, [items[i][0] for i in kept], [items[i][1] for i in kept], layer,
                                          positions="response_avg", batch_size=batch_size, on_batch=advance)
-    values = [math.nan] * len(texts)
+    values: list[float | None] = [None] * len(items)
     for i, value in zip(kept, (acts @ vector.unit(layer)).tolist()):
-        values[i] = value
-    n = len(prompts)
+        values[i] = _value(value)
+    data_projection, model_projection = dict(zip(pairs, values[: len(pairs)])), dict(zip(questions, values[len(pairs) :]))
     rows = []
-    for i in range(n):
-        data_p, own_p = _value(values[i]), _value(values[n + i])
-        rows.append({"index": i, "prompt": data.questions[i][:200], "data_projection": data_p, "model_projection": own_p,
-                     "difference": None if data_p is None or own_p is None else data_p - own_p,
-                     "data_answer": data.answers[i], "model_answer": own[i]})
+    for i, (q, a, reason) in enumerate(zip(data.questions, data.answers, reasons)):
+        data_p, own_p = data_projection.get((q, a)), model_projection.get(q)
+        difference = None if data_p is None or own_p is None else data_p - own_p
+        rows.append({"index": i, "line": data.lines[i] if data.lines else None, "prompt": q[:200], "data_projection": data_p,
+                     "model_projection": own_p, "difference": difference,
+                     "not_scored": reason or (OWN_EMPTY if difference is None else None),
+                     "data_answer": a, "model_answer": own.get(q)})
     differences = [r["difference"] for r in rows if r["difference"] is not None]
-    mean, low, high = (mean_ci(differences) if differences else (None, None, None))
-    summary = {"trait": vector.trait, "model": backbone.name, "vector": vector.fingerprint(), "layer": layer, "n": n,
-               "scored": len(differences), "mean_difference": mean, "mean_difference_ci": [low, high],
+    scored_prompts = [data.questions[r["index"]] for r in rows if r["difference"] is not None]
+    mean, low, high = mean_difference(differences, scored_prompts) if differences else (math.nan,) * 3
+    summary = {"trait": vector.trait, "model": backbone.name, "vector": vector.fingerprint(), "layer": layer, "n": len(rows),
+               "scored": len(differences), "prompts": len(set(scored_prompts)),
+               "not_scored": dict(Counter(r["not_scored"] for r in rows if r["not_scored"])),
+               "mean_difference": _value(mean), "mean_difference_ci": [_value(low), _value(high)],
                "positive_share": sum(d > 0 for d in differences) / len(differences) if differences else None,
-               "conclusion": conclusion(mean, low, high), "max_new_tokens": max_new_tokens, "data_sha256": data.sha256}
+               "conclusion": conclusion(_value(mean), _value(low), _value(high)), "max_new_tokens": max_new_tokens,
+               "data_sha256": data.sha256}
     return Screening(rows, summary)
 
 
@@ -169,8 +235,8 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Scr
 table{border-collapse:collapse;font-size:14px;width:100%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.n{text-align:right;white-space:nowrap}img{max-width:100%}.note{background:#fff7e0;padding:8px 12px}</style></head>
 <body><h1>Screening for '{{ s.trait }}' ({{ s.model }}, layer {{ s.layer }})</h1>
-<p class="note">{{ s.scored }} of {{ s.n }} samples scored; mean projection difference {{ "%+.3f"|format(s.mean_difference) }}
-(95% CI {{ "%+.3f"|format(s.mean_difference_ci[0]) }} .. {{ "%+.3f"|format(s.mean_difference_ci[1]) }});
+<p class="note">{{ s.scored }} of {{ s.n }} samples scored ({{ s.prompts }} prompts); mean projection difference {{ "%+.3f"|format(s.mean_difference) }}
+{% if s.mean_difference_ci[0] is not none %}(95% CI {{ "%+.3f"|format(s.mean_difference_ci[0]) }} .. {{ "%+.3f"|format(s.mean_difference_ci[1]) }}){% endif %};
 {{ "%.0f"|format(100 * s.positive_share) }}% of samples project above the model's own answer. Verdict: {{ s.conclusion }}.</p>
 <img src="{{ figure }}" alt="histogram of projection differences">
 <h2>The {{ rows|length }} most trait-inducing samples</h2>
@@ -198,7 +264,10 @@ def write_screening(result: Screening, out_dir: str | Path) -> Path:
     return out
 
 
-def write_without(data: PersonaData, removed: set[int], path: str | Path) -> Path:
-    """The dataset minus the `removed` samples, as JSONL {"instruction", "output"}."""
-    lines = [json.dumps({"instruction": q, "output": a}) + "\n" for i, (q, a) in enumerate(zip(data.questions, data.answers)) if i not in removed]
-    return write_text_atomic(path, "".join(lines))
+def write_without(source: str | Path, lines: set[int], path: str | Path) -> Path:
+    """`source` less its `lines` (1-based, numbered as the dataset reader numbers them): every other line byte for byte,
+    in order, its line ending included."""
+    kept = [line for number, line in enumerate(re.split(rb"(?<=\n)", Path(source).read_bytes()), 1) if number not in lines]
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"".join(kept))
+    return Path(path)

@@ -306,16 +306,16 @@ def screen(
     layer: Optional[int] = typer.Option(None, help="layer to project at (default: the vector's run's layer, else 2/3 of the depth)"),
     answers: Optional[Path] = typer.Option(None, help="cache of the model's own answers to share between datasets [default: OUT/model_answers.jsonl]"),
     filter_out: Optional[float] = typer.Option(None, help="percent of the most trait-inducing samples to drop (with --write)"),
-    write: Optional[Path] = typer.Option(None, help="write the dataset without the --filter-out samples here"),
+    write: Optional[Path] = typer.Option(None, help="write the dataset without the --filter-out samples here (every other line as it is)"),
     model: str = ModelOpt,
     max_new_tokens: int = typer.Option(64, help="length of the model's own answers"),
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Before fine-tuning: which samples pull the model toward a trait (dataset answer vs the model's own, projected)."""
-    from ..lora.adapters import read_persona_data  # noqa: PLC0415
+    from ..lora.adapters import read_persona_records  # noqa: PLC0415
     from ..lora.chat import default_layer  # noqa: PLC0415
     from .._io import check_replaceable  # noqa: PLC0415
-    from ..screening import ANSWERS, SCREEN, AnswerCache, screen as run_screen, write_screening, write_without  # noqa: PLC0415
+    from ..screening import ANSWERS, SCREEN, AnswerCache, screen as run_screen, unscored_note, write_screening, write_without  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
     if (filter_out is None) != (write is None):
@@ -325,20 +325,23 @@ def screen(
     if write is not None and write.resolve() == data.resolve():
         raise OptionError(f"--write {write} is the --data file itself: give a new file for the filtered dataset")
     check_replaceable(out_dir, (SCREEN, ANSWERS))
-    examples = read_persona_data(data)
+    examples = read_persona_records(data)
     backbone = _common._load(model, device, None, None)
     persona = load_vector(vector, backbone=backbone)
     cache = AnswerCache(answers or out_dir / ANSWERS)
     result = run_screen(backbone, examples, persona, layer if layer is not None else default_layer(vector, backbone.n_layers, lowest=1),
                         max_new_tokens=max_new_tokens, cache=cache)
     summary = result.summary
-    if summary["scored"]:
-        low, high = summary["mean_difference_ci"]
+    low, high = summary["mean_difference_ci"]
+    if low is not None:
         out.print(f"{summary['trait']} at layer {summary['layer']}: mean projection difference {summary['mean_difference']:+.3f} "
-                  f"[{low:+.3f}, {high:+.3f}] over {summary['scored']} samples ({100 * summary['positive_share']:.0f}% above the "
-                  f"model's own answer)")
+                  f"[{low:+.3f}, {high:+.3f}] over {summary['scored']} of {summary['n']} samples ({summary['prompts']} prompts; "
+                  f"{100 * summary['positive_share']:.0f}% above the model's own answer)")
+    if (note := unscored_note(result)) is not None:
+        out.print(note)
     out.print(f"verdict: {summary['conclusion']}")
     out.print(f"written to {write_screening(result, out_dir)} (screen.jsonl, summary.json, histogram.png, screen.html)")
     if write is not None:
-        removed = result.flagged(filter_out)
-        out.print(f"{len(removed)} samples dropped; the rest written to {write_without(examples, removed, write)}")
+        removed = {result.rows[i]["line"] for i in result.flagged(filter_out)}
+        out.print(f"{len(removed)} flagged samples dropped (lines {', '.join(map(str, sorted(removed)))}); every other line of "
+                  f"{data} written as it is to {write_without(data, removed, write)}")

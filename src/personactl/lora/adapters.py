@@ -58,7 +58,7 @@ def adapter_defaults(backbone: Backbone) -> LoRATrainConfig:
 
 @dataclass
 class PersonaData:
-    """Validated examples and what was dropped on the way (line numbers)."""
+    """Examples, the file line each came from (`lines`, 1-based; empty when built in code) and what was dropped (line numbers)."""
 
     questions: list[str]
     answers: list[str]
@@ -66,6 +66,7 @@ class PersonaData:
     duplicates: list[int] = field(default_factory=list)
     too_long: list[int] = field(default_factory=list)
     sha256: str = ""
+    lines: list[int] = field(default_factory=list)
 
     def describe(self) -> str:
         parts = [f"{len(self.questions)} examples"]
@@ -78,17 +79,17 @@ class PersonaData:
 ALIASES = {"prompt": "instruction", "response": "output"}
 
 
-def read_persona_data(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> PersonaData:
-    """Read JSONL {"instruction", "input"?, "output"} ("prompt"/"response" also work);
-    a malformed line is an error naming its line number and field."""
+def read_persona_records(path: str | Path) -> PersonaData:
+    """Every record of a JSONL {"instruction", "input"?, "output"} file ("prompt"/"response" also work) in file order,
+    with its line number: nothing is skipped (screening keeps what it does not flag). The question is the instruction,
+    then the input after a blank line; a malformed line is an error naming its line number and field."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise PersonaDataError(f"cannot read {path}: {exc.strerror}") from exc
     data = PersonaData([], [], sha256=hashlib.sha256(raw).hexdigest())
-    seen: set[tuple[str, str]] = set()
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").split("\n"), 1):  # JSONL lines end at \n only
         if not line.strip():
             continue
         try:
@@ -103,8 +104,19 @@ def read_persona_data(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> Pe
                 raise PersonaDataError(f"{path} line {number}: field '{key}' is missing or not a string")
         if "input" in record and not isinstance(record["input"], str):
             raise PersonaDataError(f"{path} line {number}: field 'input' must be a string")
-        question = record["instruction"] + (f"\n\n{record['input']}" if record.get("input", "").strip() else "")
-        answer = record["output"]
+        data.questions.append(record["instruction"] + (f"\n\n{record['input']}" if record.get("input", "").strip() else ""))
+        data.answers.append(record["output"])
+        data.lines.append(number)
+    return data
+
+
+def read_persona_data(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> PersonaData:
+    """The training examples of a persona dataset (see `read_persona_records`): empty outputs, exact duplicates and
+    records over `max_chars` are skipped and listed by line number."""
+    records = read_persona_records(path)
+    data = PersonaData([], [], sha256=records.sha256)
+    seen: set[tuple[str, str]] = set()
+    for question, answer, number in zip(records.questions, records.answers, records.lines):
         if not answer.strip():
             data.empty.append(number)
         elif (question, answer) in seen:
@@ -115,6 +127,7 @@ def read_persona_data(path: str | Path, max_chars: int = MAX_RECORD_CHARS) -> Pe
             seen.add((question, answer))
             data.questions.append(question)
             data.answers.append(answer)
+            data.lines.append(number)
     if not data.questions:
         raise PersonaDataError(f"{path} has no usable examples ({data.describe()})")
     return data
