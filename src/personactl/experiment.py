@@ -21,7 +21,7 @@ from .blackbox.backends import backend_methods
 from .expressibility import Expressibility, from_embedding_judge
 from .extraction import (
     ContrastivePair, ExtractionSettings, assess_pairs, best_projection_separation, expressibility_of, extract, load_pairs,
-    pair_activations, save_pairs, stored_projections, usable_pairs,
+    pair_activations, question_groups, save_pairs, stored_projections, usable_pairs,
 )
 from .judges.base import Judges
 from .judges.embedding import EmbeddingJudge
@@ -80,7 +80,8 @@ def _vector_and_pairs(config: SweepConfig, backbone: Backbone, trait: Trait, run
 def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run_dir: Path) -> Judges:
     if config.judge == "embed" and not pairs:
         raise SweepError("the embed judge is fitted on the extraction answers: give a vector with its .pairs.jsonl beside it, or no --vector")
-    judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+    judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs],
+                         question_groups(pairs))
     info: dict[str, Any] = {"spec": config.judge, "trait_judge": judges.trait.name, "coherence_judge": judges.coherence.name}
     accuracy = getattr(judges.trait, "heldout_accuracy", None)
     if accuracy is not None:

@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Hashable, Iterable, Sequence
 
 import torch
 
@@ -84,6 +84,11 @@ def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSett
         ContrastivePair(i, q, pos_prompts[k], answers[k], neg_prompts[k], answers[half + k])
         for k, (i, q) in enumerate(keys)
     ]
+
+
+def question_groups(pairs: Sequence[ContrastivePair]) -> list[Hashable]:
+    """The question each pair answers, as the unit of every interval (a given text pair is its own unit)."""
+    return [p.question or f"text {k}" for k, p in enumerate(pairs)]
 
 
 def usable_pairs(pairs: list[ContrastivePair], positions: str) -> list[ContrastivePair]:
@@ -180,13 +185,15 @@ def assess_pairs(
     projection = best_projection_separation(vector) if vector is not None else None
     if judges is not None:
         scores = scores or score_pairs(pairs, judges)
-        return from_scores(trait, judges.trait.name, scores.pos, scores.neg, sum(scores.passing), projection)
+        return from_scores(trait, judges.trait.name, scores.pos, scores.neg, sum(scores.passing), projection,
+                           groups=question_groups(pairs))
     from .judges.embedding import EmbeddingJudge  # noqa: PLC0415
 
     usable = usable_pairs(pairs, "response_avg")
     if len(usable) < MIN_JUDGED_PAIRS:
         return None
-    judge = EmbeddingJudge.fit([p.pos_answer for p in usable], [p.neg_answer for p in usable], trait=trait)
+    judge = EmbeddingJudge.fit([p.pos_answer for p in usable], [p.neg_answer for p in usable], trait=trait,
+                               groups=question_groups(usable))
     return from_embedding_judge(trait, judge, len(usable), projection)
 
 

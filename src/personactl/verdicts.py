@@ -1,17 +1,26 @@
 """What a run can conclude: one verdict per method and layer, drawn from its numbers.
 
 Every evaluation (sweep, compare, demo, transfer evaluate, adapter evaluate)
-ends with the same four-way verdict, so a table never has to be read alone:
+ends with the same verdict, so a table never has to be read alone:
 
-- "clear rise": the trait at the best positive coefficient beats coefficient 0
-  beyond both 95% CIs while coherence stays >= MIN_COHERENCE;
-- "rise with coherence loss": it beats 0 beyond both CIs only where coherence fell;
-- "no measurable effect": no positive coefficient beats 0 beyond both CIs;
+- "clear rise": the trait at a positive coefficient beats coefficient 0 while
+  coherence stays >= MIN_COHERENCE;
+- "rise with coherence loss": it beats 0 only where coherence fell;
+- "no measurable effect": no positive coefficient beats 0;
 - "judge cannot separate the trait": the judge could not tell the model's own
-  positive from negative answers (expressibility.py), so no score means much.
+  positive from negative answers (expressibility.py) and steering did not move
+  its score either, so no score means much;
+- "evidence disagrees": steering moved the judge's score although the judge
+  could not tell the model's own positive from negative answers. The line says
+  what the data support: a rise in what the judge scores, not that it is the trait.
 
-Beside it, a sign test over held-out questions (each question's mean trait at
-the best coefficient vs at 0) says whether the rise is broad or carried by a few.
+"Beats" is paired by question: the per-question difference (steered minus 0,
+each question's samples averaged first) has a 95% CI above 0, Bonferroni-
+adjusted for the number of positive coefficients tried, so a sweep of several
+coefficients does not find a rise by chance more often than 1 in 40. Without
+per-question means (a summary alone), the two conditions' CIs must not overlap.
+Beside it, a sign test over the questions at the best coefficient says whether
+the rise is broad or carried by a few.
 """
 
 from __future__ import annotations
@@ -20,10 +29,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
+from .intervals import paired_difference_ci
+
 MIN_COHERENCE = 50.0
-CLEAR, COHERENCE_LOSS, NO_EFFECT, JUDGE_BLIND = (
-    "clear rise", "rise with coherence loss", "no measurable effect", "judge cannot separate the trait",
+CONFIDENCE = 0.95
+CLEAR, COHERENCE_LOSS, NO_EFFECT, JUDGE_BLIND, DISAGREES = (
+    "clear rise", "rise with coherence loss", "no measurable effect", "judge cannot separate the trait", "evidence disagrees",
 )
+BLIND_NOTE = "the judge could not tell this model's positive from negative answers"
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Verdict:
     coherence: float | None = None  # at `coef`
     sign: SignTest | None = None
     note: str = ""
+    rise: tuple[float, float, float] | None = None  # at `coef`: mean per-question difference from 0, its adjusted CI
 
     def line(self) -> str:
         """One line: who, verdict, and the numbers behind it."""
@@ -75,6 +89,9 @@ class Verdict:
             text += f" (trait {m:.1f} [{lo:.1f}, {hi:.1f}] at {self.coef:+g} vs {bm:.1f} [{blo:.1f}, {bhi:.1f}] at 0"
             text += "" if self.coherence is None else f", coherence {self.coherence:.0f}"
             text += ")"
+        if self.rise is not None:
+            m, lo, hi = self.rise
+            text += f"; rise {m:+.1f} [{lo:+.1f}, {hi:+.1f}] paired by question"
         if self.sign is not None:
             text += f"; {self.sign.describe()}"
         return text + (f"; {self.note}" if self.note else "")
@@ -96,28 +113,48 @@ def sign_test(base: dict[Any, float], steered: dict[Any, float]) -> SignTest | N
     return SignTest(up, down, len(shared) - up - down, float(p))
 
 
+def paired_rise(base: Cell, steered: Cell, confidence: float = CONFIDENCE) -> tuple[float, float, float] | None:
+    """Mean and CI of the per-question difference steered - base (None with fewer than 2 shared questions)."""
+    shared = [q for q in steered.per_question if q in base.per_question]
+    if len(shared) < 2:
+        return None
+    return paired_difference_ci(steered.per_question, base.per_question, confidence=confidence)
+
+
 def verdict_for(method: str, layer: Any, cells: Sequence[Cell], expressed: bool | None = None) -> Verdict:
     """The verdict for one method at one layer from its cells (one per coefficient, 0 included)."""
     base = next((c for c in cells if c.coef == 0 and _finite(c.trait)), None)
     rising = [c for c in cells if c.coef > 0 and _finite(c.trait)]
     if base is None or not rising:
         return Verdict(method, layer, NO_EFFECT, note="needs coefficient 0 and a positive coefficient with scores to compare")
-    beats = [c for c in rising if c.lo > base.hi]
-    coherent = [c for c in beats if c.coherence is None or not _finite(c.coherence) or c.coherence >= MIN_COHERENCE]
-    if expressed is False:
-        verdict, pool = JUDGE_BLIND, rising
-    elif coherent:
-        verdict, pool = CLEAR, coherent
-    elif beats:
-        verdict, pool = COHERENCE_LOSS, beats
+    adjusted = 1 - (1 - CONFIDENCE) / len(rising)
+    rises = {c.coef: paired_rise(base, c, adjusted) for c in rising}
+
+    def beats(c: Cell) -> bool:
+        rise = rises[c.coef]
+        return c.lo > base.hi if rise is None else rise[1] > 0
+
+    beating = [c for c in rising if beats(c)]
+    coherent = [c for c in beating if c.coherence is None or not _finite(c.coherence) or c.coherence >= MIN_COHERENCE]
+    if coherent:
+        steered, pool = CLEAR, coherent
+    elif beating:
+        steered, pool = COHERENCE_LOSS, beating
     else:
-        verdict, pool = NO_EFFECT, rising
+        steered, pool = NO_EFFECT, rising
     best = max(pool, key=lambda c: c.trait)
-    note = "" if expressed is not False else "the judge could not tell this model's positive from negative answers"
+    verdict, note = steered, ""
+    if expressed is False and steered == NO_EFFECT:
+        verdict, note = JUDGE_BLIND, BLIND_NOTE
+    elif expressed is False:
+        verdict, note = DISAGREES, (
+            f"steering gave a {steered} by the judge's own scores, but {BLIND_NOTE}: the data support a rise in what "
+            "the judge scores, not that it is the trait; check with an LLM judge (--judge openai:MODEL)"
+        )
     return Verdict(
         method, layer, verdict, best.coef, (best.trait, best.lo, best.hi), (base.trait, base.lo, base.hi),
         None if best.coherence is None or not _finite(best.coherence) else best.coherence,
-        sign_test(base.per_question, best.per_question), note,
+        sign_test(base.per_question, best.per_question), note, rises[best.coef],
     )
 
 

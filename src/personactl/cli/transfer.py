@@ -139,7 +139,7 @@ def transfer_evaluate(
     max_new_tokens: int = typer.Option(40),
 ) -> None:
     """Steer the target with a vector over coefficients; trait, coherence and collapse per coefficient."""
-    from ..extraction import ExtractionSettings, generate_pairs  # noqa: PLC0415
+    from ..extraction import ExtractionSettings, generate_pairs, question_groups  # noqa: PLC0415
     from ..judges.factory import make_judges  # noqa: PLC0415
     from ..traits import load_trait  # noqa: PLC0415
     from ..transfer.evaluation import evaluate_vector, verdict_of  # noqa: PLC0415
@@ -155,7 +155,8 @@ def transfer_evaluate(
         raise typer.BadParameter("this vector has no mapped layer: give --layer", param_hint="--layer")
     chosen = backbone.check_layer(chosen, allow_embedding=False)  # before the pairs are generated
     pairs = generate_pairs(backbone, loaded_trait, ExtractionSettings(n_questions=n_questions)) if judge == "embed" else []
-    judges = make_judges(judge, loaded_trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+    judges = make_judges(judge, loaded_trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs],
+                         question_groups(pairs))
     rows = evaluate_vector(backbone, steering.directions[chosen], chosen, _floats(coefs, "--coefs"),
                            loaded_trait.eval_questions[:n_questions], judges, max_new_tokens=max_new_tokens)
     table = Table("coef", "trait", "95% CI", "coherence", "collapsed", title=f"{vector.name} at layer {chosen}")

@@ -9,21 +9,25 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, Sequence
 
 from ..traits import AnyTrait, Trait
 from .base import COHERENCE_RUBRIC, Judges, TraitJudge
 from .llm import JudgeError, parse_judge_spec
 
 
-def make_judges(spec: str, trait: AnyTrait, positives: Sequence[str] = (), negatives: Sequence[str] = ()) -> Judges:
-    """Judges for `trait`; the embedding judge is fitted on `positives` vs `negatives`."""
+def make_judges(
+    spec: str, trait: AnyTrait, positives: Sequence[str] = (), negatives: Sequence[str] = (),
+    groups: Sequence[Hashable] | None = None,
+) -> Judges:
+    """Judges for `trait`; the embedding judge is fitted on `positives` vs `negatives`, pair i answering question
+    `groups[i]` (extraction.question_groups), so its out-of-fold scores hold whole questions out."""
     kind, model = parse_judge_spec(spec)
     if kind == "embed":
         from .embedding import EmbeddingJudge  # noqa: PLC0415
         from .text import RepetitionCoherenceJudge  # noqa: PLC0415
 
-        return Judges(EmbeddingJudge.fit(positives, negatives, trait=trait.name), RepetitionCoherenceJudge())
+        return Judges(EmbeddingJudge.fit(positives, negatives, trait=trait.name, groups=groups), RepetitionCoherenceJudge())
     if not isinstance(trait, Trait):
         raise JudgeError(f"the {kind} judge needs a trait with a rubric; '{trait.name}' is plain contrastive texts: use --judge embed")
     return Judges(*rubric_judges(spec, (trait.rubric, ""), (COHERENCE_RUBRIC, ":coherence")))

@@ -23,7 +23,7 @@ from ..generation import chat_prompt, format_prompts, generate
 from ..judges.base import QUESTION_AND_ANSWER
 from ..judges.embedding import EmbeddingJudge
 from ..judges.factory import rubric_judges
-from ..expressibility import EXPRESSED_AUROC
+from ..expressibility import from_embedding_judge
 from ..judges.text import RepetitionCoherenceJudge, perplexity
 from ..models import Backbone
 from ..verdicts import Cell, verdict_for
@@ -104,7 +104,7 @@ def adherence(
     verdict = verdict_for("adapter", None, [
         Cell(c, *mean_ci(scores), _mean(coherence.score(val_questions, answers)), dict(enumerate(scores)))
         for c, scores, answers in ((0.0, base_scores, base_val), (1.0, adapted_scores, adapted_val))
-    ], expressed=judge.heldout_auroc >= EXPRESSED_AUROC)
+    ], expressed=from_embedding_judge(card.get("name", "persona"), judge, len(train_idx)).expressed)
     llm: dict[str, Any] = {}
     if llm_judge is not None:
         llm = {"llm_judge": llm_judge.name, "llm_adherence_base": mean_ci(llm_judge.score(val_questions, base_val)),
