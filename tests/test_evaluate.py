@@ -136,8 +136,9 @@ def test_results_file_trims_a_cut_line(tmp_path):
 
 def test_summary_groups_by_condition():
     records = [
-        {"method": "vector", "layer": 1, "coef": c, "trait": t, "coherence": 90.0, "collapsed": t > 50, "perplexity": 2.0}
-        for c, t in [(0.0, 10.0), (0.0, 20.0), (1.0, 60.0), (1.0, 80.0)]
+        {"key": f"{c}|{q}", "method": "vector", "layer": 1, "coef": c, "question_id": q, "trait": t, "coherence": 90.0,
+         "collapsed": t > 50, "perplexity": 2.0}
+        for c, q, t in [(0.0, 0, 10.0), (0.0, 1, 20.0), (1.0, 0, 60.0), (1.0, 1, 80.0)]
     ]
     rows = summarize(records)
     assert [(r["coef"], r["trait_mean"], r["collapse_rate"]) for r in rows] == [(0.0, 15.0, 0.0), (1.0, 70.0, 1.0)]
@@ -146,8 +147,10 @@ def test_summary_groups_by_condition():
 def test_a_condition_without_usable_scores_says_so_instead_of_nan():
     from personactl.report import score_cell
 
-    records = [{"method": "vector", "layer": 1, "coef": 0.0, "trait": None, "coherence": c, "collapsed": False, "perplexity": 2.0}
-               for c in (80.0, None)]
+    records = [{"key": str(q), "method": "vector", "layer": 1, "coef": 0.0, "question_id": q, "trait": None, "coherence": c,
+                "collapsed": False, "perplexity": 2.0} for q, c in enumerate((80.0, None, 70.0))]
     row = summarize(records)[0]
-    assert score_cell(row["trait_mean"], row["trait_lo"], row["trait_hi"], row["trait_scored"], row["n"]) == "no score: 2/2 answers unscored"
-    assert score_cell(row["coherence_mean"], row["coherence_lo"], row["coherence_hi"], row["coherence_scored"], row["n"]) == "80.0 [80.0, 80.0] (1/2 unscored)"
+    assert score_cell(row["trait_mean"], row["trait_lo"], row["trait_hi"], row["trait_scored"], row["n"]) == "no score: 3/3 answers unscored"
+    assert score_cell(row["coherence_mean"], row["coherence_lo"], row["coherence_hi"], row["coherence_scored"], row["n"]) == "75.0 [70.0, 80.0] (1/3 unscored)"  # t interval, clipped to the questions' range
+    one = summarize(records[:2])[0]
+    assert score_cell(one["coherence_mean"], one["coherence_lo"], one["coherence_hi"], one["coherence_scored"], one["n"]) == "80.0 (one question: no CI) (1/2 unscored)"

@@ -437,7 +437,8 @@ def score_cell(mean: float | None, lo: float | None, hi: float | None, scored: i
     if mean is None or math.isnan(mean):
         return f"no score: {n}/{n} answers unscored"
     unscored = 0 if scored is None else n - scored
-    text = f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+    no_interval = lo is None or hi is None or math.isnan(lo) or math.isnan(hi)
+    text = f"{mean:.1f} (one question: no CI)" if no_interval else f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
     return f"{text} ({unscored}/{n} unscored)" if unscored else text
 
 
