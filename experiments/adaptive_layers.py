@@ -4,7 +4,7 @@ For pirate and silly on SmolLM2, one sweep each with layers ["auto", "auto:3"]
 and the demo's settings (12 extraction questions, offline judge, temperature
 0.7, 2 samples), so both layer specs answer the same questions with the same
 sampling seeds (common random numbers). Per (layer spec, coefficient): trait
-and coherence with bootstrap 95% CIs, and the paired difference blend - single
+and coherence with 95% CIs over questions (samples averaged first), and the paired difference blend - single
 (same question, same sample, same seed) with its CI. Writes runs/adaptive-<trait>/
 and a section of docs/experiments.md.
 
@@ -75,14 +75,14 @@ def compare(records: list[dict], selection) -> list[dict]:
         keys = sorted(k for k in cells["auto"] if k[0] == coef and k in cells["auto:3"])
         for spec in SPECS:
             recs = [cells[spec][k] for k in keys]
-            t, c = mean_ci([r["trait"] for r in recs]), mean_ci([r["coherence"] for r in recs])
+            questions = [k[1] for k in keys]
+            t, c = mean_ci([r["trait"] for r in recs], questions), mean_ci([r["coherence"] for r in recs], questions)
             row = {"spec": spec, "coef": coef, "n": len(recs), "trait": t[0], "trait_lo": t[1], "trait_hi": t[2],
                    "coherence": c[0], "coherence_lo": c[1], "coherence_hi": c[2]}
             if spec != "auto":
                 for metric in ("trait", "coherence"):
-                    diffs = [cells[spec][k][metric] - cells["auto"][k][metric] for k in keys
-                             if cells[spec][k][metric] is not None and cells["auto"][k][metric] is not None]
-                    d = mean_ci(diffs)
+                    paired = [k for k in keys if cells[spec][k][metric] is not None and cells["auto"][k][metric] is not None]
+                    d = mean_ci([cells[spec][k][metric] - cells["auto"][k][metric] for k in paired], [k[1] for k in paired])
                     row.update({f"d_{metric}": d[0], f"d_{metric}_lo": d[1], f"d_{metric}_hi": d[2]})
             rows.append(row)
     return rows
@@ -130,7 +130,7 @@ def note(data: dict) -> str:
         "with the same sampling seeds. auto = the single layer with the largest measured effect; auto:3 = the top 3 "
         "coherent layers with a positive effect, coefficient c adds c * w_l * v[l] at each, w proportional to the measured "
         "effect and summing to 1 (c pos-neg gaps in total). d = paired difference auto:3 - auto over the same "
-        "(question, sample); brackets: bootstrap 95% CIs."
+        "(question, sample), averaged per question; brackets: 95% CIs over questions (t on per-question means)."
     ]
     said = []
     for trait, t in data["traits"].items():

@@ -6,7 +6,7 @@ the model's internals, run through llama-cpp-python's OpenAI-compatible server
 serving the same embedded GGUF on 127.0.0.1: parameter modulation
 (`modulation`), the system-prompt persona (`api-prompt`) and few-shot examples
 from the extraction answers (`fewshot`). Trait and coherence vs coefficient
-with bootstrap CIs, offline judge; each method's line is the shared verdict
+with 95% CIs over questions, offline judge; each method's line is the shared verdict
 (verdicts.sweep_verdicts). Writes runs/blackbox-side-by-side*/ and a section of
 docs/experiments.md.
 
@@ -47,7 +47,7 @@ def conclusion(verdicts: dict[str, dict], sampling: dict[str, dict]) -> str:
     risen = [m for m, v in verdicts.items() if v["verdict"] != NO_EFFECT]
     flat = [m for m, v in verdicts.items() if v["verdict"] == NO_EFFECT]
     top = max(sampling, key=float)
-    text = f"Moved the trait beyond both CIs: {', '.join(risen) or 'none'}; no measurable effect: {', '.join(flat) or 'none'}. "
+    text = f"Moved the trait (paired CI by question above 0, verdicts.py): {', '.join(risen) or 'none'}; no measurable effect: {', '.join(flat) or 'none'}. "
     if mod is not None and mod["verdict"] == NO_EFFECT:
         s0, s = sampling[min(sampling, key=lambda c: abs(float(c)))], sampling[top]
         text += (f"Parameter modulation does not move the trait: at {float(top):+g} it samples at temperature {s['temperature']:.2f} "
@@ -65,7 +65,7 @@ def note(data: dict) -> str:
     verdicts = {v["method"]: v for v in data["verdicts"]}
     return (f"Pirate vector of the demo (`{st['vector']}`), layer {st['layer']}; {st['questions']} held-out questions x {st['samples']} samples at "
             f"temperature {st['temperature']:g}, {st['max_new_tokens']} tokens; offline judge (held-out accuracy "
-            f"{st['judge_heldout_accuracy']:.2f}); brackets: bootstrap 95% CIs. `vector` steers the HF model's activations, `llamacpp-vector` "
+            f"{st['judge_heldout_accuracy']:.2f}); brackets: 95% CIs over questions (t on per-question means). `vector` steers the HF model's activations, `llamacpp-vector` "
             "adds the same vector as a llama.cpp control vector (llama-cpp-python in process); `modulation`, `api-prompt` and `fewshot` go "
             "through llama-cpp-python's OpenAI-compatible server serving the same GGUF (chat completions, per-row seeds). "
             f"Modulation: |v| at layer {st['layer']} is {st['magnitude']:.2f} tenths of the mean hidden-state norm there, so temperature = "

@@ -43,7 +43,7 @@ def note(settings: dict) -> str:
     n_eval = ", ".join(sorted({str(n) for n in settings["n_eval"]}))
     return (f"Adapters: {adapters}. Adherence (0-100): the embedding classifier fitted on {n_fit} persona answers vs the base "
             f"model's answers to the same instructions, scored on the {n_eval} held-out instructions (greedy, "
-            f"{settings['max_new_tokens']} tokens); brackets: bootstrap 95% CIs; chance is 50 on a balanced set. Neutral "
+            f"{settings['max_new_tokens']} tokens); brackets: 95% CIs over questions (t); chance is 50 on a balanced set. Neutral "
             f"perplexity: the {settings['n_neutral']} team-written answers of data/neutral_qa.jsonl.")
 
 

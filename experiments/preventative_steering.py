@@ -34,11 +34,11 @@ def note(s: dict) -> str:
     return (f"{s['examples']} pirate answers, {s['steps']} LoRA steps ({s['epochs']} epoch{'s' * (s['epochs'] != 1)}; rank {s['rank']}, alpha {s['alpha']:g}, lr {s['learning_rate']:g}, "
             f"batch {s['batch_size']}), steering removed after training; offline judge (held-out accuracy "
             f"{s['judge_heldout_accuracy']:.2f}), {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens; "
-            "brackets: bootstrap 95% CIs; the last column compares each run with plain fine-tuning question by question.")
+            "brackets: 95% CIs over questions (t); the last column compares each run with plain fine-tuning question by question.")
 
 
 def versus(scores: list[float], reference: list[float]) -> str:
-    """Mean per-question difference to `reference` with its bootstrap 95% CI, and what the CI allows one to say."""
+    """Mean per-question difference to `reference` with its 95% CI (t over questions), and what it allows one to say."""
     mean, low, high = mean_ci([a - b for a, b in zip(scores, reference)])
     verdict = "lower" if high < 0 else "higher" if low > 0 else "no difference shown (CI includes 0)"
     return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]: {verdict}"

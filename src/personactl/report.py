@@ -594,7 +594,8 @@ _TEMPLATE = """<!doctype html>
 {% if expressibility %}<div class="{{ 'banner weak' if expressibility.weak else 'banner' }}"><b>Can this model express the trait?</b> {{ expressibility.line }}</div>{% endif %}
 {% if verdicts %}<div class="banner verdicts"><b>What this run can conclude</b>
 <ul>{% for v in verdicts %}<li>{{ v }}</li>{% endfor %}</ul>
-<div class="sub">Clear rise: the trait at the best positive coefficient beats coefficient 0 beyond both 95% CIs with coherence &ge; 50.
+<div class="sub">Clear rise: the trait at a positive coefficient beats coefficient 0, question by question (the paired difference's 95% CI,
+adjusted for the coefficients tried, lies above 0), with coherence &ge; 50.
 The sign test counts held-out questions whose mean trait rose from coefficient 0 to that coefficient.</div></div>{% endif %}
 
 <h2 id="summary">Summary</h2>
