@@ -73,10 +73,11 @@ def test_demo_runs_the_main_job_and_states_its_verdict(model_dir, tmp_path, caps
     printed = capsys.readouterr().out
     for trait in ("pirate", "silly"):
         assert (tmp_path / f"demo-{trait}" / "report.html").is_file()
-    from personactl.verdicts import CLEAR, COHERENCE_LOSS, JUDGE_BLIND, NO_EFFECT
+    from personactl.verdicts import CLEAR, COHERENCE_LOSS, DISAGREES, JUDGE_BLIND, NO_EFFECT
 
     verdicts = [line for line in printed.splitlines() if line.startswith("verdict: vector @ layer")]
-    assert len(verdicts) == 2 and all(any(v in line for v in (CLEAR, COHERENCE_LOSS, NO_EFFECT, JUDGE_BLIND)) for line in verdicts)
+    assert len(verdicts) == 2
+    assert all(any(v in line for v in (CLEAR, COHERENCE_LOSS, NO_EFFECT, JUDGE_BLIND, DISAGREES)) for line in verdicts)
     assert printed.count("expressibility: pirate: ") == 1 and printed.count("expressibility: silly: ") == 1
     for trait in ("pirate", "silly"):  # the report shows the same verdict at the top
         assert verdicts[0 if trait == "pirate" else 1].removeprefix("verdict: ") in _html_text(tmp_path / f"demo-{trait}" / "report.html")
@@ -94,7 +95,7 @@ def test_extract_check_prints_the_verdict_and_writes_nothing(model_dir, tmp_path
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     line = next(l for l in printed.splitlines() if l.startswith("expressibility: pirate: "))
-    assert any(level in line for level in ("strongly expressed", "weakly expressed", "not expressed"))
+    assert "too few answers to say" in line and "at least 5 questions" in line  # 2 questions cannot decide
     assert "judge AUROC" in line and "10 contrastive pairs; nothing written" in printed
     assert list(tmp_path.iterdir()) == []
 

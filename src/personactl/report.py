@@ -678,8 +678,10 @@ def _verdict_lines(run: RunData) -> list[str]:
 
     if run.summary_from_results:
         return []
-    level = (run.config.get("expressibility") or {}).get("level")
-    expressed = None if level is None else level != "not expressed"
+    from .expressibility import Expressibility  # noqa: PLC0415
+
+    data = run.config.get("expressibility")
+    expressed = Expressibility.from_dict(data).expressed if isinstance(data, dict) else None
     return [v.line() for v in sweep_verdicts(run.summary, run.results, expressed)]
 
 
