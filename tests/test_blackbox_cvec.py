@@ -154,7 +154,8 @@ def test_export_cvec_command(tmp_path):
 # --- the layer index, proven against llama.cpp --------------------------------------------------------------
 
 def _llama(**kwargs):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp  # the llamacpp extra, which `make test` installs: without it this proof fails, it does not skip
+
     return llama_cpp.Llama(model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1,
                            verbose=False, type_k=0, type_v=0, **kwargs)  # f32 KV cache: less noise against HF's float32
 

@@ -71,7 +71,8 @@ def test_rslora_scaling_becomes_alpha_times_rank_over_rank(tmp_path, smollm2):
 
 
 def _llama():
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp  # the llamacpp extra, which `make test` installs: without it this proof fails, it does not skip
+
     return llama_cpp.Llama(model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1,
                            verbose=False, type_k=0, type_v=0)
 
@@ -129,7 +130,7 @@ def test_llama_cpp_moves_as_the_merged_peft_delta_moves_hf(tmp_path, smollm2, mo
     # q alone, written without the rotary permutation of lora_b: llama.cpp's shift no longer follows HF's
     q_only = LoRADirection({k: f for k, f in direction.modules.items() if "q_proj" in k}, direction.config, direction.metadata)
     q_path = write_gguf_lora(q_only, tmp_path / "q.gguf", bb)
-    monkeypatch.setattr(gguf_lora, "PERMUTED_QK", set())
+    monkeypatch.setattr(gguf_lora, "ROWS_AS_IS", gguf_lora.ROWS_AS_IS | {"LlamaForCausalLM"})
     unpermuted = write_gguf_lora(q_only, tmp_path / "q_unpermuted.gguf", bb)
     with merged(bb, (q_only, 1.0)):
         shift_q = _hf_logits(bb) - base_hf
@@ -194,3 +195,73 @@ def test_tensor_names_and_permutation_per_architecture(tmp_path, arch, module, e
     n_head = 4 if name.endswith("attn_q.weight") else 2
     assert np.array_equal(tensors[f"{name}.lora_b"], permute_rows(b, n_head).numpy()) == permuted
     assert np.array_equal(tensors[f"{name}.lora_b"], b.numpy()) != permuted
+
+
+def _tiny(cls_name: str, **extra):
+    """A 2-block random model of a transformers class (48-d, 4 query heads, 2 kv heads) as a Backbone."""
+    import transformers as tf
+
+    from conftest import char_tokenizer
+    from personactl import from_model
+
+    torch.manual_seed(0)
+    config_cls = getattr(tf, cls_name.replace("ForCausalLM", "Config"))
+    config = config_cls(vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    return from_model(getattr(tf, cls_name)(config).eval(), char_tokenizer(), name=f"tiny-{cls_name}")
+
+
+def _rotary_rows(n_rows: int, n_head: int) -> list[int]:
+    """Source row of each row llama.cpp writes for rotary q/k: per head, row 2i is HF row i, row 2i+1 is HF row i + d/2."""
+    d = n_rows // n_head
+    return [h * d + (j // 2 if j % 2 == 0 else d // 2 + j // 2) for h in range(n_head) for j in range(d)]
+
+
+def _qkv_by_part_rows(n_rows: int, n_head: int) -> list[int]:
+    """Source row of each row llama.cpp writes for GPT-NeoX's fused qkv: all q rows, then all k, then all v."""
+    d = n_rows // n_head // 3
+    return [h * 3 * d + part * d + j for part in range(3) for h in range(n_head) for j in range(d)]
+
+
+@pytest.mark.parametrize("cls_name, module, tensor, rows", [
+    ("SmolLM3ForCausalLM", "model.layers.1.self_attn.q_proj", "blk.1.attn_q.weight", lambda n: _rotary_rows(n, 4)),
+    ("SmolLM3ForCausalLM", "model.layers.1.self_attn.k_proj", "blk.1.attn_k.weight", lambda n: _rotary_rows(n, 2)),
+    ("GraniteForCausalLM", "model.layers.0.self_attn.k_proj", "blk.0.attn_k.weight", lambda n: _rotary_rows(n, 2)),
+    ("GPTNeoXForCausalLM", "gpt_neox.layers.1.attention.query_key_value", "blk.1.attn_qkv.weight", lambda n: _qkv_by_part_rows(n, 4)),
+    ("SmolLM3ForCausalLM", "model.layers.1.self_attn.v_proj", "blk.1.attn_v.weight", lambda n: list(range(n))),
+])
+def test_rows_follow_llama_cpp_s_converter_for_llama_derived_and_fused_architectures(tmp_path, cls_name, module, tensor, rows):
+    """SmolLM3 and Granite convert through llama.cpp's LlamaModel, so their q/k rows are permuted as llama's; GPT-NeoX's
+    fused qkv is regrouped by part: the exported B has the base weight's rows in the order the converter writes them."""
+    backbone = _tiny(cls_name, **({} if cls_name.startswith("GPTNeoX") else {"num_key_value_heads": 2}))
+    out_f, in_f = backbone.model.get_submodule(module).weight.shape
+    b = torch.randn(out_f, 2)
+    direction = LoRADirection({module: LoRAFactors(torch.randn(2, in_f), b, 1.0)}, {"r": 2, "lora_alpha": 2.0})
+    reader = gguf.GGUFReader(str(write_gguf_lora(direction, tmp_path / "x.gguf", backbone)))
+    exported = {t.name: np.array(t.data) for t in reader.tensors}[f"{tensor}.lora_b"]
+    np.testing.assert_array_equal(exported, b.numpy()[rows(out_f)])
+
+
+def test_q_k_of_an_architecture_the_converter_list_does_not_vouch_for_are_refused_in_one_line(tmp_path, capsys):
+    """Olmo2 is not in the tables read from llama.cpp's converter: its q/k are refused (CLI: one line, exit 2, no file);
+    an adapter on v only has no rows to reorder and is written."""
+    from conftest import char_tokenizer
+
+    backbone = _tiny("Olmo2ForCausalLM", num_key_value_heads=2)
+    shapes = {m: backbone.model.get_submodule(f"model.layers.1.self_attn.{m}").weight.shape for m in ("q_proj", "v_proj")}
+    factors = {m: LoRAFactors(torch.randn(2, shape[1]), torch.randn(shape[0], 2), 1.0) for m, shape in shapes.items()}
+    with_q = LoRADirection({f"model.layers.1.self_attn.{m}": f for m, f in factors.items()}, {"r": 2, "lora_alpha": 2.0})
+    with pytest.raises(GGUFLoRAError, match="cannot vouch for blk.1.attn_q.weight of Olmo2ForCausalLM") as refused:
+        write_gguf_lora(with_q, tmp_path / "x.gguf", backbone)
+    assert "SmolLM3ForCausalLM" in str(refused.value) and "\n" not in str(refused.value)
+    v_only = LoRADirection({"model.layers.1.self_attn.v_proj": factors["v_proj"]}, {"r": 2, "lora_alpha": 2.0})
+    assert len(gguf.GGUFReader(str(write_gguf_lora(v_only, tmp_path / "v.gguf", backbone))).tensors) == 2
+    backbone.model.save_pretrained(tmp_path / "olmo2")
+    char_tokenizer().save_pretrained(tmp_path / "olmo2")
+    with_q.save(tmp_path / "adapter")
+    capsys.readouterr()
+    assert run(["export", "gguf-lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "cli.gguf"),
+                "--model", str(tmp_path / "olmo2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "cannot vouch for" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "cli.gguf").exists()

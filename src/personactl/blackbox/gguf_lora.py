@@ -6,8 +6,10 @@ llama.cpp's layout (convert_lora_to_gguf.py, src/llama-adapter.cpp):
 after the base tensor: `blk.N.attn_q.weight.lora_a` (A, numpy [r, in], GGUF
 ne [in, r]) and `.lora_b` (B, numpy [out, r]). llama.cpp computes
 y += scale * alpha / r * B @ A @ x, with `scale` the user's `--lora-scaled`
-factor (1 for `--lora`). Weights the GGUF conversion permutes (llama's q/k rows
-for rotary) get the same row permutation on B, as convert_lora_to_gguf does.
+factor (1 for `--lora`). Where llama.cpp's converter rearranges the rows of a
+base weight (q/k rows for rotary in llama and the models derived from it, the
+fused qkv of GPT-NeoX), B gets the same rows, as convert_lora_to_gguf does; q/k
+of an architecture whose conversion personactl does not know are refused.
 """
 
 from __future__ import annotations
@@ -25,8 +27,31 @@ from ..lora.direction import AdapterError, LoRADirection
 from ..models import Backbone
 from .cvec import ControlVectorError, llama_cpp_arch
 
-# llama.cpp architectures whose conversion permutes q/k rows (convert_hf_to_gguf.py: LlamaModel.permute).
-PERMUTED_QK = {"llama"}
+# How llama.cpp's converter writes the rows of q/k weights, by the transformers architecture it dispatches on
+# (config.architectures[0]). Read from convert_hf_to_gguf.py's conversion/ package at llama.cpp commit
+# 0c1e57098bba43ac29e6e3b677cdceebdd22334f (the one llama-cpp-python 0.3.36 builds).
+# LlamaModel.modify_tensors permutes q/k rows (LlamaModel.permute) for the architectures registered on LlamaModel and
+# on its subclasses that keep undo_permute = True and pass attention weights to it (Arcee, CogVLM, Granite and its MoE
+# and SWA variants, JanusPro, LlamaEmbedNemotron, Nanbeige, Sarashina2VL, SmolLM3); OlmoModel repeats that permutation.
+ROTARY_QK = frozenset({
+    "LLaMAForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "VLlama3ForCausalLM",
+    "LlavaForConditionalGeneration", "VoxtralForConditionalGeneration", "LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM",
+    "Eagle3Speculator", "Eagle3DraftModel", "IQuestCoderForCausalLM", "LlamaModel",
+    "ArceeForCausalLM", "CogVLMForCausalLM", "GraniteForCausalLM", "GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM",
+    "GraniteSWAForCausalLM", "GraniteMoeSWAForCausalLM", "JanusForConditionalGeneration", "LlamaBidirectionalModel",
+    "NanbeigeForCausalLM", "Sarashina2VisionForCausalLM", "SmolLM3ForCausalLM", "OlmoForCausalLM", "OLMoForCausalLM",
+})
+# GPTNeoXModel regroups query_key_value's rows from per-head [q k v] blocks to all q, then all k, then all v.
+QKV_BY_HEAD = frozenset({"GPTNeoXForCausalLM"})
+# Converters that write q/k (or fused qkv) rows as they are: Qwen2Model, Qwen3Model, GemmaModel, Gemma2Model,
+# Gemma3Model, Phi3MiniModel, GPT2Model (which only transposes Conv1D weights to [out, in], as LoRADirection holds them),
+# and the LlamaModel subclasses that set undo_permute = False (Llama4Model, ApertusModel).
+ROWS_AS_IS = frozenset({
+    "Qwen2ForCausalLM", "Qwen2Model", "Qwen3ForCausalLM", "Qwen3Model", "GemmaForCausalLM", "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "Phi3ForCausalLM", "GPT2LMHeadModel",
+    "Llama4ForCausalLM", "Llama4ForConditionalGeneration", "ApertusForCausalLM",
+})
+QK_TENSORS = ("attn_q.weight", "attn_k.weight", "attn_qkv.weight")
 
 
 class GGUFLoRAError(PersonactlError):
@@ -61,6 +86,32 @@ def permute_rows(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     return weight.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
+def regroup_qkv_rows(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """convert_hf_to_gguf's GPT-NeoX query_key_value reordering on the rows of `weight` ([3 * hidden, ...])."""
+    by_head = weight.reshape(n_head, 3, weight.shape[0] // n_head // 3, *weight.shape[1:])
+    return torch.cat([by_head[:, part].reshape(-1, *weight.shape[1:]) for part in range(3)])
+
+
+def converter_architecture(backbone: Backbone) -> str:
+    """The architecture llama.cpp's converter dispatches on: config.architectures[0], else the model's class name."""
+    return (getattr(backbone.model.config, "architectures", None) or [type(backbone.model).__name__])[0]
+
+
+def converted_rows(b: torch.Tensor, target: str, architecture: str, n_head: int, n_kv: int) -> torch.Tensor:
+    """B with its rows in the order llama.cpp's converter writes the rows of the base weight `target`."""
+    if not target.endswith(QK_TENSORS) or architecture in ROWS_AS_IS:
+        return b
+    if architecture in ROTARY_QK and not target.endswith("attn_qkv.weight"):
+        return permute_rows(b, n_head if target.endswith("attn_q.weight") else n_kv)
+    if architecture in QKV_BY_HEAD and target.endswith("attn_qkv.weight"):
+        return regroup_qkv_rows(b, n_head)
+    known = sorted(ROTARY_QK | QKV_BY_HEAD | ROWS_AS_IS)
+    raise GGUFLoRAError(
+        f"cannot vouch for {target} of {architecture}: how llama.cpp's converter orders its q/k rows is known for "
+        f"{', '.join(known)}; export an adapter without q/k (e.g. v_proj, o_proj, MLP targets)"
+    )
+
+
 def _tensor_name(name_map: Any, module: str) -> str:
     found = name_map.get_name(f"{module}.weight", try_suffixes=(".weight",))
     if found is None:
@@ -80,6 +131,7 @@ def gguf_lora_tensors(direction: LoRADirection, backbone: Backbone) -> tuple[str
     model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     name_map = gguf.TensorNameMap(model_arch, backbone.n_layers)
     config = backbone.model.config
+    architecture = converter_architecture(backbone)
     n_head = int(config.num_attention_heads)
     n_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
     # One alpha for the file: keep B as it is when every module shares scaling and rank, else fold scaling into B.
@@ -89,9 +141,7 @@ def gguf_lora_tensors(direction: LoRADirection, backbone: Backbone) -> tuple[str
     tensors: dict[str, np.ndarray] = {}
     for module, factors in direction.modules.items():
         target = _tensor_name(name_map, module)
-        b = factors.B.float() if uniform else factors.B.float() * factors.scaling
-        if arch in PERMUTED_QK and target.endswith(("attn_q.weight", "attn_k.weight")):
-            b = permute_rows(b, n_head if target.endswith("attn_q.weight") else n_kv)
+        b = converted_rows(factors.B.float() if uniform else factors.B.float() * factors.scaling, target, architecture, n_head, n_kv)
         tensors[f"{target}.lora_a"] = factors.A.float().contiguous().numpy()
         tensors[f"{target}.lora_b"] = b.contiguous().numpy()
     return arch, alpha, tensors
