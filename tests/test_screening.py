@@ -189,17 +189,12 @@ def test_filtered_data_is_the_input_less_the_flagged_lines_byte_for_byte(model_d
     assert f"1 flagged samples dropped (lines {top['line']})" in printed and "over 9 of 11 samples (8 prompts" in printed
 
 
-def test_training_reads_the_same_file_as_before():
+def test_training_reads_the_same_file_as_before(tmp_path):
     """The reader screening uses keeps every record with its line; training still skips copies, over-long and empty ones."""
-    import tempfile
-    from pathlib import Path
-
     from personactl.lora.adapters import read_persona_data, read_persona_records
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "d.jsonl"
-        _records_file(path)
-        records, training = read_persona_records(path), read_persona_data(path)
+    _records_file(tmp_path / "d.jsonl")
+    records, training = read_persona_records(tmp_path / "d.jsonl"), read_persona_data(tmp_path / "d.jsonl")
     assert records.lines == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12] and records.answers[2] == "caf\u00e9 \u2028 na\u00efve"
     assert training.lines == [1, 2, 3, 4, 5, 7, 10, 12]
     assert (training.duplicates, training.too_long, training.empty) == ([6], [9], [11])
