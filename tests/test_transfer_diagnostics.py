@@ -6,8 +6,9 @@ import zlib
 import numpy as np
 import pytest
 
+from personactl.intervals import t_interval
 from personactl.transfer.diagnostics import hypothesis_a, hypothesis_b, hypothesis_c, null_test, success_criteria
-from personactl.transfer.paired import compare, crossfit, folds
+from personactl.transfer.paired import compare, crossfit, fixed, folds
 
 N = 12
 
@@ -147,5 +148,40 @@ def test_success_criteria_leave_a_straddling_coherence_undecided():
 def test_crossfit_scores_each_question_under_the_pick_of_the_other_half():
     rows = [_row("main", "ridge", 1, [float(i) for i in range(N)]), _row("main", "ridge", 2, [50.0] * N)]
     choice = crossfit(rows)
-    assert choice.trait == [50.0] * N and folds(3) == [[0, 2], [1]] and folds(1) == [[0]]
-    assert compare([1.0, None, 3.0], [1.0, 2.0, 3.0]).p == 1.0
+    assert choice.trait == [50.0] * N and folds([0, 1, 2]) == [[0, 2], [1]] and folds([0]) == [[0]]
+    three = _row("main", "ridge", 1, [1.0, 2.0, 3.0])
+    assert compare(fixed({**three, "trait_scores": [1.0, None, 3.0]}), fixed(three)).p == 1.0
+
+
+def test_answers_of_one_question_are_one_unit_in_folds_means_and_paired_tests():
+    """Three answers each of questions 7, 8, 9 (interleaved): folds split questions, never a question's answers."""
+    questions = [7, 8, 9] * 3
+    def row(coef, trait):
+        return {**_row("main", "ridge", coef, trait, coherence=[80.0] * 9), "collapsed": [0.0] * 9, "questions": questions}
+
+    rows = [row(a, [float(a + q) for q in questions]) for a in (1, 2)]
+    assert folds(questions) == [[7, 9], [8]]
+    choice = crossfit(rows)
+    assert [p["selected_on"] for p in choice.picks] == [[8], [7, 9]] and choice.questions == questions
+    assert choice.mean() == t_interval([9.0, 10.0, 11.0]) != t_interval(choice.trait)  # coef 2 picked; 3 units, not 9
+    base = fixed(row(0, [0.0, 1.0, 5.0] * 3))
+    assert compare(choice, base).n == 3 and compare(choice, base).diff == pytest.approx(10.0 - 2.0)
+
+
+def test_score_cells_numbers_each_answers_question_so_a_repeated_question_counts_once():
+    from personactl.judges.base import Judges
+    from personactl.transfer.evaluation import Cell, score_cells
+
+    class Echo:
+        """Scores an answer by the number it is."""
+
+        name = "echo"
+
+        def score(self, questions, answers):
+            return [float(a) for a in answers]
+
+    questions = ["a", "b", "a", "c"]
+    row, = score_cells(Judges(Echo(), Echo()), questions, [Cell("unsteered", 1, 0.0)], {"main/unsteered/L1/0": ["10", "20", "30", "60"]})
+    assert row["questions"] == [0, 1, 0, 2]
+    assert (row["trait"], row["trait_lo"], row["trait_hi"]) == t_interval([20.0, 20.0, 60.0])  # "a" is (10 + 30) / 2, once
+    assert fixed(row).per_question() == {0: 20.0, 1: 20.0, 2: 60.0}

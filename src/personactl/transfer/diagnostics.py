@@ -1,10 +1,12 @@
 """Why a mapped persona vector does or does not steer the target: three hypotheses and the success
 criteria, each answered per question with its uncertainty.
 
-Every row holds per-question scores (`trait_scores`, `coherence_scores`, `collapsed`). Where a
-condition must be chosen (an alpha, a norm, a layer) it is chosen on one half of the questions and
-scored on the other (`paired.crossfit`), and two conditions are compared by a paired test on the
-questions (`paired.compare`: a paired t-test, the mean difference with its 95% CI and p).
+Every row holds per-answer scores (`trait_scores`, `coherence_scores`, `collapsed`) and the question
+of each (`questions`); the question is the unit. Where a condition must be chosen (an alpha, a norm,
+a layer) it is chosen on one half of the questions and scored on the other (`paired.crossfit`), and
+two conditions are compared by a paired test on the per-question means (`paired.compare`: the mean
+difference with its 95% CI and p from one t, its error a jackknife over questions that re-makes the
+picks). The collapse criterion's rate gets Wilson's interval (`Choice.rate`).
 
 - A, magnitude: "the mapped vector has the right direction but the wrong length". The ridge
   direction and the oracle are both applied at the same applied norms (multiples of the oracle
@@ -65,7 +67,7 @@ def hypothesis_a(rows: Sequence[dict[str, Any]], norms: dict[str, float]) -> dic
         broken = "the ridge direction" if ridge is None else "the oracle"
         return {**payload, "verdict": "undecided",
                 "conclusion": f"undecided: {broken} is coherent at none of the {_norms(ridge_rows + oracle_rows)}"}
-    gap, reach, moved = compare(ridge.trait, oracle.trait), compare(oracle.trait, base.trait), compare(ridge.trait, base.trait)
+    gap, reach, moved = compare(ridge, oracle), compare(oracle, base), compare(ridge, base)
     said = (f"the ridge direction at its best norm ({ridge.chosen('applied_norm')}) scores {ridge.said()} vs the oracle's "
             f"{oracle.said()} ({oracle.chosen('applied_norm')}), {gap.said()}")
     if gap.lower:
@@ -101,7 +103,7 @@ def hypothesis_b(rows: Sequence[dict[str, Any]], cosines: dict[str, float], null
     random = matched(random_rows, ridge) if ridge else None
     procrustes = matched(_rows(rows, "B", "procrustes@oracle_norm"), ridge) if ridge else None
     angle = test["p"] < LEVEL
-    effect = compare(ridge.trait, random.trait) if ridge and random else None
+    effect = compare(ridge, random) if ridge and random else None
     if effect is None:
         behaviour = "no effect comparison: the ridge direction is coherent at no multiple of the oracle norm tested"
     else:
@@ -130,7 +132,7 @@ def hypothesis_c(rows: Sequence[dict[str, Any]], mapped_layer: int) -> dict[str,
     if other is None:
         return {**payload, "verdict": "not supported",
                 "conclusion": f"not supported: no target layer other than {mapped_layer} keeps the mapped vector coherent"}
-    diff = compare(other.trait, here["trait_scores"])
+    diff = compare(other, fixed(here))
     said = (f"the best other layer ({other.chosen('layer')}) scores {other.said()} vs {fixed(here).said()} "
             f"at the mapped layer {mapped_layer}, {diff.said()}")
     verdict = "supported" if diff.higher else "not supported"
@@ -153,8 +155,8 @@ def success_criteria(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ridge = crossfit(ridge_rows, fallback=min(ridge_rows, key=lambda r: r["coef"]))
     oracle = crossfit(oracle_rows, fallback=min(oracle_rows, key=lambda r: r["coef"]))
     base = _unsteered(rows)
-    coherence, collapse = ridge.mean("coherence"), ridge.mean("collapsed")
-    above, gap = compare(ridge.trait, base.trait), compare(oracle.trait, ridge.trait)
+    coherence, collapse = ridge.mean("coherence"), ridge.rate("collapsed")
+    above, gap = compare(ridge, base), compare(oracle, ridge)
     alpha = " / ".join(f"{p['coef']:g}" for p in ridge.picks)
     common = {"alpha": alpha, "picks": ridge.picks}
     met_coherence, met_collapse = _threshold(*coherence[1:], 50.0, above=True), _threshold(*collapse[1:], 0.3, above=False)

@@ -66,20 +66,26 @@ def generate_cells(
 
 
 def score_cells(judges: Judges, questions: Sequence[str], cells: Sequence[Cell], answers: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """Trait, coherence and collapse rate per cell, with bootstrap CIs, and the per-question scores behind them."""
+    """Trait, coherence and collapse rate per cell with t CIs over questions, and the per-answer scores behind them.
+
+    `questions` numbers each answer's question (a question asked twice is one question: its answers are averaged
+    before any interval or test).
+    """
+    number = {q: i for i, q in enumerate(dict.fromkeys(questions))}
+    ids = [number[q] for q in questions]
     rows = []
     for cell in cells:
         said = answers[cell.key]
         trait = judges.trait.score(list(questions), said)
         coherence = judges.coherence.score(list(questions), said)
         collapsed = [float(is_collapsed(a)) for a in said]
-        (t, t_lo, t_hi), (c, c_lo, c_hi) = mean_ci(trait), mean_ci(coherence)
+        (t, t_lo, t_hi), (c, c_lo, c_hi) = mean_ci(trait, ids), mean_ci(coherence, ids)
         rows.append({
             "group": cell.group, "method": cell.method, "layer": cell.layer, "coef": cell.coef,
             "applied_norm": float(cell.vector.norm()) * abs(cell.coef) if cell.vector is not None else 0.0,
             "trait": t, "trait_lo": t_lo, "trait_hi": t_hi, "coherence": c, "coherence_lo": c_lo, "coherence_hi": c_hi,
-            "collapse_rate": sum(collapsed) / len(collapsed), "n": len(said), "example": said[0] if said else "",
-            "trait_scores": trait, "coherence_scores": coherence, "collapsed": collapsed,
+            "collapse_rate": mean_ci(collapsed, ids)[0], "n": len(said), "example": said[0] if said else "",
+            "trait_scores": trait, "coherence_scores": coherence, "collapsed": collapsed, "questions": ids,
         })
     return rows
 
