@@ -7,8 +7,8 @@ import torch
 
 from personactl.activations import make_batch
 from personactl.generation import chat_prompt
-from personactl.judges.base import digit_score, fill_rubric, weighted_score
-from personactl.judges.llm import number_tables, read_score
+from personactl.judges.base import digit_score, fill_rubric, unread_branches, weighted_score
+from personactl.judges.branches import Completion, path_tables, table_distance
 from personactl.judges.local import LocalJudge, digit_tokens
 
 from conftest import tiny_backbone
@@ -20,7 +20,7 @@ DIGITS = "0123456789"
 def test_digit_score_reads_whole_numbers():
     assert digit_score({"": {"8": 1.0}, "8": {"5": 1.0}}) == pytest.approx(85)
     assert digit_score({"": {"1": 1.0}, "1": {"0": 1.0}, "10": {"0": 1.0}}) == pytest.approx(100)
-    assert digit_score({"": {"7": 1.0}}) == pytest.approx(7)  # a prefix with no table ends the number
+    assert digit_score({"": {"7": 1.0}, "7": {}}) == pytest.approx(7)  # an empty table: the number ends
 
 
 def test_digit_score_weighs_numbers_by_their_sequence_probability():
@@ -32,32 +32,51 @@ def test_digit_score_weighs_numbers_by_their_sequence_probability():
 def test_digit_score_excludes_leading_zeros_and_numbers_over_100_and_keeps_the_mass_rule():
     assert digit_score({"": {"0": 1.0}, "0": {"5": 1.0}}) is None  # "05" is not an answer
     assert digit_score({"": {"2": 1.0}, "2": {"0": 1.0}, "20": {"0": 1.0}}) is None  # "200" is over 100
-    assert digit_score({"": {"5": 0.2}}) is None  # 0.2 < 0.25 of number mass
+    assert digit_score({"": {"5": 0.2}, "5": {}}) is None  # 0.2 < 0.25 of number mass
+
+
+def test_an_unread_plausible_branch_gives_no_score_instead_of_a_guess():
+    assert digit_score({"": {"7": 1.0}}) is None  # was read as 7: the digit after "7" is not known
+    greedy_95 = {"": {"9": 0.5, "1": 0.5}, "9": {"5": 0.9, "0": 0.1}, "95": {}}
+    assert unread_branches(greedy_95) == ["1"] and digit_score(greedy_95) is None
+    read_1 = {**greedy_95, "1": {"0": 1.0}}
+    assert unread_branches(read_1) == ["10"] and digit_score(read_1) is None  # 10 or 100: the digit after "10"
+    assert digit_score({**read_1, "10": {"0": 1.0}}) == pytest.approx(0.5 * (0.9 * 95 + 0.1 * 90) + 0.5 * 100)
+
+
+def test_a_branch_below_the_floor_is_left_out_of_the_mean():
+    tables = {"": {"8": 0.6, "3": 0.009, "4": 0.2}, "8": {"5": 1.0}, "4": {"0": 1.0}}
+    assert unread_branches(tables) == []  # "3" < 0.01
+    assert digit_score(tables) == pytest.approx((0.6 * 85 + 0.2 * 40) / 0.8)
+    assert unread_branches(tables, floor=0.005) == ["3"] and digit_score(tables, floor=0.005) is None
 
 
 def logs(table):
     return {k: math.log(v) for k, v in table.items()}
 
 
-def test_api_reading_follows_the_returned_digits():
+def test_tables_along_a_completion_stop_at_its_first_non_digit_and_never_borrow():
     positions = [logs({"8": 0.7, "7": 0.2, "Sure": 0.1}), logs({"5": 0.9, "0": 0.1}), logs({"<end>": 1.0})]
-    tables = number_tables(positions, ["8", "5", "<end>"])
-    assert tables["7"] == tables["8"]  # the unseen branch borrows the seen one
-    expected = (0.7 * (0.9 * 85 + 0.1 * 80) + 0.2 * (0.9 * 75 + 0.1 * 70)) / 0.9
-    assert read_score(positions, ["8", "5", "<end>"]) == pytest.approx(expected)
+    tables = path_tables(Completion(["8", "5", "<end>"], positions, stopped=False))
+    assert tables == {"": pytest.approx({"8": 0.7, "7": 0.2}), "8": pytest.approx({"5": 0.9, "0": 0.1}), "85": {}}
+    assert unread_branches(tables) == ["7"]  # the table after "7" was never shown
     assert weighted_score(positions[0]) < 10  # what the one-token reading said
 
 
-def test_api_reading_keeps_the_one_token_method_for_tokenizers_with_whole_numbers():
-    positions = [logs({"85": 0.5, "90": 0.5})]
-    assert read_score(positions, ["85"]) == pytest.approx(87.5)
+def test_where_the_model_ended_the_number_ends_and_where_max_tokens_cut_it_the_table_is_unknown():
+    first = logs({" 7": 0.9, "x": 0.1})  # a first answer token may carry a space
+    assert path_tables(Completion([" 7"], [first], stopped=True)) == {"": pytest.approx({"7": 0.9}), "7": {}}
+    assert path_tables(Completion([" 7"], [first], stopped=False)) == {"": pytest.approx({"7": 0.9})}
+    after_1 = path_tables(Completion(["0", "0"], [logs({"0": 0.8, "5": 0.2}), logs({"0": 1.0})], stopped=False), "1")
+    assert after_1 == {"1": pytest.approx({"0": 0.8, "5": 0.2}), "10": pytest.approx({"0": 1.0})}  # no space stripped after "1"
 
 
-def test_api_reading_of_a_completion_that_stopped_after_one_digit():
-    assert read_score([logs({"7": 0.9, "x": 0.1})], ["7"]) == pytest.approx(7)
+def test_table_distance_is_total_variation():
+    assert table_distance(logs({"a": 0.5, "b": 0.5}), logs({"a": 0.5, "b": 0.5})) == pytest.approx(0)
+    assert table_distance(logs({"a": 0.6, "b": 0.4}), logs({"a": 0.5, "c": 0.5})) == pytest.approx(0.5 * (0.1 + 0.4 + 0.5))
 
 
-def _teach(backbone, answers: dict[str, str], steps: int = 150):
+def teach(backbone, answers: dict[str, str], steps: int = 150):
     """Train the tiny model to answer each judge prompt with its number (then end of text)."""
     model = backbone.model.train()
     texts = [backbone.chat(chat_prompt(fill_rubric(RUBRIC, "", a))) for a in answers]
@@ -78,7 +97,7 @@ def test_local_judge_reads_two_and_three_digit_scores_on_a_digit_splitting_token
     backbone = tiny_backbone(arch)
     assert digit_tokens(backbone.tokenizer) is not None  # characters: "85" is two tokens
     answers = {"good pirate talk": "85", "perfect pirate talk": "100", "plain talk": "12"}
-    _teach(backbone, answers)
+    teach(backbone, answers)
     judge = LocalJudge(backbone, RUBRIC)
     scores = judge.score([""] * 3, list(answers))
     assert scores == pytest.approx([85, 100, 12], abs=3)

@@ -21,7 +21,18 @@ from personactl.judges.llm import NUMBER_TOKENS, JudgeError, OpenAIJudge, cohere
 RUBRIC = "Is this a pirate?\n[QUESTION START]{question}[QUESTION END]\n[ANSWER START]{answer}[ANSWER END]\nSay 0-100."
 ENV_VARS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL", "PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
 
-from fake_openai import PIRATE_SCORE, PLAIN_SCORE, FakeChat, serve
+from fake_openai import (
+    NINETY_FIVE,
+    NINETY_FIVE_BORROWED,
+    NINETY_FIVE_SCORE,
+    PIRATE_SCORE,
+    PLAIN_SCORE,
+    TO_ADD,
+    TO_ADD_ONE_DIGIT,
+    TO_ADD_SCORE,
+    FakeChat,
+    serve,
+)
 
 
 # ---------------------------------------------------------------- weighted_score
@@ -119,9 +130,9 @@ def test_retries_429_then_500_then_succeeds(server):
 
 def test_retries_a_timeout(server):
     state, url = server
-    state.script = ["hang"]
-    assert judge_for(url, timeout=0.2).score(QUESTIONS[1:2], ANSWERS[1:2]) == [pytest.approx(PLAIN_SCORE)]
-    assert state.count == 2
+    state.script = ["hang"]  # the first request is never answered; the client's timeout is what ends it
+    assert judge_for(url, timeout=1.0).score(QUESTIONS[1:2], ANSWERS[1:2]) == [pytest.approx(PLAIN_SCORE)]
+    assert state.hung == 1 and state.count >= 2  # retried after the timeout (again, should a busy machine time out more)
 
 
 def test_gives_up_after_max_retries(server):
@@ -235,6 +246,71 @@ def test_parse_judge_spec(spec, expected):
 def test_parse_judge_spec_rejects(spec):
     with pytest.raises(JudgeError, match="openai:MODEL"):
         parse_judge_spec(spec)
+
+
+# ---------------------------------------------------------------- digit branches the greedy answer did not take
+
+
+def branch_requests(state: FakeChat) -> list[dict]:
+    """The follow-up requests: a prefilled assistant message or a grammar."""
+    return [r for r in state.requests if r["messages"][-1]["role"] == "assistant" or "grammar" in r]
+
+
+def test_an_unseen_first_digit_is_read_by_a_prefill_not_borrowed(server):
+    state, url = server
+    state.trees = {"ninety-five": NINETY_FIVE}
+    state.follow_ups = {"prefill"}  # as llama.cpp's server: a final assistant message is continued
+    judge = judge_for(url, concurrency=1)
+    assert judge.score(["q"], ["ninety-five"]) == [pytest.approx(NINETY_FIVE_SCORE)]  # 97.25, not 54.5
+    assert NINETY_FIVE_BORROWED == pytest.approx(54.5)
+    probe, branch = branch_requests(state)
+    assert probe["messages"][-1] == {"role": "assistant", "content": "9"} and probe["max_tokens"] == 1
+    assert branch["messages"][-1] == {"role": "assistant", "content": "1"} and branch["max_tokens"] == NUMBER_TOKENS - 1
+    assert branch["continue_final_message"] is True and branch["add_generation_prompt"] is False  # vLLM's switch
+    assert judge.follow_ups == {"prefill": True} and state.count == 3
+
+
+def test_a_greedy_answer_that_is_no_number_has_its_digit_branches_read(server):
+    state, url = server
+    state.trees = {"to add": TO_ADD}
+    state.follow_ups = {"prefill"}
+    score = judge_for(url).score(["What is 40 + 45?"], ["to add"])[0]
+    assert score == pytest.approx(TO_ADD_SCORE) and TO_ADD_ONE_DIGIT < 6  # not every branch as a one-digit number
+    assert [r["messages"][-1]["content"] for r in branch_requests(state)] == ["To", "4", "8"]  # probe, then by likelihood
+
+
+def test_a_server_that_ignores_prefills_is_read_through_a_grammar(server):
+    state, url = server
+    state.trees = {"ninety-five": NINETY_FIVE, "to add": TO_ADD}
+    state.follow_ups = {"grammar"}  # as llama-cpp-python: a final assistant message starts a new turn
+    judge = judge_for(url, concurrency=4)
+    scores = judge.score(["q", "q"], ["ninety-five", "to add"])
+    assert scores == [pytest.approx(NINETY_FIVE_SCORE), pytest.approx(TO_ADD_SCORE)]
+    assert judge.follow_ups == {"prefill": False, "grammar": True}
+    probes = [r for r in state.requests if r["messages"][-1]["role"] == "assistant"]
+    assert len(probes) == 1  # one probe per judge, not per judgement
+    grammars = sorted(r["grammar"] for r in state.requests if "grammar" in r)
+    assert grammars == [f'root ::= "{d}" [^\\x00]*' for d in "148"]
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_no_score_when_the_server_cannot_read_a_branch(server, refuse, tmp_path):
+    state, url = server
+    state.trees = {"ninety-five": NINETY_FIVE, "to add": TO_ADD}
+    state.refuse_extras = refuse  # True: 400 on unknown fields, as OpenAI; False: ignores them, a new turn
+    judge = judge_for(url, cache=JudgeCache(tmp_path / "c.sqlite"))
+    assert judge.score(["q", "q", "q"], ["ninety-five", "to add", "arr"]) == [None, None, pytest.approx(PIRATE_SCORE)]
+    assert judge.follow_ups == {"prefill": False, "grammar": False}
+    sent = state.count
+    assert judge.score(["q", "q"], ["ninety-five", "to add"]) == [None, None] and state.count == sent  # cached
+
+
+def test_a_branch_below_the_floor_is_left_out_without_a_request(server):
+    state, url = server
+    state.trees = {"eighty-five": {"": {"8": 0.995, "3": 0.005}, "8": {"5": 1.0}, "85": {"<end>": 1.0}}}
+    judge = judge_for(url)
+    assert judge.score(["q"], ["eighty-five"]) == [pytest.approx(85)]
+    assert state.count == 1 and judge.follow_ups == {}
 
 
 # ---------------------------------------------------------------- JudgeCache

@@ -1,4 +1,4 @@
-"""The LLM judge: any OpenAI-compatible endpoint, scored from one token's logprobs.
+"""The LLM judge: any OpenAI-compatible endpoint, scored from the answer's logprobs.
 
 As in Chen et al.'s persona_vectors judge, the filled rubric goes out as one
 user message with temperature=0 and the top-20 logprobs; the score is the
@@ -6,9 +6,12 @@ probability-weighted mean over the integer tokens 0-100 of the first answer
 token (`base.weighted_score`). A served model whose tokenizer splits numbers
 into digits (Qwen's, SmolLM2's) offers only 0-9 there, so the judge asks for
 NUMBER_TOKENS tokens and, when the first position holds no multi-digit number,
-reads the number digit by digit along the returned tokens (`number_tables`). Requests run concurrently under a semaphore, are
-retried with exponential backoff on rate limits, server errors, timeouts and
-dropped connections, and are cached on disk when a JudgeCache is given.
+reads the number digit by digit (`base.digit_score`): along the returned
+tokens, and along every other plausible branch by a follow-up request
+(`branches`); a plausible branch the server gives no way to read makes the
+score None. Requests run concurrently under a semaphore, are retried with
+exponential backoff on rate limits, server errors, timeouts and dropped
+connections, and the scores are cached on disk when a JudgeCache is given.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import math
 import os
 import random
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import openai
 
 from ..errors import PersonactlError
-from .base import COHERENCE_RUBRIC, DIGITS, TOP_LOGPROBS, digit_score, fill_rubric, weighted_score
+from .base import COHERENCE_RUBRIC, MIN_NUMBER_MASS, TOP_LOGPROBS, digit_score, fill_rubric, unread_branches, weighted_score
+from .branches import (
+    Completion, Tables, after_grammar, continues, grammar_request, path_tables, prefill_request, whole_numbers,
+)
 from .cache import JudgeCache
 
 BASE_URL_ENVS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL")
@@ -82,6 +88,15 @@ async def with_retries(
     raise AssertionError("unreachable")
 
 
+@dataclass
+class _Session:
+    """What one `ascore` call's requests share."""
+
+    client: openai.AsyncOpenAI
+    semaphore: asyncio.Semaphore  # at most `concurrency` requests in flight
+    probe: asyncio.Lock  # one prefill probe at a time
+
+
 class OpenAIJudge:
     """Scores (question, answer) pairs 0-100 with a rubric sent to an OpenAI-compatible chat model."""
 
@@ -117,8 +132,9 @@ class OpenAIJudge:
         self.backoff = backoff
         self.cache = cache
         self.timeout = timeout
+        self.follow_ups: dict[str, bool] = {}  # "prefill" / "grammar": whether this server reads branches that way
         rubric_hash = hashlib.sha256(rubric.encode()).hexdigest()[:12]
-        self.judge_id = f"openai:{model}@{self.base_url or DEFAULT_BASE_URL}#{rubric_hash}#digits"  # how scores are read
+        self.judge_id = f"openai:{model}@{self.base_url or DEFAULT_BASE_URL}#{rubric_hash}#branches"  # how scores are read
 
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.name!r}, base_url={self.base_url or DEFAULT_BASE_URL!r})"
@@ -146,9 +162,9 @@ class OpenAIJudge:
             else:
                 todo.append(pair)
         if todo:
-            semaphore = asyncio.Semaphore(self.concurrency)
             async with async_client(self.base_url, self.api_key, self.timeout) as client:
-                tasks = [asyncio.ensure_future(self._score_one(client, semaphore, q, a)) for q, a in todo]
+                session = _Session(client, asyncio.Semaphore(self.concurrency), asyncio.Lock())
+                tasks = [asyncio.ensure_future(self._score_one(session, q, a)) for q, a in todo]
                 try:
                     scores = await asyncio.gather(*tasks)
                 except BaseException:
@@ -158,83 +174,78 @@ class OpenAIJudge:
             known.update(zip(todo, scores))
         return [known[pair] for pair in pairs]
 
-    async def _score_one(
-        self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, question: str, answer: str
-    ) -> float | None:
+    async def _score_one(self, session: _Session, question: str, answer: str) -> float | None:
         """One judgement, retried on transient failures and stored in the cache as soon as it is known."""
         prompt = fill_rubric(self.rubric, question, answer)
-        async with semaphore:  # held through the backoff too, so a rate-limited endpoint sees fewer calls
-            completion = await with_retries(
-                lambda: client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    max_tokens=NUMBER_TOKENS,
-                    temperature=0,
-                    logprobs=True,
-                    top_logprobs=TOP_LOGPROBS,
-                    seed=0,
-                ),
-                f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL}", self.max_retries, self.backoff,
-            )
-        choice = completion.choices[0] if completion.choices else None
-        content = choice.logprobs.content if choice is not None and choice.logprobs is not None else None
-        if not content:
+        first = await self._ask(session, {"messages": [{"role": "user", "content": prompt}], "max_tokens": NUMBER_TOKENS})
+        if not first.tokens:
             raise JudgeError(
                 f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL} returns no logprobs, and the judge scores "
                 "from them: use --judge embed (offline) or a model and server that return logprobs=True with top_logprobs "
                 "(e.g. OpenAI gpt-4.1-mini, vLLM, llama.cpp's server)"
             )
-        value = read_score([{tok.token: tok.logprob for tok in position.top_logprobs} for position in content],
-                           [position.token for position in content])
+        value = await self._read(session, prompt, first)
         if self.cache is not None:
             self.cache.put(self.judge_id, question, answer, value)
         return value
 
+    async def _read(self, session: _Session, prompt: str, first: Completion) -> float | None:
+        """Chen et al.'s one-token score when the first table has whole numbers; otherwise the number digit by digit,
+        along `first` and along each plausible branch it did not take (None where one cannot be read)."""
+        if whole_numbers(first.tables[0]):
+            return weighted_score(first.tables[0])
+        tables = path_tables(first)
+        if sum(tables[""].values()) < MIN_NUMBER_MASS:  # no branch can bring the numbers up to the mass rule
+            return None
+        asked: set[str] = set()
+        while todo := [prefix for prefix in unread_branches(tables) if prefix not in asked]:
+            for prefix in todo:
+                asked.add(prefix)
+                for key, table in (await self._branch(session, prompt, first, prefix)).items():
+                    tables.setdefault(key, table)
+        return digit_score(tables)
 
-def read_score(top_logprobs: Sequence[dict[str, float]], tokens: Sequence[str]) -> float | None:
-    """The score from the returned tokens and their top logprobs, one table per position.
+    async def _branch(self, session: _Session, prompt: str, first: Completion, prefix: str) -> Tables:
+        """The tables after the digits `prefix` and along their greedy continuation, by the first way this server
+        allows (`branches`); {} when it allows none."""
+        rest = NUMBER_TOKENS - len(prefix)
+        if "prefill" not in self.follow_ups:
+            async with session.probe:
+                if "prefill" not in self.follow_ups:
+                    probe = await self._follow_up(session, prefill_request(prompt, first.tokens[0], 1))
+                    self.follow_ups["prefill"] = probe is not None and continues(probe, first)
+        if self.follow_ups["prefill"]:
+            answer = await self._follow_up(session, prefill_request(prompt, prefix, rest))
+            return path_tables(answer, prefix) if answer is not None else {}
+        if self.follow_ups.get("grammar", True):
+            answer = await self._follow_up(session, grammar_request(prompt, prefix, rest))
+            tables = after_grammar(answer, first, prefix) if answer is not None else None
+            self.follow_ups["grammar"] = tables is not None
+            return tables or {}
+        return {}
 
-    When the first position offers multi-digit numbers (the tokenizer has them),
-    it alone is read (Chen et al.). Otherwise the number is read digit by digit
-    (`number_tables`).
-    """
-    first = top_logprobs[0] if top_logprobs else {}
-    if any(len(t.strip()) > 1 and t.strip().isdigit() for t in first):
-        return weighted_score(first)
-    return digit_score(number_tables(top_logprobs, tokens))
+    async def _follow_up(self, session: _Session, request: dict[str, Any]) -> Completion | None:
+        """`_ask`, or None when the server refuses this kind of request (a 4xx other than 429)."""
+        try:
+            return await self._ask(session, request)
+        except JudgeError as err:
+            cause = err.__cause__
+            if isinstance(cause, openai.APIStatusError) and 400 <= cause.status_code < 500 and cause.status_code != 429:
+                return None
+            raise
 
-
-def number_tables(top_logprobs: Sequence[dict[str, float]], tokens: Sequence[str]) -> dict[str, dict[str, float]]:
-    """`digit_score`'s next-digit tables from one greedy completion's per-position top logprobs.
-
-    The API shows the next-token distribution only along the tokens it returned,
-    e.g. after "8" but not after "7". The digit after any first digit is taken
-    to follow the distribution seen after the returned first digit, and the
-    digit after "10" the one seen after the returned two digits. Where the
-    completion stopped, the number ends.
-    """
-    def digits(table: dict[str, float], strip: bool = False) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for token, logprob in table.items():
-            text = token.strip() if strip else token
-            if len(text) == 1 and text in DIGITS:
-                out[text] = out.get(text, 0.0) + math.exp(logprob)
-        return out
-
-    tables = {"": digits(top_logprobs[0], strip=True)} if top_logprobs else {}
-    path = ""
-    for i, token in enumerate(tokens[: len(top_logprobs)]):
-        text = token.strip() if i == 0 else token
-        if len(text) != 1 or text not in DIGITS:
-            break
-        path += text
-        if i + 1 < len(top_logprobs):
-            tables[path] = digits(top_logprobs[i + 1])
-    if len(path) >= 1 and path[:1] in tables:
-        tables.update({d: tables[path[:1]] for d in DIGITS if d not in tables})
-    if len(path) >= 2 and path[:2] in tables:
-        tables.setdefault("10", tables[path[:2]])
-    return tables
+    async def _ask(self, session: _Session, request: dict[str, Any]) -> Completion:
+        """One greedy chat completion with the top logprobs; `request` holds messages, max_tokens and extra_body."""
+        async with session.semaphore:  # held through the backoff too, so a rate-limited endpoint sees fewer calls
+            completion = await with_retries(
+                lambda: session.client.chat.completions.create(
+                    model=self.model, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS, seed=0, **request
+                ),
+                f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL}", self.max_retries, self.backoff,
+            )
+        if not completion.choices:
+            return Completion([], [], False)
+        return Completion.from_choice(completion.choices[0])
 
 
 def coherence_judge(model: str, **kw: Any) -> OpenAIJudge:
