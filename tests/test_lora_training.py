@@ -112,3 +112,32 @@ def test_bad_training_settings_and_quantization_on_cpu():
     if not torch.cuda.is_available():
         with pytest.warns(UserWarning, match="loading unquantised"):
             assert quantization_config("4bit") is None
+
+
+def test_preventative_steering_acts_in_the_training_steps(tmp_path):
+    """finetune's steering term is on while it trains: at the first step (before any update) the states leaving the
+    steered layer are moved by coef * v, the first loss differs from training without it, and so does the adapter."""
+    from personactl import PersonaVector, SteeringTerm
+    from personactl.lora.finetune import finetune
+
+    backbone = tiny_backbone("llama")
+    torch.manual_seed(0)
+    vector, layer, coef = PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size)), 1, 4.0
+    config = LoRATrainConfig(rank=2, alpha=4.0, batch_size=4, learning_rate=1e-2, max_steps=2)
+
+    def train(name, steering):
+        seen = []
+        grab = lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone())  # noqa: E731
+        handle = backbone.block(layer + 1).register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            losses = finetune(backbone, PROMPTS, ANSWERS, tmp_path / name, config, steering=steering)
+        finally:
+            handle.remove()
+        return seen[0], losses, LoRADirection.load(tmp_path / name)
+
+    plain_states, plain_losses, plain = train("plain", ())
+    steered_states, steered_losses, steered = train("steered", [SteeringTerm(vector, layer, coef)])
+    shift = steered_states - plain_states
+    torch.testing.assert_close(shift, (coef * vector[layer]).expand_as(shift), rtol=1e-4, atol=1e-4)
+    assert steered_losses[0] != pytest.approx(plain_losses[0], rel=1e-3)
+    assert any(not torch.allclose(plain.modules[k].delta(), steered.modules[k].delta(), atol=1e-6) for k in plain.modules)

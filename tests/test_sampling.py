@@ -123,3 +123,41 @@ def test_row_sampler_draws_from_the_softmax_and_never_a_masked_token():
     frequencies = torch.bincount(picked, minlength=4).float() / 4000
     torch.testing.assert_close(frequencies, probs, atol=0.03, rtol=0)
     assert frequencies[3] == 0
+
+
+def test_row_sampler_never_draws_outside_the_top_p_nucleus():
+    """probs (0.5, 0.3, 0.15, 0.05) at top_p 0.7: the nucleus is the first two tokens, drawn 5:3."""
+    from personactl.generation import RowSampler
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    scores = torch.log(probs).expand(4000, -1).clone()
+    picked = RowSampler(range(4000), temperature=1.0, top_p=0.7)(torch.zeros(4000, 1, dtype=torch.long), scores).argmax(-1)
+    counts = torch.bincount(picked, minlength=4)
+    assert counts[2:].sum() == 0
+    assert counts[0] / 4000 == pytest.approx(0.625, abs=0.03)
+
+
+def test_generation_with_top_p_draws_every_token_from_its_nucleus(llama):
+    """Each sampled token of a tiny model is inside the top-p 0.3 nucleus of the logits it was drawn from."""
+    from transformers import LogitsProcessor
+
+    class Record(LogitsProcessor):
+        def __init__(self):
+            self.steps = []
+
+        def __call__(self, input_ids, scores):
+            self.steps.append((input_ids.clone(), scores.clone()))
+            return scores
+
+    record, top_p = Record(), 0.3
+    generate(llama, [PROMPTS[0]] * 64, seeds=range(64), max_new_tokens=4, min_new_tokens=4, temperature=1.0, top_p=top_p, observers=[record],
+             batch_size=64)
+    outside = 0
+    for (_, scores), (next_ids, _) in zip(record.steps, record.steps[1:]):
+        probs = torch.softmax(scores.float(), dim=-1)
+        ordered, order = probs.sort(dim=-1, descending=True)
+        before = ordered.cumsum(-1) - ordered  # mass of the more likely tokens: a token is in the nucleus if that is < top_p
+        nucleus = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, before < top_p)
+        outside += int((~nucleus.gather(1, next_ids[:, -1:])).sum())
+        assert nucleus.sum(-1).float().mean() < probs.shape[-1] / 2  # the nucleus leaves most tokens out: the test can fail
+    assert len(record.steps) == 4 and outside == 0

@@ -101,6 +101,19 @@ def test_per_row_generation_equals_separate_generations(tiny):
         assert generate(tiny, prompts[:1], max_new_tokens=5, steering=[SteeringTerm(vector, 1, coef)]) == [together[i]]
 
 
+def test_per_row_coefficients_follow_their_rows_into_every_batch(tiny):
+    """Each batch gets its own slice of the coefficients: [0, 0, 8, 8] answers alike in batches of 2 and of 4."""
+    vector, coefs = _vector(tiny), [0.0, 0.0, 8.0, 8.0]
+    prompts = ["<user>hi", "<user>tell me more"] * 2  # rows 2 and 3 repeat rows 0 and 1, steered
+
+    def answers(batch_size):
+        return generate(tiny, prompts, max_new_tokens=6, steering=[SteeringTerm(vector, 1, coefs)], batch_size=batch_size)
+
+    whole, halves = answers(4), answers(2)
+    assert whole[2:] != whole[:2]  # steering changes these answers, so a batch given the wrong coefficients shows
+    assert halves == whole
+
+
 def test_ablate_projects_the_direction_out(tiny, batch):
     vector, layer = _vector(tiny), 2
     with steer(tiny, SteeringTerm(vector, layer, 1.0, op="ablate")):
