@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import string
-import tempfile
 
-import pytest
-import torch
+# No test touches the network. huggingface_hub reads this once, when it is first imported, so it is set before
+# any import that could bring it in.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import shutil  # noqa: E402
+import string  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("PERSONACTL_PROGRESS", "0")
 if "PERSONACTL_MODEL_CACHE" not in os.environ:  # this file may be imported twice (pytest, then `from conftest import`)

@@ -76,6 +76,24 @@ def test_bad_model_specs_are_clear_errors(spec, message):
         load_model(spec)
 
 
+def test_an_unknown_hub_id_fails_clearly_without_opening_a_connection(monkeypatch):
+    """The tests run with HF_HUB_OFFLINE=1 (conftest): an unknown id is looked up in the local cache only."""
+    import socket
+
+    from huggingface_hub import constants
+
+    attempts = []
+
+    def refuse(self, address, *args):
+        attempts.append(address)
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(ModelLoadError, match="could not load 'does/not-exist' from the Hugging Face hub or its local cache"):
+        load_model("does/not-exist")
+    assert constants.HF_HUB_OFFLINE and attempts == []
+
+
 def test_folder_without_config(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path))
