@@ -58,6 +58,7 @@ class FakeChat:
         self.refuse_extras = False  # answer 400 to the fields in EXTRAS, as OpenAI does
         self.release = threading.Event()  # a "hang" request waits for it (set when the server stops)
         self.hung = 0
+        self.hold: threading.Event | None = None  # when given, every request waits for it (while counted in flight)
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -175,6 +176,8 @@ def make_handler(state: FakeChat) -> type[BaseHTTPRequestHandler]:
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
             try:
+                if state.hold is not None:
+                    state.hold.wait()
                 time.sleep(state.delay)
                 if not self.path.endswith("/chat/completions"):
                     self.send_json(404, {"error": {"message": "no such route", "type": "invalid_request_error"}})
@@ -216,5 +219,7 @@ def serve(state: FakeChat) -> Iterator[str]:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     finally:
         state.release.set()
+        if state.hold is not None:
+            state.hold.set()
         httpd.shutdown()
         httpd.server_close()

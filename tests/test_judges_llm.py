@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -182,11 +184,17 @@ def test_duplicate_pairs_sent_once(server):
 
 def test_concurrency_limit(server):
     state, url = server
-    state.delay = 0.05
+    state.hold = threading.Event()  # the server answers nothing until the limit is reached
     n = 12
-    judge_for(url, concurrency=3).score([f"q{i}" for i in range(n)], [f"a{i}" for i in range(n)])
+    scoring = threading.Thread(target=judge_for(url, concurrency=3).score, args=([f"q{i}" for i in range(n)], [f"a{i}" for i in range(n)]))
+    scoring.start()
+    deadline = time.monotonic() + 60  # reached only when the judge never has 3 requests in flight
+    while state.in_flight < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    state.hold.set()
+    scoring.join()
     assert state.count == n
-    assert 2 <= state.max_in_flight <= 3
+    assert state.max_in_flight == 3
 
 
 def test_score_inside_running_loop(server):

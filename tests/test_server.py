@@ -83,15 +83,18 @@ def test_a_persona_changes_the_answer_and_coefficient_zero_is_the_plain_model(cl
     assert _chat(client, {"vectors": [{"name": "rand", "coef": 8.0, "layers": [2]}]}) != plain
 
 
-def test_concurrent_requests_with_different_coefficients_equal_each_request_alone(client, served):
+def test_concurrent_requests_with_different_coefficients_equal_each_request_alone(client, served, monkeypatch):
     coefs = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0]
     alone = {c: _chat(client, {"vectors": [{"name": "rand", "coef": c, "layers": [2]}]}) for c in coefs}
     batches_before = served.engine.batches
+    submitted = _count_submits(served.engine, monkeypatch)
     together: dict[float, str] = {}
     threads = [threading.Thread(target=lambda c=c: together.__setitem__(c, _chat(client, {"vectors": [{"name": "rand", "coef": c, "layers": [2]}]})))
                for c in coefs]
-    for t in threads:
-        t.start()
+    with served.engine.lock:  # no generation until every request waits: what the worker has not taken shares one batch
+        for t in threads:
+            t.start()
+        _wait_until(lambda: len(submitted) == len(coefs))
     for t in threads:
         t.join()
     assert together == alone
@@ -152,17 +155,31 @@ def test_binding_beyond_loopback_needs_a_token():
     ServerSettings(host="localhost").check()
 
 
-def _wait_until(condition, seconds: float = 20.0) -> None:
+def _wait_until(condition, seconds: float = 60.0) -> None:
+    """Poll `condition` (a failing test, not a slow machine, reaches the deadline)."""
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 
 
-def test_a_full_queue_answers_429_with_retry_after(backbone, vectors):
+def _count_submits(engine, monkeypatch) -> list:
+    """The jobs submitted to `engine` from now on, in order (its queue shows only those not yet taken)."""
+    submitted: list = []
+
+    def submit(job) -> None:
+        engine.__class__.submit(engine, job)
+        submitted.append(job)
+
+    monkeypatch.setattr(engine, "submit", submit)
+    return submitted
+
+
+def test_a_full_queue_answers_429_with_retry_after(backbone, vectors, monkeypatch):
     body = {"messages": QUESTION, "max_tokens": 2}
     with running_server(backbone, ServerSettings(port=0, vectors=vectors, queue_size=1, batch_window_s=0)) as served:
         engine, results = served.engine, []
+        submitted = _count_submits(engine, monkeypatch)
 
         def post() -> None:
             results.append(httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=60).status_code)
@@ -170,7 +187,7 @@ def test_a_full_queue_answers_429_with_retry_after(backbone, vectors):
         waiting = [threading.Thread(target=post) for _ in range(2)]
         with engine.lock:  # generation is blocked: the first request is taken and waits, the second fills the queue
             waiting[0].start()
-            _wait_until(lambda: engine.queue.empty() and len(results) == 0 and _taken(engine))
+            _wait_until(lambda: len(submitted) == 1 and engine.queue.empty())  # the worker took the first job
             waiting[1].start()
             _wait_until(engine.queue.full)
             third = httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=60)
@@ -178,11 +195,6 @@ def test_a_full_queue_answers_429_with_retry_after(backbone, vectors):
         for thread in waiting:
             thread.join()
         assert results == [200, 200]
-
-
-def _taken(engine) -> bool:
-    time.sleep(0.2)  # the worker has had time to take the first job off the queue
-    return engine.queue.empty()
 
 
 def test_serve_beyond_loopback_without_a_token_is_one_line_before_loading(capsys, monkeypatch):
@@ -244,12 +256,17 @@ def test_adapters_by_name_and_as_a_blend(backbone, vectors, adapters):
             _chat(client, {"adapter": "nope"})
 
 
-def test_personactls_own_llm_judge_can_use_a_served_model(server):
+def test_personactls_own_llm_judge_can_use_a_served_model(vectors):
+    from test_judges_digits import RUBRIC, teach
+
     from personactl.judges.llm import OpenAIJudge
 
-    judge = OpenAIJudge("personactl", "Rate {question} {answer} from 0 to 100:", base_url=f"{server}/v1", api_key="unused", max_retries=0)
-    scores = judge.score(["hi", "hello"], ["yes", "no"])
-    assert len(scores) == 2 and all(s is None or 0 <= s <= 100 for s in scores)
+    judge_model = tiny_backbone("llama")
+    answers = {"good pirate talk": "85", "plain talk": "12"}
+    teach(judge_model, answers)  # it answers each judge prompt with its number, digit by digit
+    with running_server(judge_model, ServerSettings(port=0, vectors=vectors)) as served:
+        judge = OpenAIJudge("personactl", RUBRIC, base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        assert judge.score(["", ""], list(answers)) == pytest.approx([85, 12], abs=3)
 
 
 def test_load_200_requests_at_concurrency_16_each_with_its_own_coefficient(client):
@@ -289,7 +306,8 @@ def test_a_generation_past_the_timeout_is_a_504_and_the_server_goes_on(backbone,
         with served.engine.lock:  # the model is busy for longer than the timeout
             late = httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=30)
         assert late.status_code == 504 and "longer than 0.5 s" in late.json()["error"]["message"]
-        assert httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=30).status_code == 200
+        served.engine.settings.timeout_s = 120.0  # the next request must not race a busy machine against 0.5 s
+        assert httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=130).status_code == 200
 
 
 @pytest.mark.parametrize("argv, message", [
