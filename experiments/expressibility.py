@@ -25,9 +25,11 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 
 from _doc import DOC, write_section
 from personactl import Trait, builtin_traits, load_model, load_trait
+from personactl._io import write_text_atomic
 from personactl.expressibility import EXPRESSED_AUROC
 from personactl.extraction import ContrastivePair, ExtractionSettings, assess_pairs, check, question_groups
 from personactl.judges.factory import make_judges
@@ -41,10 +43,17 @@ def main() -> None:
     backbone = load_model("smollm2-135m")
     saved = DOC.parent / "experiments" / "expressibility.json"
     measured = json.loads(saved.read_text())["measured"] if saved.exists() else {}
-    traits = [load_trait(name) for name in builtin_traits()] + [placebo("placebo", "pirate"), placebo("placebo-silly", "silly")]
+    partial = Path("runs/expressibility-measured.json")  # each trait kept as it finishes, so a killed run resumes
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    measured.update(json.loads(partial.read_text()) if partial.exists() else {})
+    first = ["pirate", "silly"]  # the expressed traits and the placebos first: the threshold rests on them
+    names = first + [name for name in builtin_traits() if name not in first]
+    traits = [load_trait(first[0]), load_trait(first[1]), placebo("placebo", "pirate"), placebo("placebo-silly", "silly")]
+    traits += [load_trait(name) for name in names[2:]]
     for trait in traits:
         if trait.name not in measured:
             measured[trait.name] = measure(backbone, trait)
+            write_text_atomic(partial, json.dumps(measured))
             print(*rows_of(measured[trait.name]), sep="\n", flush=True)
     rows = [row for m in measured.values() for row in rows_of(m)]
     agree = sum((r["verdict"] == "not expressed") == (r[f"first {QUICK} questions"] == "not expressed") for r in rows)
