@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import pytest
@@ -48,7 +49,21 @@ def test_the_embedding_classifier_agrees_with_the_phrase_matcher_on_held_out_tex
     assert classifier.embedding.heldout_accuracy >= 0.95
 
 
-def test_refusal_rates_have_bootstrap_intervals():
-    rate = rate_with_ci([True] * 30 + [False] * 10)
-    assert rate.rate == 0.75 and rate.low < 0.75 < rate.high and rate.n == 40
-    assert (rate_with_ci([False] * 12).low, rate_with_ci([False] * 12).high) == (0.0, 0.0)
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval from its closed form (Wilson 1927)."""
+    centre, half = (k + z * z / 2) / (n + z * z), z / (n + z * z) * math.sqrt(k * (n - k) / n + z * z / 4)
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k, n", [(30, 40), (0, 12), (12, 12), (14, 48)])
+def test_refusal_rates_have_95_percent_wilson_intervals(k, n):
+    """The bounds are the closed form's at 95%, so an interval at 50% (or 80%) cannot pass; none refused is not certain."""
+    rate = rate_with_ci([True] * k + [False] * (n - k))
+    assert (rate.rate, rate.n) == (k / n, n)
+    assert (rate.low, rate.high) == pytest.approx(_wilson(k, n), abs=1e-9)
+    assert rate.low < rate.high
+
+
+def test_rate_with_ci_examples():
+    assert str(rate_with_ci([True] * 30 + [False] * 10)) == "75.0% [59.8, 85.8] (n=40)"
+    assert rate_with_ci([False] * 12).high == pytest.approx(0.2425, abs=1e-4)  # 0 of 12 allows up to 24%

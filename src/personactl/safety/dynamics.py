@@ -3,19 +3,27 @@
 Hypothesis A (representational drift): the frozen weights' scores drop by more
 than 10%: the model routes around them. Hypothesis B (global redistribution):
 their scores stay within 5%, and any safety loss comes from elsewhere. The
-verdict reads the bootstrap CI (over matrices) of the mean relative change of
-the frozen weights' scores; when the CI straddles a boundary it says neither.
+verdict reads the 95% CI of the mean relative change of the frozen weights'
+scores; when the CI straddles a boundary it says neither.
+
+The matrices of one block are not independent: a Wanda score is |W| times the
+norm of the matrix's input, and q, k, v (gate, up) read the same input, so a
+change of that norm moves them together. The mean and its CI are therefore over
+blocks (each block's matrices averaged first, Student's t over the block means,
+`intervals.mean_ci`). A percentile bootstrap over matrices, used before,
+covered the true change in 63% of simulated fine-tunes with such block effects
+and read A in 20% of them at a true -10% (tests/test_calibration_safety.py).
 """
 
 from __future__ import annotations
 
 import re
-import warnings
-from typing import Mapping
+from typing import Hashable, Mapping
 
 import numpy as np
 import torch
 
+from ..intervals import mean_ci
 from .masks import Tensors
 
 DRIFT_DROP, STABLE_BAND = 0.10, 0.05
@@ -23,18 +31,20 @@ HISTOGRAM_BINS = np.linspace(-4.0, 3.0, 57)  # log10 of a Wanda score
 _BLOCK = re.compile(r"\.(\d+)\.")
 
 
-def _ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean over matrices with its bootstrap 95% CI (percentile)."""
-    from scipy.stats import bootstrap  # noqa: PLC0415
+def block_of(matrix: str) -> Hashable:
+    """The decoder block a matrix belongs to (its first number), or the matrix itself outside the blocks."""
+    match = _BLOCK.search(matrix)
+    return int(match.group(1)) if match else matrix
 
-    data = np.asarray(values, dtype=float)
-    mean = float(data.mean())
-    if len(data) < 2 or data.min() == data.max():
-        return mean, mean, mean
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ci = bootstrap((data,), np.mean, n_resamples=2000, method="percentile", random_state=seed).confidence_interval
-    return mean, float(ci.low), float(ci.high)
+
+def change_ci(changes: Mapping[str, float]) -> dict[str, float]:
+    """Mean of per-matrix relative changes over blocks, with its 95% CI (t over block means) and the counts.
+
+    Matrices whose change is not a number (an empty set, a zero mean before) are left out."""
+    finite = {name: value for name, value in changes.items() if np.isfinite(value)}
+    groups = [block_of(name) for name in finite]
+    mean, low, high = mean_ci(list(finite.values()), groups) if finite else (float("nan"),) * 3
+    return {"mean": mean, "low": low, "high": high, "matrices": len(finite), "blocks": len(set(groups))}
 
 
 def _changes(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
@@ -65,26 +75,23 @@ def verdict(mean: float, low: float, high: float) -> str:
     return f"neither: the mean change {100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] is not clearly below -10% nor inside ±5%"
 
 
-def score_dynamics(before: Tensors, after: Tensors, frozen: Tensors, random: Tensors, seed: int = 0) -> dict:
-    """Per matrix, per block and overall changes of the frozen, non-frozen and random weights' scores, and the verdict."""
+def score_dynamics(before: Tensors, after: Tensors, frozen: Tensors, random: Tensors, seed: int | None = None) -> dict:
+    """Per matrix, per block and overall changes of the frozen, non-frozen and random weights' scores, and the verdict.
+
+    `seed` is ignored (nothing is drawn); it is accepted until safety/pipeline.py stops passing one."""
     per_matrix: dict[str, dict[str, float]] = {}
     for name, mask in frozen.items():
         row: dict[str, float] = {}
         for label, picked in (("frozen", mask), ("others", ~mask), ("random", random[name])):
             row[f"{label}_mean"], row[f"{label}_median"] = _changes(before[name], after[name], picked)
         per_matrix[name] = row
-    groups = ("frozen", "others", "random")
-    overall = {}
-    for label in groups:
-        for stat in ("mean", "median"):
-            values = [r[f"{label}_{stat}"] for r in per_matrix.values() if np.isfinite(r[f"{label}_{stat}"])]
-            mean, low, high = _ci(values, seed) if values else (float("nan"),) * 3
-            overall[f"{label}_{stat}"] = {"mean": mean, "low": low, "high": high, "matrices": len(values)}
+    overall = {f"{label}_{stat}": change_ci({name: r[f"{label}_{stat}"] for name, r in per_matrix.items()})
+               for label in ("frozen", "others", "random") for stat in ("mean", "median")}
     by_block: dict[int, list[dict[str, float]]] = {}
     for name, row in per_matrix.items():
-        match = _BLOCK.search(name)
-        if match:
-            by_block.setdefault(int(match.group(1)), []).append(row)
+        block = block_of(name)
+        if isinstance(block, int):
+            by_block.setdefault(block, []).append(row)
     blocks = {block: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} for block, rows in sorted(by_block.items())}
     frozen_mean = overall["frozen_mean"]
     return {

@@ -3,13 +3,13 @@
 The phrase matcher is the primary measure (transparent, the literature's);
 the embedding classifier, fitted on the shipped refusals vs helpful answers,
 is the second opinion, and their agreement on held-out answers says how far
-either can be trusted. Rates come with bootstrap confidence intervals.
+either can be trusted. Rates come with Wilson score 95% intervals (each prompt
+is one independent answer).
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -42,7 +42,7 @@ def is_refusal(answer: str) -> bool:
 
 @dataclass(frozen=True)
 class Rate:
-    """A proportion with its bootstrap 95% CI (percentile, resampling answers)."""
+    """A proportion with its Wilson score 95% CI."""
 
     rate: float
     low: float
@@ -56,20 +56,22 @@ class Rate:
         return f"{100 * self.rate:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}] (n={self.n})"
 
 
-def rate_with_ci(flags: Sequence[bool], *, seed: int = 0, resamples: int = 2000) -> Rate:
-    """Share of True flags with a bootstrap CI; all-equal flags get the degenerate interval [rate, rate]."""
-    from scipy.stats import bootstrap  # noqa: PLC0415
+def rate_with_ci(flags: Sequence[bool], *, confidence: float = 0.95, seed: int | None = None) -> Rate:
+    """Share of True flags with its Wilson score interval (scipy's `binomtest`).
 
-    values = np.asarray(flags, dtype=float)
+    A percentile bootstrap over the answers, used before, gives 0 of 48 the interval [0, 0] and covered a true
+    rate of 20% in 92% (2%: 61%) of samples of 48; Wilson's covers it in 94-97% from 5% to 95% at 48 answers
+    (tests/test_calibration_safety.py), and 0 of 48 reads [0, 7.4%]. `seed` is ignored (nothing is drawn); it is
+    accepted until safety/measure.py stops passing one.
+    """
+    from scipy.stats import binomtest  # noqa: PLC0415
+
+    values = np.asarray(flags, dtype=bool)
     if not len(values):
         raise SafetyError("no answers to measure a refusal rate on")
-    rate = float(values.mean())
-    if values.min() == values.max():
-        return Rate(rate, rate, rate, len(values))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ci = bootstrap((values,), np.mean, n_resamples=resamples, method="percentile", random_state=seed).confidence_interval
-    return Rate(rate, float(ci.low), float(ci.high), len(values))
+    hits = int(values.sum())
+    ci = binomtest(hits, len(values)).proportion_ci(confidence_level=confidence, method="wilson")
+    return Rate(hits / len(values), float(ci.low), float(ci.high), len(values))
 
 
 @dataclass(frozen=True)
