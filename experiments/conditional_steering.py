@@ -6,8 +6,11 @@ by cross-validation on the training prompts), and on the held-out prompts only
 (never used for any choice) generates greedy answers with no steering, with
 unconditional pirate steering and with conditional pirate steering. Reports the
 firing rate on the held-out on-topic and off-topic prompts and the judged pirate
-trait (offline embedding judge fitted on the extraction answers) with bootstrap
-95% CIs per cell. Writes runs/conditional/ and a section of docs/experiments.md.
+trait (offline embedding judge fitted on the extraction answers) with 95% CIs
+over questions per cell, and holds the run to the criteria of
+`conditions.conditional_effect` (the other questions are tested where the
+condition fired, and their mean rise against --margin). Writes runs/conditional/
+and a section of docs/experiments.md.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python experiments/conditional_steering.py
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from _doc import write_section
 from personactl import ExtractionSettings, SteeringTerm, chat_prompt, extract, generate, load_model, load_pairs, load_trait, load_vector
-from personactl.conditions import find_condition, layer_table, read_prompts
+from personactl.conditions import MARGIN, SCALE, conditional_effect, find_condition, layer_table, read_prompts
 from personactl.intervals import mean_ci
 from personactl.extraction import save_pairs
 from personactl.judges.factory import make_judges
@@ -34,21 +37,28 @@ def ci(values) -> str:
 def note(s: dict) -> str:
     """The section's note, from the run's settings (no number written by hand)."""
     (d_on, lo_on, hi_on), (d_off, lo_off, hi_off) = s["paired_difference_sea"], s["paired_difference_other"]
+    (d_fired, lo_fired, hi_fired) = s["paired_difference_other_fired"]
     verdict = "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in s["criteria"].items())
+    fired = (f"{d_fired:+.1f} [{lo_fired:+.1f}, {hi_fired:+.1f}]" if s["n_fired_other"] >= 2
+             else f"{d_fired:+.1f} (one question: no interval)" if s["n_fired_other"] else "none fired")
     return (
         f"Pirate vector ({s['trait']}, {s['n_questions']} extraction questions) added at layer {s['layer']} with coefficient "
         f"{s['coef']:g}; the sea condition from the shipped `sea`/`other` prompt sets ({s['n_train'][0]}+{s['n_train'][1]} "
-        f"training prompts; {s.get('condition_method', 'mean_diff')} direction on each prompt's mean state after the chat template's "
-        f"{s.get('condition_skip_prefix', 1)}-token shared prefix): layer {s['condition_layer']} (chosen by "
+        f"training prompts; {s['condition_method']} direction on each prompt's mean state after the chat template's "
+        f"{s['condition_skip_prefix']}-token shared prefix): layer {s['condition_layer']} (chosen by "
         f"{s['condition_cv_accuracy']:.2f} cross-validated accuracy on "
         f"the training prompts), threshold {s['condition_threshold']:.3g}, held-out balanced accuracy "
         f"{s['condition_heldout_accuracy']:.2f}. Rows are scored on the {s['n_heldout'][0]} sea and {s['n_heldout'][1]} other "
         f"held-out questions only (used for no choice); greedy, {s['max_new_tokens']} tokens; offline embedding judge (held-out "
-        f"accuracy {s['judge_heldout_accuracy']:.2f}); brackets: bootstrap 95% CIs. Paired difference conditional - unsteered: "
-        f"sea {d_on:+.1f} [{lo_on:+.1f}, {hi_on:+.1f}], other {d_off:+.1f} [{lo_off:+.1f}, {hi_off:+.1f}]. Criteria: {verdict}."
-        + (f" Note: the offline pirate judge already scores the unsteered sea answers high ({s['unsteered_trait_sea']:.1f} on "
-           f"average, against {s['unsteered_trait_other']:.1f} on the other questions): it reads sea vocabulary as pirate, so "
-           f"the rise on sea questions starts near the top of the scale." if "unsteered_trait_sea" in s else "")
+        f"accuracy {s['judge_heldout_accuracy']:.2f}); brackets: Student-t 95% CIs over questions. Paired difference conditional "
+        f"- unsteered: sea {d_on:+.1f} [{lo_on:+.1f}, {hi_on:+.1f}], other {d_off:+.1f} [{lo_off:+.1f}, {hi_off:+.1f}]; on the "
+        f"{s['n_fired_other']} other question(s) where the condition fired: {fired}. The other questions' mean rise is at most "
+        f"{s['rise_other_bound']:.1f} points (upper 95% bound: Clopper-Pearson bound of the share that fires times the t bound "
+        f"of the rise where it fires, {s['scale']:g} with fewer than two; questions where it did not fire were not steered), "
+        f"against a margin of {s['margin']:g}. Criteria: {verdict}."
+        f" Note: the offline pirate judge already scores the unsteered sea answers high ({s['unsteered_trait_sea']:.1f} on "
+        f"average, against {s['unsteered_trait_other']:.1f} on the other questions): it reads sea vocabulary as pirate, so "
+        f"the rise on sea questions starts near the top of the scale."
     )
 
 
@@ -60,6 +70,7 @@ def main() -> None:
     parser.add_argument("--n-questions", type=int, default=12, help="extraction questions for the pirate vector")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0, help="seed of the condition's training/held-out split")
+    parser.add_argument("--margin", type=float, default=MARGIN, help="most the other questions' mean trait may rise (points)")
     parser.add_argument("--out", type=Path, default=Path("runs/conditional"))
     args = parser.parse_args()
 
@@ -91,7 +102,6 @@ def main() -> None:
             on_condition=lambda f, s: fired.extend(f.tolist()), **kwargs),
     }
     n_on = len(on_topic)
-    fire_on, fire_off = sum(fired[:n_on]) / n_on, sum(fired[n_on:]) / len(off_topic)
     scores = {mode: judges.trait.score(prompts, texts) for mode, texts in answers.items()}
     rows = []
     for mode, values in scores.items():
@@ -105,24 +115,18 @@ def main() -> None:
         })
         print(rows[-1])
     base, cond = scores["no steering"], scores[list(scores)[2]]
-    diff_on = [c - b for c, b in zip(cond[:n_on], base[:n_on])]
-    diff_off = [c - b for c, b in zip(cond[n_on:], base[n_on:])]
-    (d_on, lo_on, hi_on), (d_off, lo_off, hi_off) = mean_ci(diff_on), mean_ci(diff_off)
-    criteria = {
-        "fires on >= 90% of held-out sea questions": fire_on >= 0.9,
-        "fires on <= 10% of held-out other questions": fire_off <= 0.1,
-        "trait rises on sea questions (paired CI above 0)": lo_on > 0,
-        "trait does not rise on other questions (paired CI includes 0 or is below)": lo_off <= 0,
-    }
+    effect = conditional_effect([i < n_on for i in range(len(prompts))], fired, cond, base, prompts, margin=args.margin)
     settings = {
         "model": backbone.name, "vector": str(path), "vector_fingerprint": vector.fingerprint(), "layer": args.layer,
         "coef": args.coef, "max_new_tokens": args.max_new_tokens, "condition_layer": chosen.layer,
         "condition_threshold": chosen.threshold, "condition_cv_accuracy": chosen.cv_accuracy,
         "condition_heldout_accuracy": chosen.heldout_accuracy, "n_train": [len(t) for t in search.train],
         "n_heldout": [n_on, len(off_topic)], "judge_heldout_accuracy": judges.trait.heldout_accuracy,
-        "paired_difference_sea": [d_on, lo_on, hi_on], "paired_difference_other": [d_off, lo_off, hi_off],
-        "criteria": criteria, "trait": trait.name, "n_questions": args.n_questions,
-        "firing_rate_sea": fire_on, "firing_rate_other": fire_off,
+        "paired_difference_sea": list(effect.rise_on), "paired_difference_other": list(effect.rise_off),
+        "paired_difference_other_fired": list(effect.rise_off_fired), "n_fired_other": effect.n_fired_off,
+        "rise_other_bound": effect.rise_off_bound, "margin": effect.margin, "scale": SCALE,
+        "criteria": effect.criteria(), "trait": trait.name, "n_questions": args.n_questions,
+        "firing_rate_sea": effect.fires_on, "firing_rate_other": effect.fires_off,
         "condition_method": search.vector.method, "condition_skip_prefix": search.condition.skip_prefix,
         "unsteered_trait_sea": sum(base[:n_on]) / n_on, "unsteered_trait_other": sum(base[n_on:]) / len(off_topic),
     }

@@ -1,6 +1,7 @@
 """Conditional steering: per-row gating in one batch, the prefill rule, hook clean-up, `condition find`, bad input."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,8 +11,10 @@ from personactl.steering import prompt_mean
 from personactl.activations import make_batch
 from personactl.cli import run
 from personactl.conditions import (
+    balanced_accuracy,
     best_threshold,
     condition_from_vector,
+    conditional_effect,
     find_condition,
     prompt_activations,
     read_prompts,
@@ -89,6 +92,95 @@ def test_steering_before_the_condition_layer_waits_for_the_decision():
     assert torch.equal(prefill.logits, base.logits)  # the prefill: layer 1 < condition layer 2, untouched
     assert not torch.allclose(nxt[0], base_next[0])  # the first generated token of the row that fired is steered
     assert torch.equal(nxt[1], base_next[1])  # the other row is not
+
+
+@torch.no_grad()
+def test_a_less_condition_fires_below_its_threshold_and_steers_those_rows(tiny):
+    """comparison="less" is the mirror of "greater": the row whose score is below the threshold fires, and only it."""
+    condition = Condition(torch.ones(4), 1, 0.5, "less")
+    assert condition.fires(torch.tensor([-1.0, 0.5, 2.0])).tolist() == [True, False, False]
+    assert Condition(torch.ones(4), 1, 0.5).fires(torch.tensor([-1.0, 0.5, 2.0])).tolist() == [False, False, True]
+    texts = format_prompts(tiny, [chat_prompt("ahoy there, the sea!"), chat_prompt("12 + 7 = ?")])
+    batch = make_batch(tiny, texts)
+    greater, _ = _condition_between(tiny, texts, layer=1)  # the first row fires
+    less = Condition(greater.vector, greater.layer, greater.threshold, "less")
+    torch.manual_seed(1)
+    term = SteeringTerm(torch.randn(tiny.n_layers + 1, tiny.hidden_size), [1, 2, 3], 6.0)
+    base = _logits(tiny, batch)
+    with steer(tiny, term):
+        always = _logits(tiny, batch)
+    with steer(tiny, term, condition=less) as gate:
+        gated = _logits(tiny, batch)
+    assert gate.fired.tolist() == [False, True]
+    assert torch.equal(gated[0], base[0]) and torch.equal(gated[1], always[1])
+    pos, neg = torch.tensor([-2.0, -1.0, 3.0]), torch.tensor([1.0, 2.0])
+    assert balanced_accuracy(pos, neg, 0.0, "less") == pytest.approx(0.5 * (2 / 3 + 1))
+    assert balanced_accuracy(pos, neg, 0.0) == pytest.approx(0.5 * (1 / 3 + 0))
+    assert condition_from_vector(PersonaVector(torch.ones(3, 4), extra={"condition": {"layer": 1, "threshold": 0.5}}),
+                                 comparison="less").comparison == "less"
+
+
+CRITERIA = ("fires on >= 90% of the on-topic questions", "fires on <= 10% of the other questions",
+            "trait rises on the on-topic questions (paired CI above 0)",
+            "no rise where it fired on other questions (their paired CI not above 0)",
+            "the other questions' mean rise is below 5 points (upper 95% bound)")
+
+
+def _effect(fired_off: list[float], n_off: int = 30, margin: float = 5.0):
+    """30 on-topic questions (28 fire, +10 each) and `n_off` others; those that fire rise by `fired_off` (greedy: the
+    rest differ by exactly 0)."""
+    on_rises = [10.0 + (i % 3) for i in range(28)] + [0.0, 0.0]
+    off_rises = fired_off + [0.0] * (n_off - len(fired_off))
+    rises = on_rises + off_rises
+    fired = [True] * 28 + [False] * 2 + [True] * len(fired_off) + [False] * (n_off - len(fired_off))
+    unsteered = [40.0 + i % 7 for i in range(len(rises))]
+    return conditional_effect([True] * 30 + [False] * n_off, fired, [u + r for u, r in zip(unsteered, rises)], unsteered,
+                              margin=margin)
+
+
+def test_three_other_questions_firing_at_plus_80_fail_the_criteria():
+    """The issue's case: 3 of 30 other questions fire and rise by ~80. The old rule (the paired CI over all 30 other
+    questions includes 0) passed it, because the 27 zeros pin the lower bound to 0; now the questions that fired
+    show the rise, and the mean rise over the others cannot be bounded below 5 points."""
+    effect = _effect([78.0, 80.0, 83.0])
+    assert effect.n_fired_off == 3 and effect.fires_off == pytest.approx(0.1)
+    assert effect.rise_off_fired[0] == pytest.approx(241 / 3) and effect.rise_off_fired[1] > 60
+    assert effect.rise_off_bound > effect.rise_off[0] == pytest.approx(241 / 30)
+    assert list(effect.criteria().values()) == [True, True, True, False, False]
+    assert tuple(effect.criteria()) == CRITERIA
+
+
+def test_no_firing_on_other_questions_passes_only_where_the_bound_allows():
+    """No other question fires: nothing rose where it fired, but with 30 other questions the share that fires may
+    still be 13.6% (Clopper-Pearson), at up to 100 points each; with 150 it is below 3% and the margin is met."""
+    small, large = _effect([]), _effect([], n_off=150)
+    assert small.rise_off == (0.0, 0.0, 0.0) and math.isnan(small.rise_off_fired[0])
+    assert small.rise_off_bound == pytest.approx(100 * (1 - 0.0125 ** (1 / 30)))
+    assert list(small.criteria().values()) == [True, True, True, True, False]
+    assert large.rise_off_bound < 5.0 and all(large.criteria().values())
+    assert _effect([], margin=20.0).criteria()[CRITERIA[4].replace(" 5 ", " 20 ")]
+
+
+def test_one_fired_other_question_is_bounded_by_the_scale():
+    """One other question fires (+76): no interval for it, and the bound takes the largest rise possible (100)."""
+    effect = _effect([76.0])
+    assert effect.rise_off_fired[0] == 76.0 and math.isnan(effect.rise_off_fired[1])
+    assert effect.criteria()[CRITERIA[3]] and not effect.criteria()[CRITERIA[4]]
+    from scipy.stats import binomtest
+
+    share = binomtest(1, 30).proportion_ci(confidence_level=0.975, method="exact").high  # 1 of 30, at 1 - 0.05 / 2
+    assert effect.rise_off_bound == pytest.approx(100 * share)
+
+
+def test_conditional_effect_averages_samples_of_one_question_first():
+    """Three samples of one question count once: the rise of a question is its samples' mean."""
+    effect = conditional_effect([True, True, True, True, False, False], [True] * 4 + [False] * 2,
+                                [50.0, 60.0, 70.0, 80.0, 10.0, None], [40.0, 40.0, 40.0, 50.0, 10.0, 5.0],
+                                ["a", "a", "a", "b", "c", "d"])
+    assert (effect.n_on, effect.n_off) == (2, 1)  # question d has no scored pair
+    assert effect.rise_on[0] == pytest.approx((20.0 + 30.0) / 2)
+    with pytest.raises(ConditionError, match="one per answer"):
+        conditional_effect([True], [True, False], [1.0], [1.0])
 
 
 def _hook_counts(backbone):

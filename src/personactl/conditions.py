@@ -16,6 +16,10 @@ experiment may measure firing rates on them.
 The result is saved as a PersonaVector whose metadata (`extra["condition"]`)
 holds the chosen layer, threshold, comparison and prefix and the per-layer table,
 so `generate --condition V` needs no other number.
+
+`conditional_effect` says what conditional steering did to judged answers:
+firing rates and paired trait differences (steered - unsteered) per question,
+and the criteria a run is held to (`ConditionalEffect.criteria`).
 """
 
 from __future__ import annotations
@@ -24,20 +28,25 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
+import numpy as np
 import torch
 
 from . import activations
 from .aggregators import logistic, mean_diff, separation
 from .errors import ConditionError
 from .generation import chat_prompt, format_prompts
+from .intervals import CONFIDENCE, group_means
 from .models import Backbone
 from .steering import Condition, prompt_mean
 from .vectors import PersonaVector
 
 BUILTIN = Path(__file__).parent / "data" / "conditions"
 METHODS = ("logistic", "lda", "mean_diff")  # how `direction` fits a condition's direction (the first is the default)
+FIRES_ON, FIRES_OFF = 0.9, 0.1  # the least share of on-topic and the most share of other questions a condition may fire on
+MARGIN = 5.0  # trait points (0-100): the most the other questions' mean may rise for the steering to count as conditional
+SCALE = 100.0  # the judges' range: no question can rise by more
 
 
 @dataclass(frozen=True)
@@ -323,3 +332,112 @@ def condition_from_vector(
 def layer_table(search: ConditionSearch) -> list[dict]:
     """The per-layer fits as plain rows (for printing and JSON)."""
     return [asdict(fit) for fit in search.layers]
+
+
+Interval = tuple[float, float, float]  # (mean, low, high)
+
+
+def _t(units: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """(mean, low, high): Student's t interval of the mean of independent units (nan bounds below two units).
+
+    Not `intervals.t_interval`, whose bounds stop at the smallest and largest unit: with three or four units it is
+    their range, so three fired questions that all rose a little would count as a rise (10% of simulated runs
+    without any effect at a 10% firing rate, against 2% with this interval)."""
+    from scipy.stats import t  # noqa: PLC0415
+
+    data = np.asarray(units, dtype=float)
+    mean = float(data.mean()) if data.size else math.nan
+    if data.size < 2:
+        return mean, math.nan, math.nan
+    if np.ptp(data) == 0:
+        return mean, mean, mean
+    low, high = t.interval(confidence, data.size - 1, loc=mean, scale=float(data.std(ddof=1)) / math.sqrt(data.size))
+    return mean, float(low), float(high)
+
+
+def rise_bound(fired: Sequence[bool], rises: Sequence[float], *, scale: float = SCALE,
+               confidence: float = CONFIDENCE) -> float:
+    """Upper bound (one-sided, at the level of a `confidence` interval's upper end) of the mean rise over questions
+    when only those where the condition `fired` were steered (the others' expected rise is 0).
+
+    The mean rise is (share that fires) x (mean rise where it fires). Each factor gets an upper bound at half the
+    error (Bonferroni): Clopper-Pearson's for the share, Student's t for the rise over the questions that fired
+    (`scale`, the largest rise possible, with fewer than two). A t interval over all questions, zeros included,
+    undercovers when the condition fires rarely (at a 10% firing rate and a true mean rise of 5 points its upper
+    bound fell below 5 in 12% of simulated runs; no question fired in 4%, which reads [0, 0]).
+    """
+    from scipy.stats import beta  # noqa: PLC0415
+
+    fired = np.asarray(fired, dtype=bool)
+    k, n = int(fired.sum()), len(fired)
+    level = 1 - (1 - confidence) / 2  # each factor's two-sided level: its upper end errs half as often
+    share = float(beta.ppf((1 + level) / 2, k + 1, n - k)) if k < n else 1.0  # Clopper-Pearson's upper bound
+    hit = np.asarray(rises, dtype=float)[fired]
+    rise = min(_t(hit, level)[2], scale) if len(hit) >= 2 else scale
+    return share * max(rise, 0.0)
+
+
+@dataclass(frozen=True)
+class ConditionalEffect:
+    """What conditional steering did, over questions: firing rates and paired rises (steered - unsteered trait)."""
+
+    fires_on: float  # share of on-topic questions the condition fired on
+    fires_off: float  # share of the other questions it fired on
+    rise_on: Interval  # paired rise on the on-topic questions (mean, 95% CI)
+    rise_off: Interval  # paired rise on all the other questions (mean, 95% t CI: descriptive, see `rise_bound`)
+    rise_off_fired: Interval  # paired rise on the other questions where it fired (nan bounds with fewer than two)
+    rise_off_bound: float  # upper 95% bound of the other questions' mean rise (`rise_bound`)
+    n_on: int
+    n_off: int
+    n_fired_off: int
+    margin: float
+
+    def criteria(self) -> dict[str, bool]:
+        """The claims a conditional steering run is held to, each True when the data support it."""
+        return {
+            f"fires on >= {FIRES_ON:.0%} of the on-topic questions": self.fires_on >= FIRES_ON,
+            f"fires on <= {FIRES_OFF:.0%} of the other questions": self.fires_off <= FIRES_OFF,
+            "trait rises on the on-topic questions (paired CI above 0)": self.rise_on[1] > 0,
+            "no rise where it fired on other questions (their paired CI not above 0)": not self.rise_off_fired[1] > 0,
+            f"the other questions' mean rise is below {self.margin:g} points (upper 95% bound)": self.rise_off_bound < self.margin,
+        }
+
+
+def conditional_effect(
+    on_topic: Sequence[bool],
+    fired: Sequence[bool],
+    steered: Sequence[float | None],
+    unsteered: Sequence[float | None],
+    groups: Sequence[Hashable] | None = None,
+    *,
+    margin: float = MARGIN,
+    scale: float = SCALE,
+) -> ConditionalEffect:
+    """Firing rates and paired trait rises of conditionally steered answers against unsteered ones, per question.
+
+    One entry per answer: whether its question is on-topic, whether the condition fired on its prompt, and the
+    trait judged with conditional steering and without (None: unscored, left out). `groups` names each answer's
+    question (default: each answer its own); answers and samples of one question are averaged first, so the unit
+    of every interval is the question. Rows where the condition did not fire were not steered: they differ only
+    by sampling (by exactly 0 when greedy), which is why the other questions are tested where it fired, and
+    their mean rise against a bound that can exceed `margin` (`rise_bound`).
+    """
+    n = len(on_topic)
+    if not n == len(fired) == len(steered) == len(unsteered):
+        raise ConditionError(f"{n} topics, {len(fired)} firing decisions, {len(steered)} and {len(unsteered)} scores: give one per answer")
+    keys: Sequence[Hashable] = range(n) if groups is None else groups
+    rises = group_means([None if s is None or u is None else s - u for s, u in zip(steered, unsteered)], keys)
+    fires = group_means([float(f) for f in fired], keys)
+    topic = dict(zip(keys, on_topic))
+    on = [q for q in rises if topic[q]]
+    off = [q for q in rises if not topic[q]]
+    fired_off = [q for q in off if fires[q] > 0.5]
+    return ConditionalEffect(
+        fires_on=float(np.mean([fires[q] for q in on])) if on else math.nan,
+        fires_off=float(np.mean([fires[q] for q in off])) if off else math.nan,
+        rise_on=_t([rises[q] for q in on]),
+        rise_off=_t([rises[q] for q in off]),
+        rise_off_fired=_t([rises[q] for q in fired_off]),
+        rise_off_bound=rise_bound([fires[q] > 0.5 for q in off], [rises[q] for q in off], scale=scale) if off else math.nan,
+        n_on=len(on), n_off=len(off), n_fired_off=len(fired_off), margin=margin,
+    )
