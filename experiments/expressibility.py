@@ -71,8 +71,8 @@ def main() -> None:
         f"(expressed at judge AUROC >= {EXPRESSED_AUROC:.2f}, strongly when the CI's lower end is above it too). "
         f"Steering effect: judged trait at coefficient {PROBE_COEF:g} minus at 0 on 4 unused extraction questions, the best of "
         f"the candidate layers (read it only where the judge separates the trait). "
-        f"The first {QUICK} questions alone (what `extract --check` uses by default) give the same expressed / not expressed "
-        f"answer for {agree} of {len(rows)} traits. "
+        f"The first {QUICK} questions alone (the old `extract --check` default; it now uses {N_QUESTIONS}) give the same "
+        f"expressed / not expressed answer for {agree} of {len(rows)} rows. "
         f"Check seconds: answers + activations + judge for {N_QUESTIONS} questions on 2 cores, other jobs running."
     )
     print(write_section("expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's threshold)", rows, note,

@@ -59,11 +59,12 @@ def main() -> None:
     criteria = "; ".join(f"{c['criterion']}: {c['said']} ({c['verdict']})" for c in result.criteria)
     scales = ", ".join(f"{s:g}" for s in sorted({*config.magnitude_scales, *config.alpha_values}))
     note = (f"Layer {result.source_layer} -> {result.target_layer}; {config.n_test_prompts} held-out questions, greedy, "
-            f"{config.max_new_tokens} tokens; offline judge fitted on Gemma's own contrastive answers; brackets: bootstrap 95% CIs; "
+            f"{config.max_new_tokens} tokens; offline judge fitted on Gemma's own contrastive answers; brackets: 95% CIs over questions; "
             f"norm = alpha x the method's vector norm. This call took {seconds:.0f} s (cached steps are re-read). "
             f"Wherever an alpha, norm or layer is chosen, it is the best coherent one (coherence >= {MIN_COHERENCE:g}) on one half "
             f"of the questions, scored on the other half, both ways; two conditions are compared per question (paired "
-            f"t-test, two-sided, level {LEVEL:g}; difference = mean per-question difference with its 95% CI from that test). "
+            f"t-test on per-question means, two-sided, level {LEVEL:g}; where a pick rests on the same questions, its standard "
+            f"error is a leave-one-question-out jackknife that re-makes the picks). "
             f"Criteria (ridge at alpha {result.criteria[0]['alpha']}, picked on questions {picked_on(result.criteria[0]['picks'])}): "
             f"{criteria}. Diagnostic A applies the ridge direction and the oracle at {scales} x the oracle norm. "
             + " ".join(f"{k.upper()}: {h['conclusion']}." for k, h in result.hypotheses.items()))

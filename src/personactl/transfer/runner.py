@@ -16,7 +16,7 @@ import torch
 
 from .._io import write_text_atomic
 from ..errors import TransferError
-from ..extraction import ExtractionSettings, extract, load_pairs, save_pairs
+from ..extraction import ExtractionSettings, extract, load_pairs, question_groups, save_pairs
 from ..judges.factory import make_judges
 from ..models import Backbone, load_model
 from ..traits import AnyTrait, Trait
@@ -139,7 +139,8 @@ def run_transfer(config: TransferConfig, *, source: Backbone | None = None, targ
         cells = plan_cells(config, vectors, target_vector, t_layer, target.n_layers)
         prompts = _test_prompts(config, trait)
         answers = _answers(target, prompts, cells, config, out / f"answers_{trait.name}.jsonl")
-        judges = make_judges(config.judge_spec, trait, [p.pos_answer for p in target_pairs], [p.neg_answer for p in target_pairs])
+        judges = make_judges(config.judge_spec, trait, [p.pos_answer for p in target_pairs], [p.neg_answer for p in target_pairs],
+                             question_groups(target_pairs))
         rows = score_cells(judges, prompts, cells, answers)
         norms = {m: float(v.norm()) for m, v in vectors.items()}
         cosines = {m: float(torch.nn.functional.cosine_similarity(v, vectors["oracle"], dim=0)) for m, v in vectors.items()}
