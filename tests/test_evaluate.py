@@ -151,6 +151,6 @@ def test_a_condition_without_usable_scores_says_so_instead_of_nan():
                 "collapsed": False, "perplexity": 2.0} for q, c in enumerate((80.0, None, 70.0))]
     row = summarize(records)[0]
     assert score_cell(row["trait_mean"], row["trait_lo"], row["trait_hi"], row["trait_scored"], row["n"]) == "no score: 3/3 answers unscored"
-    assert score_cell(row["coherence_mean"], row["coherence_lo"], row["coherence_hi"], row["coherence_scored"], row["n"]) == "75.0 [70.0, 80.0] (1/3 unscored)"  # t interval, clipped to the questions' range
+    assert score_cell(row["coherence_mean"], row["coherence_lo"], row["coherence_hi"], row["coherence_scored"], row["n"]) == "75.0 [11.5, 100.0] (1/3 unscored)"  # t with 1 df, clipped to 0-100
     one = summarize(records[:2])[0]
     assert score_cell(one["coherence_mean"], one["coherence_lo"], one["coherence_hi"], one["coherence_scored"], one["n"]) == "80.0 (one question: no CI) (1/2 unscored)"

@@ -34,9 +34,18 @@ def test_unscored_values_are_left_out_and_degenerate_cases_say_so():
     assert all(math.isnan(x) for x in mean_ci([]))
 
 
-def test_a_rate_interval_stays_inside_its_range():
-    m, lo, hi = mean_ci([0.0] * 9 + [1.0])
+def test_a_rate_interval_stays_inside_its_range_and_only_there():
+    m, lo, hi = mean_ci([0.0] * 9 + [1.0], bounds=(0.0, 1.0))
     assert m == 0.1 and lo == 0.0 and 0.1 < hi <= 1.0
+    assert mean_ci([0.0] * 9 + [1.0])[1] < 0  # no bounds given: plain t
+
+
+def test_few_units_are_not_clipped_to_their_own_range():
+    """Three units that all rose a little: the interval must reach past them (clipped to their range it would be
+    their range, 75% coverage at three units)."""
+    m, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert (lo, hi) == pytest.approx(stats.t.interval(0.95, 2, loc=2.0, scale=stats.sem([1.0, 2.0, 3.0])))
+    assert lo < 1.0 and hi > 3.0
 
 
 def test_paired_difference_uses_the_questions_in_both():
@@ -51,7 +60,7 @@ def test_auroc_compares_answers_to_the_same_question_and_counts_ties_half():
     a = roc_auc_score([1, 1, 0, 0], [0.9, 0.4, 0.4, 0.1])  # question a alone
     b = roc_auc_score([1, 1, 0, 0], [0.6, 0.7, 0.8, 0.2])
     assert auroc == pytest.approx((a + b) / 2)
-    assert (lo, hi) == pytest.approx(t_interval([a, b])[1:])
+    assert (lo, hi) == pytest.approx(t_interval([a, b], bounds=(0.0, 1.0))[1:])
 
 
 def test_question_topics_do_not_count_as_separation():

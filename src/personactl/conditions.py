@@ -37,7 +37,7 @@ from . import activations
 from .aggregators import logistic, mean_diff, separation
 from .errors import ConditionError
 from .generation import chat_prompt, format_prompts
-from .intervals import CONFIDENCE, group_means
+from .intervals import CONFIDENCE, group_means, t_interval
 from .models import Backbone
 from .steering import Condition, prompt_mean
 from .vectors import PersonaVector
@@ -337,24 +337,6 @@ def layer_table(search: ConditionSearch) -> list[dict]:
 Interval = tuple[float, float, float]  # (mean, low, high)
 
 
-def _t(units: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
-    """(mean, low, high): Student's t interval of the mean of independent units (nan bounds below two units).
-
-    Not `intervals.t_interval`, whose bounds stop at the smallest and largest unit: with three or four units it is
-    their range, so three fired questions that all rose a little would count as a rise (10% of simulated runs
-    without any effect at a 10% firing rate, against 2% with this interval)."""
-    from scipy.stats import t  # noqa: PLC0415
-
-    data = np.asarray(units, dtype=float)
-    mean = float(data.mean()) if data.size else math.nan
-    if data.size < 2:
-        return mean, math.nan, math.nan
-    if np.ptp(data) == 0:
-        return mean, mean, mean
-    low, high = t.interval(confidence, data.size - 1, loc=mean, scale=float(data.std(ddof=1)) / math.sqrt(data.size))
-    return mean, float(low), float(high)
-
-
 def rise_bound(fired: Sequence[bool], rises: Sequence[float], *, scale: float = SCALE,
                confidence: float = CONFIDENCE) -> float:
     """Upper bound (one-sided, at the level of a `confidence` interval's upper end) of the mean rise over questions
@@ -373,7 +355,7 @@ def rise_bound(fired: Sequence[bool], rises: Sequence[float], *, scale: float = 
     level = 1 - (1 - confidence) / 2  # each factor's two-sided level: its upper end errs half as often
     share = float(beta.ppf((1 + level) / 2, k + 1, n - k)) if k < n else 1.0  # Clopper-Pearson's upper bound
     hit = np.asarray(rises, dtype=float)[fired]
-    rise = min(_t(hit, level)[2], scale) if len(hit) >= 2 else scale
+    rise = min(t_interval(hit, level)[2], scale) if len(hit) >= 2 else scale
     return share * max(rise, 0.0)
 
 
@@ -435,9 +417,9 @@ def conditional_effect(
     return ConditionalEffect(
         fires_on=float(np.mean([fires[q] for q in on])) if on else math.nan,
         fires_off=float(np.mean([fires[q] for q in off])) if off else math.nan,
-        rise_on=_t([rises[q] for q in on]),
-        rise_off=_t([rises[q] for q in off]),
-        rise_off_fired=_t([rises[q] for q in fired_off]),
+        rise_on=t_interval([rises[q] for q in on]),
+        rise_off=t_interval([rises[q] for q in off]),
+        rise_off_fired=t_interval([rises[q] for q in fired_off]),
         rise_off_bound=rise_bound([fires[q] > 0.5 for q in off], [rises[q] for q in off], scale=scale) if off else math.nan,
         n_on=len(on), n_off=len(off), n_fired_off=len(fired_off), margin=margin,
     )

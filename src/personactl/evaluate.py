@@ -295,6 +295,7 @@ def layer_order(layer: Any) -> tuple[int, float, str]:
     return (2, float(k if k is not None else 0), str(layer))
 
 
+SCORE_RANGE = (0.0, 100.0)  # judges score 0-100
 SUMMARY_FIELDS = [
     "method", "layer", "coef", "n", "trait_mean", "trait_lo", "trait_hi", "trait_scored", "coherence_mean", "coherence_lo",
     "coherence_hi", "coherence_scored", "collapse_rate", "collapse_lo", "collapse_hi", "perplexity_mean",
@@ -314,9 +315,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (method, layer, coef), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], layer_order(kv[0][1]), kv[0][2])):
         questions = [r["question_id"] for r in recs]
-        trait = mean_ci([r["trait"] for r in recs], questions)
-        coherence = mean_ci([r["coherence"] for r in recs], questions)
-        collapse = mean_ci([float(r["collapsed"]) for r in recs], questions)
+        trait = mean_ci([r["trait"] for r in recs], questions, bounds=SCORE_RANGE)
+        coherence = mean_ci([r["coherence"] for r in recs], questions, bounds=SCORE_RANGE)
+        collapse = mean_ci([float(r["collapsed"]) for r in recs], questions, bounds=(0.0, 1.0))
         ppl = [r["perplexity"] for r in recs if r["perplexity"] is not None]
         rows.append({
             "method": method, "layer": layer, "coef": coef, "n": len(recs),

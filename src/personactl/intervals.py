@@ -38,8 +38,11 @@ def group_means(values: Sequence[float | None], groups: Sequence[Hashable] | Non
     return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
-def t_interval(units: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, low, high): Student's t interval of the mean of independent units (nan bounds with one unit)."""
+def t_interval(
+    units: Sequence[float], confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None
+) -> tuple[float, float, float]:
+    """(mean, low, high): Student's t interval of the mean of independent units (nan bounds with one unit),
+    clipped to `bounds`, the range the quantity can take (e.g. (0, 1) for a rate), when given."""
     from scipy.stats import t  # noqa: PLC0415
 
     data = np.asarray(units, dtype=float)
@@ -49,17 +52,17 @@ def t_interval(units: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
     if data.size < 2:
         return mean, math.nan, math.nan
     half = float(t.ppf((1 + confidence) / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, max(mean - half, float(data.min())), min(mean + half, float(data.max()))
+    low, high = bounds or (-math.inf, math.inf)
+    return mean, max(mean - half, low), min(mean + half, high)
 
 
 def mean_ci(
-    values: Sequence[float | None], groups: Sequence[Hashable] | None = None, *, confidence: float = CONFIDENCE
+    values: Sequence[float | None], groups: Sequence[Hashable] | None = None, *, confidence: float = CONFIDENCE,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean over groups (questions), each group's values averaged first.
-
-    The bounds never leave the range of the group means (a rate's interval stays in [0, 1]).
-    """
-    return t_interval(list(group_means(values, groups).values()), confidence)
+    """(mean, low, high) of the mean over groups (questions), each group's values averaged first; `bounds` as in
+    `t_interval`."""
+    return t_interval(list(group_means(values, groups).values()), confidence, bounds)
 
 
 def paired_difference_ci(
@@ -107,7 +110,7 @@ def auroc_ci(
         return auroc, math.nan, math.nan
     se = float(np.mean([np.std(v, ddof=1) / math.sqrt(len(v)) for v in folds.values()]))
     half = float(t.ppf((1 + confidence) / 2, min(sizes) - 1) * se)
-    lo, hi = max(auroc - half, float(values.min())), min(auroc + half, float(values.max()))
+    lo, hi = max(auroc - half, 0.0), min(auroc + half, 1.0)
     if auroc in (0.0, 1.0):
         exact = (1 - confidence) ** (1 / len(values))
         lo, hi = (min(lo, exact), 1.0) if auroc == 1.0 else (0.0, max(hi, 1 - exact))
