@@ -63,8 +63,10 @@ def main() -> None:
     note = (
         f"SmolLM2-135M-Instruct, offline judge, greedy answers of {N_QUESTIONS} extraction questions per instruction pair. "
         "Judge AUROC, accuracy and gap (mean score of positive minus negative answers, 0-100) are out of fold by question "
-        "(5 folds; all answers of a question held out together); the AUROC's 95% CI is clustered by question "
-        "(Obuchowski's variance, t with questions - 1 degrees of freedom). "
+        "(2 folds; all answers of a question held out together). The AUROC compares answers to the same question (the "
+        "share of positive-negative pairs the judge orders right, averaged over questions); its 95% CI is Student's t "
+        "over the per-question AUROCs within each fold, the folds' standard errors averaged (their scores come from "
+        "classifiers trained on each other's labels, so they correlate). "
         f"Placebos (same instruction in other words; real answers with each pair's labels swapped at random): "
         f"{placebo_list}; "
         f"the highest placebo upper end is {top:.2f}, below the threshold {EXPRESSED_AUROC:.2f} "

@@ -149,3 +149,24 @@ def test_the_screening_sections_are_recomputed_from_their_data():
     assert comparison == removal["comparison"], f"{_regenerate('screening_removal')} (the comparison differs)"
     assert screening_prediction.removal_note(removal["settings"], comparison) in _section("screening_removal"), \
         f"{_regenerate('screening_removal')} (its note differs)"
+
+
+def test_expressibility_table_is_the_estimators_own_verdicts():
+    """One source of truth: each row's verdict and AUROC are the stored verdict's (as the estimator gave it), the
+    placebos are not expressed with CIs covering chance, and the threshold sits above every placebo's upper end."""
+    from personactl.expressibility import EXPRESSED_AUROC, Expressibility
+
+    data = json.loads((ROOT / "docs" / "experiments" / "expressibility.json").read_text())
+    verdicts = {}
+    for m in data["measured"].values():
+        for stored in filter(None, [m["verdict"], m.get("shuffled")]):
+            verdict = Expressibility.from_dict(stored)
+            assert stored["line"] == verdict.line(), _regenerate("expressibility") + " (a stored line is not what the code prints)"
+            verdicts[verdict.trait] = verdict
+    for row in data["rows"]:
+        v = verdicts[row["trait"]]
+        assert (row["verdict"], row["judge AUROC"], row["CI from"], row["CI to"]) == (v.level, v.auroc, v.auroc_lo, v.auroc_hi)
+    placebos = [v for name, v in verdicts.items() if name.startswith("placebo") or name.endswith("shuffled")]
+    assert len(placebos) == 4 and all(v.level == "not expressed" and v.auroc_lo <= 0.5 <= v.auroc_hi for v in placebos)
+    assert max(v.auroc_hi for v in placebos) < EXPRESSED_AUROC
+    assert verdicts["pirate"].expressed and verdicts["silly"].expressed
