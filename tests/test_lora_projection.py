@@ -202,7 +202,7 @@ def test_folder_of_checkpoints_and_drift_report(setup):
     names = [p.name for p in project_checkpoints(backbone, direction, tmp / "cks")]
     assert names == ["c1", "c2", "c3"]
     (tmp / "scores.csv").write_text(f"checkpoint,score\nc2,20\n{tmp / 'cks' / 'c1'},10\ncks/c3,45\n")
-    report = drift_report(backbone, direction, tmp / "cks", tmp / "scores.csv", n_boot=200)
+    report = drift_report(backbone, direction, tmp / "cks", tmp / "scores.csv")
     assert [r["score"] for r in report["rows"]] == [10.0, 20.0, 45.0]
     assert report["correlation"]["spearman_rho"] == pytest.approx(1.0)
     assert drift_report(backbone, direction, [tmp / "cks" / "c1"])["correlation"] is None
@@ -211,13 +211,15 @@ def test_folder_of_checkpoints_and_drift_report(setup):
 def test_correlate_on_a_monotone_series():
     x = [0.1, 0.4, 0.5, 0.9, 1.3, 2.0, 2.2, 3.1]
     y = [v**3 + 0.05 * i for i, v in enumerate(x)]
-    result = correlate(x, y, n_boot=500, seed=3)
+    result = correlate(x, y, seed=3)
     assert result["spearman_rho"] == pytest.approx(1.0)
-    assert result["spearman_ci"] == pytest.approx([1.0, 1.0])
+    lo, hi = result["spearman_ci"]  # a perfect rho: the lower bound of the nearest rho short of 1 (one adjacent swap)
+    assert hi == 1.0 and 0 < lo < 1
+    assert lo == pytest.approx(fisher_ci(1 - 12 / (8 * 63), 8, ranks=True)[0])
     lo, hi = result["pearson_ci"]
-    assert lo <= result["pearson_r"] <= hi < 1.0 + 1e-12
-    assert 0 < result["n_boot"] <= 500 and result["n"] == 8
-    assert correlate(x, y, n_boot=500, seed=3) == result
+    assert lo < result["pearson_r"] < hi < 1.0
+    assert result["n"] == 8 and result["ci_method"].startswith("Fisher z")
+    assert correlate(x, y, seed=3) == result
     with pytest.raises(DriftError, match="at least 3"):
         correlate([1, 2], [3, 4])
     with pytest.raises(DriftError, match="all projections or all scores are equal"):
@@ -275,20 +277,24 @@ def test_fisher_interval_matches_the_closed_form():
     assert all(math.isnan(v) for v in fisher_ci(0.9, 3))
     x = [0.3, 1.1, 0.2, 2.5, 1.9, 3.0, 2.2, 0.8, 1.4]
     y = [1.0, 2.0, 0.5, 2.2, 3.1, 2.9, 1.7, 1.2, 2.4]
-    result = correlate(x, y, n_boot=300)
-    assert result["pearson_ci_fisher"] == pytest.approx(fisher_ci(result["pearson_r"], 9))
-    lo, hi = result["pearson_ci_fisher"]
+    result = correlate(x, y)
+    assert result["pearson_ci"] == pytest.approx(fisher_ci(result["pearson_r"], 9))
+    lo, hi = result["pearson_ci"]
     assert -1 < lo < result["pearson_r"] < hi < 1
+    rho = result["spearman_rho"]  # Bonett-Wright: variance (1 + rho^2 / 2) / (n - 3), so wider than r's at the same value
+    assert result["spearman_ci"] == pytest.approx(fisher_ci(rho, 9, ranks=True))
+    half = 1.959964 * math.sqrt((1 + rho**2 / 2) / 6)
+    assert result["spearman_ci"] == pytest.approx([math.tanh(math.atanh(rho) - half), math.tanh(math.atanh(rho) + half)], abs=1e-6)
 
 
 def test_many_checkpoints_get_a_seeded_monte_carlo_p_value():
     x = list(range(12))
-    perfect = correlate(x, [v * 2.0 + 1 for v in x], n_boot=100, n_perm=999)
+    perfect = correlate(x, [v * 2.0 + 1 for v in x], n_perm=999)
     assert perfect["p_method"] == "monte-carlo" and perfect["n_perm"] == 999
     assert perfect["pearson_p"] == pytest.approx(1 / 1000) and perfect["spearman_p"] == pytest.approx(1 / 1000)
     y = [2.0, 0.5, 3.5, 1.0, 4.0, 2.5, 5.5, 3.0, 6.0, 4.5, 5.0, 7.5]
-    result = correlate(x, y, n_boot=100, n_perm=2000, seed=4)
-    assert correlate(x, y, n_boot=100, n_perm=2000, seed=4) == result  # the seed fixes the p-value
+    result = correlate(x, y, n_perm=2000, seed=4)
+    assert correlate(x, y, n_perm=2000, seed=4) == result  # the seed fixes the p-value
 
 
 def test_monte_carlo_p_agrees_with_the_exact_enumeration():
