@@ -25,7 +25,7 @@ from _doc import write_section
 from personactl import ExtractionSettings, SteeringTerm, chat_prompt, extract, generate, load_model, load_pairs, load_trait, load_vector
 from personactl.conditions import MARGIN, SCALE, conditional_effect, find_condition, layer_table, read_prompts
 from personactl.intervals import mean_ci
-from personactl.extraction import save_pairs
+from personactl.extraction import question_groups, save_pairs
 from personactl.judges.factory import make_judges
 
 
@@ -83,7 +83,7 @@ def main() -> None:
         save_pairs(pairs, path.with_suffix(".pairs.jsonl"))
     vector = load_vector(path, backbone=backbone)
     pairs = [p for p in load_pairs(path.with_suffix(".pairs.jsonl")) if p.pos_answer.strip() and p.neg_answer.strip()]
-    judges = make_judges("embed", trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs])
+    judges = make_judges("embed", trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs], question_groups(pairs))
 
     search = find_condition(backbone, read_prompts("sea"), read_prompts("other"), seed=args.seed, name="condition-sea")
     search.vector.save(args.out / "condition-sea.safetensors")
