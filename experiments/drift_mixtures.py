@@ -6,7 +6,7 @@ with 2 seeds; the seed draws the examples, the LoRA initialisation and the data
 order), judges each checkpoint's answers to the held-out questions with the
 offline judge, projects each checkpoint onto the pirate LoRA direction, and
 correlates the two over all checkpoints: Pearson and Spearman with permutation
-p-values, bootstrap CIs and a Fisher-z CI for r. The note, conclusion included,
+p-values and Fisher-z CIs (for rho with Bonett and Wright's variance). The note, conclusion included,
 is written from the run's settings and results (`note`), and the raw
 per-checkpoint numbers go to docs/experiments/drift.json, so
 tests/test_docs_numbers.py can recompute the section. Writes runs/drift/ and a
@@ -16,6 +16,9 @@ retrained (delete runs/drift after changing the training settings).
 Run: .venv/bin/python experiments/drift_mixtures.py --direction runs/lora-pirate
 (first: `personactl lora extract --trait pirate --out runs/lora-pirate --rank 8 --alpha 16
 --epochs 5 --max-steps 40 --n-questions 12 --lr 5e-4`, about 4 minutes on 2 cores.)
+With --from-json docs/experiments/drift.json it loads no model: the stored
+per-checkpoint numbers are correlated again and the section rewritten (after a
+change to the statistics, not to the measurements).
 """
 
 from __future__ import annotations
@@ -60,18 +63,16 @@ def _verdict(lo: float, hi: float, claim: float) -> str:
 
 
 def conclusion(c: dict, claim: float = CLAIM) -> str:
-    """What the Fisher-z 95% interval of r supports about r > `claim` (and whether the bootstrap interval agrees)."""
-    lo, hi = c["pearson_ci_fisher"]
-    verdict = _verdict(lo, hi, claim)
+    """What the Fisher-z 95% interval of r supports about r > `claim`."""
+    lo, hi = c["pearson_ci"]
     text = {
         "above": f"the Fisher-z 95% interval of r lies above {claim:g} (lower bound {lo:.2f}): the data support r > {claim:g}",
         "below": f"the Fisher-z 95% interval of r lies below {claim:g} (upper bound {hi:.2f}): the data contradict r > {claim:g}",
         "positive": (f"the Fisher-z 95% interval of r excludes 0 but reaches below {claim:g} (lower bound {lo:.2f}): the data support "
                      f"a positive correlation, not r > {claim:g}"),
         "null": f"the Fisher-z 95% interval of r includes 0 (lower bound {lo:.2f}): the data do not show a correlation",
-    }[verdict]
-    same = _verdict(*c["pearson_ci"], claim) == verdict
-    return f"Conclusion: {text}; the bootstrap interval {'leads to the same conclusion' if same else 'does not agree'}."
+    }[_verdict(lo, hi, claim)]
+    return f"Conclusion: {text}."
 
 
 def a_cosine(checkpoint: LoRADirection, reference: LoRADirection) -> float:
@@ -116,9 +117,9 @@ def note(settings: dict, c: dict, points: list[dict]) -> str:
         f"the examples, the LoRA initialisation and the data order. Judged trait: offline judge (held-out accuracy "
         f"{s['judge_heldout_accuracy']:.2f}), mean over {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens. "
         f"Pearson r = {c['pearson_r']:.3f} (permutation p = {c['pearson_p']:.2g}, {pairings}); 95% CI "
-        f"{c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f} (bootstrap, {c['n_boot']} resamples), "
-        f"{c['pearson_ci_fisher'][0]:.2f}..{c['pearson_ci_fisher'][1]:.2f} (Fisher z). Spearman rho = {c['spearman_rho']:.3f} "
-        f"(permutation p = {c['spearman_p']:.2g}; bootstrap 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}). "
+        f"{c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f} (Fisher z). Spearman rho = {c['spearman_rho']:.3f} "
+        f"(permutation p = {c['spearman_p']:.2g}; 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}, Fisher z with "
+        "Bonett and Wright's variance). "
         f"{conclusion(c, s['claim'])} {per_seed(s, points)}"
     )
 
@@ -127,7 +128,7 @@ def recompute(data: dict) -> dict:
     """The correlation of a stored drift.json, recomputed by the current `correlate` with the stored seeds."""
     points, s = data["checkpoints"], data["settings"]
     return correlate([p["projection"] for p in points], [p["judged_trait"] for p in points],
-                     n_boot=s["n_boot"], seed=s["correlation_seed"], n_perm=s["n_perm"])
+                     seed=s["correlation_seed"], n_perm=s["n_perm"])
 
 
 def mixture(pairs, seed: int, share: float, examples: int) -> tuple[list[str], list[str]]:
@@ -170,6 +171,16 @@ def train_and_judge(backbone, trait, pairs, judge, settings: dict, out: Path) ->
     return points, paths
 
 
+def write(settings: dict, points: list[dict]) -> None:
+    """Correlate the per-checkpoint numbers with the current `correlate`; write the section and drift.json."""
+    data = {"settings": settings, "checkpoints": points}
+    data["correlation"] = recompute(data)
+    print(json.dumps(data["correlation"], indent=2))
+    rows = [{"checkpoint": p["checkpoint"], "seed": p["seed"], "trait share": f"{p['share']:.1%}", "judged trait": p["judged_trait"],
+             "projection": p["projection"], "cosine": p["cosine"], "A-factor cos": p["a_cosine"]} for p in points]
+    print(write_section(NAME, TITLE, rows, note(settings, data["correlation"], points), data=data))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--direction", type=Path, default=Path("runs/lora-pirate"), help="lora extract output folder")
@@ -180,9 +191,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds; every share is trained once per seed")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--n-perm", type=int, default=10_000)
+    parser.add_argument("--from-json", type=Path, help="a stored drift.json: correlate its checkpoints again, without a model")
     args = parser.parse_args()
+    if args.from_json:
+        stored = json.loads(args.from_json.read_text())
+        write(stored["settings"], stored["checkpoints"])
+        return
 
     backbone, trait, pairs, judge = pirate_setup(args.direction)
     direction = LoRADirection.load(args.direction / "diff")  # before an hour of fine-tuning: a missing direction fails now
@@ -190,7 +205,7 @@ def main() -> None:
         "examples": args.examples, "steps": args.steps, "rank": args.rank, "alpha": 2.0 * args.rank, "learning_rate": 5e-4,
         "batch_size": 8, "shares": shares(args.shares), "seeds": [int(s) for s in args.seeds.split(",")],
         "n_questions": len(trait.eval_questions), "max_new_tokens": args.max_new_tokens,
-        "judge_heldout_accuracy": judge.heldout_accuracy, "n_boot": args.n_boot, "n_perm": args.n_perm,
+        "judge_heldout_accuracy": judge.heldout_accuracy, "n_perm": args.n_perm,
         "correlation_seed": 0, "claim": CLAIM,
         "direction_seed": json.loads((args.direction / "pos" / "persona.json").read_text())["train"]["seed"],
     }
@@ -200,19 +215,14 @@ def main() -> None:
         writer = csv.writer(fh)
         writer.writerow(["checkpoint", "score"])
         writer.writerows((p["checkpoint"], p["judged_trait"]) for p in points)
-    report = drift_report(backbone, direction, paths, scores_csv, n_boot=args.n_boot, seed=settings["correlation_seed"],
-                          n_perm=args.n_perm)
+    report = drift_report(backbone, direction, paths, scores_csv, seed=settings["correlation_seed"], n_perm=args.n_perm)
     (args.out / "drift.json").write_text(json.dumps(report, indent=2, default=str))
     reference = LoRADirection.load(args.direction / "pos")  # the direction's positive LoRA: its A factors are its initialisation's
     for point, row, path in zip(points, report["rows"], paths):
         point.update(projection=row["projection"], cosine=row["cosine"], a_cosine=a_cosine(LoRADirection.load(path), reference))
-    data = {"settings": settings, "checkpoints": points, "correlation": report["correlation"]}
-    c = recompute(data)
-    assert json.dumps(c) == json.dumps(data["correlation"]), "the stored per-checkpoint numbers must give the same correlation"
-    print(json.dumps(c, indent=2))
-    rows = [{"checkpoint": p["checkpoint"], "seed": p["seed"], "trait share": f"{p['share']:.1%}", "judged trait": p["judged_trait"],
-             "projection": p["projection"], "cosine": p["cosine"], "A-factor cos": p["a_cosine"]} for p in points]
-    print(write_section(NAME, TITLE, rows, note(settings, c, points), data=data))
+    c = recompute({"settings": settings, "checkpoints": points})
+    assert json.dumps(c) == json.dumps(report["correlation"]), "the stored per-checkpoint numbers must give the same correlation"
+    write(settings, points)
 
 
 if __name__ == "__main__":
