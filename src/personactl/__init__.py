@@ -26,7 +26,10 @@ from .conditions import find_condition
 from .traits import ContrastiveTexts, Trait, builtin_traits, load_trait, parse_trait
 from .trait_generation import GeneratedTrait, TraitGenerationError, generate_trait
 from .vectors import PersonaVector, load_vector
-from .evaluate import SweepConfig, run_sweep
+from .evaluate import SweepConfig, run_sweep, summarize
+from .expressibility import Expressibility
+from .intervals import auroc_ci, mean_ci, paired_difference_ci
+from .verdicts import Verdict, sweep_verdicts, verdict_for
 from .experiment import run as run_experiment
 from .judges.base import Judges
 from .judges.embedding import EmbeddingJudge
@@ -53,6 +56,7 @@ from .safety import identify as identify_safety_neurons
 from .safety import set_difference, wanda_scores, zeroed
 
 __all__ = [
+    "Expressibility", "Verdict", "auroc_ci", "mean_ci", "paired_difference_ci", "summarize", "sweep_verdicts", "verdict_for",
     "GeneratedTrait", "TraitGenerationError", "generate_trait",
     "Screening", "screen_dataset",
     "FrozenWeightsChanged", "IdentifySettings", "SafetyError", "align_to_refuse", "frozen", "frozen_finetune", "identify_safety_neurons",
