@@ -15,6 +15,10 @@ tests/test_docs_numbers.py can recompute the printed correlations.
 
 Run after the drift mixtures and the demo (for runs/demo-pirate/vector.safetensors):
 .venv/bin/python experiments/screening_prediction.py
+With --from-json docs/experiments it loads no model: the per-dataset numbers and
+per-question scores stored in both sections' JSON are correlated and compared
+again and the sections rewritten (after a change to the statistics, not to the
+measurements).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from _doc import pirate_setup, write_section
 from drift_mixtures import checkpoint_name, mixture
 from personactl import chat_prompt, generate, load_vector
+from personactl.evaluate import SCORE_RANGE
 from personactl.intervals import mean_ci
 from personactl.generation import format_prompts
 from personactl.lora.adapters import PersonaData
@@ -50,8 +55,8 @@ def correlations(points: list[dict], settings: dict) -> list[dict]:
     rows = []
     for label, key in PREDICTORS.items():
         for group, mine in groups:
-            c = correlate([p[key] for p in mine], [p["judged_trait"] for p in mine], n_boot=settings["n_boot"],
-                          seed=settings["correlation_seed"], n_perm=settings["n_perm"])
+            c = correlate([p[key] for p in mine], [p["judged_trait"] for p in mine], seed=settings["correlation_seed"],
+                          n_perm=settings["n_perm"])
             rows.append({"predictor": label, "checkpoints": group, "n": c["n"], "needs training": key == "projection",
                          "pearson_r": c["pearson_r"], "pearson_p": c["pearson_p"], "pearson_ci": c["pearson_ci"],
                          "spearman_rho": c["spearman_rho"], "spearman_p": c["spearman_p"], "spearman_ci": c["spearman_ci"]})
@@ -79,8 +84,8 @@ def prediction_note(settings: dict, rows: list[dict], points: list[dict]) -> str
     tie = _overlap(diff["pearson_ci"], weight["pearson_ci"])
     comparison = (f"Over all {diff['n']} checkpoints, Pearson r = {diff['pearson_r']:.3f} (p = {diff['pearson_p']:.2g}) for the projection "
                   f"difference vs r = {weight['pearson_r']:.3f} (p = {weight['pearson_p']:.2g}) for the weight projection: the "
-                  f"{better} is higher, " + ("but the bootstrap 95% intervals overlap, so this run cannot say which predicts better."
-                                              if tie else "and the bootstrap 95% intervals do not overlap."))
+                  f"{better} is higher, " + ("but their 95% intervals overlap (which is no test of the difference), so this run "
+                                              "does not say which predicts better." if tie else "and their 95% intervals do not overlap."))
     share_r = float(np.corrcoef([p["share"] for p in points], [p["difference"] for p in points])[0, 1])
     judged_r = float(np.corrcoef([p["share"] for p in points], [p["judged_trait"] for p in points])[0, 1])
     caveat = (f" Caveat: in these mixtures the datasets differ only in their trait share, and the projection difference follows "
@@ -96,7 +101,7 @@ def prediction_note(settings: dict, rows: list[dict], points: list[dict]) -> str
             f"of a seed (the model's own answers generated, then cached), {settings['screen_seconds_cached']:.1f} s for each later one "
             f"(capture only), vs {settings['finetune_seconds']:.0f} s per fine-tune in this run. Weight projection: each trained checkpoint projected onto the LoRA persona direction (drift section). "
             f"Judged trait: the drift section's, offline judge. Permutation p: Monte-Carlo over {settings['n_perm']} pairings; "
-            f"CIs: bootstrap over checkpoints, {settings['n_boot']} resamples. {comparison}{caveat}")
+            f"CIs: Fisher z (Spearman's with Bonett and Wright's variance). {comparison}{caveat}")
 
 
 def screen_seconds(points: list[dict]) -> dict:
@@ -122,8 +127,9 @@ def removal_note(settings: dict, comparison: dict) -> str:
     return (f"The {settings['removal_share']:.0%} mixture of each seed ({settings['examples']} answers) less {settings['removed']} samples "
             f"({settings['remove_percent']:g}%): the top-flagged ones by projection difference, or {settings['random_draws']} random draws; "
             f"each retrained with the drift settings ({settings['steps']} steps) and judged on {settings['n_questions']} held-out questions "
-            f"(brackets: bootstrap 95% CIs over questions). Flagged minus random (per question, averaged over seeds and draws): "
-            f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] (bootstrap 95% CI over the {settings['n_questions']} questions): {verdict}.")
+            f"(brackets: 95% CIs, Student's t over the questions). Flagged minus random (per question, averaged over seeds and "
+            f"draws): {mean:+.1f} [{low:+.1f}, {high:+.1f}] (95% CI, Student's t over the {settings['n_questions']} questions): "
+            f"{verdict}.")
 
 
 def screen_mixtures(backbone, pairs, vector, layer: int, drift: dict, cache: AnswerCache, max_new_tokens: int) -> tuple[list[dict], dict]:
@@ -141,14 +147,20 @@ def screen_mixtures(backbone, pairs, vector, layer: int, drift: dict, cache: Ans
     return points, screenings
 
 
+def with_trait_ci(result: dict) -> dict:
+    """A removal's record with the mean judged trait over its questions and the 95% CI (Student's t, within 0-100)."""
+    return {**result, "trait": list(mean_ci(result["scores"], bounds=SCORE_RANGE))}
+
+
 def judged_per_question(backbone, judge, questions: list[str], folder: Path, max_new_tokens: int) -> list[float]:
     with merged(backbone, (LoRADirection.load(folder), 1.0)):
         answers = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=max_new_tokens, batch_size=len(questions))
     return judge.score(questions, answers)
 
 
-def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, out: Path) -> tuple[list[dict], dict, float]:
-    """Retrain the chosen mixture of every seed without its top-flagged or random samples; judge each per question."""
+def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, out: Path) -> tuple[list[dict], int, float]:
+    """Retrain the chosen mixture of every seed without its top-flagged or random samples; judge each per question.
+    Returns the records, the number of samples removed and the mean fine-tuning time."""
     s = drift["settings"]
     questions = trait.eval_questions
     n_remove = math.ceil(s["examples"] * args.remove_percent / 100)
@@ -173,17 +185,29 @@ def removal(backbone, pairs, judge, trait, drift: dict, screenings: dict, args, 
                 (folder / "seconds.txt").write_text(f"{time.perf_counter() - started:.3f}")
             seconds.append(float((folder / "seconds.txt").read_text()))
             scores = judged_per_question(backbone, judge, questions, folder, s["max_new_tokens"])
-            results.append({"condition": condition, "seed": seed, "removed": removed, "trait_removed": sum(i < n_trait for i in removed),
-                            "scores": scores, "trait": list(mean_ci(scores))})
+            results.append(with_trait_ci({"condition": condition, "seed": seed, "removed": removed,
+                                          "trait_removed": sum(i < n_trait for i in removed), "scores": scores}))
             print(f"seed {seed}, {condition}: trait {results[-1]['trait'][0]:.1f}", flush=True)
-    return results, {**compare(results), "n_removed": n_remove}, float(np.mean(seconds))
+    return results, n_remove, float(np.mean(seconds))
 
 
 def compare(results: list[dict]) -> dict:
-    """Flagged minus random removal, per question (averaged over seeds and random draws), with its bootstrap 95% CI."""
+    """Flagged minus random removal, per question (averaged over seeds and random draws), with its 95% CI (t over questions)."""
     flagged = np.mean([r["scores"] for r in results if r["condition"] == "top flagged"], axis=0)
     randoms = np.mean([r["scores"] for r in results if r["condition"] != "top flagged"], axis=0)
     return {"difference": list(mean_ci((flagged - randoms).tolist()))}
+
+
+def write(settings: dict, points: list[dict], results: list[dict]) -> None:
+    """Correlate and compare with the current statistics; write both sections and their JSON."""
+    rows = correlations(points, settings)
+    comparison = {**compare(results), "n_removed": settings["removed"]}
+    print(write_section("screening_prediction", "Predicting fine-tuning drift before training: projection difference vs weight projection",
+                        correlation_table(rows), prediction_note(settings, rows, points),
+                        data={"settings": settings, "datasets": points, "correlations": rows}))
+    print(write_section("screening_removal", "Removing the top-flagged 10% of a 50% pirate mixture vs a random 10%",
+                        removal_table(results), removal_note(settings, comparison),
+                        data={"settings": settings, "removals": results, "comparison": comparison}))
 
 
 def main() -> None:
@@ -198,7 +222,14 @@ def main() -> None:
     parser.add_argument("--removal-share", type=float, default=0.5)
     parser.add_argument("--remove-percent", type=float, default=10.0)
     parser.add_argument("--random-draws", type=int, default=3)
+    parser.add_argument("--from-json", type=Path, help="a folder holding screening_prediction.json and screening_removal.json: "
+                                                       "recompute their statistics without a model")
     args = parser.parse_args()
+    if args.from_json:
+        prediction = json.loads((args.from_json / "screening_prediction.json").read_text())
+        removals = json.loads((args.from_json / "screening_removal.json").read_text())["removals"]
+        write(prediction["settings"], prediction["datasets"], [with_trait_ci(r) for r in removals])
+        return
 
     backbone, trait, pairs, judge = pirate_setup(args.direction)
     vector = load_vector(args.vector, backbone=backbone)
@@ -207,19 +238,13 @@ def main() -> None:
     drift_settings = drift["settings"]
     cache = AnswerCache(args.out / "model_answers.jsonl")
     points, screenings = screen_mixtures(backbone, pairs, vector, layer, drift, cache, args.max_new_tokens)
-    results, comparison, finetune_seconds = removal(backbone, pairs, judge, trait, drift, screenings, args, args.out)
-    settings = {**{k: drift_settings[k] for k in ("shares", "seeds", "examples", "steps", "n_boot", "n_perm", "correlation_seed")},
+    results, n_removed, finetune_seconds = removal(backbone, pairs, judge, trait, drift, screenings, args, args.out)
+    settings = {**{k: drift_settings[k] for k in ("shares", "seeds", "examples", "steps", "n_perm", "correlation_seed")},
                 "layer": layer, "max_new_tokens": args.max_new_tokens, "vector": vector.fingerprint(),
                 **screen_seconds(points), "finetune_seconds": finetune_seconds,
-                "removal_share": args.removal_share, "remove_percent": args.remove_percent, "removed": comparison["n_removed"],
+                "removal_share": args.removal_share, "remove_percent": args.remove_percent, "removed": n_removed,
                 "random_draws": args.random_draws, "n_questions": len(trait.eval_questions)}
-    rows = correlations(points, settings)
-    print(write_section("screening_prediction", "Predicting fine-tuning drift before training: projection difference vs weight projection",
-                        correlation_table(rows), prediction_note(settings, rows, points),
-                        data={"settings": settings, "datasets": points, "correlations": rows}))
-    print(write_section("screening_removal", "Removing the top-flagged 10% of a 50% pirate mixture vs a random 10%",
-                        removal_table(results), removal_note(settings, comparison),
-                        data={"settings": settings, "removals": results, "comparison": comparison}))
+    write(settings, points, results)
 
 
 if __name__ == "__main__":
