@@ -75,10 +75,8 @@ def verdict(mean: float, low: float, high: float) -> str:
     return f"neither: the mean change {100 * mean:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}] is not clearly below -10% nor inside ±5%"
 
 
-def score_dynamics(before: Tensors, after: Tensors, frozen: Tensors, random: Tensors, seed: int | None = None) -> dict:
-    """Per matrix, per block and overall changes of the frozen, non-frozen and random weights' scores, and the verdict.
-
-    `seed` is ignored (nothing is drawn); it is accepted until safety/pipeline.py stops passing one."""
+def score_dynamics(before: Tensors, after: Tensors, frozen: Tensors, random: Tensors) -> dict:
+    """Per matrix, per block and overall changes of the frozen, non-frozen and random weights' scores, and the verdict."""
     per_matrix: dict[str, dict[str, float]] = {}
     for name, mask in frozen.items():
         row: dict[str, float] = {}

@@ -30,12 +30,12 @@ class RefusalMeasure:
 
 
 def refusals(
-    backbone: Backbone, examples: Examples, classifier: RefusalClassifier, *, max_new_tokens: int = ANSWER_TOKENS, batch_size: int = 24, seed: int = 0
+    backbone: Backbone, examples: Examples, classifier: RefusalClassifier, *, max_new_tokens: int = ANSWER_TOKENS, batch_size: int = 24
 ) -> RefusalMeasure:
     """Greedy answers to the prompts, classified; the phrase matcher's rate is the headline, the embedding's beside it."""
     answers = generate(backbone, examples.prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     keyword, embedded = classifier.keyword(answers), classifier.embedded(answers)
-    return RefusalMeasure(rate_with_ci(keyword, seed=seed), rate_with_ci(embedded, seed=seed), agreement(keyword, embedded), answers, keyword)
+    return RefusalMeasure(rate_with_ci(keyword), rate_with_ci(embedded), agreement(keyword, embedded), answers, keyword)
 
 
 def utility_perplexity(backbone: Backbone, examples: Examples) -> float:

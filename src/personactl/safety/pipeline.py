@@ -57,7 +57,7 @@ def measure_finetune(before: Backbone, reference: Reference, finetuned: str | Pa
         benign = refusals(model, held_out.benign, held_out.classifier)
         after = safety_calibration_scores(model, reference.settings["nsamples"])
         return {"refusal": harmful.to_dict(), "over_refusal": benign.to_dict(with_answers=False),
-                "scores": score_dynamics(reference.scores, after, reference.frozen, reference.random, reference.settings["seed"])}
+                "scores": score_dynamics(reference.scores, after, reference.frozen, reference.random)}
 
     if (folder / "adapter_config.json").is_file():
         with merged(before, (LoRADirection.load(folder), 1.0)):

@@ -56,22 +56,26 @@ class Rate:
         return f"{100 * self.rate:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}] (n={self.n})"
 
 
-def rate_with_ci(flags: Sequence[bool], *, confidence: float = 0.95, seed: int | None = None) -> Rate:
-    """Share of True flags with its Wilson score interval (scipy's `binomtest`).
+def rate_with_ci(flags: Sequence[bool], *, confidence: float = 0.95) -> Rate:
+    """Share of True flags with its Wilson score interval (`wilson`).
 
     A percentile bootstrap over the answers, used before, gives 0 of 48 the interval [0, 0] and covered a true
     rate of 20% in 92% (2%: 61%) of samples of 48; Wilson's covers it in 94-97% from 5% to 95% at 48 answers
-    (tests/test_calibration_safety.py), and 0 of 48 reads [0, 7.4%]. `seed` is ignored (nothing is drawn); it is
-    accepted until safety/measure.py stops passing one.
+    (tests/test_calibration_safety.py), and 0 of 48 reads [0, 7.4%].
     """
-    from scipy.stats import binomtest  # noqa: PLC0415
-
     values = np.asarray(flags, dtype=bool)
     if not len(values):
         raise SafetyError("no answers to measure a refusal rate on")
-    hits = int(values.sum())
-    ci = binomtest(hits, len(values)).proportion_ci(confidence_level=confidence, method="wilson")
-    return Rate(hits / len(values), float(ci.low), float(ci.high), len(values))
+    return wilson(int(values.sum()), len(values), confidence=confidence)
+
+
+def wilson(hits: int, n: int, *, confidence: float = 0.95) -> Rate:
+    """`hits` of `n` independent answers with the Wilson score interval (scipy's `binomtest`): a stored rate's counts
+    give back its interval."""
+    from scipy.stats import binomtest  # noqa: PLC0415
+
+    ci = binomtest(hits, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return Rate(hits / n, float(ci.low), float(ci.high), n)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,15 @@ def change(stat: dict) -> str:
     return f"{100 * stat['mean']:+.1f}% [{100 * stat['low']:+.1f}, {100 * stat['high']:+.1f}]"
 
 
+def collapse_rate(measure: dict) -> dict:
+    """Share of degenerate (repetitive) answers: a 'refusal rate' of 0 from a broken model is not compliance.
+
+    From the answers, or the stored rate of a measure kept without them."""
+    return measure["collapsed"] if "collapsed" in measure else rate_with_ci([is_collapsed(a) for a in measure["answers"]]).to_dict()
+
+
 def collapsed(measure: dict) -> str:
-    """Share of degenerate (repetitive) answers: a 'refusal rate' of 0 from a broken model is not compliance."""
-    return percent(rate_with_ci([is_collapsed(a) for a in measure["answers"]]).to_dict())
+    return percent(collapse_rate(measure))
 
 
 def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
@@ -129,7 +135,7 @@ def figures(results: dict, folder: Path) -> dict[str, Path]:
     ax.set_xticks([x + width for x in range(len(names))], names, rotation=20, ha="right", fontsize=8)
     ax.axhspan(-5, 5, color="grey", alpha=0.12, label="within 5% (B)")
     ax.axhline(-10, color="C3", lw=0.8, ls=":", label="-10% (A)")
-    ax.set_ylabel("mean relative score change (%), 95% CI over matrices")
+    ax.set_ylabel("mean relative score change (%), 95% CI over blocks")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     out["score_changes"] = _save(fig, folder / "score_changes.png")
@@ -137,10 +143,11 @@ def figures(results: dict, folder: Path) -> dict[str, Path]:
 
 
 _CAPTIONS = {
-    "refusal": "Refusal rate on held-out harmful requests (phrase matcher, bootstrap 95% CI).",
+    "refusal": "Refusal rate on held-out harmful requests (phrase matcher, Wilson 95% CI).",
     "histograms": "Wanda scores on safety data before (solid) and after (dashed) fine-tuning: frozen (red) vs all other weights (blue).",
     "per_block": "Mean relative change of the frozen weights' scores per block.",
-    "score_changes": "Mean relative score change of frozen, non-frozen and random weights per fine-tune.",
+    "score_changes": ("Mean relative score change of frozen, non-frozen and random weights per fine-tune (95% CI: Student's t "
+                      "over the blocks' means, each block's matrices averaged first)."),
 }
 
 
