@@ -43,7 +43,8 @@ def note(settings: dict) -> str:
     n_eval = ", ".join(sorted({str(n) for n in settings["n_eval"]}))
     return (f"Adapters: {adapters}. Adherence (0-100): the embedding classifier fitted on {n_fit} persona answers vs the base "
             f"model's answers to the same instructions, scored on the {n_eval} held-out instructions (greedy, "
-            f"{settings['max_new_tokens']} tokens); brackets: 95% CIs over questions (t); chance is 50 on a balanced set. Neutral "
+            f"{settings['max_new_tokens']} tokens); brackets: {settings.get('intervals', 'bootstrap')} 95% CIs; chance is 50 on a "
+            f"balanced set. Neutral "
             f"perplexity: the {settings['n_neutral']} team-written answers of data/neutral_qa.jsonl.")
 
 
@@ -58,7 +59,8 @@ def main() -> None:
 
     backbone = load_model("smollm2-135m")
     rows = []
-    settings = {"train": [], "n_fit": [], "n_eval": [], "max_new_tokens": args.max_new_tokens, "n_neutral": len(neutral_text()[0])}
+    settings = {"train": [], "n_fit": [], "n_eval": [], "max_new_tokens": args.max_new_tokens, "n_neutral": len(neutral_text()[0]),
+                "intervals": "Student-t (over questions)"}  # how they were computed; older sections used a bootstrap
     for name in PERSONAS:
         data = files("personactl") / "data" / "personas" / f"{name}.jsonl"
         folder = args.registry / name
