@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _doc import write_section
 from personactl import load_model
-from personactl.evaluate import SweepConfig
+from personactl.evaluate import SCORE_RANGE, SweepConfig
 from personactl.intervals import mean_ci
 from personactl.experiment import run
 
@@ -76,7 +76,8 @@ def compare(records: list[dict], selection) -> list[dict]:
         for spec in SPECS:
             recs = [cells[spec][k] for k in keys]
             questions = [k[1] for k in keys]
-            t, c = mean_ci([r["trait"] for r in recs], questions), mean_ci([r["coherence"] for r in recs], questions)
+            t = mean_ci([r["trait"] for r in recs], questions, bounds=SCORE_RANGE)
+            c = mean_ci([r["coherence"] for r in recs], questions, bounds=SCORE_RANGE)
             row = {"spec": spec, "coef": coef, "n": len(recs), "trait": t[0], "trait_lo": t[1], "trait_hi": t[2],
                    "coherence": c[0], "coherence_lo": c[1], "coherence_hi": c[2]}
             if spec != "auto":

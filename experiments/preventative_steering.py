@@ -21,6 +21,7 @@ from pathlib import Path
 
 from _doc import pirate_setup, write_section
 from personactl import SteeringTerm, chat_prompt, generate, load_vector
+from personactl.evaluate import SCORE_RANGE
 from personactl.intervals import mean_ci
 from personactl.generation import format_prompts
 from personactl.judges.text import RepetitionCoherenceJudge
@@ -87,8 +88,8 @@ def main() -> None:
             generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
                                  batch_size=len(questions))
         scores[name] = judge.score(questions, generated)
-        t, t_lo, t_hi = mean_ci(scores[name])
-        c, c_lo, c_hi = mean_ci(coherence.score(questions, generated))
+        t, t_lo, t_hi = mean_ci(scores[name], bounds=SCORE_RANGE)
+        c, c_lo, c_hi = mean_ci(coherence.score(questions, generated), bounds=SCORE_RANGE)
         rows.append({"run": name, "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]", "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
                      "example": generated[0][:90].replace("|", "/").replace("\n", " ")})
         print(rows[-1])
