@@ -202,7 +202,7 @@ def test_a_sweep_on_llama_cpp_writes_results_and_summary_the_report_reads(smollm
     neg = ["The weather is mild today.", "Please submit the report by Friday.", "Water boils at 100 degrees.",
            "Save a little money every month.", "Read the manual before installing.", "Drink water and sleep well.",
            "Turn off the lights when you leave.", "Write a short list of tasks."]
-    save_pairs([ContrastivePair(i, "q", "p", a, "n", b) for i, (a, b) in enumerate(zip(pos, neg))], path.with_suffix(".pairs.jsonl"))
+    save_pairs([ContrastivePair(i, f"q{i}", "p", a, "n", b) for i, (a, b) in enumerate(zip(pos, neg))], path.with_suffix(".pairs.jsonl"))
     folder, _ = lora_gguf_file
     config = validate_config({"name": "cpp", "vector": str(path), "lora": str(folder), "methods": ["vector", "lora"],
                               "backend": "llamacpp", "layers": [20], "coefs": [0, 4], "n_questions": 2, "max_new_tokens": 8})

@@ -82,8 +82,8 @@ def test_sweep_config_accepts_auto_blends_and_mixed_lists():
 
 
 def test_summaries_sort_layer_indices_before_blends():
-    records = [{"method": "vector", "layer": layer, "coef": 1.0, "trait": 50.0, "coherence": 90.0, "collapsed": False, "perplexity": 2.0}
-               for layer in ("auto:10", 12, "auto:2", 3)]
+    records = [{"key": str(layer), "method": "vector", "layer": layer, "coef": 1.0, "question_id": 0, "trait": 50.0,
+                "coherence": 90.0, "collapsed": False, "perplexity": 2.0} for layer in ("auto:10", 12, "auto:2", 3)]
     assert [r["layer"] for r in summarize(records)] == [3, 12, "auto:2", "auto:10"]
 
 

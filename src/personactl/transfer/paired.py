@@ -23,6 +23,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
+from ..evaluate import SCORE_RANGE
 from ..intervals import CONFIDENCE, group_means
 
 MIN_COHERENCE = 50.0  # a condition below this is broken text, whatever its trait score
@@ -82,16 +83,12 @@ class Choice:
         return group_means(getattr(self, key), self.questions)
 
     def mean(self, key: str = "trait") -> tuple[float, float, float]:
-        """(mean, low, high) of `key` over the questions, t 95% CI with the jackknife standard error.
-
-        The bounds never leave the range of the per-question means.
-        """
+        """(mean, low, high) of `key` (a 0-100 score) over the questions, t 95% CI with the jackknife standard error,
+        kept within 0-100."""
         values = self.per_question(key)
         estimate, se = _jackknife(values, lambda q: _left_out(self.without(q), key, q))
         lo, hi, _ = _t(estimate, se, len(values), CONFIDENCE)
-        if values:
-            lo, hi = max(lo, min(values.values())), min(hi, max(values.values()))
-        return estimate, lo, hi
+        return estimate, max(lo, SCORE_RANGE[0]), min(hi, SCORE_RANGE[1])
 
     def rate(self, key: str = "collapsed") -> tuple[float, float, float]:
         """(rate, low, high) of a 0/1 `key` over the questions: Wilson's 95% score interval at the effective number of
