@@ -106,13 +106,13 @@ def test_sweep_verdicts_group_summary_rows_and_records_by_method_and_layer():
     (EXPRESSED_AUROC - 0.01, 0.5, "not expressed"), (0.80, 0.45, "too few answers to say"),
 ])
 def test_expressibility_levels_follow_the_threshold_and_its_ci(auroc, lo, level):
-    assert level_of(auroc, lo, 1.0, 20, 100) == level
+    assert level_of(auroc, lo, 20, 100) == level
 
 
 def test_too_few_questions_or_pairs_cannot_be_strongly_expressed():
     """Hanley-McNeil called 2-vs-2 perfectly separated answers 'strongly expressed'."""
-    assert level_of(1.0, 0.9, 1.0, MIN_QUESTIONS - 1, 100) == "too few answers to say"
-    assert level_of(1.0, 0.9, 1.0, 20, MIN_PAIRS - 1) == "too few answers to say"
+    assert level_of(1.0, 0.9, MIN_QUESTIONS - 1, 100) == "too few answers to say"
+    assert level_of(1.0, 0.9, 20, MIN_PAIRS - 1) == "too few answers to say"
     tiny = from_scores("pirate", "openai:x", [90, 95], [10, 5])
     assert tiny.level == "too few answers to say" and tiny.expressed is None and "at least" in tiny.line()
 

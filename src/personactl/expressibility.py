@@ -97,8 +97,7 @@ class Expressibility:
         return cls(**{k: v for k, v in data.items() if k != "line"})
 
 
-def level_of(auroc: float, auroc_lo: float, auroc_hi: float | None = None, n_questions: int | None = None,
-             n_pairs: int | None = None) -> Level:
+def level_of(auroc: float, auroc_lo: float, n_questions: int | None = None, n_pairs: int | None = None) -> Level:
     """The verdict's level from the AUROC, its CI and how many questions and pairs it rests on."""
     few = (n_questions is not None and n_questions < MIN_QUESTIONS) or (n_pairs is not None and n_pairs < MIN_PAIRS)
     if few or not math.isfinite(auroc):
@@ -116,7 +115,7 @@ def from_embedding_judge(trait: str, judge: Any, n_pairs: int, projection: tuple
     lo, hi = judge.heldout_auroc_ci or (math.nan, math.nan)
     auroc, questions = judge.heldout_auroc, judge.heldout_questions
     return Expressibility(
-        trait, level_of(auroc, lo, hi, questions, n_pairs), judge.name, auroc, lo, judge.heldout_accuracy, judge.heldout_gap,
+        trait, level_of(auroc, lo, questions, n_pairs), judge.name, auroc, lo, judge.heldout_accuracy, judge.heldout_gap,
         n_pairs, None, *_projection(projection), hi, questions,
     )
 
@@ -142,7 +141,7 @@ def from_scores(
     questions = len({g for _, g in p + n})
     scored_pairs = min(len(p), len(n))
     return Expressibility(
-        trait, level_of(auroc, lo, hi, questions, scored_pairs), judge, auroc, lo, None, gap, len(pos), passed,
+        trait, level_of(auroc, lo, questions, scored_pairs), judge, auroc, lo, None, gap, len(pos), passed,
         *_projection(projection), hi, questions,
     )
 
