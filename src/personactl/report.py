@@ -1,7 +1,7 @@
 """Figures and one self-contained HTML report for a sweep run folder.
 
 A run folder `runs/<name>/` holds `config.json`, `results.jsonl` (one judged
-answer per line), `summary.csv` (means with bootstrap 95% CIs per method,
+answer per line), `summary.csv` (means with 95% CIs over questions per method,
 layer and coefficient) and, optionally, `layers.json` (per-layer scores and
 the chosen layer) and `projections.json` (pos/neg extraction answers projected
 onto the vector). `write_report` draws the figures into `figures/` and writes
@@ -599,7 +599,8 @@ adjusted for the coefficients tried, lies above 0), with coherence &ge; 50.
 The sign test counts held-out questions whose mean trait rose from coefficient 0 to that coefficient.</div></div>{% endif %}
 
 <h2 id="summary">Summary</h2>
-<p class="sub">Means per method, layer and coefficient; brackets hold bootstrap 95% confidence intervals.
+<p class="sub">Means per method, layer and coefficient over the held-out questions (each question's samples averaged first);
+brackets hold 95% confidence intervals over questions (Student's t).
 Trait and coherence are judged on 0-100.</p>
 <table>
 <thead><tr><th class="l">method</th><th>layer</th><th>coef</th><th>n</th><th>trait</th><th>coherence</th>
