@@ -40,10 +40,10 @@ class QueueFull(PersonactlError):
 @dataclass
 class TokenEvent:
     text: str  # new text of the answer (may be empty while a multi-byte character is incomplete)
-    token: str
+    token_id: int
     logprob: Optional[float] = None
-    top: list[tuple[str, float]] = field(default_factory=list)
-    meter: dict[str, float] = field(default_factory=dict)
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, log-probability), most likely first
+    meter: dict[str, float] = field(default_factory=dict)  # this request's metered vectors only
 
 
 @dataclass
@@ -56,6 +56,7 @@ class DoneEvent:
 @dataclass
 class ErrorEvent:
     message: str
+    status: int = 500  # the HTTP status it deserves: 400 when the request itself is at fault
 
 
 @dataclass
@@ -64,12 +65,13 @@ class Job:
 
     prompt: str
     max_tokens: int
-    emit: Callable[[object], None]
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     persona: Optional[PersonaRequest] = None
     top_logprobs: Optional[int] = None  # None: no log-probabilities
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
+    emit: Callable[[object], None] = lambda _event: None  # set by whoever waits for the events
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def batch_key(self) -> tuple:
@@ -104,7 +106,7 @@ class _Rows(BaseStreamer, StoppingCriteria):
             text = self.backbone.tokenizer.decode(self.ids[row], skip_special_tokens=True)
             new = "" if text.endswith("\ufffd") else text[len(self.sent[row]):]
             self.sent[row] += new
-            job.emit(TokenEvent(new, self.backbone.tokenizer.decode([token]), *self.observer.read(row, token, job.top_logprobs),
+            job.emit(TokenEvent(new, token, *self.observer.read(row, token, job.top_logprobs),
                                 meter=self.meter.read(row)))
             if len(self.ids[row]) >= job.max_tokens or job.cancelled.is_set():
                 self._finish(row, "length")
@@ -134,12 +136,11 @@ class _Logprobs(LogitsProcessor):
             self.last = torch.log_softmax(scores.float(), dim=-1).cpu()
         return scores
 
-    def read(self, row: int, token: int, top: Optional[int]) -> tuple[Optional[float], list[tuple[str, float]]]:
+    def read(self, row: int, token: int, top: Optional[int]) -> tuple[Optional[float], list[tuple[int, float]]]:
         if top is None or self.last is None:
             return None, []
         values, ids = self.last[row].topk(top) if top else (torch.empty(0), torch.empty(0, dtype=torch.long))
-        decode = self.backbone.tokenizer.decode
-        return float(self.last[row, token]), [(decode([i]), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
+        return float(self.last[row, token]), [(int(i), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
 
 
 class _Meter:
@@ -248,7 +249,7 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - reported to every waiting client, the server keeps running
             message = str(exc) if isinstance(exc, PersonactlError) else f"generation failed: {type(exc).__name__}"
             for job in jobs:
-                job.emit(ErrorEvent(message))
+                job.emit(ErrorEvent(message, 400 if "persona" in message or "adapter" in message else 500))
 
     def _adapter(self, stack: ExitStack, adapter: object) -> None:
         if isinstance(adapter, str):

@@ -1,0 +1,59 @@
+"""The bridge between HTTP and the engine: JSON errors, and a request's engine events as an async stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Optional
+
+from fastapi.responses import JSONResponse
+
+from .engine import DoneEvent, Engine, ErrorEvent, Job, QueueFull, TokenEvent
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI-style JSON with an HTTP status."""
+
+    def __init__(self, status: int, message: str, headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def error_response(status: int, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error"}},
+                        status_code=status, headers=headers)
+
+
+async def job_events(engine: Engine, job: Job) -> AsyncIterator[object]:
+    """Submit `job` and yield its TokenEvents then its DoneEvent; errors become ApiError. Leaving early cancels the job."""
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+    try:
+        engine.submit(job)
+    except QueueFull as exc:
+        raise ApiError(429, str(exc), {"Retry-After": "2"}) from exc
+    timeout = engine.settings.timeout_s
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError as exc:
+                raise ApiError(504, f"generation took longer than {timeout:g} s") from exc
+            if isinstance(event, ErrorEvent):
+                raise ApiError(event.status, event.message)
+            yield event
+            if isinstance(event, DoneEvent):
+                return
+    finally:
+        job.cancelled.set()
+
+
+async def collect(engine: Engine, job: Job) -> tuple[list[TokenEvent], DoneEvent]:
+    """A whole generation: its tokens and how it ended."""
+    tokens: list[TokenEvent] = []
+    async for event in job_events(engine, job):
+        if isinstance(event, DoneEvent):
+            return tokens, event
+        tokens.append(event)
+    raise ApiError(500, "generation ended without finishing")
