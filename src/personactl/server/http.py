@@ -6,7 +6,10 @@ import asyncio
 import time
 from typing import AsyncIterator, Optional
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
+
+from ..errors import PersonactlError
 
 from .engine import DoneEvent, Engine, ErrorEvent, Job, QueueFull, TokenEvent
 
@@ -24,22 +27,36 @@ def error_response(status: int, message: str, headers: Optional[dict[str, str]] 
                         status_code=status, headers=headers)
 
 
-async def job_events(engine: Engine, job: Job) -> AsyncIterator[object]:
-    """Submit `job` and yield its TokenEvents then its DoneEvent; errors become ApiError. Leaving early cancels the job."""
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+async def job_events(engine: Engine, job: Job, request: Optional[Request] = None) -> AsyncIterator[object]:
+    """Submit `job` and yield its TokenEvents then its DoneEvent; errors become ApiError.
+
+    Leaving early cancels the job, and so does the client going away (checked while waiting, when `request` is
+    given): the engine drops the row at its next step instead of computing an answer nobody reads.
+    """
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
     job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
     try:
         engine.submit(job)
     except QueueFull as exc:
         raise ApiError(429, str(exc), {"Retry-After": "2"}) from exc
+    except PersonactlError as exc:
+        raise ApiError(400, str(exc)) from exc
     timeout = engine.settings.timeout_s
     deadline = time.monotonic() + timeout
     try:
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ApiError(504, f"generation took longer than {timeout:g} s")
             try:
-                event = await asyncio.wait_for(events.get(), timeout=max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError as exc:
-                raise ApiError(504, f"generation took longer than {timeout:g} s") from exc
+                event = await asyncio.wait_for(events.get(), timeout=min(left, DISCONNECT_POLL_S))
+            except asyncio.TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    return
+                continue
             if isinstance(event, ErrorEvent):
                 raise ApiError(event.status, event.message)
             yield event
@@ -49,10 +66,10 @@ async def job_events(engine: Engine, job: Job) -> AsyncIterator[object]:
         job.cancelled.set()
 
 
-async def collect(engine: Engine, job: Job) -> tuple[list[TokenEvent], DoneEvent]:
-    """A whole generation: its tokens and how it ended."""
+async def collect(engine: Engine, job: Job, request: Optional[Request] = None) -> tuple[list[TokenEvent], DoneEvent]:
+    """A whole generation: its tokens and how it ended (cancelled if the client of `request` goes away)."""
     tokens: list[TokenEvent] = []
-    async for event in job_events(engine, job):
+    async for event in job_events(engine, job, request):
         if isinstance(event, DoneEvent):
             return tokens, event
         tokens.append(event)
