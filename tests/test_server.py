@@ -231,6 +231,44 @@ def test_a_custom_trait_is_extracted_in_the_background_and_then_usable_by_name(s
     assert httpx.get(f"{served.url}/personas/jobs/nope", timeout=30).status_code == 404
 
 
+BIG_TRAIT = {"name": "chatty", "positive": [f"Talk a lot, style {i}." for i in range(6)], "negative": [f"Be terse, style {i}." for i in range(6)],
+             "questions": [f"question number {i}?" for i in range(10)]}
+
+
+def _job_state(url: str, job: dict) -> dict:
+    return httpx.get(f"{url}/personas/jobs/{job['job']}", timeout=30).json()
+
+
+def test_extraction_does_not_stop_serving_and_can_be_cancelled(backbone, vectors, tmp_path):
+    for path in vectors.glob("*.safetensors"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    with running_server(backbone, ServerSettings(port=0, vectors=tmp_path, max_tokens=64)) as served:
+        client = OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        job = httpx.post(f"{served.url}/personas/extract", json=BIG_TRAIT, timeout=30).json()
+        _wait_until(lambda: _job_state(served.url, job)["progress"] > 0)
+        assert _chat(client)  # answered while the extraction generates (it takes only spare rows)
+        assert _job_state(served.url, job)["status"] == "running"
+        cancelled = httpx.delete(f"{served.url}/personas/jobs/{job['job']}", timeout=30).json()
+        assert cancelled["status"] == "cancelled"
+        _wait_until(lambda: served.engine.active() == 0)  # its answers left the batch
+        assert _job_state(served.url, job)["status"] == "cancelled"
+        assert "chatty" not in [v["name"] for v in httpx.get(f"{served.url}/personas", timeout=30).json()["vectors"]]
+        assert not (tmp_path / "chatty.safetensors").exists()
+        assert httpx.delete(f"{served.url}/personas/jobs/nope", timeout=30).status_code == 404
+
+
+def test_extraction_size_and_count_are_capped(backbone, vectors, tmp_path):
+    with running_server(backbone, ServerSettings(port=0, vectors=tmp_path, max_extract_answers=20, max_custom_vectors=1)) as served:
+        too_big = httpx.post(f"{served.url}/personas/extract", json=BIG_TRAIT, timeout=30)
+        assert too_big.status_code == 400 and "at most 20" in too_big.json()["error"]["message"]
+        small = {"name": "one", "positive": ["Be loud."], "negative": ["Be quiet."], "questions": ["hi", "yo"]}
+        first = httpx.post(f"{served.url}/personas/extract", json=small, timeout=30).json()
+        _wait_until(lambda: _job_state(served.url, first)["status"] in ("done", "failed"), 120)
+        assert _job_state(served.url, first)["status"] == "done" and (tmp_path / "one.safetensors").is_file()
+        second = httpx.post(f"{served.url}/personas/extract", json={**small, "name": "two"}, timeout=30)
+        assert second.status_code == 400 and "custom traits" in second.json()["error"]["message"]
+
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     from personactl.lora.direction import LoRADirection, LoRAFactors

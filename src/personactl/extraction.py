@@ -31,7 +31,7 @@ from .judges.base import Judges
 from .models import Backbone
 from .monitor import projections
 from .progress import progress_bar
-from .traits import AnyTrait, ContrastiveTexts
+from .traits import AnyTrait, ContrastiveTexts, Trait, TraitSketch
 from .vectors import PersonaVector
 
 
@@ -61,14 +61,26 @@ class ExtractionSettings:
     n_questions: int | None = None
 
 
-def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings()) -> list[ContrastivePair]:
-    """Contrastive answers for every (instruction pair, question, sample)."""
-    if isinstance(trait, ContrastiveTexts):
-        return [ContrastivePair(i, "", "", p, "", n) for i, (p, n) in enumerate(zip(trait.positive_texts, trait.negative_texts))]
+def pair_prompts(backbone: Backbone, trait: Trait | TraitSketch, settings: ExtractionSettings = ExtractionSettings()) -> tuple[list[tuple[int, str]], list[str], list[str]]:
+    """(instruction index, question) of every pair to answer, with its formatted positive and negative prompts."""
     questions = trait.questions[: settings.n_questions]
     keys = [(i, q) for i in range(len(trait.instructions)) for q in questions for _ in range(settings.samples_per_question)]
     pos_prompts = format_prompts(backbone, [chat_prompt(q, trait.instructions[i].pos) for i, q in keys])
     neg_prompts = format_prompts(backbone, [chat_prompt(q, trait.instructions[i].neg) for i, q in keys])
+    return keys, pos_prompts, neg_prompts
+
+
+def pairs_from_answers(keys: list[tuple[int, str]], pos_prompts: list[str], neg_prompts: list[str], answers: list[str]) -> list[ContrastivePair]:
+    """Pairs from `pair_prompts` and the answers to its positive prompts then its negative prompts."""
+    half = len(keys)
+    return [ContrastivePair(i, q, pos_prompts[k], answers[k], neg_prompts[k], answers[half + k]) for k, (i, q) in enumerate(keys)]
+
+
+def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings()) -> list[ContrastivePair]:
+    """Contrastive answers for every (instruction pair, question, sample)."""
+    if isinstance(trait, ContrastiveTexts):
+        return [ContrastivePair(i, "", "", p, "", n) for i, (p, n) in enumerate(zip(trait.positive_texts, trait.negative_texts))]
+    keys, pos_prompts, neg_prompts = pair_prompts(backbone, trait, settings)
     with progress_bar(f"generating {trait.name} answers", 2 * len(keys)) as advance:
         answers = generate(
             backbone,
@@ -79,11 +91,7 @@ def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSett
             batch_size=settings.batch_size,
             on_batch=advance,
         )
-    half = len(keys)
-    return [
-        ContrastivePair(i, q, pos_prompts[k], answers[k], neg_prompts[k], answers[half + k])
-        for k, (i, q) in enumerate(keys)
-    ]
+    return pairs_from_answers(keys, pos_prompts, neg_prompts, answers)
 
 
 def question_groups(pairs: Sequence[ContrastivePair]) -> list[Hashable]:
@@ -129,6 +137,14 @@ def vector_from_pairs(
     if not pairs:
         raise TraitError(f"every answer for trait '{trait}' is empty: raise --max-new-tokens or check the model")
     pos, neg = pair_activations(backbone, pairs, positions=positions, batch_size=batch_size)
+    return vector_from_activations(backbone, pos, neg, trait=trait, method=method, positions=positions)
+
+
+def vector_from_activations(
+    backbone: Backbone, pos: torch.Tensor, neg: torch.Tensor, *, trait: str, method: str = "mean_diff", positions: str = "response_avg"
+) -> PersonaVector:
+    """Directions per layer from reduced activations of the positive and negative sides ([pairs, layers+1, hidden] each),
+    with the projections and norms that later runs read (meter scale, coefficient advice)."""
     directions = METHODS[method](pos, neg)
     vector = PersonaVector(
         directions,
@@ -136,7 +152,7 @@ def vector_from_pairs(
         model=backbone.name,
         method=method,
         positions=positions,
-        n_samples=len(pairs),
+        n_samples=len(pos),
         separation=separation(pos, neg, directions).tolist(),
     )
     layers = list(range(1, backbone.n_layers + 1))

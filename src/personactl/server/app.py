@@ -11,11 +11,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from ..errors import PersonactlError
 from .engine import Engine, QueueFull
 from .guard import add_guard
 from .http import ApiError, error_response
-from .jobs import ExtractRequest, Extractions
+from .jobs import ExtractionRefused, ExtractRequest, Extractions
 from .openai_api import openai_routes
 from .personas import UnknownPersona
 
@@ -50,10 +49,9 @@ def create_app(engine: Engine, model_name: str = "personactl") -> FastAPI:
 
     @app.get("/personas")
     async def personas() -> dict:
-        try:
-            return library.describe()
-        except PersonactlError as exc:
-            raise ApiError(500, str(exc)) from exc
+        """The library (broken files listed by name apart) and the limits a client must respect (the page follows them)."""
+        limits = {"max_tokens": settings.max_tokens, "max_personas": settings.max_personas, "max_steering": settings.max_steering}
+        return {**library.describe(), "limits": limits}
 
     @app.post("/personas/extract")
     async def extract_trait(body: ExtractRequest) -> dict:
@@ -63,13 +61,20 @@ def create_app(engine: Engine, model_name: str = "personactl") -> FastAPI:
             raise ApiError(429, str(exc), {"Retry-After": "10"}) from exc
         except UnknownPersona as exc:
             raise ApiError(409, str(exc)) from exc
+        except ExtractionRefused as exc:
+            raise ApiError(400, str(exc)) from exc
 
     @app.get("/personas/jobs/{job}")
     async def job_state(job: str) -> dict:
-        state = extractions.jobs.get(job)
-        if state is None:
+        if job not in extractions.jobs:
             raise ApiError(404, f"no extraction job '{job}'")
-        return state.to_dict()
+        return extractions.jobs[job].to_dict()
+
+    @app.delete("/personas/jobs/{job}")
+    async def cancel_job(job: str) -> dict:
+        if job not in extractions.jobs:
+            raise ApiError(404, f"no extraction job '{job}'")
+        return extractions.cancel(job).to_dict()
 
     if (static / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=str(static)), name="static")
