@@ -200,6 +200,8 @@ class Engine:
         except queue.Empty:
             pass
         free = self.settings.max_batch - self.active()
+        if self.settings.scheduling == "static" and self._cohorts:
+            free = 0  # the running batch finishes before new requests start (the baseline continuous batching replaces)
         admitted: list[Job] = []
         while self._waiting and free > len(admitted):
             job = self._waiting.popleft()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -40,6 +40,7 @@ class ServerSettings(BaseModel):
     batch_window_s: float = Field(0.01, ge=0)
     max_jobs: int = Field(2, ge=1)
     max_prompt_tokens: int = Field(4096, ge=1)  # also capped by the model's context
+    scheduling: Literal["continuous", "static"] = "continuous"  # static: a batch runs to its end before others join (benchmarks)
     max_extract_answers: int = Field(60, ge=2)  # instruction pairs x questions in one custom-trait extraction
     max_custom_vectors: int = Field(16, ge=1)  # custom traits this server may write into --vectors
 
