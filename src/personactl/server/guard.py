@@ -7,18 +7,53 @@ import hmac
 from fastapi import FastAPI, Request
 
 from .http import error_response
-from .settings import ServerSettings
+from .settings import ServerSettings, is_loopback
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: 'localhost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.partition(":")[0] if header.count(":") == 1 else header
+
+
+def host_allowed(header: str, settings: ServerSettings) -> bool:
+    """Whether a request's Host header names this server (the defence against DNS rebinding).
+
+    Bound to loopback, only loopback names (localhost, 127.0.0.1, [::1], any port) and `allowed_hosts` pass: a web
+    page whose own domain was re-pointed at 127.0.0.1 sends its own name and is refused. Bound beyond loopback
+    (which needs a token, and a browser page cannot read the token), any host passes unless `allowed_hosts` is given.
+    """
+    name = host_name(header)
+    if is_loopback(name) or name in {h.lower() for h in settings.allowed_hosts}:
+        return True
+    return not is_loopback(settings.host) and not settings.allowed_hosts
+
+
+def authorized(header: str, token: str) -> bool:
+    """'Bearer <token>' with the scheme in any case, compared in constant time."""
+    scheme, _, given = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def is_page(request: Request) -> bool:
+    """The web page and its static files: public, so a browser can reach the page's token field."""
+    path = request.url.path
+    return request.method in ("GET", "HEAD") and (path == "/" or path.startswith("/static/"))
 
 
 def add_guard(app: FastAPI, settings: ServerSettings) -> None:
-    """Bearer token (when set) and body-size limits on every request."""
+    """Host check, bearer token (when set; everything but the page) and body-size limits on every request."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if settings.token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
-                return error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+        host = request.headers.get("host", "")
+        if not host_allowed(host, settings):
+            allowed = ", ".join(["localhost", "127.0.0.1", "[::1]", *settings.allowed_hosts])
+            return error_response(400, f"Host '{host[:100]}' is not this server's name (accepted: {allowed}; add names with --allow-host)")
+        if settings.token and not is_page(request) and not authorized(request.headers.get("authorization", ""), settings.token):
+            return error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
         length = request.headers.get("content-length")
         if request.method == "POST" and (length is None or not length.isdigit()):
             return error_response(411, "send the request body with a Content-Length (chunked bodies are not accepted)")

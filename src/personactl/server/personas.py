@@ -4,40 +4,67 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import PersonactlError
-from ..lora.adapters import list_adapters
+from ..extraction import stored_projections
+from ..lora.adapters import read_card
 from ..lora.chat import default_layer
+from ..lora.direction import PERSONA
 from ..models import Backbone
 from ..traits import builtin_traits, load_trait
 from ..vectors import PersonaVector, load_vector
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+MAX_COEF = 50.0  # one vector's |coef|
+MAX_BLEND_WEIGHT = 4.0  # one adapter's |weight| in a blend: 1 is the adapter as trained
 
 
 class UnknownPersona(PersonactlError):
-    """A persona name the server does not have (or that is not a plain name)."""
+    """A persona the server cannot use: an unknown, broken or non-plain name, or steering beyond its limits."""
 
 
 class VectorUse(BaseModel):
+    """One vector of a request: its coefficient and layers (default: the vector's recommended layer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str
-    coef: float = Field(1.0, ge=-50, le=50)
+    coef: float = Field(1.0, ge=-MAX_COEF, le=MAX_COEF, allow_inf_nan=False)
     layers: Optional[list[int]] = None
 
 
 class PersonaRequest(BaseModel):
-    """The `persona` field of a request: vectors with coefficients, an adapter (or a blend), positions, meter."""
+    """The `persona` field of a request: vectors with coefficients, an adapter (or a blend), positions, meter.
+
+    Unknown keys are refused (a misspelt key would otherwise steer nothing without a word).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     vectors: list[VectorUse] = Field(default_factory=list)
     adapter: Union[str, dict[str, dict[str, float]], None] = None
     positions: Literal["all", "prompt", "response"] = "response"
     meter: bool = False
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _blend(cls, value: object) -> object:
+        """A blend is {"blend": {name: weight}} with finite weights within +-MAX_BLEND_WEIGHT."""
+        if not isinstance(value, dict):
+            return value
+        if set(value) != {"blend"} or not isinstance(value["blend"], dict):
+            raise ValueError('an adapter blend is {"blend": {"name": weight, ...}} and nothing else')
+        for name, weight in value["blend"].items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or abs(weight) > MAX_BLEND_WEIGHT:
+                raise ValueError(f"the blend weight of '{name}' must be a number from {-MAX_BLEND_WEIGHT:g} to {MAX_BLEND_WEIGHT:g}")
+        return value
 
 
 def check_name(name: str) -> str:
@@ -48,7 +75,12 @@ def check_name(name: str) -> str:
 
 @dataclass
 class PersonaLibrary:
-    """Vectors (`NAME.safetensors`) and adapters (folders with a persona card) under the server's folders."""
+    """Vectors (`NAME.safetensors`) and adapters (folders with a persona card) under the server's folders.
+
+    A name is a plain file or folder name, so a request never reaches outside the folders; a symbolic link the
+    operator put in a folder is followed (listed and usable alike), and its side files (NAME.layers.json,
+    NAME.summary.csv) are read beside the link. A file that cannot be used is reported by name, never by path.
+    """
 
     backbone: Backbone
     vectors_dir: Path | None = None
@@ -60,13 +92,17 @@ class PersonaLibrary:
         if self.vectors_dir is None:
             raise UnknownPersona(f"no persona vector '{name}': this server has no vector folder (start it with --vectors DIR)")
         path = self.vectors_dir / f"{name}.safetensors"
-        if not path.is_file() or path.resolve().parent != self.vectors_dir.resolve():
+        if not path.is_file():
             raise UnknownPersona(f"no persona vector '{name}' (known: {', '.join(self.vector_names()) or 'none'})")
         return path
 
     def vector(self, name: str) -> PersonaVector:
         if name not in self._vectors:
-            self._vectors[name] = load_vector(self.vector_path(name), backbone=self.backbone)
+            path = self.vector_path(name)
+            try:
+                self._vectors[name] = load_vector(path, backbone=self.backbone)
+            except PersonactlError as exc:
+                raise UnknownPersona(f"persona vector '{name}' cannot be used: {str(exc).replace(str(path), path.name)}") from exc
         return self._vectors[name]
 
     def add_vector(self, name: str, vector: PersonaVector) -> None:
@@ -84,11 +120,14 @@ class PersonaLibrary:
         """The recommended layer: NAME.layers.json beside the vector, else the folder's layers.json, else 2/3 of the depth."""
         if self.vectors_dir is not None:
             own = self.vectors_dir / f"{name}.layers.json"
-            if own.is_file():
-                return int(json.loads(own.read_text(encoding="utf-8"))["chosen"])
-            path = self.vectors_dir / f"{name}.safetensors"
-            if path.is_file():
-                return default_layer(path, self.backbone.n_layers, lowest=2)
+            try:
+                if own.is_file():
+                    return int(json.loads(own.read_text(encoding="utf-8"))["chosen"])
+                path = self.vectors_dir / f"{name}.safetensors"
+                if path.is_file():
+                    return default_layer(path, self.backbone.n_layers, lowest=2)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise UnknownPersona(f"persona vector '{name}' has an unreadable layers.json (no integer 'chosen')") from exc
         return max(2, round(2 * self.backbone.n_layers / 3))
 
     def coefficients(self, name: str, layer: int) -> dict:
@@ -98,16 +137,19 @@ class PersonaLibrary:
         those whose coherence stayed at or above 50. Without a sweep: -4..4, starting at 2 (a guess, and said so).
         """
         path = self.vectors_dir / f"{name}.summary.csv" if self.vectors_dir else None
-        rows = []
-        if path is not None and path.is_file():
+        if path is None or not path.is_file():
+            return {"coef_range": [-4.0, 4.0], "coef": 2.0, "coef_source": "default (no sweep beside the vector)"}
+        try:
             with path.open(encoding="utf-8", newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if r.get("method") == "vector" and r.get("layer") == str(layer)]
-        if not rows:
-            return {"coef_range": [-4.0, 4.0], "coef": 2.0, "coef_source": "default (no sweep beside the vector)"}
-        coefs = [float(r["coef"]) for r in rows]
-        scored = [r for r in rows if r.get("trait_mean")]
-        coherent = [r for r in scored if r.get("coherence_mean") and float(r["coherence_mean"]) >= 50] or scored
-        start = float(max(coherent, key=lambda r: float(r["trait_mean"]))["coef"]) if coherent else max(coefs)
+            coefs = [float(r["coef"]) for r in rows]
+            scored = [r for r in rows if r.get("trait_mean")]
+            coherent = [r for r in scored if r.get("coherence_mean") and float(r["coherence_mean"]) >= 50] or scored
+            start = float(max(coherent, key=lambda r: float(r["trait_mean"]))["coef"]) if coherent else max(coefs, default=2.0)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UnknownPersona(f"{path.name} is not a readable sweep summary") from exc
+        if not coefs:
+            return {"coef_range": [-4.0, 4.0], "coef": 2.0, "coef_source": f"default ({path.name} has no sweep at layer {layer})"}
         return {"coef_range": [min(coefs), max(coefs)], "coef": start, "coef_source": f"sweep in {path.name}"}
 
     def adapter_path(self, name: str) -> Path:
@@ -115,39 +157,74 @@ class PersonaLibrary:
         if self.adapters_dir is None:
             raise UnknownPersona(f"no adapter '{name}': this server has no adapter folder (start it with --adapters DIR)")
         path = self.adapters_dir / name
-        if not (path / "adapter_config.json").is_file() or path.resolve().parent != self.adapters_dir.resolve():
-            raise UnknownPersona(f"no adapter '{name}' (known: {', '.join(a['name'] for a in self.adapters()) or 'none'})")
+        if not (path / "adapter_config.json").is_file():
+            raise UnknownPersona(f"no adapter '{name}' (known: {', '.join(self.adapter_names()) or 'none'})")
         return path
 
-    def adapters(self) -> list[dict]:
-        if self.adapters_dir is None:
-            return []
-        return [{"name": Path(a["path"]).name, "description": a.get("description", "")} for a in list_adapters(self.adapters_dir)]
+    def adapter_names(self) -> list[str]:
+        return sorted(card.parent.name for card in self.adapters_dir.glob(f"*/{PERSONA}")) if self.adapters_dir else []
+
+    def adapter(self, name: str) -> dict:
+        """An adapter's name and description (its persona card)."""
+        path = self.adapter_path(name)
+        try:
+            card = read_card(path)
+        except PersonactlError as exc:
+            raise UnknownPersona(f"adapter '{name}' cannot be used: {str(exc).replace(str(path), name)}") from exc
+        return {"name": name, "description": card.get("description", "")}
+
+    def describe_vector(self, name: str) -> dict:
+        """A vector as the page needs it: layers, recommended layer, coefficient range, and where the meter is in answer units."""
+        vector, layer = self.vector(name), self.layer(name)
+        stored = stored_projections(vector)
+        return {"name": name, "trait": vector.trait, "model": vector.model, "layers": list(range(1, vector.n_layers + 1)),
+                "layer": layer, **self.coefficients(name, layer), "meter_layers": list(stored[0]) if stored else []}
 
     def describe(self) -> dict:
-        """What GET /personas returns: vectors (recommended layer and coefficient range), adapters, built-in traits."""
-        vectors = []
-        for name in self.vector_names():
-            vector = self.vector(name)
-            layer = self.layer(name)
-            vectors.append({"name": name, "trait": vector.trait, "model": vector.model, "layers": list(range(1, vector.n_layers + 1)),
-                            "layer": layer, **self.coefficients(name, layer)})
-        traits = [{"name": t, "description": load_trait(t).description} for t in builtin_traits()]
-        return {"vectors": vectors, "adapters": self.adapters(), "traits": traits}
+        """What GET /personas returns: usable vectors and adapters, the unusable ones by name and reason, built-in traits.
 
-    def check(self, persona: PersonaRequest, max_personas: int) -> None:
-        """Every name resolves and the request stays within the persona cap (before it queues)."""
+        `meter_layers` lists the layers where a vector's meter reads in answer units (+1 the mean trait answer of its
+        extraction, -1 the mean non-trait answer); elsewhere the meter is the raw projection.
+        """
+        listing: dict[str, list] = {"vectors": [], "adapters": [], "broken": []}
+        for kind, names, entry in (("vector", self.vector_names(), self.describe_vector), ("adapter", self.adapter_names(), self.adapter)):
+            for name in names:
+                try:
+                    listing[f"{kind}s"].append(entry(name))
+                except UnknownPersona as exc:
+                    listing["broken"].append({"name": name, "kind": kind, "reason": str(exc)})
+        traits = [{"name": t, "description": load_trait(t).description} for t in builtin_traits()]
+        return {**listing, "traits": traits}
+
+    def check(self, persona: PersonaRequest, max_personas: int, max_steering: float = MAX_COEF) -> None:
+        """Every name resolves, each (vector, layer) is given once, and the request stays within the caps (before it queues).
+
+        `max_steering` caps the summed |coef| of the request's vectors at each layer, so repeating a vector (or
+        stacking several) cannot steer harder than the cap.
+        """
         if len(persona.vectors) > max_personas:
             raise UnknownPersona(f"{len(persona.vectors)} vectors in one request: at most {max_personas}")
+        strength: dict[int, float] = {}
+        given: set[tuple[str, int]] = set()
         for use in persona.vectors:
             vector = self.vector(use.name)
-            for layer in use.layers or []:
+            layers = use.layers or [self.layer(use.name)]
+            if len(layers) > vector.n_layers:
+                raise UnknownPersona(f"'{use.name}' lists {len(layers)} layers: the model has {vector.n_layers}")
+            for layer in layers:
                 if not 1 <= layer <= vector.n_layers:
                     raise UnknownPersona(f"layer {layer} is out of range for '{use.name}': 1..{vector.n_layers}")
+                if (use.name, layer) in given:
+                    raise UnknownPersona(f"'{use.name}' is given twice at layer {layer}: give each vector and layer once, with one coefficient")
+                given.add((use.name, layer))
+                strength[layer] = strength.get(layer, 0.0) + abs(use.coef)
+        layer, total = max(strength.items(), key=lambda item: item[1], default=(0, 0.0))
+        if total > max_steering:
+            raise UnknownPersona(f"the |coef| of this request's vectors sum to {total:g} at layer {layer}: at most {max_steering:g} per layer")
         if isinstance(persona.adapter, str):
             self.adapter_path(persona.adapter)
         elif isinstance(persona.adapter, dict):
-            blend = persona.adapter.get("blend") or {}
+            blend = persona.adapter["blend"]
             if not blend or len(blend) > max_personas:
                 raise UnknownPersona(f"an adapter blend needs 1..{max_personas} adapters: {{\"blend\": {{\"a\": 0.5, \"b\": 0.5}}}}")
             for name in blend:

@@ -1,10 +1,15 @@
-"""Run the app with uvicorn: in the foreground (the CLI) or on a background thread that always stops (tests, notebooks)."""
+"""Run the app with uvicorn: in the foreground (the CLI) or on a background thread that always stops (tests, notebooks).
+
+The listening socket is bound here, before uvicorn starts (and, in the CLI, before the model loads): a port in use is
+one ServerError at once, and port 0 gives the real port to print.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -13,6 +18,21 @@ from .app import create_app
 from .engine import Engine
 from .personas import PersonaLibrary
 from .settings import ServerError, ServerSettings
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free port the system picks)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def base_url(sock: socket.socket) -> str:
+    """http://host:port of a listening socket (IPv6 addresses in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _server(backbone: Backbone, settings: ServerSettings) -> tuple[object, Engine]:
@@ -25,13 +45,15 @@ def _server(backbone: Backbone, settings: ServerSettings) -> tuple[object, Engin
     return uvicorn.Server(config), engine
 
 
-def serve(backbone: Backbone, settings: ServerSettings) -> None:
-    """Serve until interrupted (Ctrl-C); the engine thread stops with it."""
+def serve(backbone: Backbone, settings: ServerSettings, sock: socket.socket | None = None) -> None:
+    """Serve on `sock` (default: bind settings.host:port) until interrupted (Ctrl-C); the engine thread stops with it."""
+    sock = sock or listen(settings.host, settings.port)
     server, engine = _server(backbone, settings)
-    try:
-        server.run()
-    finally:
-        engine.close()
+    with closing(sock):
+        try:
+            server.run(sockets=[sock])
+        finally:
+            engine.close()
 
 
 @dataclass(frozen=True)
@@ -43,18 +65,19 @@ class Served:
 @contextmanager
 def running_server(backbone: Backbone, settings: ServerSettings, start_timeout: float = 30.0) -> Iterator[Served]:
     """A server on a background thread (port 0 picks a free port); stopped on exit, errors included."""
-    server, engine = _server(backbone, settings)
-    thread = threading.Thread(target=server.run, name="personactl-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + start_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise ServerError(f"the server did not start on {settings.host}:{settings.port}")
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Served(f"http://{settings.host}:{port}", engine)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        engine.close()
+    sock = listen(settings.host, settings.port)
+    with closing(sock):
+        server, engine = _server(backbone, settings)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="personactl-server", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise ServerError(f"the server did not start on {base_url(sock)}")
+                time.sleep(0.02)
+            yield Served(base_url(sock), engine)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            engine.close()
