@@ -7,9 +7,13 @@ const state = {
   traits: [],
   picks: new Map(),     // vector name -> {checked, coef, layer}; survives reloads
   controller: null,     // AbortController of the running generation
-  meterMax: 0,          // running max of |value| for the vector that colours the tokens
+  maxTokens: 512,       // the server's cap on max_tokens (GET /personas limits)
+  meterLayers: {},      // vector name -> layers where its meter reads in answer units
   jobRunning: false,
 };
+
+// The meter's colour scale, in its own units (+1 = the typical trait answer): fixed, so runs compare.
+const METER_SCALE = 2;
 
 const $ = (id) => document.getElementById(id);
 
@@ -55,7 +59,7 @@ async function request(path, { method = "GET", body, signal } = {}) {
     if (err.name === "AbortError") throw err;
     throw new Error(`network error: could not reach the server (${err.message})`);
   }
-  if (!res.ok) throw new Error(await errorMessage(res));
+  if (!res.ok) throw Object.assign(new Error(await errorMessage(res)), { status: res.status });
   return res;
 }
 
@@ -109,7 +113,9 @@ async function loadPersonas() {
   const data = await getJSON("/personas");
   state.vectors = Array.isArray(data.vectors) ? data.vectors : [];
   state.traits = Array.isArray(data.traits) ? data.traits : [];
-  renderVectors();
+  state.meterLayers = Object.fromEntries(state.vectors.map((v) => [v.name, Array.isArray(v.meter_layers) ? v.meter_layers : []]));
+  applyLimits(data.limits || {});
+  renderVectors(Array.isArray(data.broken) ? data.broken : []);
   renderAdapters(Array.isArray(data.adapters) ? data.adapters : []);
   renderTraits();
 }
@@ -120,8 +126,24 @@ async function reloadPersonas() {
     await loadPersonas();
   } catch (err) {
     $("vector-list").replaceChildren(el("p", { className: "muted", textContent: "could not load the personas (see the error above)" }));
-    showError(`could not load /personas: ${err.message}`);
+    if (err.status === 401) {
+      $("settings").open = true;
+      $("token").focus();
+      showError("this server needs its bearer token: enter it under “settings” (top right), then press “reload”");
+    } else {
+      showError(`could not load /personas: ${err.message}`);
+    }
   }
+}
+
+// The server's caps: max tokens follows the server's own limit.
+function applyLimits(limits) {
+  const cap = Number(limits.max_tokens);
+  if (Number.isInteger(cap) && cap >= 1) state.maxTokens = cap;
+  const input = $("max-tokens");
+  input.max = String(state.maxTokens);
+  if (Number(input.value) > state.maxTokens) input.value = String(state.maxTokens);
+  $("max-tokens-cap").textContent = `(at most ${state.maxTokens} on this server)`;
 }
 
 function pickFor(vector) {
@@ -131,14 +153,15 @@ function pickFor(vector) {
   return state.picks.get(vector.name);
 }
 
-function renderVectors() {
+function renderVectors(broken) {
   const list = $("vector-list");
+  const unusable = broken.map((b) => el("p", { className: "broken small", textContent: `${b.kind} ${b.name} is unusable: ${b.reason}` }));
   if (!state.vectors.length) {
     list.replaceChildren(el("p", { className: "empty",
-      textContent: "no persona vectors on this server: start it with --vectors DIR, or define a trait below" }));
+      textContent: "no persona vectors on this server: start it with --vectors DIR, or define a trait below" }), ...unusable);
     return;
   }
-  list.replaceChildren(...state.vectors.map(vectorItem));
+  list.replaceChildren(...state.vectors.map(vectorItem), ...unusable);
 }
 
 function vectorItem(vector) {
@@ -156,11 +179,16 @@ function vectorItem(vector) {
     title: `coefficient (${min} to ${max})` });
   slider.dataset.name = vector.name;
   const readout = el("output", { className: "coef-readout", textContent: formatCoef(pick.coef) });
+  const guessed = !vector.coef_source || String(vector.coef_source).startsWith("default");
+  const range = el("p", { className: `coef-range${guessed ? " guessed" : ""}`,
+    textContent: `coefficient ${formatNumber(min)} to ${formatNumber(max)}: ${guessed ? "a default range, not measured" : "the swept range"} (${vector.coef_source || "no source given"})` });
+  range.dataset.name = vector.name;
   const layer = el("input", { type: "number", className: "layer-input", min: Math.min(...layers), max: Math.max(...layers),
     step: 1, value: pick.layer, title: `layer (recommended: ${vector.layer})` });
   layer.dataset.name = vector.name;
   const controls = el("div", { className: "vector-controls", hidden: !pick.checked }, [
-    slider, readout, el("label", { className: "layer-label", textContent: "layer" }, [layer]),
+    el("span", { className: "coef-bound", textContent: formatNumber(min) }), slider, el("span", { className: "coef-bound", textContent: formatNumber(max) }),
+    readout, el("label", { className: "layer-label", textContent: "layer" }, [layer]), range,
   ]);
 
   box.addEventListener("change", () => { pick.checked = box.checked; controls.hidden = !box.checked; });
@@ -193,6 +221,10 @@ function formatCoef(coef) {
   return `×${Number(coef).toFixed(1)}`;
 }
 
+function formatNumber(x) {
+  return Number(x) < 0 ? `−${Math.abs(Number(x))}` : String(Number(x));
+}
+
 // ---------- generation ----------
 
 function selectedVectors() {
@@ -203,7 +235,9 @@ function readGenerateInput() {
   const prompt = $("prompt").value.trim();
   if (!prompt) throw new Error("type a prompt first");
   const maxTokens = Number($("max-tokens").value);
-  if (!Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > 2048) throw new Error("max tokens must be a whole number from 1 to 2048");
+  if (!Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > state.maxTokens) {
+    throw new Error(`max tokens must be a whole number from 1 to ${state.maxTokens} (this server's cap)`);
+  }
   const picks = selectedVectors();
   for (const p of picks) {
     const layers = p.vector.layers || [p.vector.layer];
@@ -246,7 +280,7 @@ async function generate() {
     max_tokens: input.maxTokens, temperature: 0, stream: true };
   const steered = { ...base, persona: buildPersona(input) };
   $("steered-title").textContent = steeredTitle(input);
-  resetMeter(input.picks.map((p) => p.vector.name));
+  resetMeter(input.picks);
 
   const controller = new AbortController();
   state.controller = controller;
@@ -297,12 +331,12 @@ function stop() {
 
 // ---------- trait meter ----------
 
-function resetMeter(names) {
+function resetMeter(picks) {
   $("meter").replaceChildren();
-  state.meterMax = 0;
   const select = $("meter-vector");
-  select.replaceChildren(...(names.length ? names : [""]).map((n) => el("option", { value: n, textContent: n || "—" })));
-  select.disabled = names.length < 2;
+  select.replaceChildren(...(picks.length ? picks : [{ vector: { name: "" } }]).map((p) =>
+    el("option", { value: p.vector.name, textContent: p.vector.name || "—", layer: p.layer })));
+  select.disabled = picks.length < 2;
   updateLegend();
 }
 
@@ -316,24 +350,18 @@ function addMeterToken(text, meter) {
   const span = el("span", { className: "tok", textContent: text });
   span.meter = meter && typeof meter === "object" ? meter : {};
   $("meter").append(span);
-  const value = meterValue(span);
-  if (value !== null && Math.abs(value) > state.meterMax) {
-    state.meterMax = Math.abs(value);
-    recolorMeter();             // the scale grew: every token's colour changes
-  } else {
-    colorToken(span);
-  }
+  colorToken(span);
   $("meter").scrollTop = $("meter").scrollHeight;
 }
 
 function colorToken(span) {
   const value = meterValue(span);
   const name = $("meter-vector").value;
-  const t = value !== null && state.meterMax > 0 ? Math.min(1, Math.abs(value) / state.meterMax) : 0;
+  const x = value === null ? 0 : Math.max(-1, Math.min(1, value / METER_SCALE));
   span.dataset.value = value === null ? "" : String(value);
   span.title = value === null ? `no meter value for ${name || "this token"}` : `${name}: ${value.toFixed(3)}`;
-  span.style.background = value === null ? "" : meterColor(value < 0 ? -t : t);
-  span.style.color = t > 0.65 ? "#fff" : "";
+  span.style.background = value === null ? "" : meterColor(x);
+  span.style.color = Math.abs(x) > 0.65 ? "#fff" : "";
 }
 
 // -1 -> blue, 0 -> white, +1 -> red
@@ -344,21 +372,21 @@ function meterColor(x) {
   return `rgb(${r}, ${g}, ${b})`;
 }
 
-function recolorMeter() {
+function onMeterVectorChange() {
   for (const span of $("meter").querySelectorAll(".tok")) colorToken(span);
   updateLegend();
 }
 
-function onMeterVectorChange() {
-  const spans = [...$("meter").querySelectorAll(".tok")];
-  state.meterMax = spans.reduce((m, s) => Math.max(m, Math.abs(meterValue(s) ?? 0)), 0);
-  recolorMeter();
-}
-
+// The legend is in the meter's units; where the vector kept no answer projections, the meter is a raw projection.
 function updateLegend() {
-  const m = state.meterMax > 0 ? state.meterMax : 1;
-  $("legend-min").textContent = `−${m.toFixed(2)}`;
-  $("legend-max").textContent = `+${m.toFixed(2)}`;
+  const option = $("meter-vector").selectedOptions[0];
+  const name = option ? option.value : "";
+  const raw = name && !(state.meterLayers[name] || []).includes(option.layer);
+  $("legend-min").textContent = `−${METER_SCALE}`;
+  $("legend-max").textContent = `+${METER_SCALE}`;
+  $("legend-text").textContent = raw
+    ? `${name} kept no answer projections at layer ${option.layer}: the meter is its raw projection (same fixed scale, beyond ±${METER_SCALE} at full colour)`
+    : `+1: the typical trait answer · −1: the typical non-trait answer · 0: midway (a fixed scale, the same for every run; beyond ±${METER_SCALE} at full colour; hover a token for its value)`;
 }
 
 // ---------- trait extraction ----------
@@ -438,6 +466,9 @@ function fillTraitDescription() {
 // ---------- wiring ----------
 
 function init() {
+  $("token").value = sessionStorage.getItem("personactl-token") || "";
+  $("token").addEventListener("change", () => sessionStorage.setItem("personactl-token", $("token").value.trim()));
+  $("token").addEventListener("keydown", (e) => { if (e.key === "Enter") reloadPersonas(); });
   $("generate").addEventListener("click", generate);
   $("stop").addEventListener("click", stop);
   $("reload").addEventListener("click", reloadPersonas);
