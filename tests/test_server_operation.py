@@ -207,3 +207,10 @@ def test_a_port_in_use_is_one_error_line_before_loading(backbone, capsys, monkey
         with pytest.raises(ServerError, match="cannot listen"):
             with running_server(backbone, ServerSettings(port=port)):
                 pass
+
+
+def test_cors_lets_the_allowed_origin_cancel_an_extraction(backbone):
+    with running_server(backbone, ServerSettings(port=0, cors="http://app.example")) as served:
+        preflight = httpx.options(f"{served.url}/personas/jobs/x", timeout=30, headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 200 and "DELETE" in preflight.headers["access-control-allow-methods"]

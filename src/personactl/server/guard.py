@@ -64,4 +64,4 @@ def add_guard(app: FastAPI, settings: ServerSettings) -> None:
     if settings.cors:
         from fastapi.middleware.cors import CORSMiddleware  # noqa: PLC0415
 
-        app.add_middleware(CORSMiddleware, allow_origins=[settings.cors], allow_methods=["GET", "POST"], allow_headers=["*"])
+        app.add_middleware(CORSMiddleware, allow_origins=[settings.cors], allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
