@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -316,10 +317,60 @@ def test_load_200_requests_at_concurrency_16_each_with_its_own_coefficient(clien
     def ask(coef: float) -> str:
         return _chat(client, {"vectors": [{"name": "rand", "coef": coef, "layers": [2]}]})
 
+    poisoned = [{"seed": 2**64, "temperature": 1.0}, {"messages": [{"role": "user", "content": "\ud800"}]}]
+
+    def poison(extra: dict) -> int:
+        body = {"messages": QUESTION, "max_tokens": 12, "persona": {"vectors": [{"name": "rand", "coef": 1.0, "layers": [2]}]}, **extra}
+        return httpx.post(f"{client.base_url}chat/completions", content=json.dumps(body).encode(), timeout=60,
+                          headers={"content-type": "application/json"}).status_code
+
     with ThreadPoolExecutor(16) as pool:
+        bad = [pool.submit(poison, extra) for extra in poisoned * 4]  # sent among the good ones
         together = list(pool.map(ask, coefs))
     alone = [ask(c) for c in coefs]
     assert together == alone  # greedy: batching changes no answer, and no request failed
+    assert [b.result() for b in bad] == [400] * len(bad)  # each poisoned request fails alone
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_stops_its_generation(served, monkeypatch, stream):
+    """A client that times out (non-streaming) or closes its stream: the engine drops its row instead of computing
+    all 64 tokens."""
+    submitted = _count_submits(served.engine, monkeypatch)
+    with served.engine.lock:  # admitted but not prefilled until the client has given up
+        with pytest.raises(httpx.TimeoutException):
+            with httpx.stream("POST", f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 64, "stream": stream},
+                              timeout=0.5) as response:
+                response.read()
+        _wait_until(lambda: submitted and submitted[0].cancelled.is_set())
+        steps = served.engine.steps
+    _wait_until(lambda: served.engine.active() == 0)
+    assert served.engine.steps - steps <= 2
+
+
+def test_a_stream_closed_midway_stops_its_generation(backbone, vectors, monkeypatch):
+    with running_server(backbone, ServerSettings(port=0, vectors=vectors, max_tokens=512)) as served:
+        submitted = _count_submits(served.engine, monkeypatch)
+        body = {"messages": QUESTION, "max_tokens": 500, "stream": True}
+        with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=60) as response:
+            for number, _line in enumerate(response.iter_lines()):
+                if number == 4:
+                    break  # the client closes the stream after a few tokens
+        _wait_until(lambda: served.engine.active() == 0)
+        assert submitted[0].cancelled.is_set() and served.engine.steps < 500
+
+
+def test_the_steering_cap_applies_to_the_sum_at_a_layer(backbone, vectors):
+    both = {"vectors": [{"name": "rand", "coef": 6.0, "layers": [2]}, {"name": "rand2", "coef": 6.0, "layers": [2]}]}
+    (vectors / "rand2.safetensors").write_bytes((vectors / "rand.safetensors").read_bytes())
+    try:
+        with running_server(backbone, ServerSettings(port=0, vectors=vectors, max_steering=10)) as served:
+            client = OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+            with pytest.raises(BadRequestError, match="10"):
+                _chat(client, both)
+            assert _chat(client, {"vectors": both["vectors"][:1]})
+    finally:
+        (vectors / "rand2.safetensors").unlink()
 
 
 def test_the_recommended_layer_and_coefficients_come_from_the_vectors_run(backbone, vectors):

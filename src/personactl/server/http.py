@@ -33,8 +33,9 @@ DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client i
 async def job_events(engine: Engine, job: Job, request: Optional[Request] = None) -> AsyncIterator[object]:
     """Submit `job` and yield its TokenEvents then its DoneEvent; errors become ApiError.
 
-    Leaving early cancels the job, and so does the client going away (checked while waiting, when `request` is
-    given): the engine drops the row at its next step instead of computing an answer nobody reads.
+    Leaving early cancels the job, and so does the client going away (checked every DISCONNECT_POLL_S when
+    `request` is given, streaming or not): the engine drops the row at its next step instead of computing an
+    answer nobody reads.
     """
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
     job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
@@ -46,16 +47,19 @@ async def job_events(engine: Engine, job: Job, request: Optional[Request] = None
         raise ApiError(400, str(exc)) from exc
     timeout = engine.settings.timeout_s
     deadline = time.monotonic() + timeout
+    checked = time.monotonic()
     try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if deadline <= now:
                 raise ApiError(504, f"generation took longer than {timeout:g} s")
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=min(left, DISCONNECT_POLL_S))
-            except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
+            if request is not None and now - checked >= DISCONNECT_POLL_S:  # also while tokens flow: a stream's client may close
+                checked = now
+                if await request.is_disconnected():
                     return
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=min(deadline - now, DISCONNECT_POLL_S))
+            except asyncio.TimeoutError:
                 continue
             if isinstance(event, ErrorEvent):
                 raise ApiError(event.status, event.message)

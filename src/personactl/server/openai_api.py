@@ -136,7 +136,7 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
             raise ApiError(400, f"max_tokens {wanted}{per} is over this server's limit of {settings.max_tokens}")
         if body.persona is not None:
             try:
-                library.check(body.persona, settings.max_personas)
+                library.check(body.persona, settings.max_personas, settings.max_steering)
             except UnknownPersona as exc:
                 raise ApiError(400, str(exc)) from exc
         seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
