@@ -139,6 +139,8 @@ def test_limits_and_validation_are_json_errors(server, client):
     chunked = httpx.post(f"{server}/v1/chat/completions", content=iter([b'{"messages": ', b"[]}"]), timeout=30)
     assert chunked.status_code == 411 and "Content-Length" in chunked.json()["error"]["message"]
     assert httpx.get(f"{server}/personas", timeout=30).json()["vectors"][0]["name"] == "rand"
+    with pytest.raises(BadRequestError, match="at most 2048"):  # past the tiny model's 2048 positions: refused, not prefilled
+        client.chat.completions.create(model="personactl", messages=[{"role": "user", "content": "x" * 3000}], max_tokens=4)
 
 
 def test_a_token_is_required_on_every_route_when_set(backbone, vectors):
