@@ -9,12 +9,9 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.generation.streamers import BaseStreamer
 
 from .activations import make_batch, position_ids
 from .models import Backbone, Message
@@ -81,9 +78,7 @@ def generate(
     on_batch: Callable[[int], None] | None = None,
     condition: Condition | None = None,
     on_condition: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-    streamer: BaseStreamer | None = None,
     observers: Sequence[LogitsProcessor] = (),
-    stopping: Sequence[StoppingCriteria] = (),
 ) -> list[str]:
     """Answers to `prompts` (strings are used as formatted; message lists are chat-formatted).
 
@@ -100,9 +95,7 @@ def generate(
     (`shared_prefill`); the answers are those of separate runs. A condition reads
     the whole prompt, so conditional generation never shares the prefill.
 
-    A server streams with `streamer` (HF's: `put` gets each step's tokens),
-    reads each step's raw logits with `observers` (before sampling) and ends
-    rows early with `stopping`; these see one batch at a time.
+    `observers` read each step's raw logits (before sampling), one batch at a time.
     """
     texts = format_prompts(backbone, prompts)
     if seeds is None:
@@ -129,8 +122,6 @@ def generate(
                 pad_token_id=backbone.pad_id,
                 do_sample=False, temperature=None, top_p=None, top_k=None,
                 logits_processor=processors,
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList(stopping),
             )
         if gate is not None and on_condition is not None:
             on_condition(gate.fired, gate.scores)
