@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
 import sys
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import ray
@@ -20,7 +24,8 @@ from personactl.judges.base import Judges
 from personactl.judges.text import RepetitionCoherenceJudge
 from personactl.methods import MethodContext, VectorMethod
 from personactl.models import load_model
-from personactl.scaleout import PoolSettings, RayRunner, ScaleoutError, WorkerPool, parse_address
+from personactl.scaleout import Ending, Interrupted, PoolSettings, RayRunner, ScaleoutError, WorkerPool, driver, parse_address, run_on_ray
+from personactl.scaleout.cluster import check_reachable
 from personactl.scaleout.tasks import describe_group
 from personactl.traits import load_trait
 
@@ -88,7 +93,7 @@ def test_ray_sweep_gives_the_single_process_records(pool, model_dir, tmp_path):
     assert _by_key(spread) == _by_key(alone)
 
 
-def test_a_killed_actor_loses_no_record_and_writes_none_twice(local_ray, model_dir, tmp_path):
+def test_a_killed_actor_loses_no_record_and_writes_none_twice(local_ray, model_dir, tmp_path, capsys):
     alone = _sweep(model_dir, tmp_path / "alone")
     with WorkerPool(PoolSettings(str(model_dir), actors=2)) as doomed:
         killed = _sweep(model_dir, tmp_path / "killed", lambda ctx, qs: KillingRunner(doomed, ctx, ["vector"], qs, CONFIG.seed))
@@ -96,6 +101,9 @@ def test_a_killed_actor_loses_no_record_and_writes_none_twice(local_ray, model_d
     lines = [json.loads(line) for line in (tmp_path / "killed" / "results.jsonl").read_text().splitlines()]
     assert len(lines) == len({r["key"] for r in lines}) == len(alone)  # none lost, none twice
     assert _by_key(lines) == _by_key(killed) == _by_key(alone)
+    said = capsys.readouterr().err.strip().splitlines()  # one line for the death, naming the worker and what it held
+    assert len(said) == 1 and re.fullmatch(r"Ray worker 1 of 2 \(pid \d+ on [\d.]+\) died \(\w+\); re-queued records vector\|L\d\S+ "
+                                           r"\.\. \S+ \(4\)(, records \S+ \.\. \S+ \(\d\))*", said[0]), said
 
 
 def test_the_llm_judge_has_one_rate_limit_for_the_whole_run(pool, model_dir, tmp_path):
@@ -213,3 +221,49 @@ def test_a_pool_the_cluster_cannot_place_is_refused_instead_of_waiting(pool, mod
     with pytest.raises(ScaleoutError, match="2 Ray actors need 2 CPUs; the cluster has 0 CPUs and 0 GPUs free"):  # noqa: PT012
         assert len(set(pool.ready())) == 2  # `pool` holds both CPUs once its actors are placed
         WorkerPool(PoolSettings(str(model_dir), actors=2))
+
+
+def test_ctrl_c_on_a_local_ray_is_one_line_with_exit_code_130():
+    def job():
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as err:
+        run_on_ray("local", job, Ending(lambda: "3 records kept"))
+    assert str(err.value) == "interrupted: 3 records kept, re-run the same command to resume" and err.value.exit_code == 130
+
+
+def test_a_driver_that_never_connects_is_ended_at_the_deadline(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "CONNECT_DEADLINE_S", 0.5)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(ScaleoutError, match=r"Ray at 10\.0\.0\.5:6379 did not take the driver within 0\.5 s"):
+            driver._watch(child, tmp_path, "10.0.0.5:6379")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_gcs_port_that_stays_closed_means_the_cluster_is_lost(tmp_path, monkeypatch):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing answers there
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    (tmp_path / driver.CONNECTED).write_text(closed)
+    monkeypatch.setattr(driver, "GCS_CHECK_S", 0.05)
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "0.2")
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert driver._watch(child, tmp_path, "10.0.0.5:6379") == f"its GCS at {closed} stopped answering for 0.2 s"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_port_that_speaks_http_is_not_taken_for_a_ray_head():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ScaleoutError, match="answers but is not a Ray head"):
+            check_reachable(f"127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()

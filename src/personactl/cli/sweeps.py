@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -123,10 +124,23 @@ def sweep(
     if ray is None:
         _print_run(run_experiment(cfg, out_dir, backbone=_common._load(cfg.model, device, dtype, None)))
         return
+    from ..evaluate import ResultsFile, claim_run_dir  # noqa: PLC0415
+    from ..scaleout import Ending, run_on_ray  # noqa: PLC0415
+
+    run_dir = out_dir / cfg.name
+    if (run_dir / "config.json").exists():
+        claim_run_dir(cfg, run_dir)  # another config is refused before Ray is reached or any actor loads a model
+    run_on_ray(ray, partial(_sweep_on_ray, cfg, out_dir, ray, ray_actors, device, dtype),
+               Ending(lambda: f"{len(ResultsFile(run_dir / 'results.jsonl').records)} records kept"))
+
+
+def _sweep_on_ray(cfg, out_dir: Path, ray: str, actors: int, device: Optional[str], dtype: Optional[str]) -> None:
+    """The sweep on Ray actors; against a cluster it runs in the driver process of personactl.scaleout.driver."""
+    from ..experiment import run as run_experiment  # noqa: PLC0415
     from ..scaleout import PoolSettings, ray_pool  # noqa: PLC0415
 
-    with ray_pool(ray, PoolSettings(cfg.model, ray_actors, device=device)) as pool:
-        out.print(f"Ray ({ray}): {ray_actors} workers, {pool.threads} thread(s) each" + (f", {pool.gpus:g} GPU each" if pool.gpus else ""))
+    with ray_pool(ray, PoolSettings(cfg.model, actors, device=device)) as pool:
+        out.print(f"Ray ({ray}): {actors} workers, {pool.threads} thread(s) each" + (f", {pool.gpus:g} GPU each" if pool.gpus else ""))
         _print_run(run_experiment(cfg, out_dir, backbone=_common._load(cfg.model, device, dtype, None), pool=pool))
 
 

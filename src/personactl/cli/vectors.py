@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
@@ -148,21 +149,31 @@ def _extract_many(traits, settings, model: str, folder: Optional[Path], ray: Opt
     """One vector per trait: in turn on one model, or in parallel on Ray actors (one model each)."""
     from ..extraction import extract as run_extract  # noqa: PLC0415
 
-    def save(trait, vector, pairs) -> None:
-        out.print(f"{trait.name}: " + vector.extra.get("expressibility", {}).get("line", "extracted"), markup=False)
-        _save_vector(vector, pairs, (folder or Path("vectors") / vector.model) / f"{trait.name}.safetensors")
-
     if ray is None:
         backbone = _common._load(model, device, dtype, device_map)
         for trait in traits:
-            save(trait, *run_extract(backbone, trait, settings))
+            _save_trait(folder, trait, *run_extract(backbone, trait, settings))
         return
+    from ..scaleout import Ending, run_on_ray  # noqa: PLC0415
+
+    run_on_ray(ray, partial(_extract_on_ray, traits, settings, model, folder, ray, actors, device),
+               Ending(lambda: "the vectors of the traits listed above are written", "re-run the command with --traits set to the others"))
+
+
+def _extract_on_ray(traits, settings, model: str, folder: Optional[Path], ray: str, actors: int, device) -> None:
+    """The traits on Ray actors; against a cluster it runs in the driver process of personactl.scaleout.driver."""
     from ..scaleout import PoolSettings, extract_traits, ray_pool  # noqa: PLC0415
 
     with ray_pool(ray, PoolSettings(model, min(actors, len(traits)), device=device)) as pool:
         out.print(f"Ray ({ray}): {len(pool.actors)} workers, {pool.threads} thread(s) each; {len(traits)} traits")
         for trait, vector, pairs in extract_traits(pool, traits, settings):
-            save(trait, vector, pairs)
+            _save_trait(folder, trait, vector, pairs)
+
+
+def _save_trait(folder: Optional[Path], trait, vector, pairs) -> None:
+    """Say what the trait's extraction found and write its vector and answers (FOLDER/NAME.safetensors)."""
+    out.print(f"{trait.name}: " + vector.extra.get("expressibility", {}).get("line", "extracted"), markup=False)
+    _save_vector(vector, pairs, (folder or Path("vectors") / vector.model) / f"{trait.name}.safetensors")
 
 
 @app.command()

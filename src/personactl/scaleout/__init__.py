@@ -2,17 +2,21 @@
 
 The same code runs on a local Ray instance (`--ray local`) and on a cluster
 (`--ray auto` or an address); the driver stays the only writer of results.
+Against a cluster, `run_on_ray` runs the driver in a child process it watches,
+so a lost cluster, a dead worker and Ctrl-C each end in one line.
 Ray is the optional extra `personactl[ray]`.
 """
 
 from contextlib import contextmanager
 from typing import Iterator
 
-from .cluster import ScaleoutError, connect, parse_address
+from .cluster import Interrupted, ScaleoutError, connect, parse_address
+from .driver import Ending, run_on_ray
 from .pool import PoolSettings, WorkerPool
 from .tasks import RayRunner, extract_traits
 
-__all__ = ["PoolSettings", "RayRunner", "ScaleoutError", "WorkerPool", "connect", "extract_traits", "parse_address", "ray_pool"]
+__all__ = ["Ending", "Interrupted", "PoolSettings", "RayRunner", "ScaleoutError", "WorkerPool", "connect", "extract_traits",
+           "parse_address", "ray_pool", "run_on_ray"]
 
 
 @contextmanager

@@ -1,7 +1,13 @@
 """Connecting to Ray: a local instance started (and stopped) here, a running cluster (`auto`), or an address.
 
-An address is checked with a plain TCP connection first (a few seconds), so an
-unreachable cluster is a one-line error instead of a hang.
+An address is checked before `ray.init` touches it, in a few seconds at most, so that each way it can be wrong is
+one line instead of minutes of Ray's retries: the port must answer, speak gRPC as a Ray head's GCS does (an HTTP
+server or another service does not), and accept this machine's token when the head uses token authentication.
+
+Token authentication: `ray start --head` turns it on by itself when a token exists on the head (~/.ray/auth_token,
+which Ray writes, e.g. whenever a local `ray.init()` starts), but `ray.init(address=...)` sends a token only when
+RAY_AUTH_MODE=token is set. So when the head asks for a token, personactl connects in token mode with the token
+Ray finds here (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token).
 """
 
 from __future__ import annotations
@@ -16,15 +22,31 @@ from ..errors import PersonactlError
 CONNECT_TIMEOUT_S = 3.0
 DEFAULT_PORT = 6379  # Ray's GCS port
 CLIENT_PORT = 10001  # Ray Client (ray://)
+# An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (a GCS) answers with its own SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+SETTINGS_FRAME = 4
+TOKEN_HELP = "copy the head's ~/.ray/auth_token to ~/.ray/auth_token here, or set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}  # no usage report to the network, no prompt
 
 
 class ScaleoutError(PersonactlError):
-    """Ray cannot be used as asked: not installed, not reachable, or a chunk that keeps failing."""
+    """Ray cannot be used as asked: not installed, not reachable, not a Ray head, a token refused, a cluster lost."""
+
+
+class ClusterLost(ScaleoutError):
+    """The cluster went away under a run (its GCS stopped answering); the message says how it was noticed."""
+
+
+class Interrupted(ScaleoutError):
+    """Ctrl-C during a run on Ray: what was finished is kept (exit code 130, as a shell reports SIGINT)."""
+
+    exit_code = 130
 
 
 def import_ray() -> Any:
     """The ray module, or a one-line error that says how to install it."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to the network, no prompt
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
     try:
         import ray  # noqa: PLC0415
     except ImportError as exc:
@@ -37,13 +59,13 @@ def parse_address(spec: str) -> tuple[str, str | None]:
     text = spec.strip()
     if text in ("local", "auto"):
         return text, None if text == "local" else "auto"
-    host, port = _host_port(text)
+    host, port = host_port(text)
     if not host or (port and not port.isdigit()):
         raise ScaleoutError(f"--ray {spec!r}: use local, auto, HOST:PORT (a cluster's head, e.g. 10.0.0.5:6379) or ray://HOST:PORT")
     return "address", text
 
 
-def _host_port(address: str) -> tuple[str, str]:
+def host_port(address: str) -> tuple[str, str]:
     """('HOST', 'PORT') of 'HOST:PORT' or 'ray://HOST:PORT'; the port is the default one for the kind when absent."""
     client = address.startswith("ray://")
     host, sep, port = address.removeprefix("ray://").rpartition(":")
@@ -53,39 +75,168 @@ def _host_port(address: str) -> tuple[str, str]:
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Refuse an address whose port does not answer within `timeout` seconds."""
-    host, port = _host_port(address)
+    """Refuse an address whose port does not answer within `timeout` seconds, or (a GCS address) does not speak gRPC."""
+    host, port = host_port(address)
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            if address.startswith("ray://") or os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
+                return  # Ray Client, or a GCS behind TLS: ray.init checks them, bounded by the driver's deadline
+            sock.sendall(HTTP2_PREFACE)
+            head = sock.recv(9)
+    except socket.timeout:
+        head = b""
     except OSError as exc:
         raise ScaleoutError(
             f"cannot reach Ray at {address} within {timeout:g} s ({exc.strerror or type(exc).__name__}): start the cluster "
             "(`ray start --head` on the head node), check the address, or use --ray local"
         ) from exc
+    if len(head) < 9 or head[3] != SETTINGS_FRAME:
+        raise ScaleoutError(
+            f"{address} answers but is not a Ray head (no gRPC there): give the head's GCS port, the one "
+            f"`ray start --head --port` opened (default {DEFAULT_PORT})"
+        )
+
+
+def answers(address: str, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection to `address` (HOST:PORT) opens within `timeout` seconds."""
+    host, port = host_port(address)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connection_env(spec: str) -> dict[str, str]:
+    """Check the address `spec` names (see `check_reachable`) and what its head wants; the environment variables
+    `ray.init` then needs (RAY_AUTH_MODE=token when the head asks for a token). `local` and `auto` need none."""
+    kind, address = parse_address(spec)
+    if kind != "address":
+        return {}
+    assert address is not None
+    check_reachable(address)
+    if address.startswith("ray://"):
+        return {}
+    if _accepts(address):
+        return {}
+    if not _has_token():
+        raise ScaleoutError(f"Ray at {address} uses token authentication and no token is set here: {TOKEN_HELP}")
+    with _token_mode():
+        if _accepts(address):
+            return {"RAY_AUTH_MODE": "token"}
+    raise ScaleoutError(f"Ray at {address} refuses the token found here (token authentication): {TOKEN_HELP}")
+
+
+def _accepts(address: str) -> bool:
+    """Whether the GCS at `address` answers this process as it is now set (auth mode, token); False when it wants
+    another token. Ray's C++ client writes a warning on file descriptor 2 for a refusal: it is silenced here."""
+    import ray.exceptions  # noqa: PLC0415
+    from ray._raylet import GcsClient  # noqa: PLC0415
+
+    refused = getattr(ray.exceptions, "AuthenticationError", ())  # older Ray has no token authentication
+    with _fd2_silenced():
+        try:
+            GcsClient(address=address)
+        except refused:
+            return False
+        except Exception as exc:  # noqa: BLE001 - Ray raises RpcError and others; any of them means "not a usable GCS"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ScaleoutError(f"{address} speaks gRPC but is not a Ray head's GCS ({first}): give the head's GCS port, "
+                                f"the one `ray start --head --port` opened (default {DEFAULT_PORT})") from exc
+    return True
+
+
+def _has_token() -> bool:
+    """Whether Ray finds a token here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), read afresh."""
+    from ray._raylet import AuthenticationTokenLoader  # noqa: PLC0415
+
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()
+    return bool(loader.has_token(ignore_auth_mode=True))
+
+
+@contextmanager
+def _token_mode() -> Iterator[None]:
+    """This process in Ray's token mode for the block, then as it was; Ray caches its config, so it is re-read (as
+    Ray's own `_enable_token_auth` does) on entry and on exit."""
+    from ray._raylet import Config  # noqa: PLC0415
+
+    before = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = before
+        Config.initialize("")
+
+
+@contextmanager
+def _fd2_silenced() -> Iterator[None]:
+    """File descriptor 2 (where Ray's C++ core logs) to /dev/null for the block; Python's own stderr is unaffected
+    when it writes elsewhere, and restored either way."""
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 @contextmanager
 def connect(spec: str, *, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray connected as `spec` says, for the duration of the block; a local instance started here is stopped on exit.
 
-    Inside a block where Ray is already initialised (a test fixture, a notebook), that instance is used and left running."""
+    Inside a block where Ray is already initialised (a test fixture, a notebook, the driver process of
+    personactl.scaleout.driver), that instance is used and left running."""
     kind, address = parse_address(spec)
-    if kind == "address":
-        check_reachable(address)  # type: ignore[arg-type]
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
+    env = connection_env(spec)
+    os.environ.update(env)
+    if env:
+        from ray._raylet import Config  # noqa: PLC0415
+
+        Config.initialize("")
     try:
         if kind == "local":
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         else:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ScaleoutError(f"cannot connect to Ray ({spec}): {first}; start a cluster with `ray start --head` or use --ray local") from exc
+        advice = {"local": "", "auto": "; start a cluster with `ray start --head` or use --ray local"}.get(
+            kind, "; run the command on a node of the cluster, or from outside it use --ray ray://HEAD:10001")
+        raise ScaleoutError(f"cannot connect to Ray ({spec}): {first}{advice}") from exc
+    restore = _drop_node_errors(ray)
     try:
         yield ray
     finally:
+        restore()
         ray.shutdown()
+
+
+def _drop_node_errors(ray: Any) -> Any:
+    """Stop Ray from printing the errors its nodes publish ("A worker died or was killed ...": several lines with ANSI
+    codes on stdout, whatever log_to_driver says); the pool says what matters in one line. Returns the undo."""
+    worker = ray._private.worker
+    original = worker.print_to_stdstream
+
+    def printing(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            original(data, ignore_prefix)
+
+    worker.print_to_stdstream = printing
+
+    def restore() -> None:
+        worker.print_to_stdstream = original
+
+    return restore

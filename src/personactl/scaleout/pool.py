@@ -5,20 +5,23 @@ functions `fn(backbone, memo, *args)` on it; `memo` is the actor's own dict for
 what a task builds once (a run's steering methods). `WorkerPool.map` keeps two
 items in flight per actor and yields results as they finish. An actor that dies
 (killed, out of memory, its node lost) has its unfinished items re-queued to
-the others, or to a replacement when none is left; an item that raises in a
-task stops the map with an error naming it.
+the others, or to a replacement when none is left, and the user reads one line
+naming the worker and those items (Ray's own multi-line report is not shown:
+see cluster.connect); an item that raises in a task stops the map with an
+error naming it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import PersonactlError
-from .cluster import ScaleoutError, import_ray
+from .cluster import ClusterLost, ScaleoutError, answers, import_ray
 
 PLACEMENT_WAIT_S = 10.0  # for resources of actors ended just before to be released
 IN_FLIGHT = 2  # items queued per actor: the next one is ready when the current one ends
@@ -44,6 +47,12 @@ class ModelWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def where(self) -> str:
+        """'pid 4242 on 10.0.0.5': how the user finds this worker in the cluster."""
+        import ray  # noqa: PLC0415
+
+        return f"pid {os.getpid()} on {ray.util.get_node_ip_address()}"
 
 
 @dataclass
@@ -72,7 +81,10 @@ class WorkerPool:
         self.gpus = settings.gpus if settings.gpus is not None else (1.0 if resources.get("GPU") else 0.0)
         self.restarts = 0
         self._check_room()
-        self.actors = [self._start() for _ in range(settings.actors)]
+        self.actors: list[Any] = []
+        self._where: list[Any] = []  # per slot: the object ref of its actor's where()
+        for _ in range(settings.actors):
+            self._start()
 
     def _check_room(self, wait_s: float = PLACEMENT_WAIT_S) -> None:
         """Refuse a pool the cluster cannot place (its actors would wait for resources forever); resources that
@@ -91,10 +103,16 @@ class WorkerPool:
                             f"; the cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free: "
                             "lower --ray-actors or add nodes")
 
-    def _start(self) -> Any:
+    def _start(self, slot: int | None = None) -> None:
+        """A new actor in `slot` (default: a new slot); it loads its model in the background."""
         s = self.settings
         remote = self.ray.remote(num_cpus=1 if self.gpus else self.threads, num_gpus=self.gpus, max_restarts=0)(ModelWorker)
-        return remote.remote(s.model, self.threads, s.device or ("cuda" if self.gpus else None))
+        actor = remote.remote(s.model, self.threads, s.device or ("cuda" if self.gpus else None))
+        if slot is None:
+            self.actors.append(actor)
+            self._where.append(actor.where.remote())
+        else:
+            self.actors[slot], self._where[slot] = actor, actor.where.remote()
 
     def ready(self) -> list[int]:
         """Wait until every live actor has loaded its model; their process ids."""
@@ -110,7 +128,7 @@ class WorkerPool:
         for actor in self.actors:
             if actor is not None:
                 self.ray.kill(actor)
-        self.actors = []
+        self.actors, self._where = [], []
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *shared: Any, label: Callable[[Any], str] = str,
             max_attempts: int = MAX_ATTEMPTS) -> Iterator[tuple[int, Any]]:
@@ -128,11 +146,14 @@ class WorkerPool:
             try:
                 result = self.ray.get(ready[0])
             except died as err:
-                self._lost(actor)
+                self._check_cluster(err)
                 if attempts[index] >= max_attempts:
                     raise ScaleoutError(f"{label(items[index])}: its worker died {attempts[index]} times ({type(err).__name__}); "
                                         "the finished records are kept: lower the chunk size or memory use and re-run") from err
-                queue.appendleft(index)
+                lost = [index] + [in_flight.pop(ref)[0] for ref in [r for r, (_, a) in in_flight.items() if a is actor]]
+                queue.extendleft(reversed(lost))  # the dead actor's other items too: they would come back as errors
+                print(f"{self._lost(actor)} died ({type(err).__name__}); re-queued {', '.join(label(items[i]) for i in lost)}",
+                      file=sys.stderr, flush=True)
                 continue
             except exceptions.RayTaskError as err:
                 cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
@@ -147,7 +168,7 @@ class WorkerPool:
         if not any(a is not None for a in self.actors):
             if self.restarts >= len(self.actors) + MAX_ATTEMPTS:
                 raise ScaleoutError(f"every worker died and {self.restarts} replacements too: check the cluster's memory and logs")
-            self.actors[0] = self._start()
+            self._start(0)
             self.restarts += 1
         for actor in self.actors:
             if actor is None:
@@ -159,9 +180,23 @@ class WorkerPool:
                 in_flight[actor.call.remote(fn, items[index], *shared)] = (index, actor)
                 busy += 1
 
-    def _lost(self, actor: Any) -> None:
-        """Forget a dead actor (its other items come back as errors and are re-queued one by one)."""
-        for slot, live in enumerate(self.actors):
-            if live is actor:
-                self.ray.kill(actor)
-                self.actors[slot] = None
+    def _check_cluster(self, err: BaseException) -> None:
+        """A dead worker whose cluster's GCS does not answer means the cluster went away, not one worker (Ray Client
+        drivers, which reach the GCS only through the head, are not checked)."""
+        if self.ray.util.client.ray.is_connected():
+            return
+        gcs = self.ray.get_runtime_context().gcs_address
+        if not answers(gcs):
+            raise ClusterLost(f"its GCS at {gcs} stopped answering") from err
+
+    def _lost(self, actor: Any) -> str:
+        """Forget a dead actor; 'Ray worker 2 of 4 (pid 4242 on 10.0.0.5)' (without the place if it died before saying)."""
+        slot = next(i for i, live in enumerate(self.actors) if live is actor)
+        self.ray.kill(actor)
+        self.actors[slot] = None
+        name = f"Ray worker {slot + 1} of {len(self.actors)}"
+        done, _ = self.ray.wait([self._where[slot]], timeout=0)
+        try:
+            return f"{name} ({self.ray.get(done[0])})" if done else name
+        except self.ray.exceptions.RayError:
+            return name
