@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -276,9 +277,11 @@ def test_a_head_stopped_mid_run_keeps_the_records_and_says_how_to_resume(model_d
     kept = records(runs)
     assert process.returncode == 2, err
     assert len(err.strip().splitlines()) == 1, err
-    assert re.fullmatch(rf"error: lost the Ray cluster at {re.escape(doomed.address)} \(.+\): {len(kept)} records kept; restart the "
-                        r"cluster and re-run the same command to resume, or run it on this machine without Ray \(Ray's log: \S+\)",
-                        err.strip()), err
+    said = re.fullmatch(rf"error: lost the Ray cluster at {re.escape(doomed.address)} \(.+\): {len(kept)} records kept; restart the "
+                        r"cluster and re-run the same command to resume, or run it on this machine without Ray \(Ray's log: (\S+)\)",
+                        err.strip())
+    assert said, err
+    shutil.rmtree(Path(said[1]).parent)  # the driver's folder, kept for its log
     assert 2 <= len(kept) < RECORDS and len({r["key"] for r in kept}) == len(kept)  # whole records only
     with serve(FakeChat()) as url:  # the same command without --ray finishes the run
         monkeypatch.setenv("PERSONACTL_JUDGE_BASE_URL", url)
