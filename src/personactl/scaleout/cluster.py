@@ -121,7 +121,7 @@ def connection_env(spec: str) -> dict[str, str]:
         return {}
     if not _has_token():
         raise ScaleoutError(f"Ray at {address} uses token authentication and no token is set here: {TOKEN_HELP}")
-    with _token_mode():
+    with _ray_environment({"RAY_AUTH_MODE": "token"}):
         if _accepts(address):
             return {"RAY_AUTH_MODE": "token"}
     raise ScaleoutError(f"Ray at {address} refuses the token found here (token authentication): {TOKEN_HELP}")
@@ -152,26 +152,42 @@ def _has_token() -> bool:
 
     loader = AuthenticationTokenLoader.instance()
     loader.reset_cache()
-    return bool(loader.has_token(ignore_auth_mode=True))
+    try:
+        return bool(loader.has_token(ignore_auth_mode=True))
+    finally:
+        loader.reset_cache()
 
 
 @contextmanager
-def _token_mode() -> Iterator[None]:
-    """This process in Ray's token mode for the block, then as it was; Ray caches its config, so it is re-read (as
-    Ray's own `_enable_token_auth` does) on entry and on exit."""
+def _ray_environment(env: dict[str, str]) -> Iterator[None]:
+    """`env` set in this process for the block, then as it was (a later `ray.init` here must not inherit a remote
+    head's token mode); Ray caches its config, so it is re-read, as Ray's own `_enable_token_auth` does, on entry and
+    on exit."""
+    if not env:
+        yield
+        return
     from ray._raylet import Config  # noqa: PLC0415
 
-    before = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     Config.initialize("")
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         Config.initialize("")
+        _forget_token()
+
+
+def _forget_token() -> None:
+    """Drop the token Ray's loader cached, so a later connection in this process reads its own environment."""
+    from ray._raylet import AuthenticationTokenLoader  # noqa: PLC0415
+
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextmanager
@@ -200,12 +216,12 @@ def connect(spec: str, *, num_cpus: int | None = None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    env = connection_env(spec)
-    os.environ.update(env)
-    if env:
-        from ray._raylet import Config  # noqa: PLC0415
+    with _ray_environment(connection_env(spec)):
+        yield from _connected(ray, kind, spec, address, num_cpus)
 
-        Config.initialize("")
+
+def _connected(ray: Any, kind: str, spec: str, address: str | None, num_cpus: int | None) -> Iterator[Any]:
+    """The body of `connect` once the environment is set: initialise, yield, always shut down."""
     try:
         if kind == "local":
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")

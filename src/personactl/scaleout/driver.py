@@ -167,6 +167,8 @@ def child_main(folder_name: str) -> None:
         traceback.print_exc()
         outcome = "crashed"
     _write(folder / OUTCOME, pickle.dumps(outcome))
+    sys.stderr.flush()
+    sys.stderr = sys.__stderr__  # what the interpreter says while it shuts down (finalizers after a Ctrl-C) goes to the log
 
 
 def _split_stderr(log: Path) -> None:
