@@ -9,7 +9,8 @@ import torch
 
 from fake_openai import FakeChat, serve
 from personactl import PersonaVector
-from personactl.blackbox.api import ApiGenerator, BackendError, Sampling, parse_backend
+from personactl.backends import BackendError, parse_backend
+from personactl.blackbox.api import ApiGenerator, Sampling
 from personactl.blackbox.fewshot import fewshot_messages, shots
 from personactl.blackbox.modulation import (
     MAGNITUDE_UNIT, ModulationError, hidden_norms, magnitude, modulated,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from personactl import PersonaVector
-from personactl.blackbox.backends import backend_methods
+from personactl.backends import backend_methods
 from personactl.blackbox.llamacpp import Control, LlamaCppBackend, LlamaCppError, check_lora_gguf, control_buffer, resolve_gguf
 from personactl.cli import run
 from personactl.errors import ModelLoadError

@@ -1,6 +1,6 @@
 """personactl: find, measure, steer and move the character traits of language models."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .activations import collect as collect_activations
 from .activations import hidden_states

@@ -84,7 +84,7 @@ class SweepConfig(BaseModel):
     @field_validator("backend")
     @classmethod
     def _backend(cls, value: str) -> str:
-        from .blackbox.api import parse_backend  # noqa: PLC0415
+        from .backends import parse_backend  # noqa: PLC0415
 
         kind, model = parse_backend(value)  # raises BackendError (one line), not a ValueError
         return kind if not model else f"{kind}:{model}"

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 
 from ._io import write_text_atomic
-from .evaluate import SweepConfig, SweepError, claim_run_dir, run_sweep, summarize
-from .blackbox.backends import backend_methods
+from .evaluate import GroupRunner, SweepConfig, SweepError, claim_run_dir, run_sweep, summarize
+from .backends import backend_methods
 from .expressibility import Expressibility, from_embedding_judge
 from .extraction import (
     ContrastivePair, ExtractionSettings, assess_pairs, best_projection_separation, expressibility_of, extract, load_pairs,
@@ -35,8 +35,7 @@ from .traits import Trait, load_trait
 from .vectors import PersonaVector, load_vector
 from .verdicts import Verdict, sweep_verdicts
 
-if TYPE_CHECKING:
-    from .scaleout import WorkerPool
+RunnerFactory = Callable[[MethodContext, list[str], list[str], int], GroupRunner]  # (context, methods, questions, seed)
 
 
 @dataclass
@@ -219,11 +218,12 @@ def choose_layers(prep: Prepared) -> tuple[list[LayerSpec], LayerSelection | Non
 
 
 def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True,
-        pool: WorkerPool | None = None) -> RunResult:
+        runner: RunnerFactory | None = None) -> RunResult:
     """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report.
 
-    With a `pool` (personactl.scaleout), the sweep's groups are generated on its Ray workers; this process prepares the
-    run, judges and is the only writer of results.jsonl, so resuming and the report work the same."""
+    With a `runner` factory (e.g. `functools.partial(personactl.scaleout.RayRunner, pool)`), the sweep's groups are
+    generated where that runner sends them; this process prepares the run, judges and is the only writer of
+    results.jsonl, so resuming and the report work the same. Without one, everything runs here."""
     prep = prepare(config, out_dir, backbone)
     layers, selection = choose_layers(prep)
     ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions,
@@ -233,12 +233,8 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
     names = backend_methods(config.methods, config.backend)  # llamacpp: vector -> llamacpp-vector ...
     methods = [make_method(name, ctx) for name in names]
     questions = prep.trait.eval_questions[: config.n_questions]
-    runner = None
-    if pool is not None:
-        from .scaleout import RayRunner  # noqa: PLC0415 - Ray is an optional extra
-
-        runner = RayRunner(pool, ctx, names, questions, config.seed)
-    records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir, runner)
+    remote = runner(ctx, names, questions, config.seed) if runner is not None else None
+    records = run_sweep(config, prep.backbone, methods, layers, questions, prep.judges, prep.run_dir, remote)
     report_path = None
     if report:
         from .report import write_report  # noqa: PLC0415

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from ._version import __version__
 from ._io import atomic_path
 from .errors import IncompatibleVectorError, VectorFileError
 from .models import Backbone

@@ -26,32 +26,12 @@ import concurrent.futures
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from ..errors import PersonactlError
+from ..backends import BackendError, parse_backend
 from ..judges.llm import DEFAULT_BASE_URL, _env, async_client, with_retries
 from ..models import Message
 
 BASE_URL_ENVS = ("PERSONACTL_API_BASE_URL", "OPENAI_BASE_URL")
 API_KEY_ENVS = ("PERSONACTL_API_KEY", "OPENAI_API_KEY")
-BACKEND_KINDS = ("hf", "llamacpp", "openai")
-
-
-class BackendError(PersonactlError):
-    """An unknown backend, or an endpoint that cannot generate as asked."""
-
-
-def parse_backend(spec: str) -> tuple[str, str]:
-    """'hf' -> ('hf', ''), 'llamacpp' -> ('llamacpp', ''), 'openai:MODEL' -> ('openai', MODEL); anything else raises."""
-    text = (spec or "").strip()
-    if text in ("hf", "llamacpp"):
-        return text, ""
-    kind, sep, model = text.partition(":")
-    if kind == "openai" and sep and model.strip():
-        return "openai", model.strip()
-    raise BackendError(
-        f"unknown backend {spec!r}: use 'hf' (the local Hugging Face model, default), 'llamacpp' (llama-cpp-python in "
-        "process) or 'openai:MODEL' (an OpenAI-compatible endpoint; base URL and key from PERSONACTL_API_BASE_URL / "
-        "PERSONACTL_API_KEY or OPENAI_BASE_URL / OPENAI_API_KEY)"
-    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from ..extraction import ContrastivePair
 from ..generation import generate
 from ..methods import LayerSpec, MethodContext, MethodError
 from ..models import Message
-from .api import Sampling, parse_backend
+from ..backends import parse_backend
+from .api import Sampling
 
 SHOTS_PER_UNIT = 2
 

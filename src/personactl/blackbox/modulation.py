@@ -42,7 +42,8 @@ from ..generation import chat_prompt
 from ..methods import LayerSpec, MethodContext, MethodError
 from ..models import Backbone
 from ..vectors import PersonaVector
-from .api import ApiGenerator, Sampling, parse_backend
+from ..backends import parse_backend
+from .api import ApiGenerator, Sampling
 
 MAGNITUDE_UNIT = 0.1  # |v_l| in tenths of mean ||h_l||
 TEMPERATURE_SCALE = 0.1  # the reference design's factor

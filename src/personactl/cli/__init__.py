@@ -9,17 +9,11 @@ import sys
 from ..errors import PersonactlError
 from . import vectors, sweeps, weights, transfer, blackbox, serving  # noqa: F401, I001 - they register their commands, in this order
 from ._common import app, err, out
+from .safety import safety_app
 
 __all__ = ["app", "err", "main", "out", "run"]
 
-
-def _add_safety() -> None:
-    from ..safety.cli import safety_app  # noqa: PLC0415 - its commands import this module's helpers lazily
-
-    app.add_typer(safety_app, name="safety")
-
-
-_add_safety()
+app.add_typer(safety_app, name="safety")
 
 
 def run(argv: list[str] | None = None) -> int:

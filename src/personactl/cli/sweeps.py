@@ -137,11 +137,11 @@ def sweep(
 def _sweep_on_ray(cfg, out_dir: Path, ray: str, actors: int, device: Optional[str], dtype: Optional[str]) -> None:
     """The sweep on Ray actors; against a cluster it runs in the driver process of personactl.scaleout.driver."""
     from ..experiment import run as run_experiment  # noqa: PLC0415
-    from ..scaleout import PoolSettings, ray_pool  # noqa: PLC0415
+    from ..scaleout import PoolSettings, RayRunner, ray_pool  # noqa: PLC0415
 
     with ray_pool(ray, PoolSettings(cfg.model, actors, device=device)) as pool:
         out.print(f"Ray ({ray}): {actors} workers, {pool.threads} thread(s) each" + (f", {pool.gpus:g} GPU each" if pool.gpus else ""))
-        _print_run(run_experiment(cfg, out_dir, backbone=_common._load(cfg.model, device, dtype, None), pool=pool))
+        _print_run(run_experiment(cfg, out_dir, backbone=_common._load(cfg.model, device, dtype, None), runner=partial(RayRunner, pool)))
 
 
 @app.command()

@@ -210,7 +210,7 @@ def generate(
 ) -> None:
     """Generate answers, steered by a persona vector (and unsteered with --baseline); --condition steers only the
     prompts whose projection on the condition vector passes the threshold."""
-    from ..blackbox.api import parse_backend  # noqa: PLC0415
+    from ..backends import parse_backend  # noqa: PLC0415
 
     kind = parse_backend(backend)[0]
     if kind == "openai":

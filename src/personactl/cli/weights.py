@@ -257,7 +257,7 @@ def chat(
                                 "vectors as control vectors)"),
 ) -> None:
     """Interactive chat: /persona NAME, /blend a=0.5,b=0.5, /vector V 1.5, /reset, /help; Ctrl-D quits."""
-    from ..blackbox.backends import check_backend  # noqa: PLC0415
+    from ..backends import check_backend  # noqa: PLC0415
 
     if check_backend(backend) == "llamacpp":
         from ..blackbox.llamacpp import CHAT_HELP as HELP, LlamaCppBackend, LlamaCppChat  # noqa: PLC0415

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._io import atomic_path, write_text_atomic
 from .._plot import data_uri
-from ..transfer.report import markdown_table
+from .._markdown import markdown_table
 from ..judges.text import is_collapsed
 from .errors import SafetyError
 from .refusal import rate_with_ci

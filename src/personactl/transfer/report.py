@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_path, write_text_atomic
+from .._markdown import markdown_table
 from .mapping import lambda_note
 from .paired import picked_on
 
@@ -18,18 +19,6 @@ if TYPE_CHECKING:
     from .result import TransferResult
 
 COLUMNS = ("group", "method", "layer", "coef", "applied_norm", "trait", "trait_lo", "trait_hi", "coherence", "collapse_rate", "n")
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) >= 1000 or (value and abs(value) < 0.01) else f"{value:.2f}".rstrip("0").rstrip(".")
-    return "" if value is None else str(value)
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def plot_methods(path: Path, rows: list[dict[str, Any]], title: str) -> Path:

@@ -9,6 +9,9 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from . import _common
+from ._common import out
+
 safety_app = typer.Typer(
     help="Safety-critical neurons: align a model to refuse, find the weights that carry refusal (Wanda, set difference), "
     "prune-check them, fine-tune with them frozen, and measure how their scores move.",
@@ -18,20 +21,14 @@ ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="alias, HF folder 
 
 
 def _load(model: str):
-    from ..cli import _common  # noqa: PLC0415 - the CLI's loader (status line, warnings)
-
     return _common._load(model, None, None, None)
 
 
 def _print(text: str) -> None:
-    from ..cli import out  # noqa: PLC0415
-
     out.print(text, highlight=False)
 
 
 def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
-    from ..cli import out  # noqa: PLC0415
-
     table = Table(*columns, title=title)
     for row in rows:
         table.add_row(*(str(row.get(c, "")) for c in columns))
@@ -39,7 +36,7 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def _rate(measure: dict) -> str:
-    from .report import percent  # noqa: PLC0415
+    from ..safety.report import percent  # noqa: PLC0415
 
     return percent(measure["keyword"])
 
@@ -52,7 +49,7 @@ def align_cmd(
 ) -> None:
     """Fine-tune the model to refuse harmful requests (team-written data) and report refusal before and after."""
     from ..lora.train import check_out_dir  # noqa: PLC0415
-    from .align import align  # noqa: PLC0415
+    from ..safety.align import align  # noqa: PLC0415
 
     check_out_dir(out_dir)
     card = align(_load(model), out_dir, lora=lora)
@@ -73,7 +70,7 @@ def identify_cmd(
 ) -> None:
     """Wanda scores on safety and utility data; safety-critical = top-q% safety minus top-p% utility (per matrix)."""
     from .._io import check_replaceable  # noqa: PLC0415
-    from .identify import SUMMARY, IdentifySettings, identify  # noqa: PLC0415
+    from ..safety.identify import SUMMARY, IdentifySettings, identify  # noqa: PLC0415
 
     settings = IdentifySettings(model=model, sparsity=sparsity, utility_sparsity=utility_sparsity, nsamples=nsamples)
     check_replaceable(out_dir, SUMMARY)
@@ -86,8 +83,8 @@ def identify_cmd(
 @safety_app.command("prune-check")
 def prune_check_cmd(identify_dir: Path = typer.Argument(..., help="folder written by `safety identify`")) -> None:
     """Zero the masked weights (restored after) and measure refusal and utility perplexity, against random and safety-only masks."""
-    from .identify import require_summary  # noqa: PLC0415
-    from .prune import PRUNE_CHECK, prune_check  # noqa: PLC0415
+    from ..safety.identify import require_summary  # noqa: PLC0415
+    from ..safety.prune import PRUNE_CHECK, prune_check  # noqa: PLC0415
 
     summary = require_summary(identify_dir)
     result = prune_check(_load(summary["settings"]["model"]), identify_dir)
@@ -113,11 +110,11 @@ def finetune_cmd(
     from dataclasses import replace  # noqa: PLC0415
 
     from ..lora.train import check_out_dir  # noqa: PLC0415
-    from .data import formatted  # noqa: PLC0415
-    from .errors import SafetyError  # noqa: PLC0415
-    from .finetune import FULL_UTILITY, LORA_UTILITY, frozen_finetune  # noqa: PLC0415
-    from .identify import MASKS, RANDOM_MASKS, load_masks, read_summary  # noqa: PLC0415
-    from .masks import random_like  # noqa: PLC0415
+    from ..safety.data import formatted  # noqa: PLC0415
+    from ..safety.errors import SafetyError  # noqa: PLC0415
+    from ..safety.finetune import FULL_UTILITY, LORA_UTILITY, frozen_finetune  # noqa: PLC0415
+    from ..safety.identify import MASKS, RANDOM_MASKS, load_masks, read_summary  # noqa: PLC0415
+    from ..safety.masks import random_like  # noqa: PLC0415
 
     if freeze not in ("safety", "random", "none"):
         raise SafetyError(f"--freeze must be safety, random or none, not '{freeze}'")
@@ -145,10 +142,10 @@ def dynamics_cmd(
 ) -> None:
     """Recompute Wanda scores after fine-tuning: change of frozen vs other vs random weights, refusal, verdict A/B."""
     from .._io import write_text_atomic  # noqa: PLC0415
-    from .align import HeldOut  # noqa: PLC0415
-    from .identify import require_summary  # noqa: PLC0415
-    from .pipeline import DYNAMICS, Reference, measure_finetune  # noqa: PLC0415
-    from .report import change  # noqa: PLC0415
+    from ..safety.align import HeldOut  # noqa: PLC0415
+    from ..safety.identify import require_summary  # noqa: PLC0415
+    from ..safety.pipeline import DYNAMICS, Reference, measure_finetune  # noqa: PLC0415
+    from ..safety.report import change  # noqa: PLC0415
 
     backbone = _load(before or require_summary(identify_dir)["settings"]["model"])
     held_out, reference = HeldOut.for_model(backbone), Reference.load(backbone, identify_dir)
@@ -166,7 +163,7 @@ def dynamics_cmd(
 @safety_app.command("plot")
 def plot_cmd(run_dir: Path = typer.Argument(..., help="a `safety run` folder (results.json)")) -> None:
     """Figures (histograms, per-block change, statistics) and a self-contained report.html."""
-    from .report import write_report  # noqa: PLC0415
+    from ..safety.report import write_report  # noqa: PLC0415
 
     _print(f"report written to {write_report(run_dir)}")
 
@@ -178,10 +175,10 @@ def run_cmd(
     sparsity: float = typer.Option(0.03), utility_sparsity: float = typer.Option(0.03), nsamples: int = typer.Option(128),
 ) -> None:
     """align -> identify -> prune-check -> fine-tunes (full, LoRA x safety, none, random frozen) -> dynamics -> report."""
-    from .identify import IdentifySettings  # noqa: PLC0415
+    from ..safety.identify import IdentifySettings  # noqa: PLC0415
     from .._io import check_replaceable  # noqa: PLC0415
-    from .pipeline import RUN_MARKERS, run_safety  # noqa: PLC0415
-    from .report import markdown, write_report  # noqa: PLC0415
+    from ..safety.pipeline import RUN_MARKERS, run_safety  # noqa: PLC0415
+    from ..safety.report import markdown, write_report  # noqa: PLC0415
 
     IdentifySettings(model=model, sparsity=sparsity, utility_sparsity=utility_sparsity, nsamples=nsamples)  # bad values fail before any work
     check_replaceable(out_dir, RUN_MARKERS)
