@@ -75,6 +75,16 @@ def tiny_model(arch: str):
     return model.eval()
 
 
+def random_vectors(folder, names=("rand",), hidden: int = 48, layers: int = 4):
+    """Seeded random persona vectors NAME.safetensors in `folder` (for the server tests on the tiny models)."""
+    from personactl import PersonaVector
+
+    torch.manual_seed(1)
+    for name in names:
+        PersonaVector(torch.randn(layers, hidden) * 4, trait=name).save(folder / f"{name}.safetensors")
+    return folder
+
+
 def tiny_backbone(arch: str):
     from personactl import from_model
 

@@ -9,10 +9,9 @@ import time
 import httpx
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import random_vectors, tiny_backbone
 from openai import BadRequestError, OpenAI
 
-from personactl import PersonaVector
 from personactl.server import ServerError, ServerSettings, running_server
 
 QUESTION = [{"role": "user", "content": "hello there"}]
@@ -25,10 +24,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def vectors(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vectors")
-    torch.manual_seed(1)
-    PersonaVector(torch.randn(4, 48) * 4, trait="random").save(folder / "rand.safetensors")
-    return folder
+    return random_vectors(tmp_path_factory.mktemp("vectors"))
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import random_vectors, tiny_backbone
 
-from personactl import PersonaVector
 from personactl.server import ServerSettings, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -20,9 +19,7 @@ TOKEN = "browser-test-token-0123456789"
 def page_url(tmp_path_factory):
     from personactl.lora.direction import LoRADirection, LoRAFactors
 
-    folder, adapters = tmp_path_factory.mktemp("vectors"), tmp_path_factory.mktemp("adapters")
-    torch.manual_seed(1)
-    PersonaVector(torch.randn(4, 48) * 4, trait="random").save(folder / "rand.safetensors")
+    folder, adapters = random_vectors(tmp_path_factory.mktemp("vectors")), tmp_path_factory.mktemp("adapters")
     config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4.0, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
     modules = {f"model.layers.{i}.self_attn.q_proj": LoRAFactors(torch.randn(2, 48) * 3, torch.randn(48, 2) * 3, 2.0) for i in range(3)}
     LoRADirection(modules, config, {"name": "arr", "base_model": "tiny-llama", "base_model_type": "llama"}).save(adapters / "arr")

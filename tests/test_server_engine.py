@@ -6,10 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
-from conftest import TINY_ARCHS, tiny_backbone
+from conftest import TINY_ARCHS, random_vectors, tiny_backbone
 
-from personactl import PersonaVector
 from personactl.server import Engine, PersonaLibrary, ServerSettings
 from personactl.server.engine import BadJob, DoneEvent, ErrorEvent, Job, TokenEvent
 from personactl.server.personas import PersonaRequest
@@ -45,19 +43,13 @@ class Waiter:
         return self.events[-1]
 
 
-def _vectors(tmp_path, hidden: int = 48, layers: int = 4) -> None:
-    torch.manual_seed(1)
-    PersonaVector(torch.randn(layers, hidden) * 4, trait="random").save(tmp_path / "rand.safetensors")
-    PersonaVector(torch.randn(layers, hidden) * 4, trait="other").save(tmp_path / "other.safetensors")
-
-
 @pytest.fixture
 def engine_for(tmp_path):
     engines: list[Engine] = []
 
     def make(arch: str = "llama", **settings) -> Engine:
         backbone = tiny_backbone(arch)
-        _vectors(tmp_path, backbone.hidden_size, backbone.n_layers + 1)
+        random_vectors(tmp_path, ("rand", "other"), backbone.hidden_size, backbone.n_layers + 1)
         engine = Engine(backbone, PersonaLibrary(backbone, tmp_path), ServerSettings(vectors=tmp_path, **settings))
         engines.append(engine)
         return engine

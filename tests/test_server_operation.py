@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import random_vectors, tiny_backbone
 
 from personactl import PersonaVector
 from personactl.server import PersonaLibrary, PersonaRequest, ServerError, ServerSettings, UnknownPersona, running_server
@@ -25,11 +25,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def vectors(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vectors")
-    torch.manual_seed(1)
-    for name in ("rand", "other"):
-        PersonaVector(torch.randn(4, 48) * 4, trait=name).save(folder / f"{name}.safetensors")
-    return folder
+    return random_vectors(tmp_path_factory.mktemp("vectors"), ("rand", "other"))
 
 
 @pytest.fixture(scope="module")
