@@ -20,9 +20,6 @@ from personactl.judges.base import COHERENCE_RUBRIC, TOP_LOGPROBS, fill_rubric, 
 from personactl.judges.cache import JudgeCache, default_cache_path
 from personactl.judges.llm import NUMBER_TOKENS, JudgeError, OpenAIJudge, coherence_judge, parse_judge_spec
 
-RUBRIC = "Is this a pirate?\n[QUESTION START]{question}[QUESTION END]\n[ANSWER START]{answer}[ANSWER END]\nSay 0-100."
-ENV_VARS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL", "PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
-
 from fake_openai import (
     NINETY_FIVE,
     NINETY_FIVE_BORROWED,
@@ -35,6 +32,10 @@ from fake_openai import (
     FakeChat,
     serve,
 )
+
+RUBRIC = "Is this a pirate?\n[QUESTION START]{question}[QUESTION END]\n[ANSWER START]{answer}[ANSWER END]\nSay 0-100."
+ENV_VARS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL", "PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
+
 
 
 # ---------------------------------------------------------------- weighted_score

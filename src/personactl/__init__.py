@@ -1,6 +1,6 @@
 """personactl: find, measure, steer and move the character traits of language models."""
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
 from .activations import collect as collect_activations
 from .activations import hidden_states

@@ -25,9 +25,7 @@ from .judges.base import Judges
 from .errors import PersonactlError
 from .generation import chat_prompt, generate, record_seed
 from .methods import GenerationSettings
-from .aggregators import separation
 from .models import Backbone
-from .monitor import projections
 from .progress import progress_bar
 from .steering import SteeringTerm
 from .vectors import PersonaVector, load_vector
