@@ -101,11 +101,6 @@ class Job:
         """Jobs with equal keys run on the same weights and can share a batch."""
         return json.dumps((self.persona or PersonaRequest()).adapter, sort_keys=True)
 
-    def metered(self) -> list[tuple[str, int]]:
-        """(vector, layer) pairs whose meter this job asked for: each vector at its first steered layer."""
-        persona = self.persona or PersonaRequest()
-        return [(use.name, (use.layers or [None])[0]) for use in persona.vectors] if persona.meter else []
-
 
 @dataclass
 class _Cohort:
@@ -241,7 +236,7 @@ class Engine:
                     _fail(job, alone)
 
     def _prefill_together(self, key: str, jobs: list[Job]) -> None:
-        rows = [Row(job, self.backbone.tokenizer, self._eos) for job in jobs]
+        rows = [Row(job, self.backbone.tokenizer, self._eos, *self._resolved(job)) for job in jobs]
         batch = make_batch(self.backbone, [job.prompt for job in jobs])
         ids, mask = batch.input_ids.to(self.backbone.device), batch.attention_mask.to(self.backbone.device)
         cache = kv.new_cache()
@@ -291,7 +286,7 @@ class Engine:
                 continue
             if token not in self._eos or text:
                 job.emit(TokenEvent(text, token, *_top(logprobs, k, token, job.top_logprobs),
-                                    meter={name: float(meters[(name, layer)][k]) for name, layer in self._metered(job)}))
+                                    meter={name: float(meters[(name, layer)][k]) for name, layer in row.meters}))
             cohort.next_tokens[i] = token
             if row.finish_reason is not None:
                 job.emit(DoneEvent(row.finish_reason, job.prompt_tokens, len(row.ids)))
@@ -325,12 +320,11 @@ class Engine:
     def _forward(self, adapter: str, rows: list[Row], *, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: object) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
         """Last-position logits [rows, vocab] and meter readings of one forward pass with every row's own steering."""
-        jobs = [row.job for row in rows]
         meter: dict[tuple[str, int], torch.Tensor] = {}
         with self.lock, ExitStack() as stack:
             self._adapter(stack, json.loads(adapter))
-            stack.enter_context(steer(self.backbone, *self._steering(jobs)))
-            stack.enter_context(self._meter_hooks(jobs, meter))  # entered last: reads each block before the steering there
+            stack.enter_context(steer(self.backbone, *self._steering(rows)))
+            stack.enter_context(self._meter_hooks(rows, meter))  # entered last: reads each block before the steering there
             out = self.backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                                       logits_to_keep=1)
             self.steps += 1
@@ -346,26 +340,28 @@ class Engine:
             terms = [(LoRADirection.load(self.library.adapter_path(n)), w) for n, w in adapter["blend"].items()]
             stack.enter_context(merged(self.backbone, *terms))
 
-    def _steering(self, jobs: list[Job]) -> list[SteeringTerm]:
+    def _resolved(self, job: Job) -> tuple[list[tuple[str, tuple[int, ...], str, float]], list[tuple[str, int]]]:
+        """The job's vectors as (name, layers, positions, coef), the recommended layer read (from disk) once, at
+        admission, not at every step; and the (vector, layer) pairs it meters: each vector at its first layer."""
+        persona = job.persona or PersonaRequest()
+        uses = [(use.name, tuple(use.layers or [self.library.layer(use.name)]), persona.positions, use.coef) for use in persona.vectors]
+        return uses, [(name, layers[0]) for name, layers, _, _ in uses] if persona.meter else []
+
+    def _steering(self, rows: list[Row]) -> list[SteeringTerm]:
         """One term per (vector, layers, positions), with a coefficient per row (0 where a row does not use it)."""
         coefs: dict[tuple[str, tuple[int, ...], str], list[float]] = {}
-        for row, job in enumerate(jobs):
-            persona = job.persona or PersonaRequest()
-            for use in persona.vectors:
-                layers = tuple(use.layers or [self.library.layer(use.name)])
-                coefs.setdefault((use.name, layers, persona.positions), [0.0] * len(jobs))[row] += use.coef
+        for i, row in enumerate(rows):
+            for name, layers, positions, coef in row.uses:
+                coefs.setdefault((name, layers, positions), [0.0] * len(rows))[i] += coef
         return [SteeringTerm(self.library.vector(name), list(layers), values, positions=positions)
                 for (name, layers, positions), values in coefs.items()]
 
-    def _metered(self, job: Job) -> list[tuple[str, int]]:
-        return [(name, layer or self.library.layer(name)) for name, layer in job.metered()]
-
     @contextmanager
-    def _meter_hooks(self, jobs: list[Job], values: dict[tuple[str, int], torch.Tensor]) -> Iterator[None]:
+    def _meter_hooks(self, rows: list[Row], values: dict[tuple[str, int], torch.Tensor]) -> Iterator[None]:
         """Record, for every metered (vector, layer), each row's last-position projection, read before steering at that layer."""
         handles = []
         try:
-            for name, layer in sorted({spec for job in jobs for spec in self._metered(job)}):
+            for name, layer in sorted({spec for row in rows for spec in row.meters}):
                 vector = self.library.vector(name)
                 unit, (middle, half_gap) = vector.unit(layer), _meter_scale(vector, layer)
 
