@@ -96,6 +96,7 @@ def test_ray_sweep_gives_the_single_process_records(pool, model_dir, tmp_path):
 def test_a_killed_actor_loses_no_record_and_writes_none_twice(local_ray, model_dir, tmp_path, capsys):
     alone = _sweep(model_dir, tmp_path / "alone")
     with WorkerPool(PoolSettings(str(model_dir), actors=2)) as doomed:
+        doomed.ready()  # killed after it said where it runs: the message names its pid and node
         killed = _sweep(model_dir, tmp_path / "killed", lambda ctx, qs: KillingRunner(doomed, ctx, ["vector"], qs, CONFIG.seed))
         assert doomed.actors[0] is None and doomed.actors[1] is not None  # the kill happened, the survivor took the rest
     lines = [json.loads(line) for line in (tmp_path / "killed" / "results.jsonl").read_text().splitlines()]

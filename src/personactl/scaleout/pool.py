@@ -115,7 +115,8 @@ class WorkerPool:
             self.actors[slot], self._where[slot] = actor, actor.where.remote()
 
     def ready(self) -> list[int]:
-        """Wait until every live actor has loaded its model; their process ids."""
+        """Wait until every live actor has loaded its model and said where it runs; their process ids."""
+        self.ray.get([where for where, actor in zip(self._where, self.actors) if actor is not None])
         return self.ray.get([actor.pid.remote() for actor in self.actors if actor is not None])
 
     def __enter__(self) -> "WorkerPool":
