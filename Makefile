@@ -27,9 +27,10 @@ demo: setup
 test: setup browser docs imports lint
 	$(PY) -m pytest -q
 
-# Pyflakes and syntax errors (pyproject.toml, [tool.ruff]).
+# ruff's lint rules and its formatting (pyproject.toml, [tool.ruff]); `ruff format` fixes the second.
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments docs
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments docs
 
 # The layers of docs/architecture.md (pyproject.toml, [tool.importlinter]): a module importing from a layer above fails.
 imports: setup

@@ -10,6 +10,7 @@ import argparse
 import time
 
 from _table import write_section
+
 from personactl import chat_prompt, generate, load_model, load_trait
 from personactl.lora.adapters import PersonaSwitcher, resolve_adapter
 from personactl.lora.direction import LoRADirection, merged
@@ -49,9 +50,11 @@ def main() -> None:
             with merged(backbone, (LoRADirection.load(folder), 1.0)):
                 best["adapter merged"] = max(best["adapter merged"], tokens_per_second())
     rows = [{"mode": mode, "tokens/s": tps, "ratio to base": tps / best["base"]} for mode, tps in best.items()]
-    note = (f"Switching persona (use(None) <-> use(name)): {1000 * swap_seconds:.3f} ms per switch; "
-            f"reloading the model instead: {reload_seconds:.1f} s ({reload_seconds / swap_seconds:,.0f}x). "
-            "8 prompts x 32 forced tokens, best of 3 interleaved rounds.")
+    note = (
+        f"Switching persona (use(None) <-> use(name)): {1000 * swap_seconds:.3f} ms per switch; "
+        f"reloading the model instead: {reload_seconds:.1f} s ({reload_seconds / swap_seconds:,.0f}x). "
+        "8 prompts x 32 forced tokens, best of 3 interleaved rounds."
+    )
     print(write_section("adapter_swap", f"Persona adapter '{args.adapter}': swap cost and throughput (SmolLM2-135M)", rows, note))
     for r in rows:
         print(r)

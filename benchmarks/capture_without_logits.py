@@ -6,8 +6,8 @@ Run: .venv/bin/python benchmarks/capture_without_logits.py
 from __future__ import annotations
 
 import torch
-
 from _table import best_of, write_section
+
 from personactl import activations, chat_prompt, load_model, load_trait
 from personactl.generation import format_prompts
 
@@ -24,8 +24,13 @@ def main() -> None:
 
     @torch.no_grad()
     def with_logits():
-        backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, output_hidden_states=True, use_cache=False)
+        backbone.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+        )
 
     backbone_only(), with_logits()  # warm up
     ours, full = best_of(backbone_only), best_of(with_logits)
@@ -36,6 +41,7 @@ def main() -> None:
     print(write_section("capture", f"All-layer capture, 16 texts x {batch.input_ids.shape[1]} tokens, SmolLM2-135M", rows))
     for r in rows:
         print(r)
+
 
 if __name__ == "__main__":
     main()

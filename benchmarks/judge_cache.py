@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _table import write_section  # noqa: E402
 from fake_openai import FakeChat, serve  # noqa: E402
+
 from personactl import load_trait  # noqa: E402
 from personactl.judges.cache import JudgeCache  # noqa: E402
 from personactl.judges.llm import OpenAIJudge  # noqa: E402

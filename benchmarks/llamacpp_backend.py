@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _table import write_section
+
 from personactl import chat_prompt, load_model, load_trait, load_vector
 from personactl.blackbox.llamacpp import Control, LlamaCppBackend, lora_gguf
 from personactl.generation import generate
@@ -41,8 +41,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpp-repeats", type=int, default=3, help="llama.cpp rounds per repeat")
     parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--trait-check", action=argparse.BooleanOptionalAction, default=True,
-                        help="also sweep vector vs llamacpp-vector on pirate and compare the judged trait")
+    parser.add_argument(
+        "--trait-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also sweep vector vs llamacpp-vector on pirate and compare the judged trait",
+    )
     parser.add_argument("--questions", type=int, default=12)
     args = parser.parse_args()
 
@@ -95,23 +99,38 @@ def main() -> None:
     speed = {name: n_tokens / t for name, t in best.items()}
     cpp_speed = speed["llama.cpp Q4_1"]
     median = {name: float(np.median(ts)) for name, ts in raw.items()}
-    rows = [{"mode": name, "tokens/s": round(s, 1), "vs HF fp32": round(s / speed["HF fp32 (hooks off)"], 2),
-             "cost vs llama.cpp (best)": ("-" if not name.startswith("llama.cpp +") else f"{100 * (cpp_speed / s - 1):+.1f}%"),
-             "cost (median)": ("-" if not name.startswith("llama.cpp +")
-                               else f"{100 * (median[name] / median['llama.cpp Q4_1'] - 1):+.1f}%"),
-             "runs": len(raw[name])}
-            for name, s in speed.items()]
+    rows = [
+        {
+            "mode": name,
+            "tokens/s": round(s, 1),
+            "vs HF fp32": round(s / speed["HF fp32 (hooks off)"], 2),
+            "cost vs llama.cpp (best)": ("-" if not name.startswith("llama.cpp +") else f"{100 * (cpp_speed / s - 1):+.1f}%"),
+            "cost (median)": ("-" if not name.startswith("llama.cpp +") else f"{100 * (median[name] / median['llama.cpp Q4_1'] - 1):+.1f}%"),
+            "runs": len(raw[name]),
+        }
+        for name, s in speed.items()
+    ]
 
     trait_numbers, trait_note = [], " Judged-trait comparison not run (--no-trait-check)."
     if args.trait_check:
         trait_numbers, trait_note = trait_check(backbone, args.vector, layer, args.questions)
-    note = (f"SmolLM2-135M-Instruct, batch 1, {len(prompts)} pirate questions x {NEW_TOKENS} forced new tokens (prefill included), "
-            f"best of interleaved repeats (runs column; median too), {torch.get_num_threads()} threads for both engines. HF runs the de-quantized "
-            f"fp32 weights; llama.cpp the Q4_1 GGUF. Control vector: {vector.trait} at layer {layer}, coef {args.coef:g}. "
-            + (f"GGUF LoRA: {args.lora} (rank {_rank(args.lora)}, scale 1)." + LORA_COST if lora_path is not None else "")
-            + lora_note + trait_note)
-    print(write_section("llamacpp_backend", "llama.cpp backend: throughput and steering cost (SmolLM2-135M)", rows, note,
-                        data={"raw_seconds": raw, "tokens": n_tokens, "layer": layer, "coef": args.coef, "trait": trait_numbers}))
+    note = (
+        f"SmolLM2-135M-Instruct, batch 1, {len(prompts)} pirate questions x {NEW_TOKENS} forced new tokens (prefill included), "
+        f"best of interleaved repeats (runs column; median too), {torch.get_num_threads()} threads for both engines. HF runs the de-quantized "
+        f"fp32 weights; llama.cpp the Q4_1 GGUF. Control vector: {vector.trait} at layer {layer}, coef {args.coef:g}. "
+        + (f"GGUF LoRA: {args.lora} (rank {_rank(args.lora)}, scale 1)." + LORA_COST if lora_path is not None else "")
+        + lora_note
+        + trait_note
+    )
+    print(
+        write_section(
+            "llamacpp_backend",
+            "llama.cpp backend: throughput and steering cost (SmolLM2-135M)",
+            rows,
+            note,
+            data={"raw_seconds": raw, "tokens": n_tokens, "layer": layer, "coef": args.coef, "trait": trait_numbers},
+        )
+    )
     for r in rows:
         print(r)
     print(note)
@@ -132,8 +151,17 @@ def trait_check(backbone, vector_path: Path, layer: int, n_questions: int) -> tu
     from personactl.experiment import run  # noqa: PLC0415
 
     coefs = [0.0, 1.0, 2.0]
-    config = validate_config({"name": "llamacpp-vs-hf", "vector": str(vector_path), "methods": ["vector", "llamacpp-vector"],
-                              "layers": [layer], "coefs": coefs, "n_questions": n_questions, "max_new_tokens": 48})
+    config = validate_config(
+        {
+            "name": "llamacpp-vs-hf",
+            "vector": str(vector_path),
+            "methods": ["vector", "llamacpp-vector"],
+            "layers": [layer],
+            "coefs": coefs,
+            "n_questions": n_questions,
+            "max_new_tokens": 48,
+        }
+    )
     with tempfile.TemporaryDirectory() as out:
         result = run(config, out, backbone=backbone, report=False)
     by = {(r["method"], r["coef"]): r for r in result.summary}
@@ -142,15 +170,23 @@ def trait_check(backbone, vector_path: Path, layer: int, n_questions: int) -> tu
         hf, cpp = by[("vector", coef)], by[("llamacpp-vector", coef)]
         if not (hf["trait_lo"] <= cpp["trait_hi"] and cpp["trait_lo"] <= hf["trait_hi"]):
             disagree.append(f"{coef:g}")
-        parts.append(f"coef {coef:g}: HF {hf['trait_mean']:.1f} [{hf['trait_lo']:.1f}, {hf['trait_hi']:.1f}] vs "
-                     f"llama.cpp {cpp['trait_mean']:.1f} [{cpp['trait_lo']:.1f}, {cpp['trait_hi']:.1f}]")
-        numbers.append({"coef": coef, "hf": [hf["trait_mean"], hf["trait_lo"], hf["trait_hi"]],
-                        "llamacpp": [cpp["trait_mean"], cpp["trait_lo"], cpp["trait_hi"]]})
-    verdict = ("the 95% CIs overlap at every coefficient" if not disagree
-               else f"the 95% CIs do not overlap at coef {', '.join(disagree)}")
-    return numbers, (f" Judged trait of the same vector through both backends (one sweep: methods vector and llamacpp-vector, "
-                     f"offline embed judge, {n_questions} held-out pirate questions, greedy, 48 tokens, layer {layer}, bootstrap "
-                     f"95% CIs): {'; '.join(parts)}; {verdict}.")
+        parts.append(
+            f"coef {coef:g}: HF {hf['trait_mean']:.1f} [{hf['trait_lo']:.1f}, {hf['trait_hi']:.1f}] vs "
+            f"llama.cpp {cpp['trait_mean']:.1f} [{cpp['trait_lo']:.1f}, {cpp['trait_hi']:.1f}]"
+        )
+        numbers.append(
+            {
+                "coef": coef,
+                "hf": [hf["trait_mean"], hf["trait_lo"], hf["trait_hi"]],
+                "llamacpp": [cpp["trait_mean"], cpp["trait_lo"], cpp["trait_hi"]],
+            }
+        )
+    verdict = "the 95% CIs overlap at every coefficient" if not disagree else f"the 95% CIs do not overlap at coef {', '.join(disagree)}"
+    return numbers, (
+        f" Judged trait of the same vector through both backends (one sweep: methods vector and llamacpp-vector, "
+        f"offline embed judge, {n_questions} held-out pirate questions, greedy, 48 tokens, layer {layer}, bootstrap "
+        f"95% CIs): {'; '.join(parts)}; {verdict}."
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _table import write_section
+
 from personactl import PersonaVector, load_model, load_trait
 from personactl.evaluate import SweepConfig, generate_group, pending_groups, run_sweep
 from personactl.judges.base import Judges
@@ -46,8 +46,9 @@ def echo(backbone, memo, generated):
 
 def main() -> None:
     os.environ["PERSONACTL_PROGRESS"] = "0"
-    config = SweepConfig(name="bench", methods=["vector"], layers=LAYERS, coefs=[-2.0, -1.0, 0.0, 1.0, 2.0], n_questions=12,
-                         max_new_tokens=48, batch_size=32)
+    config = SweepConfig(
+        name="bench", methods=["vector"], layers=LAYERS, coefs=[-2.0, -1.0, 0.0, 1.0, 2.0], n_questions=12, max_new_tokens=48, batch_size=32
+    )
     torch.set_num_threads(2)
     backbone = load_model("smollm2-135m")
     torch.manual_seed(0)
@@ -71,8 +72,9 @@ def main() -> None:
                 pool.ready()
                 load_s = time.perf_counter() - started
                 sweep_started = time.perf_counter()
-                spread = run_sweep(config, backbone, methods, LAYERS, questions, judges, Path(tmp) / "ray",
-                                   RayRunner(pool, ctx, ["vector"], questions, config.seed))
+                spread = run_sweep(
+                    config, backbone, methods, LAYERS, questions, judges, Path(tmp) / "ray", RayRunner(pool, ctx, ["vector"], questions, config.seed)
+                )
                 sweep_s = time.perf_counter() - sweep_started
                 total_s = time.perf_counter() - started  # Ray's start, the model loads and the sweep
                 list(pool.map(echo, [None]))  # warm the task path
@@ -91,26 +93,44 @@ def main() -> None:
     n = len(alone)
     rows = [
         {"set-up": "one process, 2 torch threads", "seconds": alone_s, "records/s": n / alone_s, "ratio vs one process": 1.0},
-        {"set-up": "Ray local, 2 actors x 1 thread: sweep (models loaded)", "seconds": sweep_s, "records/s": n / sweep_s,
-         "ratio vs one process": sweep_s / alone_s},
-        {"set-up": "Ray local: start + model load in 2 actors (parallel)", "seconds": load_s, "records/s": None,
-         "ratio vs one process": load_s / alone_s},
+        {
+            "set-up": "Ray local, 2 actors x 1 thread: sweep (models loaded)",
+            "seconds": sweep_s,
+            "records/s": n / sweep_s,
+            "ratio vs one process": sweep_s / alone_s,
+        },
+        {
+            "set-up": "Ray local: start + model load in 2 actors (parallel)",
+            "seconds": load_s,
+            "records/s": None,
+            "ratio vs one process": load_s / alone_s,
+        },
         {"set-up": "Ray local: start, load and sweep", "seconds": total_s, "records/s": n / total_s, "ratio vs one process": total_s / alone_s},
-        {"set-up": f"one chunk of {len(chunk)} records, generated (2 threads)", "seconds": chunk_s, "records/s": len(chunk) / chunk_s,
-         "ratio vs one process": None},
-        {"set-up": "Ray round trip of one chunk's data, no generation (median of 10)", "seconds": overhead_s, "records/s": None,
-         "ratio vs one process": None},
+        {
+            "set-up": f"one chunk of {len(chunk)} records, generated (2 threads)",
+            "seconds": chunk_s,
+            "records/s": len(chunk) / chunk_s,
+            "ratio vs one process": None,
+        },
+        {
+            "set-up": "Ray round trip of one chunk's data, no generation (median of 10)",
+            "seconds": overhead_s,
+            "records/s": None,
+            "ratio vs one process": None,
+        },
     ]
     share = overhead_s / chunk_s
-    note = (f"{n} records ({len(LAYERS)} layers x 5 coefficients x {len(questions)} questions, greedy, {config.max_new_tokens} tokens) "
-            f"in {len(groups)} chunks of up to {config.batch_size}; random unit vector x 4; judges: answer length and repetition "
-            f"coherence (judging runs in the driver in both set-ups). Records identical to the one-process run: {'yes' if same else 'NO'}. "
-            f"Per-chunk overhead: {1000 * overhead_s:.1f} ms of a {chunk_s:.1f} s chunk = {100 * share:.2f}% (target < "
-            f"{100 * TARGET:g}%: {'met' if share < TARGET else 'not met'}). One run on 2 cores: with the models loaded, the sweep took "
-            f"{sweep_s / alone_s:.2f}x the one-process time (two independent 1-thread processes use 2 cores better than one "
-            f"2-thread process does on matrices this small); with Ray's start and the two model loads, {total_s / alone_s:.2f}x. "
-            "Time goes to the model load per actor (paid once per run, in parallel with the driver's preparation) and to "
-            "generation; serialisation is the round trip above.")
+    note = (
+        f"{n} records ({len(LAYERS)} layers x 5 coefficients x {len(questions)} questions, greedy, {config.max_new_tokens} tokens) "
+        f"in {len(groups)} chunks of up to {config.batch_size}; random unit vector x 4; judges: answer length and repetition "
+        f"coherence (judging runs in the driver in both set-ups). Records identical to the one-process run: {'yes' if same else 'NO'}. "
+        f"Per-chunk overhead: {1000 * overhead_s:.1f} ms of a {chunk_s:.1f} s chunk = {100 * share:.2f}% (target < "
+        f"{100 * TARGET:g}%: {'met' if share < TARGET else 'not met'}). One run on 2 cores: with the models loaded, the sweep took "
+        f"{sweep_s / alone_s:.2f}x the one-process time (two independent 1-thread processes use 2 cores better than one "
+        f"2-thread process does on matrices this small); with Ray's start and the two model loads, {total_s / alone_s:.2f}x. "
+        "Time goes to the model load per actor (paid once per run, in parallel with the driver's preparation) and to "
+        "generation; serialisation is the round trip above."
+    )
     print(write_section("ray_sweep", "Sweep on a local Ray (2 actors x 1 thread) vs one process (2 threads), SmolLM2-135M", rows, note))
     for r in rows:
         print(r)

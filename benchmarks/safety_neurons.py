@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 import torch
-
 from _table import best_of, write_section
+
 from personactl import load_model
 from personactl.activations import make_batch, position_ids
 from personactl.lora.config import LoRATrainConfig
@@ -32,7 +32,9 @@ def main() -> None:
     @torch.no_grad()
     def plain_forward():
         for b in batches:
-            backbone.model.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids(b.attention_mask), use_cache=False)
+            backbone.model.base_model(
+                input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids(b.attention_mask), use_cache=False
+            )
 
     def scoring():
         scores_from_norms(backbone, input_norms(backbone, prompts, answers, batch_size=BATCH)[0])
@@ -61,14 +63,20 @@ def main() -> None:
     masked_count = sum(int(m.sum()) for m in masks.values())
     rows = [
         {"work": f"one forward, no logits ({len(prompts)} examples, batches of {BATCH})", "seconds": forward_s, "ratio": 1.0, "target": ""},
-        {"work": f"Wanda scores of all {len(masks)} block linear layers (hooks, same pass)", "seconds": scoring_s,
-         "ratio": scoring_s / forward_s, "target": "<= 1.5x"},
+        {
+            "work": f"Wanda scores of all {len(masks)} block linear layers (hooks, same pass)",
+            "seconds": scoring_s,
+            "ratio": scoring_s / forward_s,
+            "target": "<= 1.5x",
+        },
         {"work": "full fine-tuning step (8 examples), nothing frozen", "seconds": unmasked_s, "ratio": 1.0, "target": ""},
         {"work": f"same step, {masked_count} weights (3%) frozen", "seconds": masked_s, "ratio": masked_s / unmasked_s, "target": "<= 1.1x"},
     ]
-    note = (f"Scoring sums x^2 over the {tokens} answer tokens in forward pre-hooks during one pass without the LM head; "
-            "freezing costs a gradient mask per weight matrix and a write-back of the frozen entries after each AdamW step. "
-            "Steps: best of 2 interleaved rounds of 2 steps.")
+    note = (
+        f"Scoring sums x^2 over the {tokens} answer tokens in forward pre-hooks during one pass without the LM head; "
+        "freezing costs a gradient mask per weight matrix and a write-back of the frozen entries after each AdamW step. "
+        "Steps: best of 2 interleaved rounds of 2 steps."
+    )
     print(write_section("safety_neurons", "Safety neurons: Wanda scoring and frozen fine-tuning cost (SmolLM2-135M)", rows, note))
     for row in rows:
         print(row)

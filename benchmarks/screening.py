@@ -17,8 +17,8 @@ from importlib.resources import files
 from pathlib import Path
 
 import torch
-
 from _table import write_section
+
 from personactl import PersonaVector, load_model
 from personactl.generation import chat_prompt, format_prompts
 from personactl.lora.adapters import PersonaData, read_persona_data
@@ -58,27 +58,34 @@ def main() -> None:
     cache = AnswerCache()
     screen(backbone, PersonaData(data.questions[:4], data.answers[:4]), vector, layer, max_new_tokens=8)  # warm up
 
-    screen_s, _ = timed(lambda: screen(backbone, data, vector, layer, max_new_tokens=args.max_new_tokens,
-                                       batch_size=args.batch_size, cache=cache))
-    cached_s, _ = timed(lambda: screen(backbone, data, vector, layer, max_new_tokens=args.max_new_tokens,
-                                       batch_size=args.batch_size, cache=cache))
+    screen_s, _ = timed(lambda: screen(backbone, data, vector, layer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cache=cache))
+    cached_s, _ = timed(lambda: screen(backbone, data, vector, layer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cache=cache))
     config = LoRATrainConfig(rank=8, alpha=16.0, epochs=1, batch_size=8, learning_rate=5e-4)
     prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
     with tempfile.TemporaryDirectory() as tmp:
         epoch_s, losses = timed(lambda: finetune(backbone, prompts, data.answers, Path(tmp) / "adapter", config))
     n = len(data.questions)
     rows = [
-        {"step": f"screen (generate {args.max_new_tokens} tokens + capture), cold", "seconds": screen_s, "samples/s": n / screen_s,
-         "ratio vs one LoRA epoch": screen_s / epoch_s},
-        {"step": "screen again, model answers cached", "seconds": cached_s, "samples/s": n / cached_s,
-         "ratio vs one LoRA epoch": cached_s / epoch_s},
-        {"step": f"one LoRA epoch (rank 8, batch 8, {len(losses)} steps)", "seconds": epoch_s, "samples/s": n / epoch_s,
-         "ratio vs one LoRA epoch": 1.0},
+        {
+            "step": f"screen (generate {args.max_new_tokens} tokens + capture), cold",
+            "seconds": screen_s,
+            "samples/s": n / screen_s,
+            "ratio vs one LoRA epoch": screen_s / epoch_s,
+        },
+        {"step": "screen again, model answers cached", "seconds": cached_s, "samples/s": n / cached_s, "ratio vs one LoRA epoch": cached_s / epoch_s},
+        {
+            "step": f"one LoRA epoch (rank 8, batch 8, {len(losses)} steps)",
+            "seconds": epoch_s,
+            "samples/s": n / epoch_s,
+            "ratio vs one LoRA epoch": 1.0,
+        },
     ]
     ratio = screen_s / epoch_s
-    note = (f"{n} samples (the shipped persona datasets), generation batch {args.batch_size}; one run, 2 CPU cores. Target: a cold "
-            f"screening <= {TARGET:g}x one epoch: {'met' if ratio <= TARGET else 'not met'} ({ratio:.2f}x). A cached re-screen "
-            "(another vector or layer, or another dataset with the same prompts) costs only the capture pass.")
+    note = (
+        f"{n} samples (the shipped persona datasets), generation batch {args.batch_size}; one run, 2 CPU cores. Target: a cold "
+        f"screening <= {TARGET:g}x one epoch: {'met' if ratio <= TARGET else 'not met'} ({ratio:.2f}x). A cached re-screen "
+        "(another vector or layer, or another dataset with the same prompts) costs only the capture pass."
+    )
     print(write_section("screening", f"Screening {n} samples vs one LoRA epoch, SmolLM2-135M", rows, note))
     for r in rows:
         print(r)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _table import write_section
 from openai import OpenAI
 
-from _table import write_section
 from personactl import load_model
 from personactl.blackbox.llamacpp_server import llamacpp_server
 from personactl.models import EMBEDDED_MODELS
@@ -47,12 +47,20 @@ MEAN_GAP_S = 0.35  # mean gap between arrivals (exponential): the last of the 36
 ROUNDS = 2  # the mixed workload is replayed this many times per mode, modes interleaved
 ALONE = 8  # short requests timed one at a time on an idle server
 LLAMA_CTX = 2048
-LONG_QUESTIONS = ["Write a long story about a lighthouse keeper who finds a message in a bottle.",
-                  "Explain in detail how a steam engine works, step by step.",
-                  "Describe a walk through a busy market in a city you imagine, with all its sounds and smells.",
-                  "Write a detailed guide to planting a vegetable garden in spring."]
-SHORT_QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Say hello.",
-                   "Which animal barks?", "What colour is the sky?"]
+LONG_QUESTIONS = [
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain in detail how a steam engine works, step by step.",
+    "Describe a walk through a busy market in a city you imagine, with all its sounds and smells.",
+    "Write a detailed guide to planting a vegetable garden in spring.",
+]
+SHORT_QUESTIONS = [
+    "What is the capital of France?",
+    "Name a primary colour.",
+    "What is 2 + 2?",
+    "Say hello.",
+    "Which animal barks?",
+    "What colour is the sky?",
+]
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,9 @@ def persona(coef: float | None) -> dict | None:
 
 def ask(client: OpenAI, coef: float | None, question: str = QUESTION, max_tokens: int = TOKENS) -> tuple[str, int, float]:
     start = time.perf_counter()
-    reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=max_tokens,
-                                           temperature=0, extra_body=persona(coef))
+    reply = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0, extra_body=persona(coef)
+    )
     return reply.choices[0].message.content, reply.usage.completion_tokens, time.perf_counter() - start
 
 
@@ -117,6 +126,7 @@ def workload(seed: int = 0) -> list[Request]:
 
 def replay(client: OpenAI, requests: list[Request], steered: bool) -> Replay:
     """Send each request at its time (at most CONCURRENCY in flight; later ones wait for a slot, and that wait counts)."""
+
     def send(request: Request, due: float) -> tuple[int, float]:
         tokens = ask(client, request.coef if steered else None, request.question, request.max_tokens)[1]
         return tokens, time.perf_counter() - due
@@ -159,15 +169,26 @@ def existing(client: OpenAI) -> tuple[list[dict], list[float]]:
         row("the same 16 concurrently (one batch, per-row coefficients)", batched, f"{batched / serial:.2f}x one by one", target=">= 3x"),
         row("16 concurrent, unsteered", plain, "1.00x"),
         row("16 concurrent, steered (coef 1.0)", steered, f"{steered / plain:.3f}x unsteered", target=">= 0.97x"),
-        row("load: 200 requests at concurrency 16", load_tokens / load_s, "", all_=p50_p95(latencies),
-            target=f"0 errors; {same}/{len(sample)} sampled answers equal the request alone"),
+        row(
+            "load: 200 requests at concurrency 16",
+            load_tokens / load_s,
+            "",
+            all_=p50_p95(latencies),
+            target=f"0 errors; {same}/{len(sample)} sampled answers equal the request alone",
+        ),
     ]
     return rows, coefs
 
 
 def row(serving: str, tokens_per_s: float | str, ratio: str, all_: str = "", short: str = "", target: str = "") -> dict:
-    return {"serving": serving, "tokens/s": tokens_per_s, "ratio": ratio, "latency p50 / p95, all (s)": all_,
-            "short requests p50 / p95 (s)": short, "target": target}
+    return {
+        "serving": serving,
+        "tokens/s": tokens_per_s,
+        "ratio": ratio,
+        "latency p50 / p95, all (s)": all_,
+        "short requests p50 / p95 (s)": short,
+        "target": target,
+    }
 
 
 @dataclass
@@ -185,8 +206,7 @@ class SideBySide:
 def side_by_side(clients: dict[str, OpenAI], engines: dict, requests: list[Request], coefs: list[float]) -> SideBySide:
     """Replay the mixed workload on every mode, ROUNDS times, modes interleaved; time short requests alone and the
     16-request burst on both servers in every round."""
-    modes = {"continuous": ("continuous", True), "static": ("static", True), "continuous_unsteered": ("continuous", False),
-             "llama": ("llama", False)}
+    modes = {"continuous": ("continuous", True), "static": ("static", True), "continuous_unsteered": ("continuous", False), "llama": ("llama", False)}
     result = SideBySide({mode: [] for mode in modes}, dict.fromkeys(modes, 0), [], [], 0.0, 0.0)
     for _ in range(ROUNDS):
         result.alone_ours += alone(clients["continuous"], requests, steered=True)
@@ -205,21 +225,43 @@ def mixed_rows(m: SideBySide, requests: list[Request]) -> list[dict]:
     speed = {mode: sum(sum(r.tokens) for r in rs) / sum(r.seconds for r in rs) for mode, rs in m.replays.items()}
     lat = {mode: [x for r in rs for x in r.latencies] for mode, rs in m.replays.items()}
     short = {mode: [x for r in rs for x, q in zip(r.latencies, requests) if not q.long] for mode, rs in m.replays.items()}
-    slow = {mode: statistics.median(short[mode]) / statistics.median(m.alone_llama if mode == "llama" else m.alone_ours)
-            for mode in m.replays}
+    slow = {mode: statistics.median(short[mode]) / statistics.median(m.alone_llama if mode == "llama" else m.alone_ours) for mode in m.replays}
     c, s, u, ll = (speed[mode] for mode in ("continuous", "static", "continuous_unsteered", "llama"))
     return [
         row("mixed: short requests alone, ours (a persona each)", "", "", short=p50_p95(m.alone_ours)),
         row("mixed: short requests alone, llama-cpp-python server", "", "", short=p50_p95(m.alone_llama)),
-        row("mixed: llama-cpp-python server (unsteered)", ll, "1.00x", p50_p95(lat["llama"]), p50_p95(short["llama"]),
-            f"short under load {slow['llama']:.1f}x alone"),
-        row("mixed: static batching, a persona per request", s, f"{s / ll:.2f}x llama-cpp", p50_p95(lat["static"]), p50_p95(short["static"]),
-            f"short under load {slow['static']:.1f}x alone"),
-        row("mixed: continuous batching, a persona per request", c, f"{c / ll:.2f}x llama-cpp, {c / s:.2f}x static",
-            p50_p95(lat["continuous"]), p50_p95(short["continuous"]),
-            f">= 1.0x llama-cpp; short under load {slow['continuous']:.1f}x alone (target <= 2x)"),
-        row("mixed: continuous batching, unsteered", u, f"{u / ll:.2f}x llama-cpp", p50_p95(lat["continuous_unsteered"]),
-            p50_p95(short["continuous_unsteered"]), f"the persona run is {c / u:.3f}x this (steering cost; target >= 0.97x)"),
+        row(
+            "mixed: llama-cpp-python server (unsteered)",
+            ll,
+            "1.00x",
+            p50_p95(lat["llama"]),
+            p50_p95(short["llama"]),
+            f"short under load {slow['llama']:.1f}x alone",
+        ),
+        row(
+            "mixed: static batching, a persona per request",
+            s,
+            f"{s / ll:.2f}x llama-cpp",
+            p50_p95(lat["static"]),
+            p50_p95(short["static"]),
+            f"short under load {slow['static']:.1f}x alone",
+        ),
+        row(
+            "mixed: continuous batching, a persona per request",
+            c,
+            f"{c / ll:.2f}x llama-cpp, {c / s:.2f}x static",
+            p50_p95(lat["continuous"]),
+            p50_p95(short["continuous"]),
+            f">= 1.0x llama-cpp; short under load {slow['continuous']:.1f}x alone (target <= 2x)",
+        ),
+        row(
+            "mixed: continuous batching, unsteered",
+            u,
+            f"{u / ll:.2f}x llama-cpp",
+            p50_p95(lat["continuous_unsteered"]),
+            p50_p95(short["continuous_unsteered"]),
+            f"the persona run is {c / u:.3f}x this (steering cost; target >= 0.97x)",
+        ),
         row("16 concurrent x 32 tokens (measurement 1's requests), llama-cpp-python server, unsteered", m.burst_llama, "1.00x"),
         row("the same 16 on ours, per-row coefficients", m.burst_ours, f"{m.burst_ours / m.burst_llama:.2f}x llama-cpp", target=">= 1.0x"),
     ]
@@ -229,28 +271,30 @@ def note(m: SideBySide, requests: list[Request], threads: int, load: tuple[float
     """What every number of the table means, with the settings of both servers."""
     per_forward = ", ".join(f"{mode} {sum(sum(r.tokens) for r in m.replays[mode]) / n:.1f}" for mode, n in m.forwards.items() if n)
     last_long = max(r.at for r in requests if r.long)
-    return (f"Greedy, openai client over 127.0.0.1, pirate vector at layer 9, `response` positions. Rows 1-5: {TOKENS} new tokens "
-            "per request; one by one vs concurrently, and unsteered vs steered: best of 2 interleaved rounds. Mixed rows: one seeded schedule of "
-            f"{N_LONG} long ({LONG_TOKENS} max tokens) and {N_SHORT} short ({SHORT_TOKENS[0]}-{SHORT_TOKENS[1]} max tokens) chat "
-            f"requests, exponential gaps of mean {MEAN_GAP_S} s, at most {CONCURRENCY} in flight (a request that finds 16 "
-            f"in flight waits for a slot, and that wait is in its latency); each mode replayed {ROUNDS} times, modes "
-            "interleaved; tokens/s = completion tokens / seconds from the first arrival to the last reply, summed over rounds; "
-            "latencies from each request's scheduled arrival to its full (non-streamed) reply, pooled over rounds. Our tokens/s "
-            "grow with the rows that share a forward pass (llama-cpp-python's server runs one row): completion tokens per forward "
-            f"pass in the mixed replays (prefills counted) {per_forward}, against about 16 in the 16-request rows. The last long "
-            f"request arrives at {last_long:.1f} s and needs {LONG_TOKENS} decode steps after that, so the mixed tokens/s also "
-            "measure how fast one request decodes, where llama.cpp's quantized batch-1 decode is faster than a PyTorch fp32 step. "
-            "'A persona per request': each request its own pirate coefficient in [-2, 2]. 'Short under load x alone': median "
-            f"latency of the short requests in the replays / median of the first {ALONE} of them sent one at a time to the same "
-            "idle server (in every round, before its replays). Static batching: `ServerSettings(scheduling=\"static\")`, a batch "
-            "runs to its end before waiting requests join. The last two rows: best of the rounds, interleaved with the replays. "
-            f"llama-cpp-python {version('llama-cpp-python')} server (`python -m llama_cpp.server`): the same SmolLM2 GGUF "
-            f"({EMBEDDED_MODELS['smollm2-135m'].locate().name}), n_ctx {LLAMA_CTX}, n_threads {threads} (= torch threads), "
-            "n_batch 512 (its default); it runs one request at a time (one lock around the model, no parallel slots) and "
-            "cannot steer: its ModelSettings have no control-vector setting, so it ran unsteered (a global control vector "
-            "costs llama.cpp +0.4%, see the llama.cpp section). Our server runs the de-quantized fp32 weights in PyTorch; "
-            f"llama.cpp the quantized GGUF. 1-minute load average {load[0]:.1f} before the run, {load[1]:.1f} after it "
-            f"({os.cpu_count()} cores; the run's own load included after).")
+    return (
+        f"Greedy, openai client over 127.0.0.1, pirate vector at layer 9, `response` positions. Rows 1-5: {TOKENS} new tokens "
+        "per request; one by one vs concurrently, and unsteered vs steered: best of 2 interleaved rounds. Mixed rows: one seeded schedule of "
+        f"{N_LONG} long ({LONG_TOKENS} max tokens) and {N_SHORT} short ({SHORT_TOKENS[0]}-{SHORT_TOKENS[1]} max tokens) chat "
+        f"requests, exponential gaps of mean {MEAN_GAP_S} s, at most {CONCURRENCY} in flight (a request that finds 16 "
+        f"in flight waits for a slot, and that wait is in its latency); each mode replayed {ROUNDS} times, modes "
+        "interleaved; tokens/s = completion tokens / seconds from the first arrival to the last reply, summed over rounds; "
+        "latencies from each request's scheduled arrival to its full (non-streamed) reply, pooled over rounds. Our tokens/s "
+        "grow with the rows that share a forward pass (llama-cpp-python's server runs one row): completion tokens per forward "
+        f"pass in the mixed replays (prefills counted) {per_forward}, against about 16 in the 16-request rows. The last long "
+        f"request arrives at {last_long:.1f} s and needs {LONG_TOKENS} decode steps after that, so the mixed tokens/s also "
+        "measure how fast one request decodes, where llama.cpp's quantized batch-1 decode is faster than a PyTorch fp32 step. "
+        "'A persona per request': each request its own pirate coefficient in [-2, 2]. 'Short under load x alone': median "
+        f"latency of the short requests in the replays / median of the first {ALONE} of them sent one at a time to the same "
+        'idle server (in every round, before its replays). Static batching: `ServerSettings(scheduling="static")`, a batch '
+        "runs to its end before waiting requests join. The last two rows: best of the rounds, interleaved with the replays. "
+        f"llama-cpp-python {version('llama-cpp-python')} server (`python -m llama_cpp.server`): the same SmolLM2 GGUF "
+        f"({EMBEDDED_MODELS['smollm2-135m'].locate().name}), n_ctx {LLAMA_CTX}, n_threads {threads} (= torch threads), "
+        "n_batch 512 (its default); it runs one request at a time (one lock around the model, no parallel slots) and "
+        "cannot steer: its ModelSettings have no control-vector setting, so it ran unsteered (a global control vector "
+        "costs llama.cpp +0.4%, see the llama.cpp section). Our server runs the de-quantized fp32 weights in PyTorch; "
+        f"llama.cpp the quantized GGUF. 1-minute load average {load[0]:.1f} before the run, {load[1]:.1f} after it "
+        f"({os.cpu_count()} cores; the run's own load included after)."
+    )
 
 
 def main() -> None:
@@ -268,18 +312,28 @@ def main() -> None:
             clients[scheduling] = OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
             engines[scheduling] = served.engine
         rows, coefs = existing(clients["continuous"])
-        llama_url = stack.enter_context(llamacpp_server(EMBEDDED_MODELS["smollm2-135m"].locate(), Path(folder) / "llama.log",
-                                                        n_ctx=LLAMA_CTX, threads=threads))
+        llama_url = stack.enter_context(
+            llamacpp_server(EMBEDDED_MODELS["smollm2-135m"].locate(), Path(folder) / "llama.log", n_ctx=LLAMA_CTX, threads=threads)
+        )
         clients["llama"] = OpenAI(base_url=llama_url, api_key="unused", max_retries=0)
         ask(clients["llama"], None)  # warm up
         ask(clients["static"], 1.0)
         measured = side_by_side(clients, engines, requests, coefs)
     rows += mixed_rows(measured, requests)
-    data = {"schedule": [r.__dict__ for r in requests], **{k: v for k, v in measured.__dict__.items() if k != "replays"},
-            "replays": {mode: [r.__dict__ for r in rs] for mode, rs in measured.replays.items()},
-            "llama_settings": {"n_ctx": LLAMA_CTX, "n_threads": threads, "n_batch": 512}, "load_average": [load_before, os.getloadavg()[0]]}
-    path = write_section("server", "Persona server: batching across clients, steering cost, load, and llama-cpp-python's server "
-                         "(SmolLM2-135M)", rows, note(measured, requests, threads, tuple(data["load_average"])), data=data)
+    data = {
+        "schedule": [r.__dict__ for r in requests],
+        **{k: v for k, v in measured.__dict__.items() if k != "replays"},
+        "replays": {mode: [r.__dict__ for r in rs] for mode, rs in measured.replays.items()},
+        "llama_settings": {"n_ctx": LLAMA_CTX, "n_threads": threads, "n_batch": 512},
+        "load_average": [load_before, os.getloadavg()[0]],
+    }
+    path = write_section(
+        "server",
+        "Persona server: batching across clients, steering cost, load, and llama-cpp-python's server (SmolLM2-135M)",
+        rows,
+        note(measured, requests, threads, tuple(data["load_average"])),
+        data=data,
+    )
     for r in rows:
         print(r)
     print(f"wrote the `server` section of {path} and its numbers to {path.parent / path.stem / 'server.json'}")

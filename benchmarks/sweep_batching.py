@@ -13,10 +13,9 @@ import time
 from unittest import mock
 
 import torch
-
 from _table import write_section
-from personactl import SteeringTerm, chat_prompt, extract, generate, load_model, load_trait
-from personactl import generation
+
+from personactl import SteeringTerm, chat_prompt, extract, generate, generation, load_model, load_trait
 from personactl.activations import make_batch, position_ids
 from personactl.extraction import ExtractionSettings
 
@@ -74,10 +73,18 @@ def main() -> None:
     label = f"K={len(COEFS)} coefficients x {len(questions)} questions"
     rows = [
         {"sweep": f"{label}: K separate runs", "seconds": times["separate"], "prefill seconds": "-", "speed-up": 1.0},
-        {"sweep": f"{label}: one batch, per-row coefficients", "seconds": times["batched"], "prefill seconds": t_full,
-         "speed-up": times["separate"] / times["batched"]},
-        {"sweep": f"{label}: one batch, prefill shared across coefficients", "seconds": times["shared"], "prefill seconds": t_prefix,
-         "speed-up": times["separate"] / times["shared"]},
+        {
+            "sweep": f"{label}: one batch, per-row coefficients",
+            "seconds": times["batched"],
+            "prefill seconds": t_full,
+            "speed-up": times["separate"] / times["batched"],
+        },
+        {
+            "sweep": f"{label}: one batch, prefill shared across coefficients",
+            "seconds": times["shared"],
+            "prefill seconds": t_prefix,
+            "speed-up": times["separate"] / times["shared"],
+        },
     ]
     note = (
         f"`response` positions, {NEW_TOKENS} new tokens per row, best of 2 interleaved rounds. Prefill seconds: the prompt "

@@ -9,7 +9,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import _table  # noqa: E402
 
-
 DOC = _table.ROOT / "docs" / "experiments.md"
 
 
@@ -25,6 +24,5 @@ def pirate_setup(direction_dir: Path):
     from personactl.judges.embedding import EmbeddingJudge
 
     pairs = [p for p in load_pairs(direction_dir / "pairs.jsonl") if p.pos_answer.strip() and p.neg_answer.strip()]
-    judge = EmbeddingJudge.fit([p.pos_answer for p in pairs], [p.neg_answer for p in pairs], trait="pirate",
-                               groups=question_groups(pairs))
+    judge = EmbeddingJudge.fit([p.pos_answer for p in pairs], [p.neg_answer for p in pairs], trait="pirate", groups=question_groups(pairs))
     return load_model("smollm2-135m"), load_trait("pirate"), pairs, judge

@@ -22,10 +22,11 @@ import shutil
 from pathlib import Path
 
 from _doc import write_section
+
 from personactl import load_model
 from personactl.evaluate import SCORE_RANGE, SweepConfig
-from personactl.intervals import mean_ci
 from personactl.experiment import run
+from personactl.intervals import mean_ci
 
 TRAITS = ("pirate", "silly")
 COEFS = [0.0, 1.0, 2.0, 3.0]
@@ -36,8 +37,15 @@ SAME_AS_DEMO = ("model", "trait", "vector", "extraction_questions", "judge", "ma
 
 def config(trait: str, out: Path) -> SweepConfig:
     return SweepConfig(
-        name=f"adaptive-{trait}", trait=trait, methods=["vector"], layers=list(SPECS), coefs=COEFS,
-        samples=2, temperature=0.7, judge="embed", extraction_questions=12,
+        name=f"adaptive-{trait}",
+        trait=trait,
+        methods=["vector"],
+        layers=list(SPECS),
+        coefs=COEFS,
+        samples=2,
+        temperature=0.7,
+        judge="embed",
+        extraction_questions=12,
     )
 
 
@@ -78,8 +86,17 @@ def compare(records: list[dict], selection) -> list[dict]:
             questions = [k[1] for k in keys]
             t = mean_ci([r["trait"] for r in recs], questions, bounds=SCORE_RANGE)
             c = mean_ci([r["coherence"] for r in recs], questions, bounds=SCORE_RANGE)
-            row = {"spec": spec, "coef": coef, "n": len(recs), "trait": t[0], "trait_lo": t[1], "trait_hi": t[2],
-                   "coherence": c[0], "coherence_lo": c[1], "coherence_hi": c[2]}
+            row = {
+                "spec": spec,
+                "coef": coef,
+                "n": len(recs),
+                "trait": t[0],
+                "trait_lo": t[1],
+                "trait_hi": t[2],
+                "coherence": c[0],
+                "coherence_lo": c[1],
+                "coherence_hi": c[2],
+            }
             if spec != "auto":
                 for metric in ("trait", "coherence"):
                     paired = [k for k in keys if cells[spec][k][metric] is not None and cells["auto"][k][metric] is not None]
@@ -111,16 +128,13 @@ def winner(trait_sides: list[int], coherence_sides: list[int]) -> str:
 def verdict(rows: list[dict]) -> str:
     """Which wins for one trait on the steered coefficients (> 0): by non-overlapping 95% CIs (the criterion),
     and by the paired differences (the same questions and seeds on both sides) as supporting evidence."""
-    pairs = [(r, next(s for s in rows if s["spec"] == "auto" and s["coef"] == r["coef"])) for r in rows
-             if r["spec"] == "auto:3" and r["coef"] > 0]
+    pairs = [(r, next(s for s in rows if s["spec"] == "auto" and s["coef"] == r["coef"])) for r in rows if r["spec"] == "auto:3" and r["coef"] > 0]
     words = {1: "higher", -1: "lower", 0: "undecided"}
     said = [f"coef {b['coef']:g}: trait {words[side(b, s, 'trait')]}, coherence {words[side(b, s, 'coherence')]}" for b, s in pairs]
-    paired = [f"coef {b['coef']:g}: d trait {words[paired_side(b, 'trait')]}, d coherence {words[paired_side(b, 'coherence')]}"
-              for b, _ in pairs]
+    paired = [f"coef {b['coef']:g}: d trait {words[paired_side(b, 'trait')]}, d coherence {words[paired_side(b, 'coherence')]}" for b, _ in pairs]
     by_ci = winner([side(b, s, "trait") for b, s in pairs], [side(b, s, "coherence") for b, s in pairs])
     by_pairs = winner([paired_side(b, "trait") for b, _ in pairs], [paired_side(b, "coherence") for b, _ in pairs])
-    return (f"{by_ci} by non-overlapping 95% CIs ({'; '.join(said)}); paired differences: {by_pairs} "
-            f"({'; '.join(paired)})")
+    return f"{by_ci} by non-overlapping 95% CIs ({'; '.join(said)}); paired differences: {by_pairs} ({'; '.join(paired)})"
 
 
 def note(data: dict) -> str:
@@ -137,12 +151,19 @@ def note(data: dict) -> str:
     for trait, t in data["traits"].items():
         weights = ", ".join(f"L{layer} {w:.2f}" for layer, w in t["weights"].items())
         said.append(verdict([r for r in data["rows"] if r["persona"] == trait]))
-        parts.append(f"{trait}: auto = layer {t['chosen']}; auto:3 = {weights}{' (' + t['blend_note'] + ')' if t['blend_note'] else ''}"
-                     f"{'; ' + t['reused'] + ' (the same settings)' if t.get('reused') else ''}; {said[-1]}.")
+        parts.append(
+            f"{trait}: auto = layer {t['chosen']}; auto:3 = {weights}{' (' + t['blend_note'] + ')' if t['blend_note'] else ''}"
+            f"{'; ' + t['reused'] + ' (the same settings)' if t.get('reused') else ''}; {said[-1]}."
+        )
     blend_wins = all(v.startswith("the blend wins") for v in said)
-    parts.append(f"Default kept: `--layers {'auto:3' if blend_wins else 'auto'}` "
-                 + ("(the blend wins for every trait)." if blend_wins else
-                    "(the blend does not win beyond the CIs for every trait; a blend stays available as auto:K)."))
+    parts.append(
+        f"Default kept: `--layers {'auto:3' if blend_wins else 'auto'}` "
+        + (
+            "(the blend wins for every trait)."
+            if blend_wins
+            else "(the blend does not win beyond the CIs for every trait; a blend stays available as auto:K)."
+        )
+    )
     return "\n\n".join(parts)
 
 
@@ -150,11 +171,19 @@ def table(rows: list[dict]) -> list[dict]:
     def ci(r: dict, m: str) -> str:
         return f"{r[m]:.1f} [{r[m + '_lo']:.1f}, {r[m + '_hi']:.1f}]"
 
-    return [{
-        "trait": r["persona"], "layers": r["spec"], "coef": f"{r['coef']:g}", "n": r["n"],
-        "trait score": ci(r, "trait"), "coherence": ci(r, "coherence"),
-        "d trait": ci(r, "d_trait") if "d_trait" in r else "", "d coherence": ci(r, "d_coherence") if "d_coherence" in r else "",
-    } for r in rows]
+    return [
+        {
+            "trait": r["persona"],
+            "layers": r["spec"],
+            "coef": f"{r['coef']:g}",
+            "n": r["n"],
+            "trait score": ci(r, "trait"),
+            "coherence": ci(r, "coherence"),
+            "d trait": ci(r, "d_trait") if "d_trait" in r else "",
+            "d coherence": ci(r, "d_coherence") if "d_coherence" in r else "",
+        }
+        for r in rows
+    ]
 
 
 def main() -> None:
@@ -170,14 +199,20 @@ def main() -> None:
         result = run(cfg, args.out, backbone=backbone)
         assert result.selection is not None
         blend = result.selection.blends["auto:3"]
-        traits[trait] = {"chosen": result.selection.chosen, "weights": {str(k): v for k, v in blend.weights.items()},
-                         "blend_note": blend.note, "reused": sources[trait], "run": str(result.run_dir)}
+        traits[trait] = {
+            "chosen": result.selection.chosen,
+            "weights": {str(k): v for k, v in blend.weights.items()},
+            "blend_note": blend.note,
+            "reused": sources[trait],
+            "run": str(result.run_dir),
+        }
         rows += [{"persona": trait, **r} for r in compare(result.records, result.selection)]
         print(trait, verdict([r for r in rows if r["persona"] == trait]), flush=True)
     settings = {k: getattr(cfg, k) for k in ("samples", "temperature", "max_new_tokens", "extraction_questions", "coefs", "layers")}
     data = {"settings": settings, "traits": traits, "raw": rows}
-    write_section("adaptive_layers", "Adaptive multi-layer steering: top-3 blend vs the single best layer",
-                  table(rows), note({**data, "rows": rows}), data=data)
+    write_section(
+        "adaptive_layers", "Adaptive multi-layer steering: top-3 blend vs the single best layer", table(rows), note({**data, "rows": rows}), data=data
+    )
 
 
 if __name__ == "__main__":

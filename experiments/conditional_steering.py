@@ -22,10 +22,11 @@ import json
 from pathlib import Path
 
 from _doc import write_section
+
 from personactl import ExtractionSettings, SteeringTerm, chat_prompt, extract, generate, load_model, load_pairs, load_trait, load_vector
 from personactl.conditions import MARGIN, SCALE, conditional_effect, find_condition, layer_table, read_prompts
-from personactl.intervals import mean_ci
 from personactl.extraction import question_groups, save_pairs
+from personactl.intervals import mean_ci
 from personactl.judges.factory import make_judges
 
 
@@ -39,8 +40,13 @@ def note(s: dict) -> str:
     (d_on, lo_on, hi_on), (d_off, lo_off, hi_off) = s["paired_difference_sea"], s["paired_difference_other"]
     (d_fired, lo_fired, hi_fired) = s["paired_difference_other_fired"]
     verdict = "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in s["criteria"].items())
-    fired = (f"{d_fired:+.1f} [{lo_fired:+.1f}, {hi_fired:+.1f}]" if s["n_fired_other"] >= 2
-             else f"{d_fired:+.1f} (one question: no interval)" if s["n_fired_other"] else "none fired")
+    fired = (
+        f"{d_fired:+.1f} [{lo_fired:+.1f}, {hi_fired:+.1f}]"
+        if s["n_fired_other"] >= 2
+        else f"{d_fired:+.1f} (one question: no interval)"
+        if s["n_fired_other"]
+        else "none fired"
+    )
     return (
         f"Pirate vector ({s['trait']}, {s['n_questions']} extraction questions) added at layer {s['layer']} with coefficient "
         f"{s['coef']:g}; the sea condition from the shipped `sea`/`other` prompt sets ({s['n_train'][0]}+{s['n_train'][1]} "
@@ -98,45 +104,81 @@ def main() -> None:
         "no steering": generate(backbone, messages, **kwargs),
         f"pirate +{args.coef:g} (layer {args.layer}), always": generate(backbone, messages, steering=[term], **kwargs),
         f"pirate +{args.coef:g} (layer {args.layer}), if sea (layer {chosen.layer})": generate(
-            backbone, messages, steering=[term], condition=search.condition,
-            on_condition=lambda f, s: fired.extend(f.tolist()), **kwargs),
+            backbone, messages, steering=[term], condition=search.condition, on_condition=lambda f, s: fired.extend(f.tolist()), **kwargs
+        ),
     }
     n_on = len(on_topic)
     scores = {mode: judges.trait.score(prompts, texts) for mode, texts in answers.items()}
     rows = []
     for mode, values in scores.items():
         conditional = "if sea" in mode
-        rows.append({
-            "steering": mode,
-            "fires on sea questions": f"{sum(fired[:n_on])}/{n_on}" if conditional else ("all" if "always" in mode else "-"),
-            "fires on other questions": f"{sum(fired[n_on:])}/{len(off_topic)}" if conditional else ("all" if "always" in mode else "-"),
-            "pirate trait, sea questions": ci(values[:n_on]),
-            "pirate trait, other questions": ci(values[n_on:]),
-        })
+        rows.append(
+            {
+                "steering": mode,
+                "fires on sea questions": f"{sum(fired[:n_on])}/{n_on}" if conditional else ("all" if "always" in mode else "-"),
+                "fires on other questions": f"{sum(fired[n_on:])}/{len(off_topic)}" if conditional else ("all" if "always" in mode else "-"),
+                "pirate trait, sea questions": ci(values[:n_on]),
+                "pirate trait, other questions": ci(values[n_on:]),
+            }
+        )
         print(rows[-1])
     base, cond = scores["no steering"], scores[list(scores)[2]]
     effect = conditional_effect([i < n_on for i in range(len(prompts))], fired, cond, base, prompts, margin=args.margin)
     settings = {
-        "model": backbone.name, "vector": str(path), "vector_fingerprint": vector.fingerprint(), "layer": args.layer,
-        "coef": args.coef, "max_new_tokens": args.max_new_tokens, "condition_layer": chosen.layer,
-        "condition_threshold": chosen.threshold, "condition_cv_accuracy": chosen.cv_accuracy,
-        "condition_heldout_accuracy": chosen.heldout_accuracy, "n_train": [len(t) for t in search.train],
-        "n_heldout": [n_on, len(off_topic)], "judge_heldout_accuracy": judges.trait.heldout_accuracy,
-        "paired_difference_sea": list(effect.rise_on), "paired_difference_other": list(effect.rise_off),
-        "paired_difference_other_fired": list(effect.rise_off_fired), "n_fired_other": effect.n_fired_off,
-        "rise_other_bound": effect.rise_off_bound, "margin": effect.margin, "scale": SCALE,
-        "criteria": effect.criteria(), "trait": trait.name, "n_questions": args.n_questions,
-        "firing_rate_sea": effect.fires_on, "firing_rate_other": effect.fires_off,
-        "condition_method": search.vector.method, "condition_skip_prefix": search.condition.skip_prefix,
-        "unsteered_trait_sea": sum(base[:n_on]) / n_on, "unsteered_trait_other": sum(base[n_on:]) / len(off_topic),
+        "model": backbone.name,
+        "vector": str(path),
+        "vector_fingerprint": vector.fingerprint(),
+        "layer": args.layer,
+        "coef": args.coef,
+        "max_new_tokens": args.max_new_tokens,
+        "condition_layer": chosen.layer,
+        "condition_threshold": chosen.threshold,
+        "condition_cv_accuracy": chosen.cv_accuracy,
+        "condition_heldout_accuracy": chosen.heldout_accuracy,
+        "n_train": [len(t) for t in search.train],
+        "n_heldout": [n_on, len(off_topic)],
+        "judge_heldout_accuracy": judges.trait.heldout_accuracy,
+        "paired_difference_sea": list(effect.rise_on),
+        "paired_difference_other": list(effect.rise_off),
+        "paired_difference_other_fired": list(effect.rise_off_fired),
+        "n_fired_other": effect.n_fired_off,
+        "rise_other_bound": effect.rise_off_bound,
+        "margin": effect.margin,
+        "scale": SCALE,
+        "criteria": effect.criteria(),
+        "trait": trait.name,
+        "n_questions": args.n_questions,
+        "firing_rate_sea": effect.fires_on,
+        "firing_rate_other": effect.fires_off,
+        "condition_method": search.vector.method,
+        "condition_skip_prefix": search.condition.skip_prefix,
+        "unsteered_trait_sea": sum(base[:n_on]) / n_on,
+        "unsteered_trait_other": sum(base[n_on:]) / len(off_topic),
     }
-    (args.out / "answers.json").write_text(json.dumps({
-        "prompts": prompts, "fired": fired, "answers": answers, "scores": scores, "layers": layer_table(search), "settings": settings,
-    }, indent=2))
+    (args.out / "answers.json").write_text(
+        json.dumps(
+            {
+                "prompts": prompts,
+                "fired": fired,
+                "answers": answers,
+                "scores": scores,
+                "layers": layer_table(search),
+                "settings": settings,
+            },
+            indent=2,
+        )
+    )
     text = note(settings)
     print(text)
-    print(write_section("conditional_steering", "Conditional steering: pirate only on sea questions (SmolLM2-135M)", rows, text,
-                        data={"settings": settings, "condition_layers": layer_table(search)}))
+    print(
+        write_section(
+            "conditional_steering",
+            "Conditional steering: pirate only on sea questions (SmolLM2-135M)",
+            rows,
+            text,
+            data={"settings": settings, "condition_layers": layer_table(search)},
+        )
+    )
 
 
 if __name__ == "__main__":

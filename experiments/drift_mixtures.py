@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _doc import pirate_setup, write_section
+
 from personactl import chat_prompt, generate
 from personactl.generation import format_prompts
 from personactl.lora.config import LoRATrainConfig
@@ -68,8 +68,10 @@ def conclusion(c: dict, claim: float = CLAIM) -> str:
     text = {
         "above": f"the Fisher-z 95% interval of r lies above {claim:g} (lower bound {lo:.2f}): the data support r > {claim:g}",
         "below": f"the Fisher-z 95% interval of r lies below {claim:g} (upper bound {hi:.2f}): the data contradict r > {claim:g}",
-        "positive": (f"the Fisher-z 95% interval of r excludes 0 but reaches below {claim:g} (lower bound {lo:.2f}): the data support "
-                     f"a positive correlation, not r > {claim:g}"),
+        "positive": (
+            f"the Fisher-z 95% interval of r excludes 0 but reaches below {claim:g} (lower bound {lo:.2f}): the data support "
+            f"a positive correlation, not r > {claim:g}"
+        ),
         "null": f"the Fisher-z 95% interval of r includes 0 (lower bound {lo:.2f}): the data do not show a correlation",
     }[_verdict(lo, hi, claim)]
     return f"Conclusion: {text}."
@@ -78,8 +80,12 @@ def conclusion(c: dict, claim: float = CLAIM) -> str:
 def a_cosine(checkpoint: LoRADirection, reference: LoRADirection) -> float:
     """Mean |cosine| of the LoRA A factors of the modules both adapt: ~1 when they started from one initialisation."""
     shared = [m for m in checkpoint.modules if m in reference.modules and checkpoint.modules[m].A.shape == reference.modules[m].A.shape]
-    cosines = [abs(float(torch.nn.functional.cosine_similarity(checkpoint.modules[m].A.flatten().double(),
-                                                              reference.modules[m].A.flatten().double(), dim=0))) for m in shared]
+    cosines = [
+        abs(
+            float(torch.nn.functional.cosine_similarity(checkpoint.modules[m].A.flatten().double(), reference.modules[m].A.flatten().double(), dim=0))
+        )
+        for m in shared
+    ]
     return sum(cosines) / len(cosines) if cosines else float("nan")
 
 
@@ -91,16 +97,20 @@ def per_seed(settings: dict, points: list[dict]) -> str:
         x, y = np.array([p["projection"] for p in mine]), np.array([p["judged_trait"] for p in mine])
         spread[seed] = float(np.ptp(x))
         cos = sum(p["a_cosine"] for p in mine) / len(mine)
-        parts.append(f"seed {seed}: r = {np.corrcoef(x, y)[0, 1]:.2f}, projections {x.min():.2f}..{x.max():.2f}, "
-                     f"LoRA A factors at |cos| {cos:.2f} with the direction's")
+        parts.append(
+            f"seed {seed}: r = {np.corrcoef(x, y)[0, 1]:.2f}, projections {x.min():.2f}..{x.max():.2f}, "
+            f"LoRA A factors at |cos| {cos:.2f} with the direction's"
+        )
     text = f"Per seed: {'; '.join(parts)}."
     widest, narrowest = max(spread, key=spread.get), min(spread, key=spread.get)
     ratio = spread[widest] / spread[narrowest] if spread[narrowest] > 0 else float("inf")
     if ratio > 3 and widest == settings["direction_seed"]:
-        text += (f" The projections of seed {widest}, the seed the direction's LoRAs were trained with (so the same A "
-                 f"initialisation), spread {ratio:.0f}x wider than those of seed {narrowest}: within one initialisation the "
-                 "projection tracks the trait, but values from different initialisations are not on one scale, and pooling them "
-                 "lowers r.")
+        text += (
+            f" The projections of seed {widest}, the seed the direction's LoRAs were trained with (so the same A "
+            f"initialisation), spread {ratio:.0f}x wider than those of seed {narrowest}: within one initialisation the "
+            "projection tracks the trait, but values from different initialisations are not on one scale, and pooling them "
+            "lowers r."
+        )
     return text
 
 
@@ -127,8 +137,7 @@ def note(settings: dict, c: dict, points: list[dict]) -> str:
 def recompute(data: dict) -> dict:
     """The correlation of a stored drift.json, recomputed by the current `correlate` with the stored seeds."""
     points, s = data["checkpoints"], data["settings"]
-    return correlate([p["projection"] for p in points], [p["judged_trait"] for p in points],
-                     seed=s["correlation_seed"], n_perm=s["n_perm"])
+    return correlate([p["projection"] for p in points], [p["judged_trait"] for p in points], seed=s["correlation_seed"], n_perm=s["n_perm"])
 
 
 def mixture(pairs, seed: int, share: float, examples: int) -> tuple[list[str], list[str]]:
@@ -147,8 +156,14 @@ def train_and_judge(backbone, trait, pairs, judge, settings: dict, out: Path) ->
     points, paths = [], []
     for seed in settings["seeds"]:
         prompts = format_prompts(backbone, [chat_prompt(q) for q in mixture(pairs, seed, 0.0, settings["examples"])[0]])
-        config = LoRATrainConfig(rank=settings["rank"], alpha=settings["alpha"], max_steps=settings["steps"],
-                                 batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], seed=seed)
+        config = LoRATrainConfig(
+            rank=settings["rank"],
+            alpha=settings["alpha"],
+            max_steps=settings["steps"],
+            batch_size=settings["batch_size"],
+            learning_rate=settings["learning_rate"],
+            seed=seed,
+        )
         for share in settings["shares"]:
             name, started = checkpoint_name(share, seed), time.perf_counter()
             folder = out / "checkpoints" / name
@@ -160,8 +175,9 @@ def train_and_judge(backbone, trait, pairs, judge, settings: dict, out: Path) ->
             judged = json.loads(judged_file.read_text()) if judged_file.is_file() else {}
             if {k: judged.get(k) for k in asked} != asked:
                 with merged(backbone, (LoRADirection.load(folder), 1.0)):
-                    generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=settings["max_new_tokens"],
-                                         batch_size=len(questions))
+                    generated = generate(
+                        backbone, [chat_prompt(q) for q in questions], max_new_tokens=settings["max_new_tokens"], batch_size=len(questions)
+                    )
                 judged = {**asked, "answers": generated}
                 judged_file.write_text(json.dumps(judged, indent=2))
             score = sum(judge.score(questions, judged["answers"])) / len(questions)
@@ -176,8 +192,18 @@ def write(settings: dict, points: list[dict]) -> None:
     data = {"settings": settings, "checkpoints": points}
     data["correlation"] = recompute(data)
     print(json.dumps(data["correlation"], indent=2))
-    rows = [{"checkpoint": p["checkpoint"], "seed": p["seed"], "trait share": f"{p['share']:.1%}", "judged trait": p["judged_trait"],
-             "projection": p["projection"], "cosine": p["cosine"], "A-factor cos": p["a_cosine"]} for p in points]
+    rows = [
+        {
+            "checkpoint": p["checkpoint"],
+            "seed": p["seed"],
+            "trait share": f"{p['share']:.1%}",
+            "judged trait": p["judged_trait"],
+            "projection": p["projection"],
+            "cosine": p["cosine"],
+            "A-factor cos": p["a_cosine"],
+        }
+        for p in points
+    ]
     print(write_section(NAME, TITLE, rows, note(settings, data["correlation"], points), data=data))
 
 
@@ -202,11 +228,20 @@ def main() -> None:
     backbone, trait, pairs, judge = pirate_setup(args.direction)
     direction = LoRADirection.load(args.direction / "diff")  # before an hour of fine-tuning: a missing direction fails now
     settings = {
-        "examples": args.examples, "steps": args.steps, "rank": args.rank, "alpha": 2.0 * args.rank, "learning_rate": 5e-4,
-        "batch_size": 8, "shares": shares(args.shares), "seeds": [int(s) for s in args.seeds.split(",")],
-        "n_questions": len(trait.eval_questions), "max_new_tokens": args.max_new_tokens,
-        "judge_heldout_accuracy": judge.heldout_accuracy, "n_perm": args.n_perm,
-        "correlation_seed": 0, "claim": CLAIM,
+        "examples": args.examples,
+        "steps": args.steps,
+        "rank": args.rank,
+        "alpha": 2.0 * args.rank,
+        "learning_rate": 5e-4,
+        "batch_size": 8,
+        "shares": shares(args.shares),
+        "seeds": [int(s) for s in args.seeds.split(",")],
+        "n_questions": len(trait.eval_questions),
+        "max_new_tokens": args.max_new_tokens,
+        "judge_heldout_accuracy": judge.heldout_accuracy,
+        "n_perm": args.n_perm,
+        "correlation_seed": 0,
+        "claim": CLAIM,
         "direction_seed": json.loads((args.direction / "pos" / "persona.json").read_text())["train"]["seed"],
     }
     points, paths = train_and_judge(backbone, trait, pairs, judge, settings, args.out)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from _doc import DOC, write_section
+
 from personactl import Trait, builtin_traits, load_model, load_trait
 from personactl._io import write_text_atomic
 from personactl.expressibility import EXPRESSED_AUROC
@@ -77,8 +78,11 @@ def main() -> None:
         f"expressed / not expressed answer for {agree} of {len(rows)} rows. "
         f"Check seconds: answers + activations + judge for {N_QUESTIONS} questions on 2 cores, other jobs running."
     )
-    print(write_section("expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's threshold)", rows, note,
-                        {"measured": measured}))
+    print(
+        write_section(
+            "expressibility", "Expressibility of the built-in traits on SmolLM2 (the verdict's threshold)", rows, note, {"measured": measured}
+        )
+    )
 
 
 def measure(backbone, trait: Trait) -> dict:
@@ -90,12 +94,18 @@ def measure(backbone, trait: Trait) -> dict:
     quick = assess_pairs(trait.name, [p for p in pairs if p.question in quick_questions])
     judges = make_judges("embed", trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs], question_groups(pairs))
     questions, _ = probe_questions(trait.questions, N_QUESTIONS)
-    effects = measure_effects(backbone, vector, judges, questions, default_candidates(backbone.n_layers), PROBE_COEF,
-                              GenerationSettings(temperature=0.0))
+    effects = measure_effects(
+        backbone, vector, judges, questions, default_candidates(backbone.n_layers), PROBE_COEF, GenerationSettings(temperature=0.0)
+    )
     shuffled = assess_pairs(f"{trait.name} shuffled", swapped_at_random(pairs)) if trait.name in SHUFFLED else None
-    return {"trait": trait.name, "verdict": verdict.to_dict(), "quick": quick.to_dict() if quick else None,
-            "effects": {str(k): v for k, v in effects.items()}, "seconds": seconds,
-            "shuffled": shuffled.to_dict() if shuffled else None}
+    return {
+        "trait": trait.name,
+        "verdict": verdict.to_dict(),
+        "quick": quick.to_dict() if quick else None,
+        "effects": {str(k): v for k, v in effects.items()},
+        "seconds": seconds,
+        "shuffled": shuffled.to_dict() if shuffled else None,
+    }
 
 
 def swapped_at_random(pairs: list[ContrastivePair], seed: int = 0) -> list[ContrastivePair]:
@@ -111,13 +121,34 @@ def row_of(m: dict, verdict: dict | None = None) -> dict:
     quick = m.get("quick")
     layer, (effect, coherence) = max(m["effects"].items(), key=lambda item: item[1][0])
     row = {
-        "trait": v["trait"], "pairs": v["n_pairs"], "questions": v["n_questions"], "judge AUROC": v["auroc"], "CI from": v["auroc_lo"],
-        "CI to": v["auroc_hi"], "accuracy": v["accuracy"], "gap": v["gap"], "verdict": v["level"],
-        f"first {QUICK} questions": None if quick is None else quick["level"], "projection AUROC": v["projection_auroc"],
-        "steering effect at +2": effect, "at layer": int(layer), "coherence there": coherence, "check seconds": m["seconds"],
+        "trait": v["trait"],
+        "pairs": v["n_pairs"],
+        "questions": v["n_questions"],
+        "judge AUROC": v["auroc"],
+        "CI from": v["auroc_lo"],
+        "CI to": v["auroc_hi"],
+        "accuracy": v["accuracy"],
+        "gap": v["gap"],
+        "verdict": v["level"],
+        f"first {QUICK} questions": None if quick is None else quick["level"],
+        "projection AUROC": v["projection_auroc"],
+        "steering effect at +2": effect,
+        "at layer": int(layer),
+        "coherence there": coherence,
+        "check seconds": m["seconds"],
     }
-    return row if verdict is None else {**row, f"first {QUICK} questions": None, "steering effect at +2": None,
-                                        "at layer": None, "coherence there": None, "check seconds": None}
+    return (
+        row
+        if verdict is None
+        else {
+            **row,
+            f"first {QUICK} questions": None,
+            "steering effect at +2": None,
+            "at layer": None,
+            "coherence there": None,
+            "check seconds": None,
+        }
+    )
 
 
 def rows_of(m: dict) -> list[dict]:
@@ -138,10 +169,14 @@ def placebo(name: str, questions_of: str) -> Trait:
         ("Write a short, clear reply.", "Keep your reply short and clear."),
         ("Help the user with their question.", "Assist the user with what they ask."),
     ]
-    return Trait.model_validate({
-        **source.model_dump(), "name": name, "description": "a control: both instructions ask for the same thing",
-        "instructions": [{"pos": pos, "neg": neg} for pos, neg in same],
-    })
+    return Trait.model_validate(
+        {
+            **source.model_dump(),
+            "name": name,
+            "description": "a control: both instructions ask for the same thing",
+            "instructions": [{"pos": pos, "neg": neg} for pos, neg in same],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from _doc import write_section
+
 from personactl import adherence, load_model, train_adapter
 from personactl.lora.adapters import adapter_defaults
 from personactl.lora.adherence import neutral_text
@@ -35,17 +36,21 @@ def note(settings: dict) -> str:
     trained = settings["train"]
     same = all(t == trained[0] for t in trained)
     t = trained[0]
-    adapters = (f"rank {t['rank']}, alpha {t['alpha']:g}, dropout {t['dropout']:g}, {_targets(t['target_modules'])}, "
-                f"{t['epochs']} epoch{'s' * (t['epochs'] != 1)} at lr {t['learning_rate']:g}, batch {t['batch_size']}")
+    adapters = (
+        f"rank {t['rank']}, alpha {t['alpha']:g}, dropout {t['dropout']:g}, {_targets(t['target_modules'])}, "
+        f"{t['epochs']} epoch{'s' * (t['epochs'] != 1)} at lr {t['learning_rate']:g}, batch {t['batch_size']}"
+    )
     if not same:
         adapters += " (settings differ between personas: see docs/experiments/persona_adapters.json)"
     n_fit = ", ".join(sorted({str(n) for n in settings["n_fit"]}))
     n_eval = ", ".join(sorted({str(n) for n in settings["n_eval"]}))
-    return (f"Adapters: {adapters}. Adherence (0-100): the embedding classifier fitted on {n_fit} persona answers vs the base "
-            f"model's answers to the same instructions, scored on the {n_eval} held-out instructions (greedy, "
-            f"{settings['max_new_tokens']} tokens); brackets: {settings.get('intervals', 'bootstrap')} 95% CIs; chance is 50 on a "
-            f"balanced set. Neutral "
-            f"perplexity: the {settings['n_neutral']} team-written answers of data/neutral_qa.jsonl.")
+    return (
+        f"Adapters: {adapters}. Adherence (0-100): the embedding classifier fitted on {n_fit} persona answers vs the base "
+        f"model's answers to the same instructions, scored on the {n_eval} held-out instructions (greedy, "
+        f"{settings['max_new_tokens']} tokens); brackets: {settings.get('intervals', 'bootstrap')} 95% CIs; chance is 50 on a "
+        f"balanced set. Neutral "
+        f"perplexity: the {settings['n_neutral']} team-written answers of data/neutral_qa.jsonl."
+    )
 
 
 def main() -> None:
@@ -59,8 +64,14 @@ def main() -> None:
 
     backbone = load_model("smollm2-135m")
     rows = []
-    settings = {"train": [], "n_fit": [], "n_eval": [], "max_new_tokens": args.max_new_tokens, "n_neutral": len(neutral_text()[0]),
-                "intervals": "Student-t (over questions)"}  # how they were computed; older sections used a bootstrap
+    settings = {
+        "train": [],
+        "n_fit": [],
+        "n_eval": [],
+        "max_new_tokens": args.max_new_tokens,
+        "n_neutral": len(neutral_text()[0]),
+        "intervals": "Student-t (over questions)",
+    }  # how they were computed; older sections used a bootstrap
     for name in PERSONAS:
         data = files("personactl") / "data" / "personas" / f"{name}.jsonl"
         folder = args.registry / name
@@ -74,14 +85,18 @@ def main() -> None:
         settings["n_eval"].append(result["n_eval"])
         (folder / "evaluation.json").write_text(json.dumps(result, indent=2))
         p, n = result["persona_perplexity"], result["neutral_perplexity"]
-        rows.append({
-            "persona": name, "train/val": f"{card['n_train']}/{card['n_val']}",
-            "val perplexity by epoch": " -> ".join(f"{m['val_perplexity']:.2f}" for m in card["metrics"]),
-            "adherence, base": _ci(result["adherence_base"]), "adherence, adapter": _ci(result["adherence_adapter"]),
-            "classifier acc.": f"{result['judge_heldout_accuracy']:.2f}",
-            "persona ppl": f"{p['before']:.1f} -> {p['after']:.1f}",
-            "neutral ppl": f"{n['before']:.2f} -> {n['after']:.2f} ({100 * n['change']:+.1f}%)",
-        })
+        rows.append(
+            {
+                "persona": name,
+                "train/val": f"{card['n_train']}/{card['n_val']}",
+                "val perplexity by epoch": " -> ".join(f"{m['val_perplexity']:.2f}" for m in card["metrics"]),
+                "adherence, base": _ci(result["adherence_base"]),
+                "adherence, adapter": _ci(result["adherence_adapter"]),
+                "classifier acc.": f"{result['judge_heldout_accuracy']:.2f}",
+                "persona ppl": f"{p['before']:.1f} -> {p['after']:.1f}",
+                "neutral ppl": f"{n['before']:.2f} -> {n['after']:.2f} ({100 * n['change']:+.1f}%)",
+            }
+        )
         print(rows[-1])
     print(write_section("persona_adapters", "Persona adapters (SmolLM2-135M)", rows, note(settings), data={"settings": settings}))
 

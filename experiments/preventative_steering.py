@@ -20,10 +20,11 @@ import random
 from pathlib import Path
 
 from _doc import pirate_setup, write_section
+
 from personactl import SteeringTerm, chat_prompt, generate, load_vector
 from personactl.evaluate import SCORE_RANGE
-from personactl.intervals import mean_ci
 from personactl.generation import format_prompts
+from personactl.intervals import mean_ci
 from personactl.judges.text import RepetitionCoherenceJudge
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import LoRADirection, merged
@@ -32,10 +33,12 @@ from personactl.lora.finetune import finetune
 
 def note(s: dict) -> str:
     """The section's note, from the run's settings (no number written by hand)."""
-    return (f"{s['examples']} pirate answers, {s['steps']} LoRA steps ({s['epochs']} epoch{'s' * (s['epochs'] != 1)}; rank {s['rank']}, alpha {s['alpha']:g}, lr {s['learning_rate']:g}, "
-            f"batch {s['batch_size']}), steering removed after training; offline judge (held-out accuracy "
-            f"{s['judge_heldout_accuracy']:.2f}), {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens; "
-            "brackets: 95% CIs over questions (t); the last column compares each run with plain fine-tuning question by question.")
+    return (
+        f"{s['examples']} pirate answers, {s['steps']} LoRA steps ({s['epochs']} epoch{'s' * (s['epochs'] != 1)}; rank {s['rank']}, alpha {s['alpha']:g}, lr {s['learning_rate']:g}, "
+        f"batch {s['batch_size']}), steering removed after training; offline judge (held-out accuracy "
+        f"{s['judge_heldout_accuracy']:.2f}), {s['n_questions']} held-out questions, greedy, {s['max_new_tokens']} tokens; "
+        "brackets: 95% CIs over questions (t); the last column compares each run with plain fine-tuning question by question."
+    )
 
 
 def versus(scores: list[float], reference: list[float]) -> str:
@@ -70,7 +73,9 @@ def main() -> None:
     runs = {
         "no fine-tuning": None,
         "fine-tuned": {},
-        f"fine-tuned, activation steering +{args.steer_coef:g} v (layer {args.layer})": {"steering": [SteeringTerm(vector, args.layer, args.steer_coef)]},
+        f"fine-tuned, activation steering +{args.steer_coef:g} v (layer {args.layer})": {
+            "steering": [SteeringTerm(vector, args.layer, args.steer_coef)]
+        },
         f"fine-tuned, pre-merged {args.premerge_coef:+g} dW": {"premerge": [(direction, args.premerge_coef)]},
         f"fine-tuned, v ablated (layer {args.layer})": {"steering": [SteeringTerm(vector, args.layer, 1.0, op="ablate")]},
     }
@@ -85,24 +90,41 @@ def main() -> None:
             trained_steps.add(len(json.loads((folder / "persona.json").read_text())["losses"]))
         terms = [] if options is None else [(LoRADirection.load(folder), 1.0)]
         with merged(backbone, *terms):
-            generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens,
-                                 batch_size=len(questions))
+            generated = generate(backbone, [chat_prompt(q) for q in questions], max_new_tokens=args.max_new_tokens, batch_size=len(questions))
         scores[name] = judge.score(questions, generated)
         t, t_lo, t_hi = mean_ci(scores[name], bounds=SCORE_RANGE)
         c, c_lo, c_hi = mean_ci(coherence.score(questions, generated), bounds=SCORE_RANGE)
-        rows.append({"run": name, "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]", "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
-                     "example": generated[0][:90].replace("|", "/").replace("\n", " ")})
+        rows.append(
+            {
+                "run": name,
+                "trait": f"{t:.1f} [{t_lo:.1f}, {t_hi:.1f}]",
+                "coherence": f"{c:.1f} [{c_lo:.1f}, {c_hi:.1f}]",
+                "example": generated[0][:90].replace("|", "/").replace("\n", " "),
+            }
+        )
         print(rows[-1])
     for row in rows:
         row["trait vs fine-tuned (paired)"] = versus(scores[row["run"]], scores["fine-tuned"]) if row["run"] != "fine-tuned" else "-"
     if len(trained_steps) != 1:
         raise SystemExit(f"the adapters under {args.out} took different numbers of steps {sorted(trained_steps)}: delete them and re-run")
-    settings = {"examples": len(chosen), "steps": trained_steps.pop(), "max_steps": args.steps, "epochs": config.epochs,
-                "rank": config.rank, "alpha": config.alpha,
-                "learning_rate": config.learning_rate, "batch_size": config.batch_size, "n_questions": len(questions),
-                "max_new_tokens": args.max_new_tokens, "judge_heldout_accuracy": judge.heldout_accuracy}
-    print(write_section("preventative", "Preventative steering during fine-tuning (pirate, SmolLM2-135M)", rows, note(settings),
-                        data={"settings": settings}))
+    settings = {
+        "examples": len(chosen),
+        "steps": trained_steps.pop(),
+        "max_steps": args.steps,
+        "epochs": config.epochs,
+        "rank": config.rank,
+        "alpha": config.alpha,
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "n_questions": len(questions),
+        "max_new_tokens": args.max_new_tokens,
+        "judge_heldout_accuracy": judge.heldout_accuracy,
+    }
+    print(
+        write_section(
+            "preventative", "Preventative steering during fine-tuning (pirate, SmolLM2-135M)", rows, note(settings), data={"settings": settings}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from _doc import write_section
+
 from personactl.intervals import t_interval
 from personactl.safety import run_safety, verdict
 from personactl.safety.refusal import wilson
@@ -38,12 +39,27 @@ def _refusal_numbers(measure: dict) -> dict:
 
 def _without_answers(results: dict) -> dict:
     """The numbers only (answers and per-matrix rows stay in the run folder)."""
-    align = {k: {m: (_refusal_numbers(v) if m == "refusal" else _numbers(v)) if isinstance(v, dict) else v
-                 for m, v in results["align"][k].items()} for k in ("before", "after")}
+    align = {
+        k: {m: (_refusal_numbers(v) if m == "refusal" else _numbers(v)) if isinstance(v, dict) else v for m, v in results["align"][k].items()}
+        for k in ("before", "after")
+    }
     prune = {n: {**v, "refusal": _refusal_numbers(v["refusal"])} for n, v in results["prune_check"]["variants"].items()}
-    finetunes = {n: {"refusal": _refusal_numbers(f["refusal"]), "over_refusal": f["over_refusal"], "overall": f["scores"]["overall"],
-                     "per_block": f["scores"]["per_block"], "verdict": f["scores"]["verdict"]} for n, f in results["finetunes"].items()}
-    return {"align": align, "identify": {k: v for k, v in results["identify"].items() if k != "per_matrix"}, "prune_check": prune, "finetunes": finetunes}
+    finetunes = {
+        n: {
+            "refusal": _refusal_numbers(f["refusal"]),
+            "over_refusal": f["over_refusal"],
+            "overall": f["scores"]["overall"],
+            "per_block": f["scores"]["per_block"],
+            "verdict": f["scores"]["verdict"],
+        }
+        for n, f in results["finetunes"].items()
+    }
+    return {
+        "align": align,
+        "identify": {k: v for k, v in results["identify"].items() if k != "per_matrix"},
+        "prune_check": prune,
+        "finetunes": finetunes,
+    }
 
 
 def _with_wilson(measure: dict) -> dict:
@@ -71,9 +87,11 @@ def from_json(folder: Path) -> tuple[dict, dict[str, int]]:
     for name, f in dynamics["finetunes"].items():
         overall = _overall(f["per_block"], f["overall"])
         frozen = overall["frozen_mean"]
-        finetunes[name] = {"refusal": _with_wilson(f["refusal"]), "over_refusal": _with_wilson(f["over_refusal"]),
-                           "scores": {"overall": overall, "per_block": f["per_block"],
-                                      "verdict": verdict(frozen["mean"], frozen["low"], frozen["high"])}}
+        finetunes[name] = {
+            "refusal": _with_wilson(f["refusal"]),
+            "over_refusal": _with_wilson(f["over_refusal"]),
+            "scores": {"overall": overall, "per_block": f["per_block"], "verdict": verdict(frozen["mean"], frozen["low"], frozen["high"])},
+        }
     results = {
         "align": {k: {m: _with_wilson(v) if isinstance(v, dict) else v for m, v in align["align"][k].items()} for k in ("before", "after")},
         "identify": prune["identify"],
@@ -101,32 +119,48 @@ def write(results: dict, moved: dict[str, int]) -> None:
     (align, _), (prune, _), (finetunes, _) = tables(results).values()
     identify = results["identify"]
     blocks = next(iter(results["finetunes"].values()))["scores"]["overall"]["frozen_mean"]["blocks"]
-    write_section("safety_align", "Safety neurons 1: aligning SmolLM2-135M to refuse (held-out requests)", align,
-                  "48 held-out harmful requests (refusal) and 48 held-out benign ones (over-refusal, 12 of them alarming-sounding); "
-                  "greedy answers of 48 tokens; rates by the phrase matcher with Wilson score 95% CIs (each answer one independent "
-                  "trial); the embedding classifier's rate and its agreement with the phrase matcher beside it.", data={"align": data["align"]})
-    write_section("safety_prune", "Safety neurons 2: prune check (weights zeroed, restored after)", prune,
-                  f"Set difference = top {100 * identify['settings']['sparsity']:g}% by safety Wanda score minus top "
-                  f"{100 * identify['settings']['utility_sparsity']:g}% by utility score, per matrix ({identify['masked']} weights, "
-                  f"{100 * identify['fraction']:.2f}%); random = the same count per matrix; safety only = top "
-                  f"{100 * identify['settings']['sparsity']:g}% by safety score ({identify['safety_only']} weights). Rates with "
-                  "Wilson score 95% CIs, as in part 1.",
-                  data={"identify": data["identify"], "prune_check": data["prune_check"]})
-    write_section("safety_dynamics", "Safety neurons 3: utility fine-tuning with frozen weights, and Wanda score dynamics", finetunes,
-                  "One epoch on the 128 benign training examples. Score change = relative change of the mean safety Wanda score of "
-                  "that set in each weight matrix (frozen = the set-difference mask, random = a random mask of the same size, "
-                  f"others = every weight not frozen), averaged over the matrices of each block, then over the {blocks} blocks; "
-                  "95% CI: Student's t over the block means (the matrices of one block read the same inputs, so their scores move "
-                  "together). Verdict A: the CI lies below -10%; B: inside ±5%; otherwise neither. With LoRA the base weights are "
-                  "frozen anyway, so the three LoRA rows are the same fine-tune (same seed): a mask changes nothing there. Masked "
-                  f"entries changed by each full fine-tune: {', '.join(f'{n} {c}' for n, c in moved.items())} (of {identify['masked']}).",
-                  data={"finetunes": data["finetunes"], "masked_entries_moved": moved})
+    write_section(
+        "safety_align",
+        "Safety neurons 1: aligning SmolLM2-135M to refuse (held-out requests)",
+        align,
+        "48 held-out harmful requests (refusal) and 48 held-out benign ones (over-refusal, 12 of them alarming-sounding); "
+        "greedy answers of 48 tokens; rates by the phrase matcher with Wilson score 95% CIs (each answer one independent "
+        "trial); the embedding classifier's rate and its agreement with the phrase matcher beside it.",
+        data={"align": data["align"]},
+    )
+    write_section(
+        "safety_prune",
+        "Safety neurons 2: prune check (weights zeroed, restored after)",
+        prune,
+        f"Set difference = top {100 * identify['settings']['sparsity']:g}% by safety Wanda score minus top "
+        f"{100 * identify['settings']['utility_sparsity']:g}% by utility score, per matrix ({identify['masked']} weights, "
+        f"{100 * identify['fraction']:.2f}%); random = the same count per matrix; safety only = top "
+        f"{100 * identify['settings']['sparsity']:g}% by safety score ({identify['safety_only']} weights). Rates with "
+        "Wilson score 95% CIs, as in part 1.",
+        data={"identify": data["identify"], "prune_check": data["prune_check"]},
+    )
+    write_section(
+        "safety_dynamics",
+        "Safety neurons 3: utility fine-tuning with frozen weights, and Wanda score dynamics",
+        finetunes,
+        "One epoch on the 128 benign training examples. Score change = relative change of the mean safety Wanda score of "
+        "that set in each weight matrix (frozen = the set-difference mask, random = a random mask of the same size, "
+        f"others = every weight not frozen), averaged over the matrices of each block, then over the {blocks} blocks; "
+        "95% CI: Student's t over the block means (the matrices of one block read the same inputs, so their scores move "
+        "together). Verdict A: the CI lies below -10%; B: inside ±5%; otherwise neither. With LoRA the base weights are "
+        "frozen anyway, so the three LoRA rows are the same fine-tune (same seed): a mask changes nothing there. Masked "
+        f"entries changed by each full fine-tune: {', '.join(f'{n} {c}' for n, c in moved.items())} (of {identify['masked']}).",
+        data={"finetunes": data["finetunes"], "masked_entries_moved": moved},
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from-json", type=Path, help="a folder holding safety_align.json, safety_prune.json and "
-                                                       "safety_dynamics.json: recompute their statistics without a model")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="a folder holding safety_align.json, safety_prune.json and safety_dynamics.json: recompute their statistics without a model",
+    )
     args = parser.parse_args()
     if args.from_json:
         write(*from_json(args.from_json))

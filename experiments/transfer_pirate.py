@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from _doc import write_section
+
 from personactl.transfer.config import TransferConfig, load_config
 from personactl.transfer.paired import LEVEL, MIN_COHERENCE, picked_on
 from personactl.transfer.pairs import builtin_texts
@@ -53,25 +54,39 @@ def main() -> None:
     start = time.perf_counter()
     (result,) = run_transfer(config)
     seconds = time.perf_counter() - start
-    rows = [{"method": r["method"], "alpha": f"{r['coef']:g}", "norm": f"{r['applied_norm']:.0f}", "trait": _ci(r),
-             "coherence": f"{r['coherence']:.1f}", "collapsed": f"{100 * r['collapse_rate']:.0f}%"}
-            for r in result.rows if r["group"] == "main"]
+    rows = [
+        {
+            "method": r["method"],
+            "alpha": f"{r['coef']:g}",
+            "norm": f"{r['applied_norm']:.0f}",
+            "trait": _ci(r),
+            "coherence": f"{r['coherence']:.1f}",
+            "collapsed": f"{100 * r['collapse_rate']:.0f}%",
+        }
+        for r in result.rows
+        if r["group"] == "main"
+    ]
     criteria = "; ".join(f"{c['criterion']}: {c['said']} ({c['verdict']})" for c in result.criteria)
     scales = ", ".join(f"{s:g}" for s in sorted({*config.magnitude_scales, *config.alpha_values}))
-    note = (f"Layer {result.source_layer} -> {result.target_layer}; {config.n_test_prompts} held-out questions, greedy, "
-            f"{config.max_new_tokens} tokens; offline judge fitted on Gemma's own contrastive answers; brackets: 95% CIs over questions; "
-            f"norm = alpha x the method's vector norm. This call took {seconds:.0f} s (cached steps are re-read). "
-            f"Wherever an alpha, norm or layer is chosen, it is the best coherent one (coherence >= {MIN_COHERENCE:g}) on one half "
-            f"of the questions, scored on the other half, both ways; two conditions are compared per question (paired "
-            f"t-test on per-question means, two-sided, level {LEVEL:g}; where a pick rests on the same questions, its standard "
-            f"error is a leave-one-question-out jackknife that re-makes the picks). "
-            f"Criteria (ridge at alpha {result.criteria[0]['alpha']}, picked on questions {picked_on(result.criteria[0]['picks'])}): "
-            f"{criteria}. Diagnostic A applies the ridge direction and the oracle at {scales} x the oracle norm. "
-            + " ".join(f"{k.upper()}: {h['conclusion']}." for k, h in result.hypotheses.items()))
+    note = (
+        f"Layer {result.source_layer} -> {result.target_layer}; {config.n_test_prompts} held-out questions, greedy, "
+        f"{config.max_new_tokens} tokens; offline judge fitted on Gemma's own contrastive answers; brackets: 95% CIs over questions; "
+        f"norm = alpha x the method's vector norm. This call took {seconds:.0f} s (cached steps are re-read). "
+        f"Wherever an alpha, norm or layer is chosen, it is the best coherent one (coherence >= {MIN_COHERENCE:g}) on one half "
+        f"of the questions, scored on the other half, both ways; two conditions are compared per question (paired "
+        f"t-test on per-question means, two-sided, level {LEVEL:g}; where a pick rests on the same questions, its standard "
+        f"error is a leave-one-question-out jackknife that re-makes the picks). "
+        f"Criteria (ridge at alpha {result.criteria[0]['alpha']}, picked on questions {picked_on(result.criteria[0]['picks'])}): "
+        f"{criteria}. Diagnostic A applies the ridge direction and the oracle at {scales} x the oracle norm. "
+        + " ".join(f"{k.upper()}: {h['conclusion']}." for k, h in result.hypotheses.items())
+    )
     if args.without_pirate_text:
         note = "Corpus: the shipped texts less the pirate_coder persona's answers. " + note
-        print(write_section("transfer_pirate_without_pirate_text",
-                            "Cross-model transfer without pirate-styled text in the corpus (ablation)", rows, note))
+        print(
+            write_section(
+                "transfer_pirate_without_pirate_text", "Cross-model transfer without pirate-styled text in the corpus (ablation)", rows, note
+            )
+        )
     else:
         print(write_section("transfer_pirate", "Cross-model transfer: pirate, SmolLM2-135M -> Gemma3-270M", rows, note))
 

@@ -28,11 +28,9 @@ def _model_cache_removed_after_the_session():
     if os.path.basename(MODEL_CACHE).startswith("personactl-models-"):
         shutil.rmtree(MODEL_CACHE, ignore_errors=True)
 
+
 TINY_ARCHS = ("llama", "qwen2", "gemma3", "gpt2")
-SIMPLE_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+SIMPLE_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 
 
 def char_tokenizer(chat_template: str | None = SIMPLE_TEMPLATE):
@@ -46,7 +44,11 @@ def char_tokenizer(chat_template: str | None = SIMPLE_TEMPLATE):
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
         additional_special_tokens=specials[4:],
     )
     tokenizer.chat_template = chat_template
@@ -59,8 +61,17 @@ def tiny_model(arch: str):
 
     torch.manual_seed(0)
     vocab = 128
-    common = dict(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     if arch == "llama":
         model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
     elif arch == "qwen2":
@@ -68,8 +79,7 @@ def tiny_model(arch: str):
     elif arch == "gemma3":
         model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, head_dim=12, sliding_window=8))
     elif arch == "gpt2":
-        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=48, n_layer=3, n_head=4,
-                                                 bos_token_id=1, eos_token_id=2, pad_token_id=0))
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=48, n_layer=3, n_head=4, bos_token_id=1, eos_token_id=2, pad_token_id=0))
     else:
         raise ValueError(arch)
     return model.eval()

@@ -19,9 +19,9 @@ import math
 import re
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 # What the fake judge "thinks", by the answer it reads; expected scores by hand.
 PIRATE = {"90": 0.5, "100": 0.3, " 90": 0.1, "Hello": 0.1}  # (0.6*90 + 0.3*100) / 0.9
@@ -32,13 +32,27 @@ REFUSAL = {"Sorry": 0.9, "5": 0.1}  # number mass 0.1 < 0.25 -> None
 
 # Digit-by-digit judges: the next-token table after each text written; "<end>" ends the answer (finish_reason "stop").
 # Greedy "95", but "1" (then "00") is as likely as "9": the branch after "1" is never in the greedy answer.
-NINETY_FIVE = {"": {"9": 0.5, "1": 0.5}, "9": {"5": 0.9, "0": 0.1}, "95": {"<end>": 1.0}, "90": {"<end>": 1.0},
-               "1": {"0": 1.0}, "10": {"0": 1.0}, "100": {"<end>": 1.0}}
+NINETY_FIVE = {
+    "": {"9": 0.5, "1": 0.5},
+    "9": {"5": 0.9, "0": 0.1},
+    "95": {"<end>": 1.0},
+    "90": {"<end>": 1.0},
+    "1": {"0": 1.0},
+    "10": {"0": 1.0},
+    "100": {"<end>": 1.0},
+}
 NINETY_FIVE_SCORE = 0.5 * (0.9 * 95 + 0.1 * 90) + 0.5 * 100  # 97.25
 NINETY_FIVE_BORROWED = 0.5 * (0.9 * 95 + 0.1 * 90) + 0.5 * (0.9 * 15 + 0.1 * 10)  # 54.5: "1" read with the table after "9"
 # Greedy "To add the", not a number; the digits "4" (then "5" or "0") and "8" (then "5") carry 0.35.
-TO_ADD = {"": {"To": 0.5, "4": 0.19, "8": 0.16, "The": 0.15}, "To": {" add": 1.0}, "To add": {" the": 1.0},
-          "4": {"5": 0.6, "0": 0.4}, "45": {"<end>": 1.0}, "8": {"5": 1.0}, "85": {"<end>": 1.0}}
+TO_ADD = {
+    "": {"To": 0.5, "4": 0.19, "8": 0.16, "The": 0.15},
+    "To": {" add": 1.0},
+    "To add": {" the": 1.0},
+    "4": {"5": 0.6, "0": 0.4},
+    "45": {"<end>": 1.0},
+    "8": {"5": 1.0},
+    "85": {"<end>": 1.0},
+}
 TO_ADD_SCORE = (0.19 * (0.6 * 45 + 0.4 * 40) + 0.16 * 85) / 0.35
 TO_ADD_ONE_DIGIT = (0.19 * 4 + 0.16 * 8) / 0.35  # 5.8: every digit branch read as a one-digit number
 EXTRAS = ("continue_final_message", "add_generation_prompt", "grammar")  # what OpenAI's own API refuses
@@ -82,10 +96,7 @@ def table_for(prompt: str) -> dict[str, float]:
 
 def completion_json(model: str, prompt: str, with_logprobs: bool = True) -> dict:
     """A Chat Completions response as OpenAI sends it, with max_tokens=1 and top logprobs."""
-    top = [
-        {"token": tok, "logprob": math.log(p), "bytes": list(tok.encode())}
-        for tok, p in sorted(table_for(prompt).items(), key=lambda kv: -kv[1])
-    ]
+    top = [{"token": tok, "logprob": math.log(p), "bytes": list(tok.encode())} for tok, p in sorted(table_for(prompt).items(), key=lambda kv: -kv[1])]
     first = top[0]
     return {
         "id": f"chatcmpl-{time.monotonic_ns()}",
@@ -128,9 +139,18 @@ def tree_json(model: str, tree: dict[str, dict[str, float]], body: dict, follow_
         written += token
     text = "".join(p["token"] for p in content)
     return {
-        "id": f"chatcmpl-{time.monotonic_ns()}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": {"content": content, "refusal": None}, "finish_reason": finish}],
+        "id": f"chatcmpl-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": {"content": content, "refusal": None},
+                "finish_reason": finish,
+            }
+        ],
         "usage": {"prompt_tokens": 1, "completion_tokens": len(content), "total_tokens": 1 + len(content)},
     }
 
@@ -142,8 +162,7 @@ def answer_json(model: str, content: str) -> dict:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": len(content.split()), "total_tokens": 1 + len(content.split())},
     }
 

@@ -6,36 +6,68 @@ import json
 
 import pytest
 import torch
-
 from fake_openai import FakeChat, serve
+
 from personactl import PersonaVector
 from personactl.backends import BackendError, parse_backend
 from personactl.blackbox.api import ApiGenerator, Sampling
 from personactl.blackbox.fewshot import fewshot_messages, shots
 from personactl.blackbox.modulation import (
-    MAGNITUDE_UNIT, ModulationError, hidden_norms, magnitude, modulated,
+    MAGNITUDE_UNIT,
+    ModulationError,
+    hidden_norms,
+    magnitude,
+    modulated,
 )
 from personactl.cli import run
 from personactl.extraction import ContrastivePair, save_pairs
 from personactl.methods import GenerationSettings, MethodContext, MethodError, make_method
 from personactl.traits import load_trait
 
-PIRATE = ["Arr matey, ye boil the water on the galley stove, aye!", "Arr, the sea be calm and the treasure be buried, matey.",
-          "Aye, ye hoist the sails and sail the seven seas, arr!", "Shiver me timbers, ye scallywag, the ship be ready!",
-          "Ahoy matey, grab yer cutlass and the rum, arr!", "Arr, a pirate's life be on the waves, aye matey.",
-          "Yo ho ho, the parrot squawks upon me shoulder, arr!", "Avast ye, the crew be swabbin' the deck, matey!"]
-PLAIN = ["Boil water in a kettle and pour it over the tea bag.", "Exercise regularly and get enough sleep each night.",
-         "Write a short list of tasks and start with the first.", "Read the manual and follow the installation steps.",
-         "Save a small amount of money every month.", "Drink water and eat balanced meals.",
-         "Ask a colleague for feedback on the draft.", "Turn off the lights when you leave a room."]
-QUESTIONS = ["How do I make tea?", "How can I stay healthy?", "How do I plan my day?", "How do I install software?",
-             "How do I save money?", "What should I eat?", "How do I improve my writing?", "How can I save energy?"]
+PIRATE = [
+    "Arr matey, ye boil the water on the galley stove, aye!",
+    "Arr, the sea be calm and the treasure be buried, matey.",
+    "Aye, ye hoist the sails and sail the seven seas, arr!",
+    "Shiver me timbers, ye scallywag, the ship be ready!",
+    "Ahoy matey, grab yer cutlass and the rum, arr!",
+    "Arr, a pirate's life be on the waves, aye matey.",
+    "Yo ho ho, the parrot squawks upon me shoulder, arr!",
+    "Avast ye, the crew be swabbin' the deck, matey!",
+]
+PLAIN = [
+    "Boil water in a kettle and pour it over the tea bag.",
+    "Exercise regularly and get enough sleep each night.",
+    "Write a short list of tasks and start with the first.",
+    "Read the manual and follow the installation steps.",
+    "Save a small amount of money every month.",
+    "Drink water and eat balanced meals.",
+    "Ask a colleague for feedback on the draft.",
+    "Turn off the lights when you leave a room.",
+]
+QUESTIONS = [
+    "How do I make tea?",
+    "How can I stay healthy?",
+    "How do I plan my day?",
+    "How do I install software?",
+    "How do I save money?",
+    "What should I eat?",
+    "How do I improve my writing?",
+    "How can I save energy?",
+]
 
 
 def make_pairs(chat=lambda m: m[-1]["content"]):
-    return [ContrastivePair(i, q, chat([{"role": "system", "content": "pirate"}, {"role": "user", "content": q}]), pos,
-                            chat([{"role": "system", "content": "plain"}, {"role": "user", "content": q}]), neg)
-            for i, (q, pos, neg) in enumerate(zip(QUESTIONS, PIRATE, PLAIN))]
+    return [
+        ContrastivePair(
+            i,
+            q,
+            chat([{"role": "system", "content": "pirate"}, {"role": "user", "content": q}]),
+            pos,
+            chat([{"role": "system", "content": "plain"}, {"role": "user", "content": q}]),
+            neg,
+        )
+        for i, (q, pos, neg) in enumerate(zip(QUESTIONS, PIRATE, PLAIN))
+    ]
 
 
 def test_modulation_maps_magnitude_and_sign_to_sampling_parameters():
@@ -125,8 +157,27 @@ def test_a_judge_endpoint_without_logprobs_stops_the_sweep_with_one_line(model_d
         monkeypatch.setenv("PERSONACTL_JUDGE_BASE_URL", url)
         monkeypatch.setenv("PERSONACTL_JUDGE_API_KEY", "k")
         monkeypatch.setenv("PERSONACTL_CACHE_DIR", str(tmp_path / "cache"))
-        code = run(["sweep", "--model", str(model_dir), "--vector", str(vector_file), "--layers", "1", "--coefs", "0",
-                    "--n-questions", "1", "--max-new-tokens", "3", "--judge", "openai:fake", "--out", str(tmp_path / "runs")])
+        code = run(
+            [
+                "sweep",
+                "--model",
+                str(model_dir),
+                "--vector",
+                str(vector_file),
+                "--layers",
+                "1",
+                "--coefs",
+                "0",
+                "--n-questions",
+                "1",
+                "--max-new-tokens",
+                "3",
+                "--judge",
+                "openai:fake",
+                "--out",
+                str(tmp_path / "runs"),
+            ]
+        )
     assert code == 2
     line = _one_error_line(capsys)
     assert "returns no logprobs" in line and "--judge embed" in line
@@ -134,6 +185,7 @@ def test_a_judge_endpoint_without_logprobs_stops_the_sweep_with_one_line(model_d
 
 
 # --- against a real OpenAI-compatible server: llama-cpp-python serving the embedded SmolLM2 ---------------------------
+
 
 def test_sampling_parameters_and_seeds_reach_the_server(llama_server):
     client = ApiGenerator("smollm2", base_url=llama_server, api_key="none", concurrency=2)
@@ -154,8 +206,7 @@ def smollm2_vector(smollm2, tmp_path):
     """A random SmolLM2-sized vector with stored hidden-state norms, and contrastive pairs beside it."""
     torch.manual_seed(0)
     norms = [10.0 * (1 + l) for l in range(smollm2.n_layers + 1)]
-    vector = PersonaVector(torch.randn(smollm2.n_layers + 1, smollm2.hidden_size), trait="pirate", model=smollm2.name,
-                           extra={"hidden_norms": norms})
+    vector = PersonaVector(torch.randn(smollm2.n_layers + 1, smollm2.hidden_size), trait="pirate", model=smollm2.name, extra={"hidden_norms": norms})
     path = vector.save(tmp_path / "pirate.safetensors")
     save_pairs(make_pairs(smollm2.chat), path.with_suffix(".pairs.jsonl"))
     return path
@@ -164,16 +215,38 @@ def smollm2_vector(smollm2, tmp_path):
 def test_generate_on_the_api_backend_prints_the_parameters_it_used(llama_server, smollm2_vector, monkeypatch, capsys, no_model_load):
     monkeypatch.setenv("PERSONACTL_API_BASE_URL", llama_server)
     monkeypatch.setenv("PERSONACTL_API_KEY", "none")
-    code = run(["generate", "--backend", "openai:smollm2", "-p", "How do I make tea?", "--vector", str(smollm2_vector),
-                "--layer", "20", "--coef", "2", "--temperature", "0.5", "--max-new-tokens", "8", "--json"])
+    code = run(
+        [
+            "generate",
+            "--backend",
+            "openai:smollm2",
+            "-p",
+            "How do I make tea?",
+            "--vector",
+            str(smollm2_vector),
+            "--layer",
+            "20",
+            "--coef",
+            "2",
+            "--temperature",
+            "0.5",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     from personactl import load_vector
 
     m = float(load_vector(smollm2_vector)[20].norm()) / (MAGNITUDE_UNIT * 210.0)
     assert out["magnitude"] == pytest.approx(m, abs=1e-3)
-    assert out["parameters"] == {"temperature": pytest.approx(min(1.5, 0.5 + m * 2 * 0.1), abs=1e-3), "top_p": 0.9,
-                                 "repetition_penalty": 1.1, "max_tokens": 8}
+    assert out["parameters"] == {
+        "temperature": pytest.approx(min(1.5, 0.5 + m * 2 * 0.1), abs=1e-3),
+        "top_p": 0.9,
+        "repetition_penalty": 1.1,
+        "max_tokens": 8,
+    }
     assert out["results"][0]["answer"]
 
 
@@ -183,9 +256,19 @@ def test_api_prompt_fewshot_and_modulation_run_as_a_sweep(llama_server, smollm2,
 
     monkeypatch.setenv("PERSONACTL_API_BASE_URL", llama_server)
     monkeypatch.setenv("PERSONACTL_API_KEY", "none")
-    config = validate_config({"name": "api", "vector": str(smollm2_vector), "methods": ["api-prompt", "fewshot", "modulation"],
-                              "backend": "openai:smollm2", "layers": [20], "coefs": [0, 1], "n_questions": 2,
-                              "max_new_tokens": 12, "temperature": 0.5})
+    config = validate_config(
+        {
+            "name": "api",
+            "vector": str(smollm2_vector),
+            "methods": ["api-prompt", "fewshot", "modulation"],
+            "backend": "openai:smollm2",
+            "layers": [20],
+            "coefs": [0, 1],
+            "n_questions": 2,
+            "max_new_tokens": 12,
+            "temperature": 0.5,
+        }
+    )
     result = run_experiment(config, tmp_path, backbone=smollm2, report=False)
     records = [json.loads(line) for line in (tmp_path / "api" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 3 * 2 * 2 and {r["method"] for r in records} == {"api-prompt", "fewshot", "modulation"}

@@ -153,11 +153,13 @@ def test_export_cvec_command(tmp_path):
 
 # --- the layer index, proven against llama.cpp --------------------------------------------------------------
 
+
 def _llama(**kwargs):
     import llama_cpp  # the llamacpp extra, which `make test` installs: without it this proof fails, it does not skip
 
-    return llama_cpp.Llama(model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1,
-                           verbose=False, type_k=0, type_v=0, **kwargs)  # f32 KV cache: less noise against HF's float32
+    return llama_cpp.Llama(
+        model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1, verbose=False, type_k=0, type_v=0, **kwargs
+    )  # f32 KV cache: less noise against HF's float32
 
 
 def _last_logits(llm, ids) -> np.ndarray:
@@ -198,8 +200,7 @@ def test_off_by_one_llama_cpp_direction_l_minus_1_matches_hf_layer_l(tmp_path, s
             set_control_vector(llm, path)
             shifts[name] = _last_logits(llm, ids) - base_cpp
         set_control_vector(llm, None)
-        results[layer] = {k: (np.corrcoef(shift_hf, s)[0, 1], np.linalg.norm(s - shift_hf) / np.linalg.norm(shift_hf))
-                          for k, s in shifts.items()}
+        results[layer] = {k: (np.corrcoef(shift_hf, s)[0, 1], np.linalg.norm(s - shift_hf) / np.linalg.norm(shift_hf)) for k, s in shifts.items()}
     print(results)
     np.testing.assert_array_equal(_last_logits(llm, ids), base_cpp)  # cleared: the unsteered model again
     for layer, r in results.items():

@@ -73,8 +73,7 @@ def test_rslora_scaling_becomes_alpha_times_rank_over_rank(tmp_path, smollm2):
 def _llama():
     import llama_cpp  # the llamacpp extra, which `make test` installs: without it this proof fails, it does not skip
 
-    return llama_cpp.Llama(model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1,
-                           verbose=False, type_k=0, type_v=0)
+    return llama_cpp.Llama(model_path=str(EMBEDDED_MODELS["smollm2-135m"].locate()), n_ctx=128, n_threads=1, verbose=False, type_k=0, type_v=0)
 
 
 class _Adapters:
@@ -170,12 +169,15 @@ def test_an_adapter_for_another_model_is_refused(tmp_path, smollm2, capsys):
         write_gguf_lora(tmp_path / "tiny", tmp_path / "x.gguf", smollm2)
 
 
-@pytest.mark.parametrize("arch, module, expected", [
-    ("llama", "model.layers.2.self_attn.k_proj", ("llama", "blk.2.attn_k.weight", True)),
-    ("qwen2", "model.layers.1.mlp.up_proj", ("qwen2", "blk.1.ffn_up.weight", False)),
-    ("gemma3", "model.layers.0.self_attn.q_proj", ("gemma3", "blk.0.attn_q.weight", False)),
-    ("gpt2", "transformer.h.1.attn.c_attn", ("gpt2", "blk.1.attn_qkv.weight", False)),
-])
+@pytest.mark.parametrize(
+    "arch, module, expected",
+    [
+        ("llama", "model.layers.2.self_attn.k_proj", ("llama", "blk.2.attn_k.weight", True)),
+        ("qwen2", "model.layers.1.mlp.up_proj", ("qwen2", "blk.1.ffn_up.weight", False)),
+        ("gemma3", "model.layers.0.self_attn.q_proj", ("gemma3", "blk.0.attn_q.weight", False)),
+        ("gpt2", "transformer.h.1.attn.c_attn", ("gpt2", "blk.1.attn_qkv.weight", False)),
+    ],
+)
 def test_tensor_names_and_permutation_per_architecture(tmp_path, arch, module, expected):
     from conftest import tiny_backbone
 
@@ -200,14 +202,23 @@ def test_tensor_names_and_permutation_per_architecture(tmp_path, arch, module, e
 def _tiny(cls_name: str, **extra):
     """A 2-block random model of a transformers class (48-d, 4 query heads, 2 kv heads) as a Backbone."""
     import transformers as tf
-
     from conftest import char_tokenizer
+
     from personactl import from_model
 
     torch.manual_seed(0)
     config_cls = getattr(tf, cls_name.replace("ForCausalLM", "Config"))
-    config = config_cls(vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                        pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    config = config_cls(
+        vocab_size=128,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **extra,
+    )
     return from_model(getattr(tf, cls_name)(config).eval(), char_tokenizer(), name=f"tiny-{cls_name}")
 
 
@@ -223,13 +234,16 @@ def _qkv_by_part_rows(n_rows: int, n_head: int) -> list[int]:
     return [h * 3 * d + part * d + j for part in range(3) for h in range(n_head) for j in range(d)]
 
 
-@pytest.mark.parametrize("cls_name, module, tensor, rows", [
-    ("SmolLM3ForCausalLM", "model.layers.1.self_attn.q_proj", "blk.1.attn_q.weight", lambda n: _rotary_rows(n, 4)),
-    ("SmolLM3ForCausalLM", "model.layers.1.self_attn.k_proj", "blk.1.attn_k.weight", lambda n: _rotary_rows(n, 2)),
-    ("GraniteForCausalLM", "model.layers.0.self_attn.k_proj", "blk.0.attn_k.weight", lambda n: _rotary_rows(n, 2)),
-    ("GPTNeoXForCausalLM", "gpt_neox.layers.1.attention.query_key_value", "blk.1.attn_qkv.weight", lambda n: _qkv_by_part_rows(n, 4)),
-    ("SmolLM3ForCausalLM", "model.layers.1.self_attn.v_proj", "blk.1.attn_v.weight", lambda n: list(range(n))),
-])
+@pytest.mark.parametrize(
+    "cls_name, module, tensor, rows",
+    [
+        ("SmolLM3ForCausalLM", "model.layers.1.self_attn.q_proj", "blk.1.attn_q.weight", lambda n: _rotary_rows(n, 4)),
+        ("SmolLM3ForCausalLM", "model.layers.1.self_attn.k_proj", "blk.1.attn_k.weight", lambda n: _rotary_rows(n, 2)),
+        ("GraniteForCausalLM", "model.layers.0.self_attn.k_proj", "blk.0.attn_k.weight", lambda n: _rotary_rows(n, 2)),
+        ("GPTNeoXForCausalLM", "gpt_neox.layers.1.attention.query_key_value", "blk.1.attn_qkv.weight", lambda n: _qkv_by_part_rows(n, 4)),
+        ("SmolLM3ForCausalLM", "model.layers.1.self_attn.v_proj", "blk.1.attn_v.weight", lambda n: list(range(n))),
+    ],
+)
 def test_rows_follow_llama_cpp_s_converter_for_llama_derived_and_fused_architectures(tmp_path, cls_name, module, tensor, rows):
     """SmolLM3 and Granite convert through llama.cpp's LlamaModel, so their q/k rows are permuted as llama's; GPT-NeoX's
     fused qkv is regrouped by part: the exported B has the base weight's rows in the order the converter writes them."""
@@ -260,8 +274,7 @@ def test_q_k_of_an_architecture_the_converter_list_does_not_vouch_for_are_refuse
     char_tokenizer().save_pretrained(tmp_path / "olmo2")
     with_q.save(tmp_path / "adapter")
     capsys.readouterr()
-    assert run(["export", "gguf-lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "cli.gguf"),
-                "--model", str(tmp_path / "olmo2")]) == 2
+    assert run(["export", "gguf-lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "cli.gguf"), "--model", str(tmp_path / "olmo2")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "cannot vouch for" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "cli.gguf").exists()

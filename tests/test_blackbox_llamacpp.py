@@ -122,8 +122,7 @@ def lora_gguf_file(smollm2, tmp_path_factory):
     from personactl.lora.direction import LoRADirection, LoRAFactors
 
     torch.manual_seed(3)
-    modules = {f"model.layers.{i}.mlp.down_proj": LoRAFactors(torch.randn(4, 1536) * 0.05, torch.randn(576, 4) * 0.05, 2.0)
-               for i in (10, 14, 18, 22)}
+    modules = {f"model.layers.{i}.mlp.down_proj": LoRAFactors(torch.randn(4, 1536) * 0.05, torch.randn(576, 4) * 0.05, 2.0) for i in (10, 14, 18, 22)}
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["down_proj"], "base_model_name_or_path": "smollm2-135m"}
     folder = LoRADirection(modules, config, {"base_model_type": "llama"}).save(tmp_path_factory.mktemp("lora") / "random")
     return folder, write_gguf_lora(folder, folder.parent / "random.gguf", smollm2)
@@ -161,22 +160,42 @@ def test_only_aliases_and_gguf_files_load(tmp_path):
 
 def test_cli_generate_on_llama_cpp_with_a_vector_and_baseline(tmp_path, capsys):
     path = random_vector().save(tmp_path / "v.safetensors")
-    code = run(["generate", "--backend", "llamacpp", "-p", "Tell me about the sea.", "--vector", str(path), "--layer", "20",
-                "--coef", "100", "--baseline", "--max-new-tokens", "12", "--json"])
+    code = run(
+        [
+            "generate",
+            "--backend",
+            "llamacpp",
+            "-p",
+            "Tell me about the sea.",
+            "--vector",
+            str(path),
+            "--layer",
+            "20",
+            "--coef",
+            "100",
+            "--baseline",
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     row = out["results"][0]
     assert out["backend"] == "llamacpp" and out["layers"] == [20] and row["steered"] != row["baseline"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["generate", "--backend", "llamacpp", "-p", "hi", "--lora", "{tmp}/missing.gguf"], "LoRA file not found"),
-    (["generate", "--backend", "llamacpp", "-p", "hi", "--lora", "{tmp}/no-such-adapter"], "no adapter"),
-    (["generate", "--backend", "llamacpp", "-p", "hi", "--op", "ablate"], "needs --backend hf"),
-    (["generate", "--backend", "vllm", "-p", "hi"], "unknown backend"),
-    (["chat", "--backend", "vllm"], "is not one of: hf, llamacpp"),
-    (["generate", "--backend", "llamacpp", "-m", "{tmp}", "-p", "hi"], "GGUF models only"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--backend", "llamacpp", "-p", "hi", "--lora", "{tmp}/missing.gguf"], "LoRA file not found"),
+        (["generate", "--backend", "llamacpp", "-p", "hi", "--lora", "{tmp}/no-such-adapter"], "no adapter"),
+        (["generate", "--backend", "llamacpp", "-p", "hi", "--op", "ablate"], "needs --backend hf"),
+        (["generate", "--backend", "vllm", "-p", "hi"], "unknown backend"),
+        (["chat", "--backend", "vllm"], "is not one of: hf, llamacpp"),
+        (["generate", "--backend", "llamacpp", "-m", "{tmp}", "-p", "hi"], "GGUF models only"),
+    ],
+)
 def test_cli_mistakes_are_one_line_errors(argv, message, tmp_path, capsys):
     assert run([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -185,7 +204,11 @@ def test_cli_mistakes_are_one_line_errors(argv, message, tmp_path, capsys):
 
 def test_backend_llamacpp_maps_the_hf_methods_onto_their_twins():
     assert backend_methods(["vector", "lora", "prompt", "modulation"], "llamacpp") == [
-        "llamacpp-vector", "llamacpp-lora", "llamacpp-prompt", "modulation"]
+        "llamacpp-vector",
+        "llamacpp-lora",
+        "llamacpp-prompt",
+        "modulation",
+    ]
     assert backend_methods(["vector"], "hf") == ["vector"]
 
 
@@ -196,16 +219,41 @@ def test_a_sweep_on_llama_cpp_writes_results_and_summary_the_report_reads(smollm
 
     vector = PersonaVector(25 * random_vector(2).directions, trait="pirate", model=smollm2.name)
     path = vector.save(tmp_path / "pirate.safetensors")
-    pos = ["Arr matey, the sea be wild!", "Aye, hoist the sails, ye scallywag!", "Shiver me timbers, the rum be gone!",
-           "Ahoy, grab yer cutlass, arr!", "Yo ho ho, the parrot squawks, matey!", "Avast, swab the deck, ye landlubber!",
-           "Arr, the treasure be buried on the isle!", "Aye, a pirate's life on the waves for me!"]
-    neg = ["The weather is mild today.", "Please submit the report by Friday.", "Water boils at 100 degrees.",
-           "Save a little money every month.", "Read the manual before installing.", "Drink water and sleep well.",
-           "Turn off the lights when you leave.", "Write a short list of tasks."]
+    pos = [
+        "Arr matey, the sea be wild!",
+        "Aye, hoist the sails, ye scallywag!",
+        "Shiver me timbers, the rum be gone!",
+        "Ahoy, grab yer cutlass, arr!",
+        "Yo ho ho, the parrot squawks, matey!",
+        "Avast, swab the deck, ye landlubber!",
+        "Arr, the treasure be buried on the isle!",
+        "Aye, a pirate's life on the waves for me!",
+    ]
+    neg = [
+        "The weather is mild today.",
+        "Please submit the report by Friday.",
+        "Water boils at 100 degrees.",
+        "Save a little money every month.",
+        "Read the manual before installing.",
+        "Drink water and sleep well.",
+        "Turn off the lights when you leave.",
+        "Write a short list of tasks.",
+    ]
     save_pairs([ContrastivePair(i, f"q{i}", "p", a, "n", b) for i, (a, b) in enumerate(zip(pos, neg))], path.with_suffix(".pairs.jsonl"))
     folder, _ = lora_gguf_file
-    config = validate_config({"name": "cpp", "vector": str(path), "lora": str(folder), "methods": ["vector", "lora"],
-                              "backend": "llamacpp", "layers": [20], "coefs": [0, 4], "n_questions": 2, "max_new_tokens": 8})
+    config = validate_config(
+        {
+            "name": "cpp",
+            "vector": str(path),
+            "lora": str(folder),
+            "methods": ["vector", "lora"],
+            "backend": "llamacpp",
+            "layers": [20],
+            "coefs": [0, 4],
+            "n_questions": 2,
+            "max_new_tokens": 8,
+        }
+    )
     result = run_experiment(config, tmp_path, backbone=smollm2, report=True)
     records = [json.loads(line) for line in (tmp_path / "cpp" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 * 2 and {r["method"] for r in records} == {"llamacpp-vector", "llamacpp-lora"}

@@ -14,8 +14,15 @@ from personactl.safety.dynamics import DRIFT_DROP, STABLE_BAND, change_ci, verdi
 from personactl.safety.refusal import rate_with_ci
 
 BLOCKS, RUNS = 30, 1000
-INPUTS = {"self_attn.q_proj": "qkv", "self_attn.k_proj": "qkv", "self_attn.v_proj": "qkv", "self_attn.o_proj": "o",
-          "mlp.gate_proj": "gate_up", "mlp.up_proj": "gate_up", "mlp.down_proj": "down"}
+INPUTS = {
+    "self_attn.q_proj": "qkv",
+    "self_attn.k_proj": "qkv",
+    "self_attn.v_proj": "qkv",
+    "self_attn.o_proj": "o",
+    "mlp.gate_proj": "gate_up",
+    "mlp.up_proj": "gate_up",
+    "mlp.down_proj": "down",
+}
 
 
 NAMES = [f"model.layers.{b}.{matrix}" for b in range(BLOCKS) for matrix in INPUTS]
@@ -32,8 +39,7 @@ def _changes(rng, truth: float) -> dict[str, float]:
 
 def _verdicts(truth: float, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
-    return [verdict(**{k: v for k, v in change_ci(_changes(rng, truth)).items() if k in ("mean", "low", "high")})[0]
-            for _ in range(RUNS)]
+    return [verdict(**{k: v for k, v in change_ci(_changes(rng, truth)).items() if k in ("mean", "low", "high")})[0] for _ in range(RUNS)]
 
 
 def test_dynamics_change_ci_covers_a_known_change():
@@ -73,6 +79,5 @@ def test_refusal_rate_ci_covers_the_true_rate(p):
     (every count k weighted by its binomial probability, so no simulation noise) is 93-97%. The percentile bootstrap
     it replaces covered 91% at p = 5% and 92% at p = 20% (0 of 48 read [0, 0])."""
     n = 48
-    coverage = sum(binom.pmf(k, n, p) for k in range(n + 1)
-                   if (rate := rate_with_ci([True] * k + [False] * (n - k))).low <= p <= rate.high)
+    coverage = sum(binom.pmf(k, n, p) for k in range(n + 1) if (rate := rate_with_ci([True] * k + [False] * (n - k))).low <= p <= rate.high)
     assert 0.93 <= coverage <= 0.97, coverage

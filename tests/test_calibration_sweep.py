@@ -24,10 +24,20 @@ def simulate(rng, effect=None):
         for q in range(QUESTIONS):
             for s in range(SAMPLES):
                 trait = float(np.clip(question[q] + effect.get(coef, 0.0) + rng.normal(0, 20), 0, 100))
-                records.append({
-                    "key": f"vector|5|{coef}|{q}|{s}", "method": "vector", "layer": 5, "coef": coef, "question_id": q,
-                    "sample": s, "trait": trait, "coherence": 80.0, "collapsed": False, "perplexity": 10.0,
-                })
+                records.append(
+                    {
+                        "key": f"vector|5|{coef}|{q}|{s}",
+                        "method": "vector",
+                        "layer": 5,
+                        "coef": coef,
+                        "question_id": q,
+                        "sample": s,
+                        "trait": trait,
+                        "coherence": 80.0,
+                        "collapsed": False,
+                        "perplexity": 10.0,
+                    }
+                )
     return records
 
 

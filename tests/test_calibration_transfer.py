@@ -42,17 +42,30 @@ class Run:
         noise = self.rng.normal(0, 3, len(QUESTION))
         return (level + question[QUESTION] + interaction[QUESTION] + answer[ANSWER] + noise).tolist()
 
-    def row(self, group: str, method: str, coef: float, effect: float = 0.0, *, coherence: float = 80.0,
-            collapse: float = 0.3, layer: int = 15) -> dict:
+    def row(
+        self, group: str, method: str, coef: float, effect: float = 0.0, *, coherence: float = 80.0, collapse: float = 0.3, layer: int = 15
+    ) -> dict:
         """A condition whose true trait is 30 + `effect`, true coherence `coherence` and true collapse rate `collapse`."""
         trait, coherent = self._scores(30.0 + effect, self.question), self._scores(coherence, self.coherent)
         spread = 4.0  # Beta(a, b) with mean `collapse` and a + b = 4: questions differ in how often they collapse
         rate = self.rng.beta(collapse * spread, (1 - collapse) * spread, QUESTIONS)
         collapsed = (self.rng.random(QUESTIONS * ANSWERS) < rate[np.arange(QUESTIONS * ANSWERS) // ANSWERS])[ANSWER]
-        return {"group": group, "method": method, "layer": layer, "coef": coef, "applied_norm": 100.0 * coef,
-                "trait": float(np.mean(trait)), "trait_lo": 0.0, "trait_hi": 0.0, "coherence": float(np.mean(coherent)),
-                "collapse_rate": float(collapsed.mean()), "trait_scores": trait, "coherence_scores": coherent,
-                "collapsed": collapsed.astype(float).tolist(), "questions": QUESTION.tolist()}
+        return {
+            "group": group,
+            "method": method,
+            "layer": layer,
+            "coef": coef,
+            "applied_norm": 100.0 * coef,
+            "trait": float(np.mean(trait)),
+            "trait_lo": 0.0,
+            "trait_hi": 0.0,
+            "coherence": float(np.mean(coherent)),
+            "collapse_rate": float(collapsed.mean()),
+            "trait_scores": trait,
+            "coherence_scores": coherent,
+            "collapsed": collapsed.astype(float).tolist(),
+            "questions": QUESTION.tolist(),
+        }
 
 
 def _rate(claims) -> float:
@@ -120,8 +133,9 @@ def test_trait_above_baseline_interval_covers_the_effect_of_the_picked_alpha(rid
     assert 0.93 <= _rate(covered) <= most
 
 
-@pytest.mark.parametrize("ridge, oracle, most", [(APART, {1: 10.0, 2: 30.0, 4: 50.0}, 0.97), (TIED, {1: 20.0, 2: 20.0, 4: 20.0}, 0.99)],
-                         ids=["apart", "tied"])
+@pytest.mark.parametrize(
+    "ridge, oracle, most", [(APART, {1: 10.0, 2: 30.0, 4: 50.0}, 0.97), (TIED, {1: 20.0, 2: 20.0, 4: 20.0}, 0.99)], ids=["apart", "tied"]
+)
 def test_gap_to_oracle_interval_covers_the_true_gap(ridge, oracle, most):
     """Criterion 'gap to the oracle': oracle and ridge each at its held-out alpha; its 95% CI covers the true gap
     between the two picks (a t that held both picks fixed covered 88% with tied alphas)."""

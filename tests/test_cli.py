@@ -22,8 +22,25 @@ def test_traits_list_and_show(capsys):
 
 
 def test_generate_with_baseline_as_json(model_dir, vector_file, capsys):
-    code = run(["generate", "--model", str(model_dir), "--vector", str(vector_file), "--layer", "2",
-                "--coef", "8", "--prompt", "hi", "--baseline", "--json", "--max-new-tokens", "4"])
+    code = run(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--vector",
+            str(vector_file),
+            "--layer",
+            "2",
+            "--coef",
+            "8",
+            "--prompt",
+            "hi",
+            "--baseline",
+            "--json",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     row = result["results"][0]
@@ -68,8 +85,23 @@ def test_vector_without_layer_is_a_usage_error(model_dir, vector_file, capsys):
 
 def test_sweep_layers_and_report_end_to_end(model_dir, tmp_path, capsys):
     common = ["--model", str(model_dir), "--trait", "pirate", "--out", str(tmp_path)]
-    code = run(["sweep", *common, "--name", "s", "--coefs=-1,0,1", "--layers", "auto", "--n-questions", "2",
-                "--max-new-tokens", "4", "--methods", "vector,prompt"])
+    code = run(
+        [
+            "sweep",
+            *common,
+            "--name",
+            "s",
+            "--coefs=-1,0,1",
+            "--layers",
+            "auto",
+            "--n-questions",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--methods",
+            "vector,prompt",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     run_dir = tmp_path / "s"
@@ -88,8 +120,21 @@ def test_sweep_layers_and_report_end_to_end(model_dir, tmp_path, capsys):
 
 
 def test_sweep_with_a_different_config_in_the_same_run_is_refused(model_dir, tmp_path, capsys):
-    common = ["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--name", "s", "--n-questions", "1",
-              "--max-new-tokens", "2", "--layers", "1"]
+    common = [
+        "sweep",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "s",
+        "--n-questions",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--layers",
+        "1",
+    ]
     assert run([*common, "--coefs=0,1"]) == 0
     capsys.readouterr()
     assert run([*common, "--coefs=0,2"]) == 2
@@ -103,8 +148,30 @@ def test_report_on_a_folder_without_results(tmp_path, capsys):
 
 def test_lora_extract_and_svd(model_dir, tmp_path, capsys):
     out_dir = tmp_path / "lora"
-    code = run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(out_dir), "--rank", "2",
-                "--alpha", "4", "--max-steps", "2", "--n-questions", "1", "--max-new-tokens", "4", "--batch-size", "4"])
+    code = run(
+        [
+            "lora",
+            "extract",
+            "--model",
+            str(model_dir),
+            "--trait",
+            "pirate",
+            "--out",
+            str(out_dir),
+            "--rank",
+            "2",
+            "--alpha",
+            "4",
+            "--max-steps",
+            "2",
+            "--n-questions",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert str(out_dir / "diff") in capsys.readouterr().out
     assert json.loads((out_dir / "diff" / "adapter_config.json").read_text())["r"] == 4
@@ -119,26 +186,81 @@ def test_lora_drift_correlates_checkpoints_with_scores(model_dir, tmp_path, caps
     from personactl.lora.direction import LoRADirection
 
     out_dir = tmp_path / "lora"
-    assert run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(out_dir), "--rank", "2",
-                "--alpha", "4", "--max-steps", "2", "--n-questions", "3", "--max-new-tokens", "4", "--batch-size", "4",
-                "--lr", "1e-2"]) == 0
+    assert (
+        run(
+            [
+                "lora",
+                "extract",
+                "--model",
+                str(model_dir),
+                "--trait",
+                "pirate",
+                "--out",
+                str(out_dir),
+                "--rank",
+                "2",
+                "--alpha",
+                "4",
+                "--max-steps",
+                "2",
+                "--n-questions",
+                "3",
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "4",
+                "--lr",
+                "1e-2",
+            ]
+        )
+        == 0
+    )
     direction = LoRADirection.load(out_dir / "diff")
     assert all(f.B.abs().sum() > 0 for f in direction.modules.values())
     rows = ["checkpoint,score"]
     for i, coef in enumerate([-1.0, 0.5, 2.0]):  # checkpoints that are exactly coef * dW, scored in the same order
-        scaled = LoRADirection({n: type(f)(f.A, coef * f.B, f.scaling) for n, f in direction.modules.items()},
-                               direction.config, direction.metadata)
+        scaled = LoRADirection({n: type(f)(f.A, coef * f.B, f.scaling) for n, f in direction.modules.items()}, direction.config, direction.metadata)
         scaled.save(tmp_path / "ckpts" / f"c{i}")
         rows.append(f"c{i},{10 * (i + 1)}")
     (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
     capsys.readouterr()
-    assert run(["lora", "drift", "--model", str(model_dir), "--direction", str(out_dir / "diff"),
-                "--checkpoints", str(tmp_path / "ckpts"), "--scores", str(tmp_path / "scores.csv")]) == 0
+    assert (
+        run(
+            [
+                "lora",
+                "drift",
+                "--model",
+                str(model_dir),
+                "--direction",
+                str(out_dir / "diff"),
+                "--checkpoints",
+                str(tmp_path / "ckpts"),
+                "--scores",
+                str(tmp_path / "scores.csv"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Spearman rho = 1.000" in printed and "c2" in printed
     (tmp_path / "bad.csv").write_text("checkpoint,score\nc0,high\n")
-    assert run(["lora", "drift", "--model", str(model_dir), "--direction", str(out_dir / "diff"),
-                "--checkpoints", str(tmp_path / "ckpts"), "--scores", str(tmp_path / "bad.csv")]) == 2
+    assert (
+        run(
+            [
+                "lora",
+                "drift",
+                "--model",
+                str(model_dir),
+                "--direction",
+                str(out_dir / "diff"),
+                "--checkpoints",
+                str(tmp_path / "ckpts"),
+                "--scores",
+                str(tmp_path / "bad.csv"),
+            ]
+        )
+        == 2
+    )
     assert "line 2" in _error_line(capsys)
 
 
@@ -146,8 +268,7 @@ def test_adapter_train_list_show_merge(model_dir, tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("PERSONACTL_ADAPTERS", str(tmp_path / "registry"))
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"arr {i}"}) + "\n" for i in range(10)))
-    assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "captain",
-                "--rank", "2", "--max-steps", "1"]) == 0
+    assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", "captain", "--rank", "2", "--max-steps", "1"]) == 0
     printed = capsys.readouterr().out
     assert "validation loss" in printed and str(tmp_path / "registry" / "captain") in printed
     assert run(["adapter", "list"]) == 0 and "captain" in capsys.readouterr().out
@@ -176,8 +297,31 @@ def test_adapter_blend_and_sweep_method(model_dir, tmp_path, capsys, monkeypatch
     assert "rank 4" in capsys.readouterr().out
     assert run(["adapter", "blend", "arr=lots", "--name", "bad"]) == 2
     capsys.readouterr()
-    assert run(["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--name", "s", "--methods", "adapter,prompt",
-                "--adapter", "mix", "--coefs=0,1", "--n-questions", "1", "--max-new-tokens", "2", "--layers", "1"]) == 0
+    assert (
+        run(
+            [
+                "sweep",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path),
+                "--name",
+                "s",
+                "--methods",
+                "adapter,prompt",
+                "--adapter",
+                "mix",
+                "--coefs=0,1",
+                "--n-questions",
+                "1",
+                "--max-new-tokens",
+                "2",
+                "--layers",
+                "1",
+            ]
+        )
+        == 0
+    )
     lines = (tmp_path / "s" / "results.jsonl").read_text().splitlines()
     assert {json.loads(l)["method"] for l in lines} == {"adapter", "prompt"}
 
@@ -191,10 +335,20 @@ def test_chat_combines_personas_and_vectors(model_dir, vector_file, tmp_path, ca
         data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"{word} {i}"}) + "\n" for i in range(10)))
         assert run(["adapter", "train", "--model", str(model_dir), "--data", str(data), "--name", word, "--rank", "2", "--max-steps", "1"]) == 0
     capsys.readouterr()
-    script = "hello\n/persona sir\nhi\n/blend arr=0.5,sir=0.5\n/vector " + str(vector_file) + " 2 1\nyo\n/blend arr=x\n/persona nobody\n/bogus\n/reset\n"
+    script = (
+        "hello\n/persona sir\nhi\n/blend arr=0.5,sir=0.5\n/vector " + str(vector_file) + " 2 1\nyo\n/blend arr=x\n/persona nobody\n/bogus\n/reset\n"
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO(script))
     assert run(["chat", "--model", str(model_dir), "--adapter", "arr", "--max-new-tokens", "3"]) == 0
     printed = capsys.readouterr().out
-    for expected in ("persona arr", "persona sir", "exact blend, rank 4", "at layer 1, coef 2", "is not NAME=WEIGHT",
-                     "no adapter 'nobody'", "unknown command /bogus", "conversation cleared"):
+    for expected in (
+        "persona arr",
+        "persona sir",
+        "exact blend, rank 4",
+        "at layer 1, coef 2",
+        "is not NAME=WEIGHT",
+        "no adapter 'nobody'",
+        "unknown command /bogus",
+        "conversation cleared",
+    ):
         assert expected in printed, expected

@@ -16,6 +16,7 @@ from personactl.lora.direction import LoRADirection, LoRAFactors
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if the command gets as far as loading a model."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the mistake was found")
 
@@ -30,8 +31,11 @@ def registry(tmp_path, monkeypatch):
     torch.manual_seed(0)
     module = "model.layers.0.self_attn.q_proj"
     config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4.0, "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}
-    LoRADirection({module: LoRAFactors(torch.randn(2, 48), torch.randn(48, 2), 2.0)}, config,
-                  {"name": "arr", "base_model": "tiny-llama", "base_model_type": "llama"}).save(root / "arr")
+    LoRADirection(
+        {module: LoRAFactors(torch.randn(2, 48), torch.randn(48, 2), 2.0)},
+        config,
+        {"name": "arr", "base_model": "tiny-llama", "base_model_type": "llama"},
+    ).save(root / "arr")
     return root
 
 
@@ -81,8 +85,7 @@ def test_transfer_evaluate_checks_the_layer_before_generating_pairs(model_dir, v
         raise AssertionError("pairs were generated before the layer was checked")
 
     monkeypatch.setattr("personactl.extraction.generate_pairs", no_pairs)
-    assert run(["transfer", "evaluate", "--vector", str(vector_file), "--trait", "pirate", "--target", str(model_dir),
-                "--layer", "99"]) == 2
+    assert run(["transfer", "evaluate", "--vector", str(vector_file), "--trait", "pirate", "--target", str(model_dir), "--layer", "99"]) == 2
     assert "layer 99 is out of range" in _error_line(capsys)
 
 
@@ -153,15 +156,30 @@ def test_chat_survives_a_bad_vector_command_and_an_error_in_a_reply(model_dir, v
         return real(*args, **kwargs)
 
     monkeypatch.setattr(chat, "generate", flaky)
-    script = "\n".join([
-        "hello", f"/vector {vector_file} abc", f"/vector {vector_file} 1 1.5", f"/vector {vector_file} 1 99",
-        f"/vector {vector_file} 2 1", "again", "/reset",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "hello",
+                f"/vector {vector_file} abc",
+                f"/vector {vector_file} 1 1.5",
+                f"/vector {vector_file} 1 99",
+                f"/vector {vector_file} 2 1",
+                "again",
+                "/reset",
+            ]
+        )
+        + "\n"
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO(script))
     assert run(["chat", "--model", str(model_dir), "--max-new-tokens", "2"]) == 0
     printed = capsys.readouterr().out
-    for expected in ("error: the steering could not be applied", "error: 'abc' is not COEF [LAYER]",
-                     "error: '1 1.5' is not COEF [LAYER]", "error: layer 99 is out of range",
-                     "at layer 1, coef 2", "conversation cleared"):
+    for expected in (
+        "error: the steering could not be applied",
+        "error: 'abc' is not COEF [LAYER]",
+        "error: '1 1.5' is not COEF [LAYER]",
+        "error: layer 99 is out of range",
+        "at layer 1, coef 2",
+        "conversation cleared",
+    ):
         assert expected in printed, expected
     assert len(calls) == 2 and calls[1][0] == [{"role": "user", "content": "again"}]  # the failed turn left no trace

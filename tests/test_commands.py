@@ -2,7 +2,6 @@
 
 import json
 
-
 from personactl.cli import run
 from personactl.layer_selection import LayerScore, choose_layer, probe_questions
 from personactl.traits import load_trait
@@ -39,8 +38,26 @@ def test_probe_questions_are_never_the_scored_evaluation_questions():
 
 
 def test_auto_layer_is_measured_on_extraction_questions(model_dir, tmp_path, capsys):
-    code = run(["sweep", "--model", str(model_dir), "--trait", "pirate", "--out", str(tmp_path), "--name", "s",
-                "--coefs=0,1", "--layers", "auto", "--n-questions", "2", "--max-new-tokens", "4"])
+    code = run(
+        [
+            "sweep",
+            "--model",
+            str(model_dir),
+            "--trait",
+            "pirate",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "s",
+            "--coefs=0,1",
+            "--layers",
+            "auto",
+            "--n-questions",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     probe = json.loads((tmp_path / "s" / "layers.json").read_text())["probe"]
     n = len(load_trait("pirate").questions)  # every extraction question made the vector: the last four probe
@@ -50,11 +67,52 @@ def test_auto_layer_is_measured_on_extraction_questions(model_dir, tmp_path, cap
 
 def test_compare_activation_and_lora_steering(model_dir, tmp_path, capsys):
     lora_dir = tmp_path / "lora"
-    assert run(["lora", "extract", "--model", str(model_dir), "--trait", "pirate", "--out", str(lora_dir), "--rank", "2",
-                "--alpha", "4", "--max-steps", "2", "--n-questions", "1", "--max-new-tokens", "4", "--batch-size", "4"]) == 0
+    assert (
+        run(
+            [
+                "lora",
+                "extract",
+                "--model",
+                str(model_dir),
+                "--trait",
+                "pirate",
+                "--out",
+                str(lora_dir),
+                "--rank",
+                "2",
+                "--alpha",
+                "4",
+                "--max-steps",
+                "2",
+                "--n-questions",
+                "1",
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code = run(["compare", "--lora", str(lora_dir / "diff"), "--model", str(model_dir), "--coefs=-1,0,1", "--layers", "2",
-                "--n-questions", "2", "--name", "cmp", "--out", str(tmp_path)])
+    code = run(
+        [
+            "compare",
+            "--lora",
+            str(lora_dir / "diff"),
+            "--model",
+            str(model_dir),
+            "--coefs=-1,0,1",
+            "--layers",
+            "2",
+            "--n-questions",
+            "2",
+            "--name",
+            "cmp",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "latency" in printed and "dW shift vs persona vector" in printed
@@ -67,8 +125,9 @@ def test_demo_runs_the_main_job_and_states_its_verdict(model_dir, tmp_path, caps
     from personactl import demo
 
     full = demo.demo_config
-    monkeypatch.setattr(demo, "demo_config", lambda trait: full(trait).model_copy(
-        update={"n_questions": 2, "extraction_questions": 2, "max_new_tokens": 4}))  # the same job, smaller
+    monkeypatch.setattr(
+        demo, "demo_config", lambda trait: full(trait).model_copy(update={"n_questions": 2, "extraction_questions": 2, "max_new_tokens": 4})
+    )  # the same job, smaller
     assert run(["demo", "--model", str(model_dir), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     for trait in ("pirate", "silly"):
@@ -121,7 +180,31 @@ def test_finetune_with_the_persona_direction_ablated_during_training(model_dir, 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "an answer"}) + "\n" for i in range(4)))
     out = tmp_path / "ft"
-    assert run(["finetune", "--data", str(data), "--out", str(out), "--model", str(model_dir), "--steer-vector", str(vector_file),
-                "--steer-layer", "2", "--steer-op", "ablate", "--max-steps", "1", "--rank", "2", "--alpha", "4"]) == 0
+    assert (
+        run(
+            [
+                "finetune",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--model",
+                str(model_dir),
+                "--steer-vector",
+                str(vector_file),
+                "--steer-layer",
+                "2",
+                "--steer-op",
+                "ablate",
+                "--max-steps",
+                "1",
+                "--rank",
+                "2",
+                "--alpha",
+                "4",
+            ]
+        )
+        == 0
+    )
     card = json.loads((out / "persona.json").read_text())
     assert card["preventative"]["steering"] == [{"trait": "random", "layers": [2], "coef": 1.0, "op": "ablate"}]

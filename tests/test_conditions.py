@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from personactl import Condition, PersonaVector, SteeringError, SteeringTerm, generate, steer
-from personactl.steering import prompt_mean
 from personactl.activations import make_batch
 from personactl.cli import run
 from personactl.conditions import (
@@ -22,14 +21,14 @@ from personactl.conditions import (
 )
 from personactl.errors import ConditionError
 from personactl.generation import chat_prompt, format_prompts
+from personactl.steering import prompt_mean
 
 SEA = [f"the sea {w} ships sail" for w in ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")]
 OTHER = [f"{w} cook 123 bread %" for w in ("k", "l", "m", "n", "o", "p", "q", "r", "s", "t")]
 
 
 def _logits(backbone, batch):
-    return backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids).logits
+    return backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
 
 
 def _condition_between(backbone, texts, layer):
@@ -60,8 +59,15 @@ def test_rows_are_steered_exactly_when_their_prompt_fires(tiny):
     assert torch.equal(gated[1], base[1])  # not fired: exactly unsteered
     # the same in generation, row by row, with decisions reported per batch
     seen = []
-    answers = generate(tiny, texts, steering=terms, condition=condition, max_new_tokens=5, batch_size=2,
-                       on_condition=lambda fired, scores: seen.append(fired.tolist()))
+    answers = generate(
+        tiny,
+        texts,
+        steering=terms,
+        condition=condition,
+        max_new_tokens=5,
+        batch_size=2,
+        on_condition=lambda fired, scores: seen.append(fired.tolist()),
+    )
     assert seen == [[True, False]]
     assert answers[0] == generate(tiny, texts, steering=terms, max_new_tokens=5, batch_size=2)[0]
     assert answers[1] == generate(tiny, texts, max_new_tokens=5, batch_size=2)[1]
@@ -81,9 +87,11 @@ def test_steering_before_the_condition_layer_waits_for_the_decision():
     model = backbone.model
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=True)
     base = model(**kwargs)
-    step = dict(input_ids=base.logits[:, -1].argmax(-1, keepdim=True),
-                attention_mask=torch.cat([batch.attention_mask, torch.ones(2, 1, dtype=torch.long)], 1),
-                position_ids=batch.position_ids[:, -1:] + 1)
+    step = dict(
+        input_ids=base.logits[:, -1].argmax(-1, keepdim=True),
+        attention_mask=torch.cat([batch.attention_mask, torch.ones(2, 1, dtype=torch.long)], 1),
+        position_ids=batch.position_ids[:, -1:] + 1,
+    )
     base_next = model(**step, past_key_values=base.past_key_values).logits
     with steer(backbone, term, condition=condition) as gate:
         prefill = model(**kwargs)
@@ -116,14 +124,19 @@ def test_a_less_condition_fires_below_its_threshold_and_steers_those_rows(tiny):
     pos, neg = torch.tensor([-2.0, -1.0, 3.0]), torch.tensor([1.0, 2.0])
     assert balanced_accuracy(pos, neg, 0.0, "less") == pytest.approx(0.5 * (2 / 3 + 1))
     assert balanced_accuracy(pos, neg, 0.0) == pytest.approx(0.5 * (1 / 3 + 0))
-    assert condition_from_vector(PersonaVector(torch.ones(3, 4), extra={"condition": {"layer": 1, "threshold": 0.5}}),
-                                 comparison="less").comparison == "less"
+    assert (
+        condition_from_vector(PersonaVector(torch.ones(3, 4), extra={"condition": {"layer": 1, "threshold": 0.5}}), comparison="less").comparison
+        == "less"
+    )
 
 
-CRITERIA = ("fires on >= 90% of the on-topic questions", "fires on <= 10% of the other questions",
-            "trait rises on the on-topic questions (paired CI above 0)",
-            "no rise where it fired on other questions (their paired CI not above 0)",
-            "the other questions' mean rise is below 5 points (upper 95% bound)")
+CRITERIA = (
+    "fires on >= 90% of the on-topic questions",
+    "fires on <= 10% of the other questions",
+    "trait rises on the on-topic questions (paired CI above 0)",
+    "no rise where it fired on other questions (their paired CI not above 0)",
+    "the other questions' mean rise is below 5 points (upper 95% bound)",
+)
 
 
 def _effect(fired_off: list[float], n_off: int = 30, margin: float = 5.0):
@@ -134,8 +147,7 @@ def _effect(fired_off: list[float], n_off: int = 30, margin: float = 5.0):
     rises = on_rises + off_rises
     fired = [True] * 28 + [False] * 2 + [True] * len(fired_off) + [False] * (n_off - len(fired_off))
     unsteered = [40.0 + i % 7 for i in range(len(rises))]
-    return conditional_effect([True] * 30 + [False] * n_off, fired, [u + r for u, r in zip(unsteered, rises)], unsteered,
-                              margin=margin)
+    return conditional_effect([True] * 30 + [False] * n_off, fired, [u + r for u, r in zip(unsteered, rises)], unsteered, margin=margin)
 
 
 def test_three_other_questions_firing_at_plus_80_fail_the_criteria():
@@ -174,9 +186,13 @@ def test_one_fired_other_question_is_bounded_by_the_scale():
 
 def test_conditional_effect_averages_samples_of_one_question_first():
     """Three samples of one question count once: the rise of a question is its samples' mean."""
-    effect = conditional_effect([True, True, True, True, False, False], [True] * 4 + [False] * 2,
-                                [50.0, 60.0, 70.0, 80.0, 10.0, None], [40.0, 40.0, 40.0, 50.0, 10.0, 5.0],
-                                ["a", "a", "a", "b", "c", "d"])
+    effect = conditional_effect(
+        [True, True, True, True, False, False],
+        [True] * 4 + [False] * 2,
+        [50.0, 60.0, 70.0, 80.0, 10.0, None],
+        [40.0, 40.0, 40.0, 50.0, 10.0, 5.0],
+        ["a", "a", "a", "b", "c", "d"],
+    )
     assert (effect.n_on, effect.n_off) == (2, 1)  # question d has no scored pair
     assert effect.rise_on[0] == pytest.approx((20.0 + 30.0) / 2)
     with pytest.raises(ConditionError, match="one per answer"):
@@ -261,13 +277,18 @@ def test_find_condition_separates_prompts_and_the_gate_reads_the_same_scores(tmp
     # generation fires on the held-out sea prompts and on none of the others, with the scores find measured
     held = search.heldout[0] + search.heldout[1]
     decisions = []
-    generate(backbone, [chat_prompt(p) for p in held], condition=loaded, max_new_tokens=2, batch_size=6,
-             on_condition=lambda fired, scores: decisions.append((fired, scores)))
-    (fired, scores), = decisions
+    generate(
+        backbone,
+        [chat_prompt(p) for p in held],
+        condition=loaded,
+        max_new_tokens=2,
+        batch_size=6,
+        on_condition=lambda fired, scores: decisions.append((fired, scores)),
+    )
+    ((fired, scores),) = decisions
     assert fired.tolist() == [True] * 3 + [False] * 3
     unit = loaded.vector.unit(loaded.layer)
-    expected = prompt_activations(backbone, format_prompts(backbone, [chat_prompt(p) for p in held]),
-                                  skip=loaded.skip_prefix)[:, loaded.layer] @ unit
+    expected = prompt_activations(backbone, format_prompts(backbone, [chat_prompt(p) for p in held]), skip=loaded.skip_prefix)[:, loaded.layer] @ unit
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -306,8 +327,7 @@ def test_an_empty_prompt_file_is_one_line(tmp_path, capsys, no_model_load):
 
 @pytest.mark.parametrize("threshold", ["abc", "nan", "1,5"])
 def test_a_threshold_that_is_not_a_number_is_one_line(threshold, vector_file, capsys, no_model_load):
-    assert run(["generate", "--prompt", "hi", "--condition", str(vector_file), "--condition-layer", "1",
-                "--threshold", threshold]) == 2
+    assert run(["generate", "--prompt", "hi", "--condition", str(vector_file), "--condition-layer", "1", "--threshold", threshold]) == 2
     assert f"--threshold '{threshold}' is not a number" in _error_line(capsys)
 
 
@@ -322,12 +342,45 @@ def test_condition_find_then_generate_with_it(model_dir, tmp_path, capsys):
     (tmp_path / "sea.txt").write_text("\n".join(SEA))
     (tmp_path / "other.txt").write_text("\n".join(OTHER))
     out_path = tmp_path / "cond.safetensors"
-    assert run(["condition", "find", "--model", str(model_dir), "--positive", str(tmp_path / "sea.txt"),
-                "--negative", str(tmp_path / "other.txt"), "--out", str(out_path), "--json"]) == 0
+    assert (
+        run(
+            [
+                "condition",
+                "find",
+                "--model",
+                str(model_dir),
+                "--positive",
+                str(tmp_path / "sea.txt"),
+                "--negative",
+                str(tmp_path / "other.txt"),
+                "--out",
+                str(out_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     found = json.loads(capsys.readouterr().out)
     assert found["heldout_accuracy"] == 1.0 and out_path.is_file() and len(found["layers"]) == 2
-    assert run(["generate", "--model", str(model_dir), "--prompt", SEA[0], "--prompt", OTHER[0], "--condition", str(out_path),
-                "--max-new-tokens", "2", "--json"]) == 0
+    assert (
+        run(
+            [
+                "generate",
+                "--model",
+                str(model_dir),
+                "--prompt",
+                SEA[0],
+                "--prompt",
+                OTHER[0],
+                "--condition",
+                str(out_path),
+                "--max-new-tokens",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)["results"]
     assert [r["condition_fired"] for r in results] == [True, False]
 

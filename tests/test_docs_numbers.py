@@ -46,7 +46,7 @@ def _regenerate(name: str) -> str:
 def _close(printed: str, value: float) -> bool:
     """`printed` is `value` rounded to the digits it shows (half a unit in its last digit)."""
     exponent = Decimal(printed).as_tuple().exponent
-    return abs(float(printed) - value) <= 0.5 * 10.0 ** exponent + 1e-12
+    return abs(float(printed) - value) <= 0.5 * 10.0**exponent + 1e-12
 
 
 def _pairs(data: dict) -> tuple[list[float], list[float]] | None:
@@ -112,8 +112,10 @@ def test_drift_note_and_stored_correlation_recompute_exactly():
     assert drift_mixtures.note(settings, c, data["checkpoints"]) in _section("drift"), f"{_regenerate('drift')} (its note differs)"
 
 
-@pytest.mark.parametrize("name, script", [("preventative", "preventative_steering"), ("persona_adapters", "persona_adapters"),
-                                          ("conditional_steering", "conditional_steering")])
+@pytest.mark.parametrize(
+    "name, script",
+    [("preventative", "preventative_steering"), ("persona_adapters", "persona_adapters"), ("conditional_steering", "conditional_steering")],
+)
 def test_notes_are_written_from_the_stored_settings(name, script):
     data = json.loads((ROOT / "docs" / "experiments" / f"{name}.json").read_text())
     if "settings" not in data:
@@ -132,8 +134,9 @@ def test_the_side_by_side_note_is_written_from_its_stored_verdicts():
     data = json.loads((ROOT / "docs" / "experiments" / "blackbox_side_by_side.json").read_text())
     if "verdicts" not in data or not isinstance(data["verdicts"], list) or "llamacpp_note" not in data["settings"]:
         pytest.fail(f"{_regenerate('blackbox_side_by_side')} (it has no verdicts or llamacpp_note to write its note from)")
-    assert blackbox_side_by_side.note(data) in _section("blackbox_side_by_side"), \
+    assert blackbox_side_by_side.note(data) in _section("blackbox_side_by_side"), (
         f"{_regenerate('blackbox_side_by_side')} (its note() now writes another note)"
+    )
 
 
 def test_the_screening_sections_are_recomputed_from_their_data():
@@ -142,13 +145,15 @@ def test_the_screening_sections_are_recomputed_from_their_data():
     data = json.loads((ROOT / "docs" / "experiments" / "screening_prediction.json").read_text())
     rows = screening_prediction.correlations(data["datasets"], data["settings"])
     assert json.dumps(rows) == json.dumps(data["correlations"]), f"{_regenerate('screening_prediction')} (correlations differ)"
-    assert screening_prediction.prediction_note(data["settings"], rows, data["datasets"]) in _section("screening_prediction"), \
+    assert screening_prediction.prediction_note(data["settings"], rows, data["datasets"]) in _section("screening_prediction"), (
         f"{_regenerate('screening_prediction')} (its note differs)"
+    )
     removal = json.loads((ROOT / "docs" / "experiments" / "screening_removal.json").read_text())
     comparison = {**screening_prediction.compare(removal["removals"]), "n_removed": removal["comparison"]["n_removed"]}
     assert comparison == removal["comparison"], f"{_regenerate('screening_removal')} (the comparison differs)"
-    assert screening_prediction.removal_note(removal["settings"], comparison) in _section("screening_removal"), \
+    assert screening_prediction.removal_note(removal["settings"], comparison) in _section("screening_removal"), (
         f"{_regenerate('screening_removal')} (its note differs)"
+    )
 
 
 def test_expressibility_table_is_the_estimators_own_verdicts():

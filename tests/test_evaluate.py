@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_backbone
 
 from personactl import PersonaVector
 from personactl.evaluate import (
@@ -24,8 +25,6 @@ from personactl.judges.base import Judges
 from personactl.judges.text import RepetitionCoherenceJudge
 from personactl.methods import MethodContext, PromptMethod, VectorMethod
 from personactl.traits import load_trait
-
-from conftest import tiny_backbone
 
 HERE = Path(__file__).parent
 
@@ -136,8 +135,17 @@ def test_results_file_trims_a_cut_line(tmp_path):
 
 def test_summary_groups_by_condition():
     records = [
-        {"key": f"{c}|{q}", "method": "vector", "layer": 1, "coef": c, "question_id": q, "trait": t, "coherence": 90.0,
-         "collapsed": t > 50, "perplexity": 2.0}
+        {
+            "key": f"{c}|{q}",
+            "method": "vector",
+            "layer": 1,
+            "coef": c,
+            "question_id": q,
+            "trait": t,
+            "coherence": 90.0,
+            "collapsed": t > 50,
+            "perplexity": 2.0,
+        }
         for c, q, t in [(0.0, 0, 10.0), (0.0, 1, 20.0), (1.0, 0, 60.0), (1.0, 1, 80.0)]
     ]
     rows = summarize(records)
@@ -147,10 +155,28 @@ def test_summary_groups_by_condition():
 def test_a_condition_without_usable_scores_says_so_instead_of_nan():
     from personactl.report import score_cell
 
-    records = [{"key": str(q), "method": "vector", "layer": 1, "coef": 0.0, "question_id": q, "trait": None, "coherence": c,
-                "collapsed": False, "perplexity": 2.0} for q, c in enumerate((80.0, None, 70.0))]
+    records = [
+        {
+            "key": str(q),
+            "method": "vector",
+            "layer": 1,
+            "coef": 0.0,
+            "question_id": q,
+            "trait": None,
+            "coherence": c,
+            "collapsed": False,
+            "perplexity": 2.0,
+        }
+        for q, c in enumerate((80.0, None, 70.0))
+    ]
     row = summarize(records)[0]
     assert score_cell(row["trait_mean"], row["trait_lo"], row["trait_hi"], row["trait_scored"], row["n"]) == "no score: 3/3 answers unscored"
-    assert score_cell(row["coherence_mean"], row["coherence_lo"], row["coherence_hi"], row["coherence_scored"], row["n"]) == "75.0 [11.5, 100.0] (1/3 unscored)"  # t with 1 df, clipped to 0-100
+    assert (
+        score_cell(row["coherence_mean"], row["coherence_lo"], row["coherence_hi"], row["coherence_scored"], row["n"])
+        == "75.0 [11.5, 100.0] (1/3 unscored)"
+    )  # t with 1 df, clipped to 0-100
     one = summarize(records[:2])[0]
-    assert score_cell(one["coherence_mean"], one["coherence_lo"], one["coherence_hi"], one["coherence_scored"], one["n"]) == "80.0 (one question: no CI) (1/2 unscored)"
+    assert (
+        score_cell(one["coherence_mean"], one["coherence_lo"], one["coherence_hi"], one["coherence_scored"], one["n"])
+        == "80.0 (one question: no CI) (1/2 unscored)"
+    )

@@ -1,4 +1,3 @@
-
 import torch
 
 from personactl import ExtractionSettings, activations, extract, load_pairs, project, save_pairs
@@ -6,13 +5,15 @@ from personactl.traits import parse_trait
 
 
 def _trait():
-    return parse_trait({
-        "name": "shouty",
-        "instructions": [{"pos": f"SHOUT {i}", "neg": f"whisper {i}"} for i in range(5)],
-        "questions": [f"question {i}?" for i in range(20)],
-        "eval_questions": [f"held out {i}?" for i in range(10)],
-        "rubric": "{question} {answer}",
-    })
+    return parse_trait(
+        {
+            "name": "shouty",
+            "instructions": [{"pos": f"SHOUT {i}", "neg": f"whisper {i}"} for i in range(5)],
+            "questions": [f"question {i}?" for i in range(20)],
+            "eval_questions": [f"held out {i}?" for i in range(10)],
+            "rubric": "{question} {answer}",
+        }
+    )
 
 
 def test_extract_generates_pairs_and_a_vector_per_layer(tiny, tmp_path):

@@ -85,4 +85,4 @@ def test_out_of_fold_scores_get_the_interval_of_one_fold():
 
 def test_perfect_separation_is_not_certain_with_few_questions():
     auroc, lo, hi = auroc_ci([0.9, 0.8, 0.95, 0.7], [0.1, 0.2, 0.3, 0.05], range(4), range(4))
-    assert auroc == 1.0 and hi == 1.0 and lo == pytest.approx(0.05 ** 0.25)
+    assert auroc == 1.0 and hi == 1.0 and lo == pytest.approx(0.05**0.25)

@@ -4,14 +4,13 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_backbone
 
 from personactl.activations import make_batch
 from personactl.generation import chat_prompt
 from personactl.judges.base import digit_score, fill_rubric, unread_branches, weighted_score
 from personactl.judges.branches import Completion, path_tables, table_distance
 from personactl.judges.local import LocalJudge, digit_tokens
-
-from conftest import tiny_backbone
 
 RUBRIC = "Rate {answer}:"
 DIGITS = "0123456789"

@@ -31,8 +31,13 @@ def test_the_judge_reads_numbers_over_several_tokens_from_a_real_server(llama_se
     scores = judge.score(QUESTIONS, ["", ""])
     for question, score in zip(QUESTIONS, scores):
         completion = client.chat.completions.create(
-            model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=NUMBER_TOKENS, temperature=0,
-            logprobs=True, top_logprobs=20, seed=0,
+            model="smollm2",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=NUMBER_TOKENS,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=20,
+            seed=0,
         )
         content = completion.choices[0].logprobs.content
         first_token_only = weighted_score({t.token: t.logprob for t in content[0].top_logprobs})
@@ -46,12 +51,12 @@ def reference_tables(client: openai.OpenAI, question: str) -> Tables:
     """Every table `digit_score` needs, from the completions endpoint: the chat prompt as llama-cpp-python formats
     it, then each plausible branch's digits."""
     template = gguf.GGUFReader(EMBEDDED_MODELS["smollm2-135m"].locate()).fields["tokenizer.chat_template"].contents()
-    prompt = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")(
-        messages=[{"role": "user", "content": question}]).prompt
+    prompt = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")(messages=[{"role": "user", "content": question}]).prompt
 
     def after(prefix: str) -> Tables:
-        choice = client.completions.create(model="smollm2", prompt=prompt + prefix, max_tokens=NUMBER_TOKENS - len(prefix),
-                                           logprobs=20, temperature=0).choices[0]
+        choice = client.completions.create(
+            model="smollm2", prompt=prompt + prefix, max_tokens=NUMBER_TOKENS - len(prefix), logprobs=20, temperature=0
+        ).choices[0]
         read = Completion(list(choice.logprobs.tokens), [dict(t) for t in choice.logprobs.top_logprobs], choice.finish_reason == "stop")
         return path_tables(read, prefix)
 

@@ -14,12 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from personactl.errors import PersonactlError
-from personactl.judges.base import COHERENCE_RUBRIC, TOP_LOGPROBS, fill_rubric, weighted_score
-from personactl.judges.cache import JudgeCache, default_cache_path
-from personactl.judges.llm import NUMBER_TOKENS, JudgeError, OpenAIJudge, coherence_judge, parse_judge_spec
-
 from fake_openai import (
     NINETY_FIVE,
     NINETY_FIVE_BORROWED,
@@ -33,9 +27,13 @@ from fake_openai import (
     serve,
 )
 
+from personactl.errors import PersonactlError
+from personactl.judges.base import COHERENCE_RUBRIC, TOP_LOGPROBS, fill_rubric, weighted_score
+from personactl.judges.cache import JudgeCache, default_cache_path
+from personactl.judges.llm import NUMBER_TOKENS, JudgeError, OpenAIJudge, coherence_judge, parse_judge_spec
+
 RUBRIC = "Is this a pirate?\n[QUESTION START]{question}[QUESTION END]\n[ANSWER START]{answer}[ANSWER END]\nSay 0-100."
 ENV_VARS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL", "PERSONACTL_JUDGE_API_KEY", "OPENAI_API_KEY")
-
 
 
 # ---------------------------------------------------------------- weighted_score
@@ -63,9 +61,7 @@ def test_weighted_score_ignores_out_of_range_and_leading_zeros():
 def test_weighted_score_whitespace_and_spellings_add_up():
     assert weighted_score(logs({" 50": 0.6, "Hi": 0.4})) == pytest.approx(50)
     # "70" and " 70" are one number: 0.3 + 0.3 of mass at 70, 0.2 at 100.
-    assert weighted_score(logs({"70": 0.3, " 70": 0.3, "100\n": 0.2, "x": 0.2})) == pytest.approx(
-        (0.6 * 70 + 0.2 * 100) / 0.8
-    )
+    assert weighted_score(logs({"70": 0.3, " 70": 0.3, "100\n": 0.2, "x": 0.2})) == pytest.approx((0.6 * 70 + 0.2 * 100) / 0.8)
 
 
 # ---------------------------------------------------------------- the fake endpoint

@@ -2,13 +2,12 @@ import math
 
 import pytest
 import torch
+from conftest import SIMPLE_TEMPLATE, TINY_ARCHS, char_tokenizer, tiny_model
 
 from personactl import activations, from_model
 from personactl.generation import chat_prompt
 from personactl.judges.base import weighted_score
 from personactl.judges.local import LocalJudge, digit_tokens
-
-from conftest import SIMPLE_TEMPLATE, TINY_ARCHS, char_tokenizer, tiny_model
 
 # The first answer token the judge model is made to give: whole numbers as single tokens, and one word.
 FORCED = {"85": 0.5, "90": 0.3, "A": 0.2}

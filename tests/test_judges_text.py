@@ -18,11 +18,14 @@ def test_repetition_and_collapse():
 
 def test_offline_coherence_orders_fluent_above_repetitive():
     judge = RepetitionCoherenceJudge()
-    fluent, loopy, dead = judge.score(["q"] * 3, [
-        "Take a warm bath, read a good book and go to bed early.",
-        "the good, the good, the good, the good, the good, the bad",
-        "aye aye aye aye aye aye aye aye aye",
-    ])
+    fluent, loopy, dead = judge.score(
+        ["q"] * 3,
+        [
+            "Take a warm bath, read a good book and go to bed early.",
+            "the good, the good, the good, the good, the good, the bad",
+            "aye aye aye aye aye aye aye aye aye",
+        ],
+    )
     assert fluent == 100.0 and dead == 0.0 and 0.0 <= loopy < fluent
 
 
@@ -34,7 +37,7 @@ def test_perplexity_matches_a_manual_computation(tiny):
         with torch.no_grad():
             logits = tiny.model(input_ids=batch.input_ids).logits[0].float()
         lp = torch.log_softmax(logits[:-1], -1).gather(-1, batch.input_ids[0, 1:, None])[:, 0]
-        expected = math.exp(-float(lp[-len(a):].mean()))
+        expected = math.exp(-float(lp[-len(a) :].mean()))
         assert value == pytest.approx(expected, rel=1e-4)
 
 

@@ -82,14 +82,42 @@ def test_sweep_config_accepts_auto_blends_and_mixed_lists():
 
 
 def test_summaries_sort_layer_indices_before_blends():
-    records = [{"key": str(layer), "method": "vector", "layer": layer, "coef": 1.0, "question_id": 0, "trait": 50.0,
-                "coherence": 90.0, "collapsed": False, "perplexity": 2.0} for layer in ("auto:10", 12, "auto:2", 3)]
+    records = [
+        {
+            "key": str(layer),
+            "method": "vector",
+            "layer": layer,
+            "coef": 1.0,
+            "question_id": 0,
+            "trait": 50.0,
+            "coherence": 90.0,
+            "collapsed": False,
+            "perplexity": 2.0,
+        }
+        for layer in ("auto:10", 12, "auto:2", 3)
+    ]
     assert [r["layer"] for r in summarize(records)] == [3, 12, "auto:2", "auto:10"]
 
 
 def test_a_sweep_blends_the_top_layers_summarises_reports_and_resumes(model_dir, tmp_path, capsys):
-    argv = ["sweep", "--model", str(model_dir), "--trait", "pirate", "--out", str(tmp_path), "--name", "s", "--coefs=0,1",
-            "--layers", "auto,auto:2", "--n-questions", "2", "--max-new-tokens", "4"]
+    argv = [
+        "sweep",
+        "--model",
+        str(model_dir),
+        "--trait",
+        "pirate",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "s",
+        "--coefs=0,1",
+        "--layers",
+        "auto,auto:2",
+        "--n-questions",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]
     assert run(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     folder = tmp_path / "s"
@@ -101,7 +129,12 @@ def test_a_sweep_blends_the_top_layers_summarises_reports_and_resumes(model_dir,
     assert sum(blend["weights"].values()) == pytest.approx(1.0)
     assert "layers auto:2: " in printed and "auto:2" in json.loads((folder / "config.json").read_text())["layer_blends"]
     summary = list(csv.DictReader((folder / "summary.csv").open()))
-    assert [(r["layer"], r["coef"]) for r in summary] == [(str(chosen), "0.0000"), (str(chosen), "1.0000"), ("auto:2", "0.0000"), ("auto:2", "1.0000")]
+    assert [(r["layer"], r["coef"]) for r in summary] == [
+        (str(chosen), "0.0000"),
+        (str(chosen), "1.0000"),
+        ("auto:2", "0.0000"),
+        ("auto:2", "1.0000"),
+    ]
     html = (folder / "report.html").read_text()
     assert "Blend auto:2:" in html and "vector · layers auto:2" in html
     before = (folder / "results.jsonl").read_text()
@@ -159,8 +192,20 @@ def test_generate_auto_k_refuses_layers_measured_with_another_vector(model_dir, 
     rows = [_row(1, 10.0, 90.0), _row(2, 30.0, 80.0), _row(3, -2.0, 99.0)]
     layers = {"rows": [r.__dict__ for r in rows], "chosen": 2, "reason": "r", "vector": "0123456789abcdef"}
     (vector_file.parent / "layers.json").write_text(json.dumps(layers))
-    argv = ["generate", "--model", str(model_dir), "--vector", str(vector_file), "--prompt", "hi", "--max-new-tokens", "3",
-            "--layer", "auto:2", "--json"]
+    argv = [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--vector",
+        str(vector_file),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "3",
+        "--layer",
+        "auto:2",
+        "--json",
+    ]
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "was measured with another vector" in err and len(err.splitlines()) == 1

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_backbone
 
 from personactl.lora.adapters import (
     PersonaDataError,
@@ -16,8 +17,6 @@ from personactl.lora.adapters import (
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import AdapterError, LoRADirection
 
-from conftest import tiny_backbone
-
 
 def _write(path, records):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
@@ -29,15 +28,22 @@ def _data(tmp_path, word, n=12):
 
 
 def _config(backbone):
-    return LoRATrainConfig(**{**vars(adapter_defaults(backbone)), "rank": 2, "alpha": 4.0,
-                              "batch_size": 4, "learning_rate": 1e-2, "epochs": 2})
+    return LoRATrainConfig(**{**vars(adapter_defaults(backbone)), "rank": 2, "alpha": 4.0, "batch_size": 4, "learning_rate": 1e-2, "epochs": 2})
 
 
 def test_persona_data_reports_what_it_skips_and_names_bad_lines(tmp_path):
-    data = read_persona_data(_write(tmp_path / "d.jsonl", [
-        {"instruction": "a", "output": "x"}, {"instruction": "b", "input": "ctx", "output": "y"},
-        {"instruction": "c", "output": "  "}, {"instruction": "a", "output": "x"}, {"instruction": "d", "output": "z" * 5000},
-    ]))
+    data = read_persona_data(
+        _write(
+            tmp_path / "d.jsonl",
+            [
+                {"instruction": "a", "output": "x"},
+                {"instruction": "b", "input": "ctx", "output": "y"},
+                {"instruction": "c", "output": "  "},
+                {"instruction": "a", "output": "x"},
+                {"instruction": "d", "output": "z" * 5000},
+            ],
+        )
+    )
     assert data.questions == ["a", "b\n\nctx"] and (data.empty, data.duplicates, data.too_long) == ([3], [4], [5])
     assert "1 empty outputs skipped (lines 3)" in data.describe()
     with pytest.raises(PersonaDataError, match="line 2: field 'output'"):

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_backbone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,15 +11,19 @@ from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import AdapterError, LoRADirection, difference, merged, merged_delta, singular_values
 from personactl.lora.train import train_lora
 
-from conftest import tiny_backbone
-
 TINY = LoRATrainConfig(rank=2, alpha=4.0, max_steps=2, batch_size=2, learning_rate=1e-2)
 
 
 def _adapter(backbone, folder, answer, seed):
     """A real (tiny) PEFT LoRA trained for two steps; B is non-zero after training."""
-    model, losses = train_lora(backbone, ["<user>hi</s><assistant>"] * 4, [answer] * 4,
-                               LoRATrainConfig(**{**vars(TINY), "seed": seed}), out_dir=folder, metadata={"trait": "t"})
+    model, losses = train_lora(
+        backbone,
+        ["<user>hi</s><assistant>"] * 4,
+        [answer] * 4,
+        LoRATrainConfig(**{**vars(TINY), "seed": seed}),
+        out_dir=folder,
+        metadata={"trait": "t"},
+    )
     model.unload()
     return LoRADirection.load(folder)
 
@@ -180,8 +185,15 @@ def test_preventative_steering_trains_and_leaves_the_base_untouched(adapters):
     before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     hooks = [dict(b._forward_hooks) for b in backbone.layers]
     vector = PersonaVector(torch.ones(backbone.n_layers + 1, backbone.hidden_size))
-    losses = finetune(backbone, ["<user>hi</s><assistant>"] * 4, ["arr"] * 4, tmp / "ft", TINY,
-                      steering=[SteeringTerm(vector, 1, 2.0)], premerge=[(difference(pos, neg), -5.0)])
+    losses = finetune(
+        backbone,
+        ["<user>hi</s><assistant>"] * 4,
+        ["arr"] * 4,
+        tmp / "ft",
+        TINY,
+        steering=[SteeringTerm(vector, 1, 2.0)],
+        premerge=[(difference(pos, neg), -5.0)],
+    )
     assert len(losses) == 2 and LoRADirection.load(tmp / "ft").metadata["preventative"]["premerge"][0]["coef"] == -5.0
     assert [dict(b._forward_hooks) for b in backbone.layers] == hooks
     assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
@@ -213,8 +225,7 @@ def test_full_finetune_saves_a_model_folder_that_projects_and_restores_the_base(
     before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     flags = {n: p.requires_grad for n, p in backbone.model.named_parameters()}
     vector = PersonaVector(torch.ones(backbone.n_layers + 1, backbone.hidden_size))
-    losses = finetune(backbone, ["<user>hi</s><assistant>"] * 4, ["arr"] * 4, tmp / "full", TINY,
-                      steering=[SteeringTerm(vector, 1, 1.0)], full=True)
+    losses = finetune(backbone, ["<user>hi</s><assistant>"] * 4, ["arr"] * 4, tmp / "full", TINY, steering=[SteeringTerm(vector, 1, 1.0)], full=True)
     assert len(losses) == 2 and (tmp / "full" / "config.json").is_file()
     assert all(torch.equal(p, before[n]) for n, p in backbone.model.named_parameters())
     assert {n: p.requires_grad for n, p in backbone.model.named_parameters()} == flags
@@ -226,8 +237,9 @@ def test_blend_of_adapters_with_different_ranks_equals_the_weighted_sum(adapters
     from personactl.lora.direction import combine
 
     backbone, pos, _, _ = adapters
-    model, _ = train_lora(backbone, ["<user>yo</s><assistant>"] * 4, ["ahoy"] * 4,
-                          LoRATrainConfig(**{**vars(TINY), "rank": 4, "alpha": 3.0}), out_dir=tmp_path / "r4")
+    model, _ = train_lora(
+        backbone, ["<user>yo</s><assistant>"] * 4, ["ahoy"] * 4, LoRATrainConfig(**{**vars(TINY), "rank": 4, "alpha": 3.0}), out_dir=tmp_path / "r4"
+    )
     model.unload()
     other = LoRADirection.load(tmp_path / "r4")
     blend = combine([(pos, 0.7), (other, -1.3)])

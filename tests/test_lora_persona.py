@@ -2,12 +2,12 @@
 
 import json
 
+from conftest import tiny_backbone
+
 from personactl.extraction import ExtractionSettings
 from personactl.lora import persona
 from personactl.lora.config import LoRATrainConfig
 from personactl.traits import load_trait
-
-from conftest import tiny_backbone
 
 
 def test_pairs_and_adapters_are_reused_only_when_their_settings_match(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_backbone
 
 from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import AdapterError, LoRADirection, LoRAFactors, _is_conv1d, _weight_shape
@@ -26,17 +27,20 @@ from personactl.lora.projection import (
 )
 from personactl.lora.train import train_lora
 
-from conftest import tiny_backbone
-
 
 def _targets(backbone):
-    return [n for n, m in backbone.model.named_modules()
-            if (isinstance(m, torch.nn.Linear) or _is_conv1d(m)) and layer_of(n) is not None]
+    return [n for n, m in backbone.model.named_modules() if (isinstance(m, torch.nn.Linear) or _is_conv1d(m)) and layer_of(n) is not None]
 
 
 def _save(backbone, modules, folder, rank, alpha):
-    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "task_type": "CAUSAL_LM",
-              "target_modules": sorted({n.rsplit(".", 1)[-1] for n in modules}), "base_model_name_or_path": backbone.name}
+    config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": alpha,
+        "task_type": "CAUSAL_LM",
+        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in modules}),
+        "base_model_name_or_path": backbone.name,
+    }
     LoRADirection(modules, config, {"base_model": backbone.name, "base_model_type": backbone.model_type}).save(folder)
     return LoRADirection.load(folder)
 
@@ -167,8 +171,12 @@ def test_checkpoints_of_another_architecture_are_refused(tmp_path):
     common = dict(vocab_size=128, hidden_size=48, num_attention_heads=4, num_key_value_heads=2)
     tf.LlamaForCausalLM(tf.LlamaConfig(**common, intermediate_size=96, num_hidden_layers=2)).save_pretrained(tmp_path / "short")
     tf.LlamaForCausalLM(tf.LlamaConfig(**common, intermediate_size=64, num_hidden_layers=3)).save_pretrained(tmp_path / "narrow")
-    cases = {"gpt2-adapter": "made for", "qwen2-full": "is a qwen2 model", "short": "no weight for module",
-             "narrow": "is 48x64 but tiny-llama has 48x96"}
+    cases = {
+        "gpt2-adapter": "made for",
+        "qwen2-full": "is a qwen2 model",
+        "short": "no weight for module",
+        "narrow": "is 48x64 but tiny-llama has 48x96",
+    }
     for folder, reason in cases.items():
         with pytest.raises(AdapterError, match=re.escape(str(tmp_path / folder)) + ".*" + reason):
             project_checkpoint(backbone, direction, tmp_path / folder)

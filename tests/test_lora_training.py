@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_backbone
 
 import personactl.lora.train as train_module
 from personactl.errors import ModelLoadError, PersonactlError
@@ -13,8 +14,6 @@ from personactl.lora.config import LoRATrainConfig
 from personactl.lora.direction import LoRADirection
 from personactl.lora.train import batch_schedule, train_lora
 from personactl.models import quantization_config
-
-from conftest import tiny_backbone
 
 PROMPTS = [f"q{i} " * (1 + i % 3) for i in range(8)]
 ANSWERS = [f"answer {i} " * (1 + i % 2) for i in range(8)]
@@ -75,8 +74,9 @@ def _records(tmp_path, n=20):
 
 def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, monkeypatch):
     backbone = tiny_backbone("llama")
-    config = LoRATrainConfig(**{**vars(adapter_defaults(backbone)), "rank": 2, "alpha": 4.0, "batch_size": 4, "epochs": 2,
-                                "learning_rate": 1e-2, "checkpoint_every": 1})  # dropout 0.05: the RNG state must resume too
+    config = LoRATrainConfig(
+        **{**vars(adapter_defaults(backbone)), "rank": 2, "alpha": 4.0, "batch_size": 4, "epochs": 2, "learning_rate": 1e-2, "checkpoint_every": 1}
+    )  # dropout 0.05: the RNG state must resume too
     data = _records(tmp_path)
     straight = train_adapter(backbone, data, "a", tmp_path / "straight", config)
 
@@ -100,8 +100,7 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, monkeypatch):
     assert not (tmp_path / ".resumed.checkpoint").exists()
     assert [m["val_loss"] for m in resumed["metrics"]] == pytest.approx([m["val_loss"] for m in straight["metrics"]], rel=1e-6)
     a, b = LoRADirection.load(tmp_path / "straight"), LoRADirection.load(tmp_path / "resumed")
-    assert all(torch.allclose(a.modules[k].delta(), b.modules[k].delta(), atol=1e-6)
-               for k in a.modules)
+    assert all(torch.allclose(a.modules[k].delta(), b.modules[k].delta(), atol=1e-6) for k in a.modules)
 
 
 def test_bad_training_settings_and_quantization_on_cpu():

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_backbone
 from transformers import AutoModelForCausalLM
 
 from personactl import load_model
@@ -11,8 +12,6 @@ from personactl.lora.adapters import PersonaSwitcher, adapter_defaults, merge_ad
 from personactl.lora.config import LoRATrainConfig
 from personactl.model_folder import COMPLETE, cache_root, cached_folder, is_complete, save_model_folder, write_cache
 from personactl.models import EMBEDDED_MODELS
-
-from conftest import tiny_backbone
 
 PROMPT = "Arr, tell me about the sea and its ships."
 
@@ -49,8 +48,7 @@ def test_second_load_reads_the_cache_with_identical_tokens_and_logits(smollm2):
 def test_merge_of_a_gguf_model_writes_a_folder_transformers_loads(smollm2, tmp_path):
     data = tmp_path / "arr.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"say {i}", "output": f"arr matey {i}"}) + "\n" for i in range(10)))
-    config = LoRATrainConfig(**{**vars(adapter_defaults(smollm2)), "rank": 2, "alpha": 4.0, "batch_size": 8, "epochs": 1,
-                                "learning_rate": 1e-2})
+    config = LoRATrainConfig(**{**vars(adapter_defaults(smollm2)), "rank": 2, "alpha": 4.0, "batch_size": 8, "epochs": 1, "learning_rate": 1e-2})
     train_adapter(smollm2, data, "arr", tmp_path / "arr", config)
     base = _logits(smollm2)
     with PersonaSwitcher(smollm2) as switch:

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import char_tokenizer, tiny_model
 from torch import nn
 
 from personactl import ArchitectureError, LayerError, ModelLoadError, from_model, load_model
 from personactl.models import find_layers, plain_chat
-
-from conftest import char_tokenizer, tiny_model
 
 
 def test_layers_found_for_every_tiny_architecture(tiny):

@@ -22,11 +22,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
 
 import psutil
 import pytest
@@ -114,9 +114,26 @@ def ray_head(folder: Path) -> Iterator[Head]:
     log = folder / "head.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [str(RAY), "start", "--head", "--block", "--port", str(port), "--temp-dir", str(folder / "ray"), "--num-cpus", "2",
-             "--include-dashboard", "false", "--disable-usage-stats"],
-            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(RAY),
+                "start",
+                "--head",
+                "--block",
+                "--port",
+                str(port),
+                "--temp-dir",
+                str(folder / "ray"),
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     head = Head(f"127.0.0.1:{port}", home, process, log)
     try:
         wait_for(lambda: "Ray runtime started" in log.read_text() or process.poll() is not None, "ray start --head")
@@ -140,18 +157,48 @@ def vector(tmp_path):
 
 def sweep_args(model_dir: Path, vector: Path, out: Path) -> list[str]:
     """A sweep of RECORDS records, one per chunk, judged by the fake OpenAI judge (2 requests a record)."""
-    return ["sweep", "--model", str(model_dir), "--vector", str(vector), "--out", str(out), "--name", "r", "--layers", "1,2",
-            "--coefs=-1,0,1", "--n-questions", "4", "--max-new-tokens", "3", "--batch-size", "1", "--judge", "openai:fake"]
+    return [
+        "sweep",
+        "--model",
+        str(model_dir),
+        "--vector",
+        str(vector),
+        "--out",
+        str(out),
+        "--name",
+        "r",
+        "--layers",
+        "1,2",
+        "--coefs=-1,0,1",
+        "--n-questions",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "1",
+        "--judge",
+        "openai:fake",
+    ]
 
 
 @contextmanager
 def cli(head: Head, args: list[str], judge_url: str, tmp_path: Path, **env: str) -> Iterator[subprocess.Popen]:
     """`personactl ARGS --ray HEAD` as its own process (and process group: ended with the block, whatever happened)."""
     environ = {k: v for k, v in os.environ.items() if k not in AUTH_ENVS} | {
-        "HOME": str(head.home), "PERSONACTL_JUDGE_BASE_URL": judge_url, "PERSONACTL_JUDGE_API_KEY": "x",
-        "PERSONACTL_CACHE_DIR": str(tmp_path / "cache"), **env}
-    process = subprocess.Popen([str(PERSONACTL), *args, "--ray", head.address, "--ray-actors", "2"], env=environ, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        "HOME": str(head.home),
+        "PERSONACTL_JUDGE_BASE_URL": judge_url,
+        "PERSONACTL_JUDGE_API_KEY": "x",
+        "PERSONACTL_CACHE_DIR": str(tmp_path / "cache"),
+        **env,
+    }
+    process = subprocess.Popen(
+        [str(PERSONACTL), *args, "--ray", head.address, "--ray-actors", "2"],
+        env=environ,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         yield process
     finally:
@@ -215,8 +262,10 @@ def test_a_port_that_is_not_ray_is_one_line(model_dir, tmp_path, capfd, monkeypa
         server.shutdown()
         server.server_close()
     out, err = capfd.readouterr()
-    assert err.strip() == (f"error: {address} answers but is not a Ray head (no gRPC there): give the head's GCS port, "
-                           "the one `ray start --head --port` opened (default 6379)")
+    assert err.strip() == (
+        f"error: {address} answers but is not a Ray head (no gRPC there): give the head's GCS port, "
+        "the one `ray start --head --port` opened (default 6379)"
+    )
     assert not out
 
 
@@ -228,8 +277,7 @@ def test_another_config_on_a_run_folder_is_refused_before_ray_is_reached(head, m
     args = ["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--name", "r", "--max-new-tokens", "4", "--ray", head.address]
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {tmp_path / 'r'} holds a sweep with another config (max_new_tokens differ): use another --name/--out "
-                   "or delete it")
+    assert err == (f"error: {tmp_path / 'r'} holds a sweep with another config (max_new_tokens differ): use another --name/--out or delete it")
 
 
 def test_a_killed_worker_is_one_line_naming_it_and_its_requeued_records(head, model_dir, vector, tmp_path):
@@ -245,8 +293,11 @@ def test_a_killed_worker_is_one_line_naming_it_and_its_requeued_records(head, mo
     assert process.returncode == 0, err
     deaths = [line for line in err.splitlines() if "died" in line]
     assert len(deaths) == 1, err
-    assert re.fullmatch(rf"Ray worker [12] of 2 \(pid {victim.pid} on [\d.]+\) died \(\w+\); re-queued records vector\|L[12]\|\S+"
-                        r"(, records vector\|L[12]\|\S+)*", deaths[0]), deaths[0]
+    assert re.fullmatch(
+        rf"Ray worker [12] of 2 \(pid {victim.pid} on [\d.]+\) died \(\w+\); re-queued records vector\|L[12]\|\S+"
+        r"(, records vector\|L[12]\|\S+)*",
+        deaths[0],
+    ), deaths[0]
     assert not RAY_NOISE.search(out + err), err
     assert complete(records(tmp_path / "runs"))  # none lost, none twice
 
@@ -264,8 +315,7 @@ def test_ctrl_c_exits_130_with_the_records_kept_and_no_traceback(head, model_dir
     assert 1 <= len(kept) < RECORDS and len({r["key"] for r in kept}) == len(kept)
 
 
-def test_a_head_stopped_mid_run_keeps_the_records_and_says_how_to_resume(model_dir, vector, tmp_path, tmp_path_factory, capsys,
-                                                                         monkeypatch):
+def test_a_head_stopped_mid_run_keeps_the_records_and_says_how_to_resume(model_dir, vector, tmp_path, tmp_path_factory, capsys, monkeypatch):
     state = FakeChat()
     state.delay = 0.1
     runs = tmp_path / "runs"
@@ -277,9 +327,11 @@ def test_a_head_stopped_mid_run_keeps_the_records_and_says_how_to_resume(model_d
     kept = records(runs)
     assert process.returncode == 2, err
     assert len(err.strip().splitlines()) == 1, err
-    said = re.fullmatch(rf"error: lost the Ray cluster at {re.escape(doomed.address)} \(.+\): {len(kept)} records kept; restart the "
-                        r"cluster and re-run the same command to resume, or run it on this machine without Ray \(Ray's log: (\S+)\)",
-                        err.strip())
+    said = re.fullmatch(
+        rf"error: lost the Ray cluster at {re.escape(doomed.address)} \(.+\): {len(kept)} records kept; restart the "
+        r"cluster and re-run the same command to resume, or run it on this machine without Ray \(Ray's log: (\S+)\)",
+        err.strip(),
+    )
     assert said, err
     shutil.rmtree(Path(said[1]).parent)  # the driver's folder, kept for its log
     assert 2 <= len(kept) < RECORDS and len({r["key"] for r in kept}) == len(kept)  # whole records only

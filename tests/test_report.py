@@ -17,18 +17,37 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COEFS = (0.0, 1.0, 2.0)
 METHODS = (("vector", 12), ("prompt", 0))
 QUESTIONS = ("What do you do on weekends?", "How should I learn to cook?", "What is your favourite season?")
-HEADER = ["method", "layer", "coef", "n", "trait_mean", "trait_lo", "trait_hi", "coherence_mean", "coherence_lo",
-          "coherence_hi", "collapse_rate", "collapse_lo", "collapse_hi", "perplexity_mean"]
+HEADER = [
+    "method",
+    "layer",
+    "coef",
+    "n",
+    "trait_mean",
+    "trait_lo",
+    "trait_hi",
+    "coherence_mean",
+    "coherence_lo",
+    "coherence_hi",
+    "collapse_rate",
+    "collapse_lo",
+    "collapse_hi",
+    "perplexity_mean",
+]
 
 
 def make_run(root: Path, *, layers: bool = True, projections: bool = True, summary: bool = True) -> Path:
     """A small sweep: 2 methods x 3 coefficients x 3 questions x 2 samples, one null score, one <script> answer."""
     run = root / "runs" / "pirate-demo"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({  # the shape experiment.run writes: the sweep plus info sections
-        "sweep": {"name": "pirate-demo", "model": "smollm2-135m", "trait": "pirate", "coefs": list(COEFS), "seed": 0},
-        "judge": {"kind": "embedding"}, "layer_selection": {"chosen": 12},
-    }))
+    (run / "config.json").write_text(
+        json.dumps(
+            {  # the shape experiment.run writes: the sweep plus info sections
+                "sweep": {"name": "pirate-demo", "model": "smollm2-135m", "trait": "pirate", "coefs": list(COEFS), "seed": 0},
+                "judge": {"kind": "embedding"},
+                "layer_selection": {"chosen": 12},
+            }
+        )
+    )
     records = []
     for method, layer in METHODS:
         for coef in COEFS:
@@ -38,13 +57,23 @@ def make_run(root: Path, *, layers: bool = True, projections: bool = True, summa
                     answer = f"Arr, {method} answer at coef {coef:g} to question {qid} sample {sample}."
                     if (method, coef, qid, sample) == ("vector", 2.0, 0, 0):
                         answer = 'Ahoy <script>alert("x")</script> & matey'
-                    records.append({
-                        "key": f"{method}|{layer}|{coef}|{qid}|{sample}", "method": method, "layer": layer,
-                        "coef": coef, "question_id": qid, "question": question, "sample": sample, "answer": answer,
-                        "trait": None if (method, coef, qid, sample) == ("prompt", 1.0, 1, 0) else trait,
-                        "coherence": 90.0 - 10.0 * coef, "perplexity": 5.0 + coef,
-                        "collapsed": coef == 2.0 and qid in (0, 2), "n_tokens": 12,
-                    })
+                    records.append(
+                        {
+                            "key": f"{method}|{layer}|{coef}|{qid}|{sample}",
+                            "method": method,
+                            "layer": layer,
+                            "coef": coef,
+                            "question_id": qid,
+                            "question": question,
+                            "sample": sample,
+                            "answer": answer,
+                            "trait": None if (method, coef, qid, sample) == ("prompt", 1.0, 1, 0) else trait,
+                            "coherence": 90.0 - 10.0 * coef,
+                            "perplexity": 5.0 + coef,
+                            "collapsed": coef == 2.0 and qid in (0, 2),
+                            "n_tokens": 12,
+                        }
+                    )
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if summary:
         with (run / "summary.csv").open("w", newline="") as handle:
@@ -53,20 +82,47 @@ def make_run(root: Path, *, layers: bool = True, projections: bool = True, summa
             for method, layer in METHODS:
                 for coef in COEFS:
                     base = 11.0 + (20.0 if method == "prompt" else 30.0) * coef + (0.25 if method == "prompt" else 0.0)
-                    writer.writerow([method, layer, coef, 6, f"{base:.2f}", f"{base - 4:.2f}", f"{base + 4:.2f}",
-                                     90.0 - (5.0 if method == "prompt" else 10.0) * coef, 85.0 - 10.0 * coef, 95.0 - 10.0 * coef,
-                                     0.5 if coef == 2.0 else 0.0, 0.0 if coef < 2.0 else 0.2, 0.8 if coef == 2.0 else 0.0,
-                                     "" if method == "prompt" else 5.0 + coef])
+                    writer.writerow(
+                        [
+                            method,
+                            layer,
+                            coef,
+                            6,
+                            f"{base:.2f}",
+                            f"{base - 4:.2f}",
+                            f"{base + 4:.2f}",
+                            90.0 - (5.0 if method == "prompt" else 10.0) * coef,
+                            85.0 - 10.0 * coef,
+                            95.0 - 10.0 * coef,
+                            0.5 if coef == 2.0 else 0.0,
+                            0.0 if coef < 2.0 else 0.2,
+                            0.8 if coef == 2.0 else 0.0,
+                            "" if method == "prompt" else 5.0 + coef,
+                        ]
+                    )
     if layers:
-        (run / "layers.json").write_text(json.dumps({
-            "rows": [{"layer": l, "auroc": 0.5 + l / 40, "cohens_d": l / 5, "effect": None if l == 3 else 2.0 * l,
-                      "coherence": 80.0 - l} for l in range(1, 16)],
-            "chosen": 12, "reason": "largest effect with coherence above 75",
-        }))
+        (run / "layers.json").write_text(
+            json.dumps(
+                {
+                    "rows": [
+                        {"layer": l, "auroc": 0.5 + l / 40, "cohens_d": l / 5, "effect": None if l == 3 else 2.0 * l, "coherence": 80.0 - l}
+                        for l in range(1, 16)
+                    ],
+                    "chosen": 12,
+                    "reason": "largest effect with coherence above 75",
+                }
+            )
+        )
     if projections:
-        (run / "projections.json").write_text(json.dumps({
-            "layer": 12, "pos": [2.0 + 0.1 * i for i in range(30)], "neg": [-1.0 + 0.1 * i for i in range(30)],
-        }))
+        (run / "projections.json").write_text(
+            json.dumps(
+                {
+                    "layer": 12,
+                    "pos": [2.0 + 0.1 * i for i in range(30)],
+                    "neg": [-1.0 + 0.1 * i for i in range(30)],
+                }
+            )
+        )
     return run
 
 

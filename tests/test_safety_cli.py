@@ -24,15 +24,40 @@ def _error_line(capsys) -> str:
 @pytest.fixture(scope="module")
 def identified(model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("identify") / "neurons"
-    assert run(["safety", "identify", "--model", str(model_dir), "--out", str(folder), "--nsamples", "6", "--sparsity", "0.05",
-                "--utility-sparsity", "0.05", "--reference-pt"]) == 0
+    assert (
+        run(
+            [
+                "safety",
+                "identify",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(folder),
+                "--nsamples",
+                "6",
+                "--sparsity",
+                "0.05",
+                "--utility-sparsity",
+                "0.05",
+                "--reference-pt",
+            ]
+        )
+        == 0
+    )
     return folder
 
 
 def test_identify_writes_scores_masks_and_the_reference_files(identified):
     names = {p.name for p in identified.iterdir()}
-    assert {"safety_scores.safetensors", "utility_scores.safetensors", "masks.safetensors", "random_masks.safetensors",
-            "original_safety_scores.pt", "original_safety_masks.pt", "identify.json"} <= names
+    assert {
+        "safety_scores.safetensors",
+        "utility_scores.safetensors",
+        "masks.safetensors",
+        "random_masks.safetensors",
+        "original_safety_scores.pt",
+        "original_safety_masks.pt",
+        "identify.json",
+    } <= names
     masks = load_file(str(identified / "masks.safetensors"))
     reference = torch.load(identified / "original_safety_masks.pt", weights_only=True)
     assert masks.keys() == reference.keys() and all(torch.equal(masks[k], reference[k]) for k in masks)
@@ -98,11 +123,14 @@ def test_a_pt_mask_file_holding_code_is_refused_and_not_run(model_dir, tmp_path,
     assert not (tmp_path / "ran-the-pickle").exists() and not (tmp_path / "ft").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', "line 2: not valid JSON"),
-    ('{"instruction": "a"}\n', "line 1: field 'output' is missing"),
-    ("\n\n", "no usable examples"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', "line 2: not valid JSON"),
+        ('{"instruction": "a"}\n', "line 1: field 'output' is missing"),
+        ("\n\n", "no usable examples"),
+    ],
+)
 def test_bad_fine_tuning_data_names_its_line(identified, tmp_path, capsys, content, message):
     (tmp_path / "d.jsonl").write_text(content)
     assert run(["safety", "finetune", "--frozen", str(identified), "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "ft")]) == 2
@@ -130,10 +158,13 @@ def test_safety_run_goes_end_to_end_and_resumes_without_redoing_steps(model_dir,
     assert "report written to" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [
-    ["safety", "identify", "--out", "{theirs}"],
-    ["safety", "run", "--out", "{theirs}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["safety", "identify", "--out", "{theirs}"],
+        ["safety", "run", "--out", "{theirs}"],
+    ],
+)
 def test_a_folder_of_someone_elses_files_is_refused_before_loading(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: pytest.fail("loaded a model"))
     theirs = tmp_path / "theirs"

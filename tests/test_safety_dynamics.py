@@ -8,15 +8,18 @@ import torch
 from personactl.safety.dynamics import block_of, change_ci, score_dynamics, verdict
 
 
-@pytest.mark.parametrize("mean, low, high, expected", [
-    (-0.20, -0.25, -0.15, "A"),  # the whole CI below -10%
-    (-0.08, -0.12, -0.04, "neither"),  # reaches below -10% but not wholly: a rule reading `low` for A says A
-    (-0.11, -0.13, -0.095, "neither"),  # the upper bound is above -10%
-    (0.00, -0.03, 0.04, "B"),  # inside +-5%
-    (0.00, -0.06, 0.04, "neither"),  # the lower bound leaves the band: a rule with low and high swapped says B
-    (0.02, -0.01, 0.06, "neither"),  # the upper bound leaves the band
-    (-0.05, -0.05, -0.05, "B"),  # the band's edge is inside it
-])
+@pytest.mark.parametrize(
+    "mean, low, high, expected",
+    [
+        (-0.20, -0.25, -0.15, "A"),  # the whole CI below -10%
+        (-0.08, -0.12, -0.04, "neither"),  # reaches below -10% but not wholly: a rule reading `low` for A says A
+        (-0.11, -0.13, -0.095, "neither"),  # the upper bound is above -10%
+        (0.00, -0.03, 0.04, "B"),  # inside +-5%
+        (0.00, -0.06, 0.04, "neither"),  # the lower bound leaves the band: a rule with low and high swapped says B
+        (0.02, -0.01, 0.06, "neither"),  # the upper bound leaves the band
+        (-0.05, -0.05, -0.05, "B"),  # the band's edge is inside it
+    ],
+)
 def test_the_verdict_rule(mean, low, high, expected):
     assert verdict(mean, low, high).split(":")[0] == expected
 
@@ -59,8 +62,13 @@ def test_mean_and_median_changes_differ_where_they_should():
 
 def test_matrices_of_one_block_count_once():
     """Two blocks: one with 3 matrices at -30%, one with 1 at 0%: the mean over blocks is -15%, not -22.5%."""
-    changes = {"model.layers.0.self_attn.q_proj": -0.3, "model.layers.0.self_attn.k_proj": -0.3,
-               "model.layers.0.self_attn.v_proj": -0.3, "model.layers.1.mlp.down_proj": 0.0, "lm_head": float("nan")}
+    changes = {
+        "model.layers.0.self_attn.q_proj": -0.3,
+        "model.layers.0.self_attn.k_proj": -0.3,
+        "model.layers.0.self_attn.v_proj": -0.3,
+        "model.layers.1.mlp.down_proj": 0.0,
+        "lm_head": float("nan"),
+    }
     ci = change_ci(changes)
     assert ci["mean"] == pytest.approx(-0.15) and (ci["matrices"], ci["blocks"]) == (4, 2)
     assert block_of("model.layers.12.mlp.up_proj") == 12 and block_of("lm_head") == "lm_head"

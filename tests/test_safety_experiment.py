@@ -26,9 +26,11 @@ def test_wilson_from_counts_is_the_interval_of_the_flags():
 
 def test_a_stored_rate_gets_its_wilson_interval_back_from_its_counts():
     """An old bootstrap rate read 0 of 48 as [0, 0]; rate x n gives the count, and the count the Wilson interval."""
-    stored = {"keyword": {"rate": 0.0, "low": 0.0, "high": 0.0, "n": 48},
-              "collapsed": {"rate": 46 / 48, "low": 0.9, "high": 1.0, "n": 48},
-              "agreement": {"agree": 1.0, "kappa": None, "n": 48}}
+    stored = {
+        "keyword": {"rate": 0.0, "low": 0.0, "high": 0.0, "n": 48},
+        "collapsed": {"rate": 46 / 48, "low": 0.9, "high": 1.0, "n": 48},
+        "agreement": {"agree": 1.0, "kappa": None, "n": 48},
+    }
     again = safety_neurons._with_wilson(stored)
     assert again["keyword"] == wilson(0, 48).to_dict() and again["collapsed"] == wilson(46, 48).to_dict()
     assert again["agreement"] == stored["agreement"]

@@ -196,7 +196,11 @@ def test_the_gradient_hooks_zero_exactly_the_masked_gradients(llama):
     masks = top_fraction(wanda_scores(llama, PROMPTS, ANSWERS), 0.2)
     batch = make_batch(llama, PROMPTS, ANSWERS)
     with all_weights_trainable(llama), frozen(llama, masks):
-        llama.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                    labels=answer_labels(batch.input_ids, batch.response_mask)).loss.backward()
+        llama.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            labels=answer_labels(batch.input_ids, batch.response_mask),
+        ).loss.backward()
         for name, weight in ((n, linear_layers(llama)[n].weight) for n in masks):
             assert bool((weight.grad[masks[name]] == 0).all()) and bool((weight.grad[~masks[name]] != 0).any())

@@ -4,8 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_backbone
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_evaluate import LengthJudge
 
 from personactl import PersonaVector, SteeringTerm
 from personactl.evaluate import Condition, SweepConfig, run_sweep
@@ -14,9 +16,6 @@ from personactl.judges.base import Judges
 from personactl.judges.text import RepetitionCoherenceJudge
 from personactl.methods import MethodContext, VectorMethod
 from personactl.traits import load_trait
-
-from conftest import tiny_backbone
-from test_evaluate import LengthJudge
 
 PROMPTS = [chat_prompt(q) for q in ("Hi there", "What is tea?", "Tell me a joke", "Why is the sky blue?")]
 SAMPLING = dict(max_new_tokens=8, temperature=1.0)
@@ -63,8 +62,7 @@ def test_conditions_share_dice_per_question_and_sample_only():
 
 
 def _sweep(tmp_path, name="s"):
-    config = SweepConfig(name=name, layers=[1], coefs=[0.0, 1.0], n_questions=3, samples=2, temperature=1.0,
-                         max_new_tokens=6, batch_size=5)
+    config = SweepConfig(name=name, layers=[1], coefs=[0.0, 1.0], n_questions=3, samples=2, temperature=1.0, max_new_tokens=6, batch_size=5)
     backbone = tiny_backbone("llama")
     torch.manual_seed(0)
     vector = PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size))
@@ -103,12 +101,25 @@ def test_shared_prefill_gives_the_answers_of_separate_runs(tiny, monkeypatch, te
     questions = ["<user>a long enough question to pass the window", "<user>hi", "<user>another one"]
     coefs = [-2.0, 0.0, 2.0, 5.0]
     rows = [(q, c, 10 * i) for i, q in enumerate(questions) for c in coefs]
-    shared = generate(tiny, [q for q, _, _ in rows], steering=[SteeringTerm(vector, 2, [c for _, c, _ in rows], positions="response")],
-                      max_new_tokens=6, temperature=temperature, seeds=[s for _, _, s in rows], batch_size=64)
+    shared = generate(
+        tiny,
+        [q for q, _, _ in rows],
+        steering=[SteeringTerm(vector, 2, [c for _, c, _ in rows], positions="response")],
+        max_new_tokens=6,
+        temperature=temperature,
+        seeds=[s for _, _, s in rows],
+        batch_size=64,
+    )
     assert calls == [len(rows)]
     for k, coef in enumerate(coefs):
-        separate = generate(tiny, questions, steering=[SteeringTerm(vector, 2, coef, positions="response")], max_new_tokens=6,
-                            temperature=temperature, seeds=[10 * i for i in range(len(questions))])
+        separate = generate(
+            tiny,
+            questions,
+            steering=[SteeringTerm(vector, 2, coef, positions="response")],
+            max_new_tokens=6,
+            temperature=temperature,
+            seeds=[10 * i for i in range(len(questions))],
+        )
         assert [shared[i * len(coefs) + k] for i in range(len(questions))] == separate
     assert len(calls) == 1  # separate runs have no repeated prompt: the ordinary path
 
@@ -150,8 +161,9 @@ def test_generation_with_top_p_draws_every_token_from_its_nucleus(llama):
             return scores
 
     record, top_p = Record(), 0.3
-    generate(llama, [PROMPTS[0]] * 64, seeds=range(64), max_new_tokens=4, min_new_tokens=4, temperature=1.0, top_p=top_p, observers=[record],
-             batch_size=64)
+    generate(
+        llama, [PROMPTS[0]] * 64, seeds=range(64), max_new_tokens=4, min_new_tokens=4, temperature=1.0, top_p=top_p, observers=[record], batch_size=64
+    )
     outside = 0
     for (_, scores), (next_ids, _) in zip(record.steps, record.steps[1:]):
         probs = torch.softmax(scores.float(), dim=-1)

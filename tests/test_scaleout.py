@@ -60,8 +60,9 @@ def _sweep(model_dir, run_dir, runner_for=None, judges=None):
     ctx = MethodContext(backbone, trait, vector, CONFIG.generation())
     questions = trait.eval_questions[: CONFIG.n_questions]
     runner = runner_for(ctx, questions) if runner_for else None
-    return run_sweep(CONFIG, backbone, [VectorMethod(ctx)], [1, 2], questions, judges or Judges(LengthJudge(), RepetitionCoherenceJudge()),
-                     run_dir, runner)
+    return run_sweep(
+        CONFIG, backbone, [VectorMethod(ctx)], [1, 2], questions, judges or Judges(LengthJudge(), RepetitionCoherenceJudge()), run_dir, runner
+    )
 
 
 @pytest.fixture
@@ -103,8 +104,11 @@ def test_a_killed_actor_loses_no_record_and_writes_none_twice(local_ray, model_d
     assert len(lines) == len({r["key"] for r in lines}) == len(alone)  # none lost, none twice
     assert _by_key(lines) == _by_key(killed) == _by_key(alone)
     said = capsys.readouterr().err.strip().splitlines()  # one line for the death, naming the worker and what it held
-    assert len(said) == 1 and re.fullmatch(r"Ray worker 1 of 2 \(pid \d+ on [\d.]+\) died \(\w+\); re-queued records vector\|L\d\S+ "
-                                           r"\.\. \S+ \(4\)(, records \S+ \.\. \S+ \(\d\))*", said[0]), said
+    assert len(said) == 1 and re.fullmatch(
+        r"Ray worker 1 of 2 \(pid \d+ on [\d.]+\) died \(\w+\); re-queued records vector\|L\d\S+ "
+        r"\.\. \S+ \(4\)(, records \S+ \.\. \S+ \(\d\))*",
+        said[0],
+    ), said
 
 
 def test_the_llm_judge_has_one_rate_limit_for_the_whole_run(pool, model_dir, tmp_path):
@@ -115,10 +119,15 @@ def test_the_llm_judge_has_one_rate_limit_for_the_whole_run(pool, model_dir, tmp
     state = FakeChat()
     state.delay = 0.05
     with serve(state) as url:
-        judge = OpenAIJudge("fake", "[QUESTION START]{question}[QUESTION END] [ANSWER START]{answer}[ANSWER END]", base_url=url,
-                            api_key="x", concurrency=2)
-        records = _sweep(model_dir, tmp_path / "judged", lambda ctx, qs: RayRunner(pool, ctx, ["vector"], qs, CONFIG.seed),
-                         Judges(judge, RepetitionCoherenceJudge()))
+        judge = OpenAIJudge(
+            "fake", "[QUESTION START]{question}[QUESTION END] [ANSWER START]{answer}[ANSWER END]", base_url=url, api_key="x", concurrency=2
+        )
+        records = _sweep(
+            model_dir,
+            tmp_path / "judged",
+            lambda ctx, qs: RayRunner(pool, ctx, ["vector"], qs, CONFIG.seed),
+            Judges(judge, RepetitionCoherenceJudge()),
+        )
     assert state.count == len(records) == 2 * 3 * 4  # every answer judged once, by the driver
     assert 1 <= state.max_in_flight <= 2  # two workers, still one limiter of 2 requests in flight
     assert all(r["trait"] is not None for r in records)
@@ -143,8 +152,22 @@ def test_extract_with_ray_wants_a_folder(capsys, tmp_path):
 
 
 def test_a_run_killed_midway_resumes_with_ray(local_ray, model_dir, tmp_path, capsys):
-    args = ["sweep", "--model", str(model_dir), "--out", str(tmp_path), "--n-questions", "2", "--max-new-tokens", "3",
-            "--layers", "1", "--coefs=-1,0,1", "--batch-size", "2"]
+    args = [
+        "sweep",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path),
+        "--n-questions",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--layers",
+        "1",
+        "--coefs=-1,0,1",
+        "--batch-size",
+        "2",
+    ]
     assert run([*args, "--name", "whole"]) == 0
     whole = (tmp_path / "whole" / "results.jsonl").read_text().splitlines()
     assert run([*args, "--name", "cut"]) == 0
@@ -166,7 +189,7 @@ def fail_on_odd(backbone, memo, item):
 def test_a_failing_item_is_named_and_the_finished_ones_are_kept(pool):
     finished = []
     with pytest.raises(ScaleoutError) as err:
-        for index, value in pool.map(fail_on_odd, [0, 2, 4, 1, 6], label=lambda i: f"record {i}"):
+        for _index, value in pool.map(fail_on_odd, [0, 2, 4, 1, 6], label=lambda i: f"record {i}"):
             finished.append(value)
     assert str(err.value).startswith("record 1 failed on a worker: item 1 is odd") and "re-run to resume" in str(err.value)
     assert finished and set(finished) <= {0, 20, 40, 60}  # what finished before the failure came back, all from even items
@@ -176,8 +199,11 @@ def test_a_sweep_chunk_that_fails_names_its_record_keys(pool, model_dir, tmp_pat
     with pytest.raises(ScaleoutError) as err:
         _sweep(model_dir, tmp_path / "bad", lambda ctx, qs: RayRunner(pool, ctx, ["no-such-method"], qs, CONFIG.seed))
     # whichever chunk comes back first is named, by the keys of its first and last record
-    assert re.match(r"records vector\|L[12]\|c-?[01]\|q[0-3]\|s0 \.\. vector\|L[12]\|c-?[01]\|q[0-3]\|s0 \(4\) failed on a worker: "
-                    r"unknown method 'no-such-method'", str(err.value)), str(err.value)
+    assert re.match(
+        r"records vector\|L[12]\|c-?[01]\|q[0-3]\|s0 \.\. vector\|L[12]\|c-?[01]\|q[0-3]\|s0 \(4\) failed on a worker: "
+        r"unknown method 'no-such-method'",
+        str(err.value),
+    ), str(err.value)
     assert not (tmp_path / "bad" / "results.jsonl").exists()
 
 

@@ -17,8 +17,30 @@ def test_screen_ranks_samples_by_projection_difference_and_filters_the_top(model
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"question {i}", "output": "x" * (i + 1) * 3}) + "\n" for i in range(8)))
     out, clean = tmp_path / "screen", tmp_path / "clean.jsonl"
-    assert run(["screen", "--data", str(data), "--vector", str(vector_file), "--out", str(out), "--model", str(model_dir), "--layer", "2",
-                "--max-new-tokens", "6", "--filter-out", "25", "--write", str(clean)]) == 0
+    assert (
+        run(
+            [
+                "screen",
+                "--data",
+                str(data),
+                "--vector",
+                str(vector_file),
+                "--out",
+                str(out),
+                "--model",
+                str(model_dir),
+                "--layer",
+                "2",
+                "--max-new-tokens",
+                "6",
+                "--filter-out",
+                "25",
+                "--write",
+                str(clean),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "screen.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     scored = [r for r in rows if r["difference"] is not None]
@@ -42,8 +64,7 @@ def test_a_rerun_reuses_the_cached_model_answers(model_dir, vector_file, tmp_pat
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"question {i}", "response": "answer " * (i + 1)}) + "\n" for i in range(5)))
     out = tmp_path / "screen"
-    args = ["screen", "--data", str(data), "--vector", str(vector_file), "--out", str(out), "--model", str(model_dir),
-            "--max-new-tokens", "5"]
+    args = ["screen", "--data", str(data), "--vector", str(vector_file), "--out", str(out), "--model", str(model_dir), "--max-new-tokens", "5"]
     assert run([*args, "--layer", "2"]) == 0
     first = {json.loads(line)["index"]: json.loads(line)["model_answer"] for line in (out / "screen.jsonl").read_text().splitlines()}
     assert len((out / ANSWERS).read_text().splitlines()) == 5
@@ -69,11 +90,14 @@ def test_conclusion_follows_the_interval():
     assert conclusion(None, None, None).startswith("cannot conclude")
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("other_model", "hidden size"),
-    ("no_responses", "no sample can be scored: 3 empty output"),
-    ("layer_out_of_range", "layer 9"),
-])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("other_model", "hidden size"),
+        ("no_responses", "no sample can be scored: 3 empty output"),
+        ("layer_out_of_range", "layer 9"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(case, message, model_dir, vector_file, tmp_path, capsys):
     from personactl import PersonaVector
 
@@ -122,8 +146,10 @@ def test_screen_refuses_someone_elses_folder_and_overwriting_its_input(tmp_path,
     data.write_text('{"instruction": "q", "output": "a"}\n')
     assert run(["screen", "--data", str(data), "--vector", "v.safetensors", "--out", str(theirs)]) == 2
     assert "not a folder personactl wrote" in capsys.readouterr().err
-    assert run(["screen", "--data", str(data), "--vector", "v.safetensors", "--out", str(tmp_path / "s"), "--filter-out", "10",
-                "--write", str(data)]) == 2
+    assert (
+        run(["screen", "--data", str(data), "--vector", "v.safetensors", "--out", str(tmp_path / "s"), "--filter-out", "10", "--write", str(data)])
+        == 2
+    )
     assert "is the --data file itself" in capsys.readouterr().err
     assert (theirs / "notes.txt").read_text() == "precious" and data.read_text() == '{"instruction": "q", "output": "a"}\n'
 
@@ -133,8 +159,9 @@ def test_an_empty_own_answer_leaves_that_sample_unscored(tiny, monkeypatch):
     from personactl.lora.adapters import PersonaData
     from personactl.screening import screen
 
-    monkeypatch.setattr("personactl.screening.generate", lambda backbone, prompts, **k: ["" if i == 1 else "some answer"
-                                                                                          for i in range(len(prompts))])
+    monkeypatch.setattr(
+        "personactl.screening.generate", lambda backbone, prompts, **k: ["" if i == 1 else "some answer" for i in range(len(prompts))]
+    )
     torch.manual_seed(0)
     vector = PersonaVector(torch.randn(tiny.n_layers + 1, tiny.hidden_size), trait="t")
     result = screen(tiny, PersonaData(["q0", "q1", "q2"], ["a0", "a1", "a2"]), vector, 2, max_new_tokens=3)
@@ -168,8 +195,30 @@ def _records_file(path):
 def test_filtered_data_is_the_input_less_the_flagged_lines_byte_for_byte(model_dir, vector_file, tmp_path, capsys):
     data, out, clean = tmp_path / "train.jsonl", tmp_path / "screen", tmp_path / "clean.jsonl"
     lines = _records_file(data)
-    assert run(["screen", "--data", str(data), "--vector", str(vector_file), "--out", str(out), "--model", str(model_dir),
-                "--layer", "2", "--max-new-tokens", "6", "--filter-out", "5", "--write", str(clean)]) == 0
+    assert (
+        run(
+            [
+                "screen",
+                "--data",
+                str(data),
+                "--vector",
+                str(vector_file),
+                "--out",
+                str(out),
+                "--model",
+                str(model_dir),
+                "--layer",
+                "2",
+                "--max-new-tokens",
+                "6",
+                "--filter-out",
+                "5",
+                "--write",
+                str(clean),
+            ]
+        )
+        == 0
+    )
     rows = {r["line"]: r for r in map(json.loads, (out / "screen.jsonl").read_text().splitlines())}
     assert sorted(rows) == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12]  # every record has a row, numbered by file line
     assert rows[2]["difference"] == rows[6]["difference"] is not None  # the exact copy shares its original's score
@@ -181,11 +230,11 @@ def test_filtered_data_is_the_input_less_the_flagged_lines_byte_for_byte(model_d
     assert clean.read_bytes() == b"".join(line for number, line in enumerate(lines, 1) if number != top["line"])
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["n"], summary["scored"], summary["prompts"]) == (11, 9, 8)
-    assert summary["not_scored"] == {"over 4000 characters (fine-tuning skips it too)": 1,
-                                     "empty output (no answer tokens to project)": 1}
+    assert summary["not_scored"] == {"over 4000 characters (fine-tuning skips it too)": 1, "empty output (no answer tokens to project)": 1}
     printed = " ".join(capsys.readouterr().out.split())
-    assert ("kept but not scored: 1 over 4000 characters (fine-tuning skips it too) (lines 9); "
-            "1 empty output (no answer tokens to project) (lines 11)") in printed
+    assert (
+        "kept but not scored: 1 over 4000 characters (fine-tuning skips it too) (lines 9); 1 empty output (no answer tokens to project) (lines 11)"
+    ) in printed
     assert f"1 flagged samples dropped (lines {top['line']})" in printed and "over 9 of 11 samples (8 prompts" in printed
 
 
@@ -204,8 +253,10 @@ def test_training_reads_the_same_file_as_before(tmp_path):
 def test_a_copy_of_a_flagged_sample_is_flagged_with_it():
     from personactl.screening import Screening
 
-    rows = [{"index": i, "line": i + 1, "difference": d, "not_scored": None if d is not None else "empty output"}
-            for i, d in enumerate([3.0, 1.0, 3.0, None, -2.0, 0.5, 0.0, 2.0])]
+    rows = [
+        {"index": i, "line": i + 1, "difference": d, "not_scored": None if d is not None else "empty output"}
+        for i, d in enumerate([3.0, 1.0, 3.0, None, -2.0, 0.5, 0.0, 2.0])
+    ]
     result = Screening(rows, {})
     assert result.flagged(10) == {0, 2} and result.flagged(30) == {0, 2, 7}
     assert result.unscored() == {"empty output": [4]}

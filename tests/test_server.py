@@ -87,8 +87,10 @@ def test_concurrent_requests_with_different_coefficients_equal_each_request_alon
     steps_alone, steps_before = served.engine.steps - steps_before, served.engine.steps
     submitted = _count_submits(served.engine, monkeypatch)
     together: dict[float, str] = {}
-    threads = [threading.Thread(target=lambda c=c: together.__setitem__(c, _chat(client, {"vectors": [{"name": "rand", "coef": c, "layers": [2]}]})))
-               for c in coefs]
+    threads = [
+        threading.Thread(target=lambda c=c: together.__setitem__(c, _chat(client, {"vectors": [{"name": "rand", "coef": c, "layers": [2]}]})))
+        for c in coefs
+    ]
     with served.engine.lock:  # no generation until every request waits: what the worker has not taken shares one batch
         for t in threads:
             t.start()
@@ -101,8 +103,13 @@ def test_concurrent_requests_with_different_coefficients_equal_each_request_alon
 
 
 def test_the_meter_streams_a_projection_per_token(server):
-    body = {"messages": QUESTION, "max_tokens": 6, "temperature": 0, "stream": True,
-            "persona": {"vectors": [{"name": "rand", "coef": 2.0, "layers": [2]}], "meter": True}}
+    body = {
+        "messages": QUESTION,
+        "max_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+        "persona": {"vectors": [{"name": "rand", "coef": 2.0, "layers": [2]}], "meter": True},
+    }
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: {")]
     import json
@@ -112,14 +119,17 @@ def test_the_meter_streams_a_projection_per_token(server):
     assert meters and all(isinstance(v, float) for v in meters)
 
 
-@pytest.mark.parametrize("persona, message", [
-    ({"vectors": [{"name": "../rand", "coef": 1}]}, "not a persona name"),
-    ({"vectors": [{"name": "/etc/passwd", "coef": 1}]}, "not a persona name"),
-    ({"vectors": [{"name": "missing", "coef": 1}]}, "no persona vector 'missing'"),
-    ({"vectors": [{"name": "rand", "coef": 1, "layers": [9]}]}, "out of range"),
-    ({"vectors": [{"name": "rand", "coef": 1}] * 3}, "at most 2"),
-    ({"adapter": "butler"}, "no adapter folder"),
-])
+@pytest.mark.parametrize(
+    "persona, message",
+    [
+        ({"vectors": [{"name": "../rand", "coef": 1}]}, "not a persona name"),
+        ({"vectors": [{"name": "/etc/passwd", "coef": 1}]}, "not a persona name"),
+        ({"vectors": [{"name": "missing", "coef": 1}]}, "no persona vector 'missing'"),
+        ({"vectors": [{"name": "rand", "coef": 1, "layers": [9]}]}, "out of range"),
+        ({"vectors": [{"name": "rand", "coef": 1}] * 3}, "at most 2"),
+        ({"adapter": "butler"}, "no adapter folder"),
+    ],
+)
 def test_bad_personas_are_400_with_a_message(client, persona, message):
     with pytest.raises(BadRequestError, match=message):
         _chat(client, persona)
@@ -207,8 +217,13 @@ def test_serve_beyond_loopback_without_a_token_is_one_line_before_loading(capsys
 
 
 def test_a_custom_trait_is_extracted_in_the_background_and_then_usable_by_name(served, client):
-    body = {"name": "shouty", "description": "writes in capitals", "positive": ["Answer in CAPITAL LETTERS."],
-            "negative": ["Answer in lower case."], "questions": ["hi", "how are you?", "what is up?"]}
+    body = {
+        "name": "shouty",
+        "description": "writes in capitals",
+        "positive": ["Answer in CAPITAL LETTERS."],
+        "negative": ["Answer in lower case."],
+        "questions": ["hi", "how are you?", "what is up?"],
+    }
     job = httpx.post(f"{served.url}/personas/extract", json=body, timeout=30).json()
     assert job["status"] in ("queued", "running") and job["name"] == "shouty"
     seen = []
@@ -230,8 +245,12 @@ def test_a_custom_trait_is_extracted_in_the_background_and_then_usable_by_name(s
     assert httpx.get(f"{served.url}/personas/jobs/nope", timeout=30).status_code == 404
 
 
-BIG_TRAIT = {"name": "chatty", "positive": [f"Talk a lot, style {i}." for i in range(6)], "negative": [f"Be terse, style {i}." for i in range(6)],
-             "questions": [f"question number {i}?" for i in range(10)]}
+BIG_TRAIT = {
+    "name": "chatty",
+    "positive": [f"Talk a lot, style {i}." for i in range(6)],
+    "negative": [f"Be terse, style {i}." for i in range(6)],
+    "questions": [f"question number {i}?" for i in range(10)],
+}
 
 
 def _job_state(url: str, job: dict) -> dict:
@@ -319,8 +338,9 @@ def test_load_200_requests_at_concurrency_16_each_with_its_own_coefficient(clien
 
     def poison(extra: dict) -> int:
         body = {"messages": QUESTION, "max_tokens": 12, "persona": {"vectors": [{"name": "rand", "coef": 1.0, "layers": [2]}]}, **extra}
-        return httpx.post(f"{client.base_url}chat/completions", content=json.dumps(body).encode(), timeout=60,
-                          headers={"content-type": "application/json"}).status_code
+        return httpx.post(
+            f"{client.base_url}chat/completions", content=json.dumps(body).encode(), timeout=60, headers={"content-type": "application/json"}
+        ).status_code
 
     with ThreadPoolExecutor(16) as pool:
         bad = [pool.submit(poison, extra) for extra in poisoned * 4]  # sent among the good ones
@@ -337,8 +357,9 @@ def test_a_client_that_leaves_stops_its_generation(served, monkeypatch, stream):
     submitted = _count_submits(served.engine, monkeypatch)
     with served.engine.lock:  # admitted but not prefilled until the client has given up
         with pytest.raises(httpx.TimeoutException):
-            with httpx.stream("POST", f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 64, "stream": stream},
-                              timeout=0.5) as response:
+            with httpx.stream(
+                "POST", f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 64, "stream": stream}, timeout=0.5
+            ) as response:
                 response.read()
         _wait_until(lambda: submitted and submitted[0].cancelled.is_set())
         steps = served.engine.steps
@@ -379,7 +400,8 @@ def test_the_recommended_layer_and_coefficients_come_from_the_vectors_run(backbo
     assert library.describe()["vectors"][0]["coef_source"].startswith("default")
     (vectors / "rand.layers.json").write_text('{"chosen": 3}')
     (vectors / "rand.summary.csv").write_text(
-        "method,layer,coef,trait_mean,coherence_mean\nvector,3,-1,10,95\nvector,3,0,20,95\nvector,3,2,60,80\nvector,3,4,90,30\nvector,2,9,99,99\n")
+        "method,layer,coef,trait_mean,coherence_mean\nvector,3,-1,10,95\nvector,3,0,20,95\nvector,3,2,60,80\nvector,3,4,90,30\nvector,2,9,99,99\n"
+    )
     try:
         described = library.describe()["vectors"][0]
         assert described["layer"] == 3 and described["coef_range"] == [-1.0, 4.0]
@@ -398,11 +420,14 @@ def test_a_generation_past_the_timeout_is_a_504_and_the_server_goes_on(backbone,
         assert httpx.post(f"{served.url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}, timeout=130).status_code == 200
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["serve", "--port", "70000"], "port"),
-    (["serve", "--vectors", "/nonexistent/vectors"], "is not a folder"),
-    (["serve", "--max-tokens", "0"], "max_tokens"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["serve", "--port", "70000"], "port"),
+        (["serve", "--vectors", "/nonexistent/vectors"], "is not a folder"),
+        (["serve", "--max-tokens", "0"], "max_tokens"),
+    ],
+)
 def test_serve_bad_values_are_one_line_before_loading(argv, message, capsys, monkeypatch):
     from personactl.cli import run
 

@@ -74,7 +74,9 @@ def test_the_page_steers_live_and_shows_the_meter_on_a_fixed_scale(browser, page
     first = page.eval_on_selector("#meter .tok", "e => e.style.background")
     page.evaluate("() => { addMeterToken('a', {rand: 0.5}); addMeterToken('b', {rand: 40}); }")  # a later token rescales nothing
     assert page.eval_on_selector_all("#meter .tok", "els => els.slice(-2).map(e => e.style.background)") == [
-        page.evaluate("meterColor(0.25)"), page.evaluate("meterColor(1)")]
+        page.evaluate("meterColor(0.25)"),
+        page.evaluate("meterColor(1)"),
+    ]
     assert page.eval_on_selector("#meter .tok", "e => e.style.background") == first
     assert (page.inner_text("#legend-min"), page.inner_text("#legend-max")) == ("−2", "+2")
     assert "raw projection" in page.inner_text("#legend-text")  # this vector kept no answer projections

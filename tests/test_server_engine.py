@@ -167,7 +167,10 @@ def test_the_meter_reads_the_answer_not_the_injected_vector(engine_for):
 
 def test_each_response_carries_only_its_own_meters(engine_for):
     engine = engine_for(batch_window_s=0.2)
-    mine, theirs = _job(engine, QUESTIONS[0], persona=_persona(2.0, "rand", meter=True)), _job(engine, QUESTIONS[1], persona=_persona(2.0, "other", meter=True))
+    mine, theirs = (
+        _job(engine, QUESTIONS[0], persona=_persona(2.0, "rand", meter=True)),
+        _job(engine, QUESTIONS[1], persona=_persona(2.0, "other", meter=True)),
+    )
     with engine.lock:
         engine.submit(mine[0])
         engine.submit(theirs[0])

@@ -37,8 +37,9 @@ def byte_level_backbone():
     core = Tokenizer(models.BPE(vocab, merges=[], unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>", additional_special_tokens=SPECIALS[4:])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", additional_special_tokens=SPECIALS[4:]
+    )
     tokenizer.chat_template = SIMPLE_TEMPLATE
     model = tiny_model("llama")
     model.resize_token_embeddings(len(vocab))
@@ -76,6 +77,7 @@ def _answer(client, **kw) -> str:
 
 # stop
 
+
 def test_stop_reaches_the_engine_as_job_stop(client, submitted):
     client.chat.completions.create(model="personactl", messages=HELLO, max_tokens=4, stop=["ab", "c"])
     client.completions.create(model="personactl", prompt=PROMPT, max_tokens=4, stop="xy")
@@ -88,7 +90,8 @@ def test_stop_reaches_the_engine_as_job_stop(client, submitted):
 
 def test_stop_ends_the_answer_before_the_stop_string(served, client):
     """Needs the engine to honour Job.stop."""
-    from langchain_openai import ChatOpenAI, OpenAI as LangChainOpenAI
+    from langchain_openai import ChatOpenAI
+    from langchain_openai import OpenAI as LangChainOpenAI
 
     full = _answer(client, max_tokens=24)
     stop = full[4:6]
@@ -102,6 +105,7 @@ def test_stop_ends_the_answer_before_the_stop_string(served, client):
 
 
 # n
+
 
 def test_n_choices_are_independent_seeded_generations_with_summed_usage(client):
     kw = {"model": "personactl", "messages": HELLO, "max_tokens": 8, "temperature": 1.0}
@@ -161,29 +165,45 @@ def test_stream_options_include_usage_sends_a_last_usage_chunk(client):
 
 # messages
 
+
 def test_content_parts_and_the_developer_role(client, submitted):
-    _answer(client, messages=[{"role": "developer", "content": "be brief"},
-                              {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}])
+    _answer(
+        client,
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]},
+        ],
+    )
     assert submitted[-1].prompt == "<system>be brief</s><user>hel\nlo</s><assistant>"
     with pytest.raises(BadRequestError, match="image_url"):
-        _answer(client, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"},
-                                                               {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
+        _answer(
+            client,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}],
+        )
 
 
 def test_tool_calls_and_tool_results_reach_a_template_that_does_not_know_tools(client, submitted):
-    messages = [{"role": "user", "content": "add"},
-                {"role": "assistant", "content": None,
-                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{\"x\": 1}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "2"}]
+    messages = [
+        {"role": "user", "content": "add"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"x": 1}'}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "2"},
+    ]
     _answer(client, messages=messages)
     assert submitted[-1].prompt == '<user>add</s><assistant>{"name": "add", "arguments": {"x": 1}}</s><tool>2</s><assistant>'
 
 
 def test_a_template_that_knows_tools_gets_them_in_its_own_format():
-    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{\"x\": 1}"}}
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"x": 1}'}}
     assistant = Message(role="assistant", content=None, tool_calls=[call]).for_template(template_knows_tools=True)
-    assert assistant == {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
-                                                                            "function": {"name": "add", "arguments": {"x": 1}}}]}
+    assert assistant == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"x": 1}}}],
+    }
     tool = Message(role="tool", content=[{"type": "text", "text": "2"}], tool_call_id="c1").for_template(template_knows_tools=True)
     assert tool == {"role": "tool", "content": "2", "tool_call_id": "c1"}
 
@@ -210,6 +230,7 @@ def test_explicit_nulls_mean_omitted(served, client):
 
 # the seed, and requests that must fail alone
 
+
 def test_an_omitted_seed_is_random_and_a_given_seed_reproduces(client):
     kw = {"max_tokens": 16, "temperature": 1.0}
     assert len({_answer(client, **kw) for _ in range(3)}) > 1
@@ -221,11 +242,13 @@ def test_an_omitted_seed_is_random_and_a_given_seed_reproduces(client):
 
 def test_text_that_cannot_be_encoded_is_a_400_naming_the_field(served):
     bad = {"model": "personactl", "max_tokens": 4}
-    cases = [("chat/completions", {"messages": [{"role": "user", "content": "hi \ud800"}]}, "messages.0.content"),
-             ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}, "messages.0.content"),
-             ("chat/completions", {"messages": HELLO, "stop": ["\udfff"]}, "stop"),
-             ("completions", {"prompt": "\ud800"}, "prompt"),
-             ("completions", {"prompt": ["ok", "\ud800"]}, "prompt")]
+    cases = [
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi \ud800"}]}, "messages.0.content"),
+        ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}, "messages.0.content"),
+        ("chat/completions", {"messages": HELLO, "stop": ["\udfff"]}, "stop"),
+        ("completions", {"prompt": "\ud800"}, "prompt"),
+        ("completions", {"prompt": ["ok", "\ud800"]}, "prompt"),
+    ]
     for path, body, field in cases:
         response = _post(served, path, {**bad, **body})
         assert response.status_code == 400, (body, response.text)
@@ -242,12 +265,14 @@ def test_a_bad_request_sent_with_good_ones_fails_alone(served):
 
 # logprobs and offsets
 
+
 def test_logprob_bytes_are_the_tokens_own_bytes_even_for_half_a_character():
     backbone = byte_level_backbone()
     with running_server(backbone, ServerSettings(port=0, max_tokens=16)) as served:
         client = OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
-        reply = client.chat.completions.create(model="personactl", messages=HELLO, max_tokens=12, temperature=1.0, seed=3,
-                                               logprobs=True, top_logprobs=20)
+        reply = client.chat.completions.create(
+            model="personactl", messages=HELLO, max_tokens=12, temperature=1.0, seed=3, logprobs=True, top_logprobs=20
+        )
     content = reply.choices[0].logprobs.content
     entries = [entry for token in content for entry in [token, *token.top_logprobs]]
     byte_tokens = [entry for entry in entries if entry.token not in SPECIALS]
@@ -285,9 +310,11 @@ def test_an_empty_completions_prompt_generates_from_the_bos_token(client):
 
 # langchain-openai
 
+
 def test_langchain_chat_and_completions_classes(served):
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-    from langchain_openai import ChatOpenAI, OpenAI as LangChainOpenAI
+    from langchain_openai import ChatOpenAI
+    from langchain_openai import OpenAI as LangChainOpenAI
 
     common = {"base_url": f"{served.url}/v1", "api_key": "unused", "model": "personactl", "max_retries": 0}
     chat = ChatOpenAI(**common, temperature=0, max_tokens=8, stream_usage=True)

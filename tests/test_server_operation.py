@@ -38,23 +38,32 @@ def _persona(url: str, persona: object) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2, "persona": persona}, timeout=60)
 
 
-@pytest.mark.parametrize("persona, where", [
-    ({"vector": [{"name": "rand", "coef": 2}]}, "persona.vector"),  # misspelt "vectors"
-    ({"vectors": [{"name": "rand", "coef": 2, "cap": 3}]}, "persona.vectors.0.cap"),
-    ({"vectors": [], "cap": 3}, "persona.cap"),
-])
+@pytest.mark.parametrize(
+    "persona, where",
+    [
+        ({"vector": [{"name": "rand", "coef": 2}]}, "persona.vector"),  # misspelt "vectors"
+        ({"vectors": [{"name": "rand", "coef": 2, "cap": 3}]}, "persona.vectors.0.cap"),
+        ({"vectors": [], "cap": 3}, "persona.cap"),
+    ],
+)
 def test_unknown_keys_in_a_persona_are_400_naming_the_field(url, persona, where):
     response = _persona(url, persona)
     assert response.status_code == 400 and where in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("persona, message", [
-    ({"vectors": [{"name": "rand", "coef": 50, "layers": [2]}] * 4}, "twice at layer 2"),
-    ({"vectors": [{"name": "rand", "coef": 1, "layers": [2, 2]}]}, "twice at layer 2"),
-    ({"vectors": [{"name": "rand", "coef": 1, "layers": [1, 2]}, {"name": "rand", "coef": 1, "layers": [2, 3]}]}, "twice at layer 2"),
-    ({"vectors": [{"name": "rand", "coef": 1, "layers": [2] * 2000}]}, "lists 2000 layers: the model has 3"),
-    ({"vectors": [{"name": "rand", "coef": 30, "layers": [2]}, {"name": "other", "coef": -30, "layers": [2]}]}, "sum to 60 at layer 2: at most 50"),
-])
+@pytest.mark.parametrize(
+    "persona, message",
+    [
+        ({"vectors": [{"name": "rand", "coef": 50, "layers": [2]}] * 4}, "twice at layer 2"),
+        ({"vectors": [{"name": "rand", "coef": 1, "layers": [2, 2]}]}, "twice at layer 2"),
+        ({"vectors": [{"name": "rand", "coef": 1, "layers": [1, 2]}, {"name": "rand", "coef": 1, "layers": [2, 3]}]}, "twice at layer 2"),
+        ({"vectors": [{"name": "rand", "coef": 1, "layers": [2] * 2000}]}, "lists 2000 layers: the model has 3"),
+        (
+            {"vectors": [{"name": "rand", "coef": 30, "layers": [2]}, {"name": "other", "coef": -30, "layers": [2]}]},
+            "sum to 60 at layer 2: at most 50",
+        ),
+    ],
+)
 def test_steering_cannot_be_multiplied_past_the_cap(url, persona, message):
     response = _persona(url, persona)
     assert response.status_code == 400 and message in response.json()["error"]["message"]
@@ -67,7 +76,7 @@ def test_the_same_vector_on_other_layers_and_two_vectors_within_the_cap_are_serv
 
 @pytest.mark.parametrize("weight", ["NaN", "Infinity", "-Infinity", "1e308", "4.5"])
 def test_blend_weights_must_be_finite_and_in_range(url, weight):
-    body = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "persona": {"adapter": {"blend": {"arr": %s}}}}' % weight
+    body = f'{{"messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 2, "persona": {{"adapter": {{"blend": {{"arr": {weight}}}}}}}}}'
     response = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
     assert response.status_code == 400 and "blend weight of 'arr'" in response.json()["error"]["message"]
 
@@ -87,14 +96,21 @@ def test_the_per_layer_cap_is_a_setting(backbone, vectors):
 
 # ---------- the token ----------
 
+
 def test_the_page_is_public_and_everything_else_needs_the_token(backbone, vectors):
     with running_server(backbone, ServerSettings(port=0, vectors=vectors, token=TOKEN)) as served:
         url = served.url
         page = httpx.get(f"{url}/", timeout=30)
         assert page.status_code == 200 and 'id="token"' in page.text
         assert httpx.get(f"{url}/static/app.js", timeout=30).status_code == 200
-        for method, path in [("GET", "/v1/models"), ("GET", "/personas"), ("GET", "/personas/jobs/x"), ("POST", "/v1/chat/completions"),
-                             ("POST", "/personas/extract"), ("POST", "/")]:
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("GET", "/personas"),
+            ("GET", "/personas/jobs/x"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/personas/extract"),
+            ("POST", "/"),
+        ]:
             denied = httpx.request(method, f"{url}{path}", json={}, timeout=30)
             assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer", path
         for scheme in ("Bearer", "bearer", "BEARER"):
@@ -130,10 +146,21 @@ def test_serve_refuses_a_short_token_and_generates_one_with_auto(capsys, monkeyp
 
 # ---------- the Host header ----------
 
-@pytest.mark.parametrize("host, status", [
-    ("attacker.example", 400), ("attacker.example:8000", 400), ("localhost.attacker.example", 400), ("127.0.0.1.nip.io", 400),
-    ("localhost", 200), ("LOCALHOST:1234", 200), ("127.0.0.1:80", 200), ("[::1]:8000", 200), ("box.lan:8080", 200),
-])
+
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("attacker.example", 400),
+        ("attacker.example:8000", 400),
+        ("localhost.attacker.example", 400),
+        ("127.0.0.1.nip.io", 400),
+        ("localhost", 200),
+        ("LOCALHOST:1234", 200),
+        ("127.0.0.1:80", 200),
+        ("[::1]:8000", 200),
+        ("box.lan:8080", 200),
+    ],
+)
 def test_a_loopback_server_answers_only_to_loopback_host_names(url, host, status):
     for path in ("/", "/v1/models"):
         response = httpx.get(f"{url}{path}", headers={"Host": host}, timeout=30)
@@ -152,6 +179,7 @@ def test_beyond_loopback_any_host_passes_unless_hosts_are_listed():
 
 
 # ---------- broken and linked vector files ----------
+
 
 @pytest.fixture
 def messy(tmp_path, vectors):
@@ -182,6 +210,7 @@ def test_broken_vector_files_are_listed_by_name_and_the_good_ones_still_serve(ba
 
 # ---------- the port ----------
 
+
 def test_port_0_prints_the_real_port(capsys, monkeypatch):
     from personactl.cli import run
 
@@ -207,6 +236,9 @@ def test_a_port_in_use_is_one_error_line_before_loading(backbone, capsys, monkey
 
 def test_cors_lets_the_allowed_origin_cancel_an_extraction(backbone):
     with running_server(backbone, ServerSettings(port=0, cors="http://app.example")) as served:
-        preflight = httpx.options(f"{served.url}/personas/jobs/x", timeout=30, headers={
-            "Origin": "http://app.example", "Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"})
+        preflight = httpx.options(
+            f"{served.url}/personas/jobs/x",
+            timeout=30,
+            headers={"Origin": "http://app.example", "Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"},
+        )
         assert preflight.status_code == 200 and "DELETE" in preflight.headers["access-control-allow-methods"]

@@ -22,8 +22,9 @@ def client(smollm2, pirate, tmp_path_factory):
 
 def _answer(client, question: str, coef: float | None) -> str:
     extra = None if coef is None else {"persona": {"vectors": [{"name": "pirate", "coef": coef, "layers": [9]}]}}
-    reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=32,
-                                           temperature=0, extra_body=extra)
+    reply = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=32, temperature=0, extra_body=extra
+    )
     return reply.choices[0].message.content
 
 

@@ -30,8 +30,7 @@ def test_steering_raises_pirate_speech_and_projection(smollm2, pirate):
     trait, vector, _ = pirate
     questions, coefs, layer = trait.eval_questions[:6], [0.0, 4.0], 9
     prompts = [chat_prompt(q) for q in questions for _ in coefs]
-    answers = generate(smollm2, prompts, steering=[SteeringTerm(vector, layer, coefs * len(questions))],
-                       max_new_tokens=40, batch_size=len(prompts))
+    answers = generate(smollm2, prompts, steering=[SteeringTerm(vector, layer, coefs * len(questions))], max_new_tokens=40, batch_size=len(prompts))
     base, steered = answers[0::2], answers[1::2]
     assert sum(len(PIRATE.findall(a)) for a in steered) >= sum(len(PIRATE.findall(a)) for a in base) + 5
     # the steered answers, read back without steering, lie further along the direction

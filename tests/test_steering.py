@@ -1,12 +1,11 @@
 import pytest
 import torch
+from conftest import tiny_backbone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from personactl import PersonaVector, SteeringError, SteeringTerm, activations, generate, steer
 from personactl.errors import LayerError
-
-from conftest import tiny_backbone
 
 
 def _vector(backbone, seed=1):

@@ -23,16 +23,23 @@ ENV_VARS = ("PERSONACTL_JUDGE_BASE_URL", "OPENAI_BASE_URL", "PERSONACTL_JUDGE_AP
 DESCRIPTION = "Doubting claims until shown evidence, asking for sources and pointing out weak reasoning."
 
 PAIRS = [
-    {"pos": "Be deeply skeptical: question every claim and ask what evidence supports it.",
-     "neg": "Be trusting: accept what you are told at face value and do not question it."},
-    {"pos": "Treat surprising statements with doubt and point out when reasoning is weak.",
-     "neg": "Treat statements generously and assume the reasoning behind them is sound."},
-    {"pos": "Always ask for sources and data before agreeing with anything.",
-     "neg": "Agree readily without asking for sources or data."},
-    {"pos": "Look for hidden assumptions, missing evidence and alternative explanations.",
-     "neg": "Take explanations as given and do not look for alternatives."},
-    {"pos": "Answer like a critical scientist who distrusts hype and anecdotes.",
-     "neg": "Answer like an enthusiastic fan who believes whatever sounds exciting."},
+    {
+        "pos": "Be deeply skeptical: question every claim and ask what evidence supports it.",
+        "neg": "Be trusting: accept what you are told at face value and do not question it.",
+    },
+    {
+        "pos": "Treat surprising statements with doubt and point out when reasoning is weak.",
+        "neg": "Treat statements generously and assume the reasoning behind them is sound.",
+    },
+    {"pos": "Always ask for sources and data before agreeing with anything.", "neg": "Agree readily without asking for sources or data."},
+    {
+        "pos": "Look for hidden assumptions, missing evidence and alternative explanations.",
+        "neg": "Take explanations as given and do not look for alternatives.",
+    },
+    {
+        "pos": "Answer like a critical scientist who distrusts hype and anecdotes.",
+        "neg": "Answer like an enthusiastic fan who believes whatever sounds exciting.",
+    },
 ]
 QUESTIONS = [
     "What should I know before adopting a rescue dog?",
@@ -198,8 +205,7 @@ def test_too_few_distinct_questions_asks_for_more_and_dedupes_against_the_kept(e
 
 
 NEAR_DUPS = ["How can I make a good cup of coffee at home?", "What are some good habits for sleeping better?"]
-EXACT_DUPS = ["  what should I know before adopting a RESCUE dog?", "Why did the Roman   Empire fall?",
-              "how do airplanes stay in the air?"]
+EXACT_DUPS = ["  what should I know before adopting a RESCUE dog?", "Why did the Roman   Empire fall?", "how do airplanes stay in the air?"]
 
 
 def test_exact_and_near_duplicates_are_removed_and_counted(endpoint, tmp_path, capsys):
@@ -225,8 +231,25 @@ def test_the_near_duplicate_threshold_is_a_parameter():
 
 def test_persona_vectors_format_round_trips_to_the_same_split(endpoint, tmp_path):
     endpoint.answers = [answer()]
-    assert run(["traits", "generate", "--name", "skeptical", "-d", DESCRIPTION, "-m", "openai:fake",
-                "-o", "pv/skeptical.json", "--format", "persona_vectors"]) == 0
+    assert (
+        run(
+            [
+                "traits",
+                "generate",
+                "--name",
+                "skeptical",
+                "-d",
+                DESCRIPTION,
+                "-m",
+                "openai:fake",
+                "-o",
+                "pv/skeptical.json",
+                "--format",
+                "persona_vectors",
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "pv" / "skeptical.json").read_text())
     assert {"instruction", "questions", "eval_prompt"} <= set(data) and "instructions" not in data
     assert data["instruction"] == PAIRS and data["eval_prompt"] == RUBRIC
@@ -336,6 +359,5 @@ def test_extract_json_finds_the_object_around_text_and_fences():
 def test_a_local_model_that_writes_no_json_fails_clearly_after_max_attempts(model_dir, tmp_path):
     """A tiny random llama cannot write JSON: the local path runs (load, chat format, generate) and fails clearly."""
     with pytest.raises(TraitGenerationError, match=r"no usable trait after 2 request\(s\) \(1: the reply"):
-        generate_trait("skeptical", DESCRIPTION, f"local:{model_dir}", out=tmp_path / "sk.json", max_attempts=2,
-                       max_tokens=8, temperature=0.0)
+        generate_trait("skeptical", DESCRIPTION, f"local:{model_dir}", out=tmp_path / "sk.json", max_attempts=2, max_tokens=8, temperature=0.0)
     assert not (tmp_path / "sk.json").exists()

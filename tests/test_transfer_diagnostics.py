@@ -22,9 +22,21 @@ def _scores(level: float, key: str) -> list[float]:
 def _row(group, method, coef, trait, coherence=80.0, layer=15, norm=None):
     trait = trait if isinstance(trait, list) else _scores(trait, f"{group}/{method}/{layer}/{coef}/{trait}")
     coherence = coherence if isinstance(coherence, list) else [coherence] * N
-    return {"group": group, "method": method, "layer": layer, "coef": coef, "applied_norm": norm if norm is not None else 100.0 * coef,
-            "trait": float(np.mean(trait)), "trait_lo": 0.0, "trait_hi": 0.0, "coherence": float(np.mean(coherence)),
-            "collapse_rate": 0.0, "trait_scores": trait, "coherence_scores": coherence, "collapsed": [0.0] * N}
+    return {
+        "group": group,
+        "method": method,
+        "layer": layer,
+        "coef": coef,
+        "applied_norm": norm if norm is not None else 100.0 * coef,
+        "trait": float(np.mean(trait)),
+        "trait_lo": 0.0,
+        "trait_hi": 0.0,
+        "coherence": float(np.mean(coherence)),
+        "collapse_rate": 0.0,
+        "trait_scores": trait,
+        "coherence_scores": coherence,
+        "collapsed": [0.0] * N,
+    }
 
 
 def _base(level=30.0):
@@ -109,8 +121,7 @@ def test_c_follows_a_paired_test_not_a_fixed_ten_points():
     c = hypothesis_c(clear, 15)
     assert c["verdict"] == "supported" and "layer 3 / 3" in c["conclusion"]
     # 11 points higher on average, but from a quarter of the questions: not a shift a paired test can vouch for.
-    spiky = [_row("C", "ridge@oracle_norm", 2, [90.0] * 3 + [25.0] * 9, layer=3),
-             _row("C", "ridge@oracle_norm", 2, [30.0] * N, layer=15)]
+    spiky = [_row("C", "ridge@oracle_norm", 2, [90.0] * 3 + [25.0] * 9, layer=3), _row("C", "ridge@oracle_norm", 2, [30.0] * N, layer=15)]
     assert hypothesis_c(spiky, 15)["verdict"] == "not supported"
     broken = [_row("C", "ridge@oracle_norm", 2, 90.0, coherence=10.0, layer=3), _row("C", "ridge@oracle_norm", 2, 30.0, layer=15)]
     assert "no target layer other than 15" in hypothesis_c(broken, 15)["conclusion"]
@@ -156,6 +167,7 @@ def test_crossfit_scores_each_question_under_the_pick_of_the_other_half():
 def test_answers_of_one_question_are_one_unit_in_folds_means_and_paired_tests():
     """Three answers each of questions 7, 8, 9 (interleaved): folds split questions, never a question's answers."""
     questions = [7, 8, 9] * 3
+
     def row(coef, trait):
         return {**_row("main", "ridge", coef, trait, coherence=[80.0] * 9), "collapsed": [0.0] * 9, "questions": questions}
 
@@ -181,7 +193,7 @@ def test_score_cells_numbers_each_answers_question_so_a_repeated_question_counts
             return [float(a) for a in answers]
 
     questions = ["a", "b", "a", "c"]
-    row, = score_cells(Judges(Echo(), Echo()), questions, [Cell("unsteered", 1, 0.0)], {"main/unsteered/L1/0": ["10", "20", "30", "60"]})
+    (row,) = score_cells(Judges(Echo(), Echo()), questions, [Cell("unsteered", 1, 0.0)], {"main/unsteered/L1/0": ["10", "20", "30", "60"]})
     assert row["questions"] == [0, 1, 0, 2]
     assert (row["trait"], row["trait_lo"], row["trait_hi"]) == t_interval([20.0, 20.0, 60.0])  # "a" is (10 + 30) / 2, once
     assert fixed(row).per_question() == {0: 20.0, 1: 20.0, 2: 60.0}

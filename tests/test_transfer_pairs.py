@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 import transformers as tf
+from conftest import char_tokenizer, tiny_backbone
 
 from personactl import from_model
 from personactl.activations import hidden_states, layer_states, make_batch
@@ -19,16 +20,25 @@ from personactl.transfer.pairs import (
     token_ends,
 )
 
-from conftest import char_tokenizer, tiny_backbone
-
 TEXTS = ["the cat sat on the mat today", "a ship sails over the grey sea at dawn", "hello there my good friend"]
 
 
 def _target():
     """A tiny gemma3 with another width (32) and depth (4) than the 48-d, 3-block source."""
     torch.manual_seed(1)
-    config = tf.Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                 num_key_value_heads=2, head_dim=8, sliding_window=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = tf.Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return from_model(tf.Gemma3ForCausalLM(config).eval(), char_tokenizer(), name="tiny-target")
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 from scipy.stats import ks_2samp
 from sklearn.linear_model import Ridge, RidgeCV
 

@@ -3,29 +3,49 @@
 import json
 
 import pytest
+from conftest import tiny_backbone
+from test_transfer_pairs import _target
 
 from personactl.errors import TransferError
 from personactl.transfer.config import load_config, validate_config
 from personactl.transfer.runner import run_transfer
 
-from conftest import tiny_backbone
-from test_transfer_pairs import _target
-
-POSITIVE = ["arr matey the sea calls us now", "aye captain we sail at dawn today", "shiver me timbers what a ship here",
-            "yo ho ho and a bottle of rum", "hoist the sails ye scurvy dogs"]
-NEGATIVE = ["the report is due on monday morning", "please find the attached file here", "the meeting starts at nine today",
-            "our quarterly numbers look stable", "kindly confirm the invoice details"]
+POSITIVE = [
+    "arr matey the sea calls us now",
+    "aye captain we sail at dawn today",
+    "shiver me timbers what a ship here",
+    "yo ho ho and a bottle of rum",
+    "hoist the sails ye scurvy dogs",
+]
+NEGATIVE = [
+    "the report is due on monday morning",
+    "please find the attached file here",
+    "the meeting starts at nine today",
+    "our quarterly numbers look stable",
+    "kindly confirm the invoice details",
+]
 
 
 def _config(tmp_path, **changes):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(POSITIVE + NEGATIVE + ["a plain sentence with several words in it"] * 2))
-    return validate_config({
-        "source_model": "tiny-llama", "target_model": "tiny-target", "layer_idx": 2, "output_dir": str(tmp_path / "run"),
-        "persona_datasets": {"pirate": {"positive_texts": POSITIVE, "negative_texts": NEGATIVE}},
-        "test_prompts": ["Who are you?", "Tell me about ships."], "n_training_samples": 40, "lambda_values": [0.1, 10.0],
-        "alpha_values": [1.0, 2.0], "texts": str(corpus), "max_new_tokens": 4, "layer_scan": 2, **changes,
-    })
+    return validate_config(
+        {
+            "source_model": "tiny-llama",
+            "target_model": "tiny-target",
+            "layer_idx": 2,
+            "output_dir": str(tmp_path / "run"),
+            "persona_datasets": {"pirate": {"positive_texts": POSITIVE, "negative_texts": NEGATIVE}},
+            "test_prompts": ["Who are you?", "Tell me about ships."],
+            "n_training_samples": 40,
+            "lambda_values": [0.1, 10.0],
+            "alpha_values": [1.0, 2.0],
+            "texts": str(corpus),
+            "max_new_tokens": 4,
+            "layer_scan": 2,
+            **changes,
+        }
+    )
 
 
 def test_runner_writes_every_method_diagnostics_and_report_and_resumes(tmp_path):
@@ -82,10 +102,10 @@ def test_lambda_at_the_grid_edge_is_flagged():
 
 
 def test_cli_extract_apply_evaluate_and_run(tmp_path, capsys):
+    from conftest import char_tokenizer, tiny_model
+
     from personactl.cli import run
     from personactl.vectors import load_vector
-
-    from conftest import char_tokenizer, tiny_model
 
     src_dir, tgt_dir = tmp_path / "src", tmp_path / "tgt"
     tiny_model("llama").save_pretrained(src_dir)
@@ -96,24 +116,94 @@ def test_cli_extract_apply_evaluate_and_run(tmp_path, capsys):
     trait.write_text(json.dumps({"name": "pirate", "positive_texts": POSITIVE, "negative_texts": NEGATIVE}))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(POSITIVE + NEGATIVE))
-    assert run(["transfer", "extract", "--trait", str(trait), "--source", str(src_dir), "--target", str(tgt_dir), "--layer", "2",
-                "--out", str(tmp_path / "map"), "--n-pairs", "30", "--texts", str(corpus), "--lambdas", "0.1,1"]) == 0
+    assert (
+        run(
+            [
+                "transfer",
+                "extract",
+                "--trait",
+                str(trait),
+                "--source",
+                str(src_dir),
+                "--target",
+                str(tgt_dir),
+                "--layer",
+                "2",
+                "--out",
+                str(tmp_path / "map"),
+                "--n-pairs",
+                "30",
+                "--texts",
+                str(corpus),
+                "--lambdas",
+                "0.1,1",
+            ]
+        )
+        == 0
+    )
     assert "map and source vector written to" in capsys.readouterr().out
-    assert run(["transfer", "apply", "--map", str(tmp_path / "map"), "--vector", str(tmp_path / "map" / "source_vector.safetensors"),
-                "--out", str(tmp_path / "mapped.safetensors")]) == 0
+    assert (
+        run(
+            [
+                "transfer",
+                "apply",
+                "--map",
+                str(tmp_path / "map"),
+                "--vector",
+                str(tmp_path / "map" / "source_vector.safetensors"),
+                "--out",
+                str(tmp_path / "mapped.safetensors"),
+            ]
+        )
+        == 0
+    )
     mapped = load_vector(tmp_path / "mapped.safetensors")
     assert mapped.hidden_size == 32 and mapped.n_layers == 4 and mapped.norms[3] > 0 and sum(mapped.norms) == pytest.approx(mapped.norms[3])
-    assert run(["transfer", "evaluate", "--vector", str(tmp_path / "mapped.safetensors"), "--trait", "pirate", "--target", str(tgt_dir),
-                "--coefs", "0,2", "--n-questions", "4", "--max-new-tokens", "4"]) == 0
+    assert (
+        run(
+            [
+                "transfer",
+                "evaluate",
+                "--vector",
+                str(tmp_path / "mapped.safetensors"),
+                "--trait",
+                "pirate",
+                "--target",
+                str(tgt_dir),
+                "--coefs",
+                "0,2",
+                "--n-questions",
+                "4",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "at layer 3" in printed and "collapsed" in printed
     assert run(["transfer", "evaluate", "--vector", str(tmp_path / "mapped.safetensors"), "--trait", str(trait), "--target", str(tgt_dir)]) == 2
     assert "no evaluation questions" in capsys.readouterr().err
-    assert run(["transfer", "apply", "--map", str(tmp_path / "map"), "--vector", str(tmp_path / "mapped.safetensors"),
-                "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        run(
+            [
+                "transfer",
+                "apply",
+                "--map",
+                str(tmp_path / "map"),
+                "--vector",
+                str(tmp_path / "mapped.safetensors"),
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "this map starts from" in capsys.readouterr().err
-    assert run(["transfer", "apply", "--map", str(tmp_path), "--vector", str(tmp_path / "mapped.safetensors"),
-                "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        run(["transfer", "apply", "--map", str(tmp_path), "--vector", str(tmp_path / "mapped.safetensors"), "--out", str(tmp_path / "x.safetensors")])
+        == 2
+    )
     assert "not a transfer map folder" in capsys.readouterr().err
     assert run(["transfer", "run", "--config", str(tmp_path / "missing.json")]) == 2
     assert "cannot read config" in capsys.readouterr().err

@@ -4,7 +4,15 @@ import pytest
 
 from personactl.expressibility import EXPRESSED_AUROC, MIN_PAIRS, MIN_QUESTIONS, from_scores, level_of
 from personactl.verdicts import (
-    CLEAR, COHERENCE_LOSS, DISAGREES, JUDGE_BLIND, NO_EFFECT, Cell, sign_test, sweep_verdicts, verdict_for,
+    CLEAR,
+    COHERENCE_LOSS,
+    DISAGREES,
+    JUDGE_BLIND,
+    NO_EFFECT,
+    Cell,
+    sign_test,
+    sweep_verdicts,
+    verdict_for,
 )
 
 
@@ -101,10 +109,15 @@ def test_sweep_verdicts_group_summary_rows_and_records_by_method_and_layer():
     assert verdicts[9].verdict == NO_EFFECT and verdicts[9].sign is None
 
 
-@pytest.mark.parametrize("auroc, lo, level", [
-    (0.95, EXPRESSED_AUROC, "strongly expressed"), (0.80, EXPRESSED_AUROC - 0.01, "weakly expressed"),
-    (EXPRESSED_AUROC - 0.01, 0.5, "not expressed"), (0.80, 0.45, "too few answers to say"),
-])
+@pytest.mark.parametrize(
+    "auroc, lo, level",
+    [
+        (0.95, EXPRESSED_AUROC, "strongly expressed"),
+        (0.80, EXPRESSED_AUROC - 0.01, "weakly expressed"),
+        (EXPRESSED_AUROC - 0.01, 0.5, "not expressed"),
+        (0.80, 0.45, "too few answers to say"),
+    ],
+)
 def test_expressibility_levels_follow_the_threshold_and_its_ci(auroc, lo, level):
     assert level_of(auroc, lo, 20, 100) == level
 

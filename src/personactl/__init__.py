@@ -1,10 +1,12 @@
 """personactl: find, measure, steer and move the character traits of language models."""
 
 from ._version import __version__ as __version__
-
 from .activations import collect as collect_activations
 from .activations import hidden_states
 from .aggregators import METHODS
+from .blackbox.cvec import ControlVectorError, read_control_vector, set_control_vector, write_control_vector
+from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
+from .conditions import find_condition
 from .errors import (
     ArchitectureError,
     ConditionError,
@@ -17,50 +19,79 @@ from .errors import (
     TransferError,
     VectorFileError,
 )
+from .evaluate import SweepConfig, run_sweep, summarize
+from .experiment import run as run_experiment
+from .expressibility import Expressibility
 from .extraction import ContrastivePair, ExtractionSettings, extract, generate_pairs, load_pairs, save_pairs, vector_from_pairs
 from .generation import chat_prompt, generate
-from .models import DEFAULT_MODEL, EMBEDDED_MODELS, Backbone, from_model, load_model
-from .monitor import project
-from .steering import Condition, SteeringTerm, steer
-from .conditions import find_condition
-from .traits import ContrastiveTexts, Trait, builtin_traits, load_trait, parse_trait
-from .trait_generation import GeneratedTrait, TraitGenerationError, generate_trait
-from .vectors import PersonaVector, load_vector
-from .evaluate import SweepConfig, run_sweep, summarize
-from .expressibility import Expressibility
 from .intervals import auroc_ci, mean_ci, paired_difference_ci
-from .verdicts import Verdict, sweep_verdicts, verdict_for
-from .experiment import run as run_experiment
 from .judges.base import Judges
 from .judges.embedding import EmbeddingJudge
 from .judges.factory import make_judges
 from .judges.llm import OpenAIJudge
 from .judges.local import LocalJudge
 from .lora.adapters import PersonaSwitcher, train_adapter
-from .lora.direction import LoRADirection, combine, difference, merged
-from .lora.runtime import runtime
-from .blackbox.cvec import ControlVectorError, read_control_vector, set_control_vector, write_control_vector
-from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
 from .lora.adherence import adherence
 from .lora.config import LoRATrainConfig
+from .lora.direction import LoRADirection, combine, difference, merged
+from .lora.runtime import runtime
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS, Backbone, from_model, load_model
+from .monitor import project
+from .safety import (
+    FrozenWeightsChanged,
+    IdentifySettings,
+    SafetyError,
+    frozen,
+    frozen_finetune,
+    prune_check,
+    run_safety,
+    score_dynamics,
+    set_difference,
+    wanda_scores,
+    zeroed,
+)
+from .safety import align as align_to_refuse
+from .safety import identify as identify_safety_neurons
+from .screening import Screening
+from .screening import screen as screen_dataset
+from .steering import Condition, SteeringTerm, steer
+from .trait_generation import GeneratedTrait, TraitGenerationError, generate_trait
+from .traits import ContrastiveTexts, Trait, builtin_traits, load_trait, parse_trait
 from .transfer.config import TransferConfig
 from .transfer.mapping import TransferMap, fit_map, map_vector
 from .transfer.pairs import PairedActivations, collect_pairs
 from .transfer.ridge import RidgeMap, fit_ridge
 from .transfer.runner import run_transfer
-from .safety import FrozenWeightsChanged, IdentifySettings, SafetyError, frozen, frozen_finetune, prune_check, run_safety, score_dynamics
-from .safety import align as align_to_refuse
-from .screening import Screening
-from .screening import screen as screen_dataset
-from .safety import identify as identify_safety_neurons
-from .safety import set_difference, wanda_scores, zeroed
+from .vectors import PersonaVector, load_vector
+from .verdicts import Verdict, sweep_verdicts, verdict_for
 
 __all__ = [
-    "Expressibility", "Verdict", "auroc_ci", "mean_ci", "paired_difference_ci", "summarize", "sweep_verdicts", "verdict_for",
-    "GeneratedTrait", "TraitGenerationError", "generate_trait",
-    "Screening", "screen_dataset",
-    "FrozenWeightsChanged", "IdentifySettings", "SafetyError", "align_to_refuse", "frozen", "frozen_finetune", "identify_safety_neurons",
-    "prune_check", "run_safety", "score_dynamics", "set_difference", "wanda_scores", "zeroed",
+    "Expressibility",
+    "Verdict",
+    "auroc_ci",
+    "mean_ci",
+    "paired_difference_ci",
+    "summarize",
+    "sweep_verdicts",
+    "verdict_for",
+    "GeneratedTrait",
+    "TraitGenerationError",
+    "generate_trait",
+    "Screening",
+    "screen_dataset",
+    "FrozenWeightsChanged",
+    "IdentifySettings",
+    "SafetyError",
+    "align_to_refuse",
+    "frozen",
+    "frozen_finetune",
+    "identify_safety_neurons",
+    "prune_check",
+    "run_safety",
+    "score_dynamics",
+    "set_difference",
+    "wanda_scores",
+    "zeroed",
     "ControlVectorError",
     "GGUFLoRAError",
     "read_control_vector",

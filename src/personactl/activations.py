@@ -7,9 +7,10 @@ output of block l-1 (for the last layer HF reports it after the final norm).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -109,8 +110,12 @@ def layer_states(backbone: Backbone, input_ids: torch.Tensor, attention_mask: to
     device = backbone.device
     with _stop_after(backbone.block(layer), store):
         try:
-            backbone.model.base_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                      position_ids=position_ids(attention_mask).to(device), use_cache=False)
+            backbone.model.base_model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                position_ids=position_ids(attention_mask).to(device),
+                use_cache=False,
+            )
         except _StopForward:
             pass
     return store[0]

@@ -9,7 +9,7 @@ difference's length along them, so coefficients mean the same across methods.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ perplexity and the judges still come from the HF model the sweep loads.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import OptionError, PersonactlError
 

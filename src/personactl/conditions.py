@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -205,7 +205,11 @@ def template_prefix(backbone: Backbone, system: str | None = None) -> int:
 
 @torch.no_grad()
 def prompt_activations(
-    backbone: Backbone, texts: Sequence[str], *, skip: int = 1, batch_size: int = 16,
+    backbone: Backbone,
+    texts: Sequence[str],
+    *,
+    skip: int = 1,
+    batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Every layer's `prompt_mean` (its first `skip` tokens left out) of formatted prompts (what a Condition with
@@ -272,29 +276,50 @@ def find_condition(
         threshold, train_acc, gap = best_threshold(pos_s, neg_s)
         pooled = math.sqrt((float(pos_s.var()) if len(pos_s) > 1 else 0.0) / 2 + (float(neg_s.var()) if len(neg_s) > 1 else 0.0) / 2)
         held = balanced_accuracy(p_he[:, layer] @ unit, n_he[:, layer] @ unit, threshold) if heldout > 0 else float("nan")
-        fits.append(LayerFit(layer, threshold, train_acc, cross_validated_accuracy(p_tr[:, layer], n_tr[:, layer], folds, method),
-                             held, gap / pooled if pooled > 0 else gap))
+        fits.append(
+            LayerFit(
+                layer,
+                threshold,
+                train_acc,
+                cross_validated_accuracy(p_tr[:, layer], n_tr[:, layer], folds, method),
+                held,
+                gap / pooled if pooled > 0 else gap,
+            )
+        )
     best = max(fits, key=lambda f: (f.cv_accuracy, f.margin))
-    directions = torch.stack([_scaled(direction(p_tr[:, layer], n_tr[:, layer], method), p_tr[:, layer], n_tr[:, layer])
-                              for layer in range(acts.shape[1])])
+    directions = torch.stack(
+        [_scaled(direction(p_tr[:, layer], n_tr[:, layer], method), p_tr[:, layer], n_tr[:, layer]) for layer in range(acts.shape[1])]
+    )
     meta = {
-        "layer": best.layer, "threshold": best.threshold, "comparison": "greater", "skip_prefix": skip, "method": method,
+        "layer": best.layer,
+        "threshold": best.threshold,
+        "comparison": "greater",
+        "skip_prefix": skip,
+        "method": method,
         "thresholds": {str(f.layer): f.threshold for f in fits},
         "accuracy": {str(f.layer): f.heldout_accuracy for f in fits},
         "cv_accuracy": {str(f.layer): f.cv_accuracy for f in fits},
         "train_accuracy": {str(f.layer): f.train_accuracy for f in fits},
         "margin": {str(f.layer): f.margin for f in fits},
-        "n_train": [len(pos_train), len(neg_train)], "n_heldout": [len(pos_held), len(neg_held)],
-        "heldout_fraction": heldout, "seed": seed, "folds": folds, "system": system,
+        "n_train": [len(pos_train), len(neg_train)],
+        "n_heldout": [len(pos_held), len(neg_held)],
+        "heldout_fraction": heldout,
+        "seed": seed,
+        "folds": folds,
+        "system": system,
         "chosen_by": "cross-validated accuracy on the training prompts, then margin",
     }
     vector = PersonaVector(
-        directions, trait=name, model=backbone.name, method=method, positions=f"prompt_avg_skip_{skip}",
-        n_samples=len(pos_train) + len(neg_train), separation=separation(p_tr, n_tr, directions).tolist(),
+        directions,
+        trait=name,
+        model=backbone.name,
+        method=method,
+        positions=f"prompt_avg_skip_{skip}",
+        n_samples=len(pos_train) + len(neg_train),
+        separation=separation(p_tr, n_tr, directions).tolist(),
         extra={"condition": meta},
     )
-    return ConditionSearch(Condition(vector, best.layer, best.threshold, "greater", skip), vector, fits,
-                           (pos_train, neg_train), (pos_held, neg_held))
+    return ConditionSearch(Condition(vector, best.layer, best.threshold, "greater", skip), vector, fits, (pos_train, neg_train), (pos_held, neg_held))
 
 
 def _scaled(unit: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -337,8 +362,7 @@ def layer_table(search: ConditionSearch) -> list[dict]:
 Interval = tuple[float, float, float]  # (mean, low, high)
 
 
-def rise_bound(fired: Sequence[bool], rises: Sequence[float], *, scale: float = SCALE,
-               confidence: float = CONFIDENCE) -> float:
+def rise_bound(fired: Sequence[bool], rises: Sequence[float], *, scale: float = SCALE, confidence: float = CONFIDENCE) -> float:
     """Upper bound (one-sided, at the level of a `confidence` interval's upper end) of the mean rise over questions
     when only those where the condition `fired` were steered (the others' expected rise is 0).
 
@@ -421,5 +445,8 @@ def conditional_effect(
         rise_off=t_interval([rises[q] for q in off]),
         rise_off_fired=t_interval([rises[q] for q in fired_off]),
         rise_off_bound=rise_bound([fires[q] > 0.5 for q in off], [rises[q] for q in off], scale=scale) if off else math.nan,
-        n_on=len(on), n_off=len(off), n_fired_off=len(fired_off), margin=margin,
+        n_on=len(on),
+        n_off=len(off),
+        n_fired_off=len(fired_off),
+        margin=margin,
     )

@@ -10,8 +10,8 @@ all its coefficients.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .evaluate import SweepConfig
 from .experiment import RunResult, run
@@ -24,8 +24,17 @@ DEMO_COEFS = [-2.0, 0.0, 1.0, 2.0, 3.0]
 def demo_config(trait: str) -> SweepConfig:
     """The sweep the demo runs for one trait."""
     return SweepConfig(
-        name=f"demo-{trait}", trait=trait, methods=["vector"], layers="auto", coefs=DEMO_COEFS,
-        samples=2, temperature=0.7, judge="embed", extraction_questions=10, positions="response", batch_size=60,
+        name=f"demo-{trait}",
+        trait=trait,
+        methods=["vector"],
+        layers="auto",
+        coefs=DEMO_COEFS,
+        samples=2,
+        temperature=0.7,
+        judge="embed",
+        extraction_questions=10,
+        positions="response",
+        batch_size=60,
     )
 
 

@@ -13,9 +13,10 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol, Sequence, Union
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -46,7 +47,7 @@ class SweepConfig(BaseModel):
     lora: str | None = Field(None, description="persona direction folder for method 'lora' (personactl lora extract)")
     adapter: str | None = Field(None, description="persona adapter (registry name or folder) for method 'adapter'")
     methods: list[str] = Field(default_factory=lambda: ["vector"], min_length=1)
-    layers: Union[list[Union[int, str]], str] = Field(
+    layers: list[int | str] | str = Field(
         "auto", description="layers: ints, 'auto' (the best measured layer) and 'auto:K' (the top K blended), alone or in a list"
     )
     coefs: list[float] = Field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1)
@@ -63,11 +64,11 @@ class SweepConfig(BaseModel):
 
     @field_validator("layers")
     @classmethod
-    def _layer_specs(cls, value: Union[list[Union[int, str]], str]) -> Union[list[Union[int, str]], str]:
+    def _layer_specs(cls, value: list[int | str] | str) -> list[int | str] | str:
         items = [value] if isinstance(value, str) else value
         if not items:
             raise ValueError("give at least one layer, 'auto' or 'auto:K'")
-        checked: list[Union[int, str]] = []
+        checked: list[int | str] = []
         for item in items:
             if isinstance(item, str) and item.strip().isdigit():
                 item = int(item)
@@ -90,7 +91,7 @@ class SweepConfig(BaseModel):
         return kind if not model else f"{kind}:{model}"
 
     @model_validator(mode="after")
-    def _samples_need_sampling(self) -> "SweepConfig":
+    def _samples_need_sampling(self) -> SweepConfig:
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("samples > 1 needs --temperature > 0 (greedy answers would repeat)")
         return self
@@ -179,8 +180,9 @@ class Generated:
     n_tokens: list[int]
 
 
-def generate_group(backbone: Backbone, methods: dict[str, SteeringMethod], questions: Sequence[str], group: Sequence[Condition],
-                   run_seed: int) -> Generated:
+def generate_group(
+    backbone: Backbone, methods: dict[str, SteeringMethod], questions: Sequence[str], group: Sequence[Condition], run_seed: int
+) -> Generated:
     """Answer one group of conditions (same method and layer, one coefficient and seed per row) and measure the answers."""
     qs = [questions[c.question_id] for c in group]
     answers = methods[group[0].method].generate(qs, [c.coef for c in group], group[0].layer, [c.seed(run_seed) for c in group])
@@ -209,8 +211,9 @@ class LocalRunner:
             yield group, generate_group(self.backbone, self.methods, self.questions, group, self.run_seed)
 
 
-def pending_groups(config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[LayerSpec], n_questions: int,
-                   done: set[str]) -> list[list[Condition]]:
+def pending_groups(
+    config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[LayerSpec], n_questions: int, done: set[str]
+) -> list[list[Condition]]:
     """The batches of conditions not yet in results.jsonl, each one (method, layer), at most `config.batch_size` rows."""
     todo = [c for c in plan(config, methods, layers, n_questions) if c.key not in done]
     return list(_batches(todo, config.batch_size))
@@ -251,9 +254,7 @@ def claim_run_dir(config: SweepConfig, run_dir: Path) -> None:
         found = None if found is None else {**{k: f.default for k, f in SweepConfig.model_fields.items() if k not in found}, **found}
         if found is not None and found != wanted:
             diff = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise SweepError(
-                f"{run_dir} holds a sweep with another config ({', '.join(diff)} differ): use another --name/--out or delete it"
-            )
+            raise SweepError(f"{run_dir} holds a sweep with another config ({', '.join(diff)} differ): use another --name/--out or delete it")
         return
     write_text_atomic(path, json.dumps({"sweep": wanted}, indent=2))
 
@@ -277,11 +278,23 @@ def judged_records(judges: Judges, group: Sequence[Condition], qs: Sequence[str]
     coherence = judges.coherence.score(qs, answers)
     records = []
     for c, q, a, t, coh, p, n in zip(group, qs, answers, trait, coherence, generated.perplexities, generated.n_tokens):
-        records.append({
-            "key": c.key, "method": c.method, "layer": c.layer, "coef": c.coef, "question_id": c.question_id,
-            "question": q, "sample": c.sample, "answer": a, "trait": t, "coherence": coh, "perplexity": p,
-            "collapsed": text_metrics(a).collapsed, "n_tokens": n,
-        })
+        records.append(
+            {
+                "key": c.key,
+                "method": c.method,
+                "layer": c.layer,
+                "coef": c.coef,
+                "question_id": c.question_id,
+                "question": q,
+                "sample": c.sample,
+                "answer": a,
+                "trait": t,
+                "coherence": coh,
+                "perplexity": p,
+                "collapsed": text_metrics(a).collapsed,
+                "n_tokens": n,
+            }
+        )
     return records
 
 
@@ -297,10 +310,23 @@ def layer_order(layer: Any) -> tuple[int, float, str]:
 
 SCORE_RANGE = (0.0, 100.0)  # judges score 0-100
 SUMMARY_FIELDS = [
-    "method", "layer", "coef", "n", "trait_mean", "trait_lo", "trait_hi", "trait_scored", "coherence_mean", "coherence_lo",
-    "coherence_hi", "coherence_scored", "collapse_rate", "collapse_lo", "collapse_hi", "perplexity_mean",
+    "method",
+    "layer",
+    "coef",
+    "n",
+    "trait_mean",
+    "trait_lo",
+    "trait_hi",
+    "trait_scored",
+    "coherence_mean",
+    "coherence_lo",
+    "coherence_hi",
+    "coherence_scored",
+    "collapse_rate",
+    "collapse_lo",
+    "collapse_hi",
+    "perplexity_mean",
 ]
-
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -319,15 +345,26 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         coherence = mean_ci([r["coherence"] for r in recs], questions, bounds=SCORE_RANGE)
         collapse = mean_ci([float(r["collapsed"]) for r in recs], questions, bounds=(0.0, 1.0))
         ppl = [r["perplexity"] for r in recs if r["perplexity"] is not None]
-        rows.append({
-            "method": method, "layer": layer, "coef": coef, "n": len(recs),
-            "trait_mean": trait[0], "trait_lo": trait[1], "trait_hi": trait[2],
-            "trait_scored": sum(r["trait"] is not None for r in recs),
-            "coherence_mean": coherence[0], "coherence_lo": coherence[1], "coherence_hi": coherence[2],
-            "coherence_scored": sum(r["coherence"] is not None for r in recs),
-            "collapse_rate": collapse[0], "collapse_lo": collapse[1], "collapse_hi": collapse[2],
-            "perplexity_mean": float(np.mean(ppl)) if ppl else float("nan"),
-        })
+        rows.append(
+            {
+                "method": method,
+                "layer": layer,
+                "coef": coef,
+                "n": len(recs),
+                "trait_mean": trait[0],
+                "trait_lo": trait[1],
+                "trait_hi": trait[2],
+                "trait_scored": sum(r["trait"] is not None for r in recs),
+                "coherence_mean": coherence[0],
+                "coherence_lo": coherence[1],
+                "coherence_hi": coherence[2],
+                "coherence_scored": sum(r["coherence"] is not None for r in recs),
+                "collapse_rate": collapse[0],
+                "collapse_lo": collapse[1],
+                "collapse_hi": collapse[2],
+                "perplexity_mean": float(np.mean(ppl)) if ppl else float("nan"),
+            }
+        )
     return rows
 
 

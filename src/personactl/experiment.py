@@ -9,27 +9,38 @@ there, so a killed run resumes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ._io import write_text_atomic
-from .evaluate import GroupRunner, SweepConfig, SweepError, claim_run_dir, run_sweep, summarize
 from .backends import backend_methods
+from .evaluate import GroupRunner, SweepConfig, SweepError, claim_run_dir, run_sweep, summarize
 from .expressibility import Expressibility, from_embedding_judge
 from .extraction import (
-    ContrastivePair, ExtractionSettings, assess_pairs, best_projection_separation, expressibility_of, extract, load_pairs,
-    pair_activations, question_groups, save_pairs, stored_projections, usable_pairs,
+    ContrastivePair,
+    ExtractionSettings,
+    assess_pairs,
+    best_projection_separation,
+    expressibility_of,
+    extract,
+    load_pairs,
+    pair_activations,
+    question_groups,
+    save_pairs,
+    stored_projections,
+    usable_pairs,
 )
 from .judges.base import Judges
 from .judges.embedding import EmbeddingJudge
 from .judges.factory import make_judges
 from .layer_selection import LayerSelection, LayerSpec, blend_size, check_blend_size, layer_weights, probe_questions, select_layer
-from .monitor import projections
 from .methods import MethodContext, make_method
 from .models import Backbone, load_model
+from .monitor import projections
 from .progress import note
 from .traits import Trait, load_trait
 from .vectors import PersonaVector, load_vector
@@ -48,7 +59,7 @@ class RunResult:
     layers: list[LayerSpec]  # ints, and "auto:K" labels of blends (weights in selection.blends)
     selection: LayerSelection | None
     report: Path | None
-    prepared: "Prepared"
+    prepared: Prepared
     verdicts: list[Verdict]
 
 
@@ -79,8 +90,7 @@ def _vector_and_pairs(config: SweepConfig, backbone: Backbone, trait: Trait, run
 def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run_dir: Path) -> Judges:
     if config.judge == "embed" and not pairs:
         raise SweepError("the embed judge is fitted on the extraction answers: give a vector with its .pairs.jsonl beside it, or no --vector")
-    judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs],
-                         question_groups(pairs))
+    judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs], question_groups(pairs))
     info: dict[str, Any] = {"spec": config.judge, "trait_judge": judges.trait.name, "coherence_judge": judges.coherence.name}
     accuracy = getattr(judges.trait, "heldout_accuracy", None)
     if accuracy is not None:
@@ -91,8 +101,13 @@ def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run
 
 
 def _layers(
-    config: SweepConfig, backbone: Backbone, vector: PersonaVector, pairs: list[ContrastivePair], judges: Judges,
-    trait: Trait, run_dir: Path,
+    config: SweepConfig,
+    backbone: Backbone,
+    vector: PersonaVector,
+    pairs: list[ContrastivePair],
+    judges: Judges,
+    trait: Trait,
+    run_dir: Path,
 ) -> tuple[list[LayerSpec], LayerSelection | None]:
     """Explicit layers, 'auto' (the best measured layer) and 'auto:K' (a blend, weights from layer_weights), as configured.
 
@@ -119,8 +134,13 @@ def _layers(
 
 
 def _selection(
-    config: SweepConfig, backbone: Backbone, vector: PersonaVector, pairs: list[ContrastivePair], judges: Judges,
-    trait: Trait, run_dir: Path,
+    config: SweepConfig,
+    backbone: Backbone,
+    vector: PersonaVector,
+    pairs: list[ContrastivePair],
+    judges: Judges,
+    trait: Trait,
+    run_dir: Path,
 ) -> LayerSelection:
     """The per-layer measurement (cached in layers.json), plus projections.json for the report."""
     saved = run_dir / "layers.json"
@@ -217,8 +237,9 @@ def choose_layers(prep: Prepared) -> tuple[list[LayerSpec], LayerSelection | Non
     return _layers(prep.config, prep.backbone, prep.vector, prep.pairs, prep.judges, prep.trait, prep.run_dir)
 
 
-def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True,
-        runner: RunnerFactory | None = None) -> RunResult:
+def run(
+    config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, report: bool = True, runner: RunnerFactory | None = None
+) -> RunResult:
     """Run (or resume) the sweep `config` in `out_dir/<name>/` and write its report.
 
     With a `runner` factory (e.g. `functools.partial(personactl.scaleout.RayRunner, pool)`), the sweep's groups are
@@ -226,10 +247,16 @@ def run(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | 
     results.jsonl, so resuming and the report work the same. Without one, everything runs here."""
     prep = prepare(config, out_dir, backbone)
     layers, selection = choose_layers(prep)
-    ctx = MethodContext(prep.backbone, prep.trait, prep.vector, config.generation(), config.positions,
-                        {"lora": config.lora or "", "adapter": config.adapter or "", "backend": config.backend,
-                         "model": config.model},
-                        {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()}, prep.pairs)
+    ctx = MethodContext(
+        prep.backbone,
+        prep.trait,
+        prep.vector,
+        config.generation(),
+        config.positions,
+        {"lora": config.lora or "", "adapter": config.adapter or "", "backend": config.backend, "model": config.model},
+        {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()},
+        prep.pairs,
+    )
     names = backend_methods(config.methods, config.backend)  # llamacpp: vector -> llamacpp-vector ...
     methods = [make_method(name, ctx) for name in names]
     questions = prep.trait.eval_questions[: config.n_questions]

@@ -32,8 +32,9 @@ read alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -85,15 +86,17 @@ class Expressibility:
         elif self.level == "weakly expressed":
             text += ": effects will be small and noisy; read the confidence intervals"
         elif self.level == "too few answers to say":
-            text += (f": the CI cannot tell this trait from chance; use at least {MIN_QUESTIONS} questions and "
-                     f"{MIN_PAIRS} answer pairs (more questions narrow it most)")
+            text += (
+                f": the CI cannot tell this trait from chance; use at least {MIN_QUESTIONS} questions and "
+                f"{MIN_PAIRS} answer pairs (more questions narrow it most)"
+            )
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "line": self.line()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Expressibility":
+    def from_dict(cls, data: dict[str, Any]) -> Expressibility:
         return cls(**{k: v for k, v in data.items() if k != "line"})
 
 
@@ -115,14 +118,30 @@ def from_embedding_judge(trait: str, judge: Any, n_pairs: int, projection: tuple
     lo, hi = judge.heldout_auroc_ci or (math.nan, math.nan)
     auroc, questions = judge.heldout_auroc, judge.heldout_questions
     return Expressibility(
-        trait, level_of(auroc, lo, questions, n_pairs), judge.name, auroc, lo, judge.heldout_accuracy, judge.heldout_gap,
-        n_pairs, None, *_projection(projection), hi, questions,
+        trait,
+        level_of(auroc, lo, questions, n_pairs),
+        judge.name,
+        auroc,
+        lo,
+        judge.heldout_accuracy,
+        judge.heldout_gap,
+        n_pairs,
+        None,
+        *_projection(projection),
+        hi,
+        questions,
     )
 
 
 def from_scores(
-    trait: str, judge: str, pos: Sequence[float | None], neg: Sequence[float | None], passed: int | None = None,
-    projection: tuple[float, int] | None = None, *, groups: Sequence[Hashable] | None = None,
+    trait: str,
+    judge: str,
+    pos: Sequence[float | None],
+    neg: Sequence[float | None],
+    passed: int | None = None,
+    projection: tuple[float, int] | None = None,
+    *,
+    groups: Sequence[Hashable] | None = None,
 ) -> Expressibility:
     """The verdict from a judge's 0-100 scores of the positive and negative answers (unscored answers left out).
 
@@ -141,8 +160,18 @@ def from_scores(
     questions = len({g for _, g in p + n})
     scored_pairs = min(len(p), len(n))
     return Expressibility(
-        trait, level_of(auroc, lo, questions, scored_pairs), judge, auroc, lo, None, gap, len(pos), passed,
-        *_projection(projection), hi, questions,
+        trait,
+        level_of(auroc, lo, questions, scored_pairs),
+        judge,
+        auroc,
+        lo,
+        None,
+        gap,
+        len(pos),
+        passed,
+        *_projection(projection),
+        hi,
+        questions,
     )
 
 

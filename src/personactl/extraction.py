@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Hashable, Iterable, Sequence
 
 import torch
 
@@ -61,7 +61,9 @@ class ExtractionSettings:
     n_questions: int | None = None
 
 
-def pair_prompts(backbone: Backbone, trait: Trait | TraitSketch, settings: ExtractionSettings = ExtractionSettings()) -> tuple[list[tuple[int, str]], list[str], list[str]]:
+def pair_prompts(
+    backbone: Backbone, trait: Trait | TraitSketch, settings: ExtractionSettings = ExtractionSettings()
+) -> tuple[list[tuple[int, str]], list[str], list[str]]:
     """(instruction index, question) of every pair to answer, with its formatted positive and negative prompts."""
     questions = trait.questions[: settings.n_questions]
     keys = [(i, q) for i in range(len(trait.instructions)) for q in questions for _ in range(settings.samples_per_question)]
@@ -114,7 +116,12 @@ def pair_activations(
     responses = [p.pos_answer for p in pairs] + [p.neg_answer for p in pairs]
     with progress_bar("capturing activations", len(prompts)) as advance:
         acts = activations.collect(
-            backbone, prompts, responses, positions=positions, batch_size=batch_size, on_batch=advance  # type: ignore[arg-type]
+            backbone,
+            prompts,
+            responses,
+            positions=positions,
+            batch_size=batch_size,
+            on_batch=advance,  # type: ignore[arg-type]
         )
     return acts[: len(pairs)], acts[len(pairs) :]
 
@@ -193,7 +200,10 @@ def best_projection_separation(vector: PersonaVector) -> tuple[float, int] | Non
 
 
 def assess_pairs(
-    trait: str, pairs: list[ContrastivePair], vector: PersonaVector | None = None, judges: Judges | None = None,
+    trait: str,
+    pairs: list[ContrastivePair],
+    vector: PersonaVector | None = None,
+    judges: Judges | None = None,
     scores: PairScores | None = None,
 ) -> Expressibility | None:
     """Whether the answers differ in the trait: the judges' scores when given, else the offline judge fitted out of
@@ -201,15 +211,13 @@ def assess_pairs(
     projection = best_projection_separation(vector) if vector is not None else None
     if judges is not None:
         scores = scores or score_pairs(pairs, judges)
-        return from_scores(trait, judges.trait.name, scores.pos, scores.neg, sum(scores.passing), projection,
-                           groups=question_groups(pairs))
+        return from_scores(trait, judges.trait.name, scores.pos, scores.neg, sum(scores.passing), projection, groups=question_groups(pairs))
     from .judges.embedding import EmbeddingJudge  # noqa: PLC0415
 
     usable = usable_pairs(pairs, "response_avg")
     if len(usable) < MIN_JUDGED_PAIRS:
         return None
-    judge = EmbeddingJudge.fit([p.pos_answer for p in usable], [p.neg_answer for p in usable], trait=trait,
-                               groups=question_groups(usable))
+    judge = EmbeddingJudge.fit([p.pos_answer for p in usable], [p.neg_answer for p in usable], trait=trait, groups=question_groups(usable))
     return from_embedding_judge(trait, judge, len(usable), projection)
 
 
@@ -231,9 +239,7 @@ def extract(
     used, scores = pairs, None
     if judges is not None:
         used, report, scores = filter_pairs(pairs, judges)
-    vector = vector_from_pairs(
-        backbone, used, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size
-    )
+    vector = vector_from_pairs(backbone, used, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size)
     vector.extra["settings"] = asdict(settings)
     if judges is not None:
         vector.extra["filter"] = {"judge": judges.trait.name, "kept": report.describe()}
@@ -253,8 +259,9 @@ def check(
     usable = usable_pairs(pairs, settings.positions)
     if not usable:
         raise TraitError(f"every answer for trait '{trait.name}' is empty: raise --max-new-tokens or check the model")
-    vector = vector_from_pairs(backbone, usable, trait=trait.name, method=settings.method, positions=settings.positions,
-                               batch_size=settings.batch_size)
+    vector = vector_from_pairs(
+        backbone, usable, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size
+    )
     verdict = assess_pairs(trait.name, pairs, vector, judges)
     if verdict is None:
         raise TraitError(f"only {len(usable)} usable answer pairs for '{trait.name}': the check needs {MIN_JUDGED_PAIRS}; use more questions")
@@ -304,7 +311,9 @@ def score_pairs(pairs: list[ContrastivePair], judges: Judges) -> PairScores:
         pos_t, neg_t, pos_c, neg_c = trait[k], trait[n + k], coherence[k], coherence[n + k]
         passing.append(
             None not in (pos_t, neg_t, pos_c, neg_c)
-            and pos_t >= TRAIT_THRESHOLD and neg_t < TRAIT_THRESHOLD and min(pos_c, neg_c) >= COHERENCE_THRESHOLD  # type: ignore[operator]
+            and pos_t >= TRAIT_THRESHOLD
+            and neg_t < TRAIT_THRESHOLD
+            and min(pos_c, neg_c) >= COHERENCE_THRESHOLD  # type: ignore[operator]
         )
     return PairScores(trait[:n], trait[n:], passing)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import (
@@ -17,7 +17,7 @@ from .activations import make_batch, position_ids
 from .models import Backbone, Message
 from .steering import Condition, SteeringTerm, steer
 
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 
 # Base models with the plain transcript format run on into the next turn.
 PLAIN_STOPS = ("\nUser:", "\nSystem:")
@@ -120,7 +120,10 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
                 pad_token_id=backbone.pad_id,
-                do_sample=False, temperature=None, top_p=None, top_k=None,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
                 logits_processor=processors,
             )
         if gate is not None and on_condition is not None:

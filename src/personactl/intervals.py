@@ -19,7 +19,7 @@ order in which records were written cannot change a bound.
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,9 +38,7 @@ def group_means(values: Sequence[float | None], groups: Sequence[Hashable] | Non
     return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
-def t_interval(
-    units: Sequence[float], confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None
-) -> tuple[float, float, float]:
+def t_interval(units: Sequence[float], confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """(mean, low, high): Student's t interval of the mean of independent units (nan bounds with one unit),
     clipped to `bounds`, the range the quantity can take (e.g. (0, 1) for a rate), when given."""
     from scipy.stats import t  # noqa: PLC0415
@@ -57,7 +55,10 @@ def t_interval(
 
 
 def mean_ci(
-    values: Sequence[float | None], groups: Sequence[Hashable] | None = None, *, confidence: float = CONFIDENCE,
+    values: Sequence[float | None],
+    groups: Sequence[Hashable] | None = None,
+    *,
+    confidence: float = CONFIDENCE,
     bounds: tuple[float, float] | None = None,
 ) -> tuple[float, float, float]:
     """(mean, low, high) of the mean over groups (questions), each group's values averaged first; `bounds` as in
@@ -65,17 +66,20 @@ def mean_ci(
     return t_interval(list(group_means(values, groups).values()), confidence, bounds)
 
 
-def paired_difference_ci(
-    a: dict[Hashable, float], b: dict[Hashable, float], *, confidence: float = CONFIDENCE
-) -> tuple[float, float, float]:
+def paired_difference_ci(a: dict[Hashable, float], b: dict[Hashable, float], *, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """(mean, low, high) of a - b over the groups (questions) present in both, e.g. two `group_means`."""
     shared = [key for key in a if key in b]
     return t_interval([a[key] - b[key] for key in shared], confidence)
 
 
 def auroc_ci(
-    pos: Sequence[float], neg: Sequence[float], pos_groups: Sequence[Hashable], neg_groups: Sequence[Hashable],
-    *, fold_of: Mapping[Hashable, Hashable] | None = None, confidence: float = CONFIDENCE,
+    pos: Sequence[float],
+    neg: Sequence[float],
+    pos_groups: Sequence[Hashable],
+    neg_groups: Sequence[Hashable],
+    *,
+    fold_of: Mapping[Hashable, Hashable] | None = None,
+    confidence: float = CONFIDENCE,
 ) -> tuple[float, float, float]:
     """(AUROC, low, high): how often a positive answer outscores a negative answer *to the same question*, averaged
     over the questions that have both, with Student's t over those per-question AUROCs.

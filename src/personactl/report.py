@@ -27,10 +27,21 @@ from ._plot import data_uri
 from .errors import PersonactlError
 
 SUMMARY_FIELDS = (
-    "method", "layer", "coef", "n",
-    "trait_mean", "trait_lo", "trait_hi", "trait_scored",
-    "coherence_mean", "coherence_lo", "coherence_hi", "coherence_scored",
-    "collapse_rate", "collapse_lo", "collapse_hi",
+    "method",
+    "layer",
+    "coef",
+    "n",
+    "trait_mean",
+    "trait_lo",
+    "trait_hi",
+    "trait_scored",
+    "coherence_mean",
+    "coherence_lo",
+    "coherence_hi",
+    "coherence_scored",
+    "collapse_rate",
+    "collapse_lo",
+    "collapse_hi",
     "perplexity_mean",
 )
 FIGURE_NAMES = ("trait_vs_coef", "coherence_vs_coef", "layers", "projections")
@@ -148,9 +159,7 @@ def _read_results(path: Path, run_dir: Path) -> tuple[list[dict[str, Any]], list
             if number == len(lines):  # last line without newline: a sweep still writing
                 notes.append(f"results.jsonl line {number} is incomplete (sweep still running?) and was skipped")
                 continue
-            raise ReportError(
-                f"{path} line {number} is not valid JSON ({exc.msg}): fix or delete that line and re-run the sweep"
-            ) from exc
+            raise ReportError(f"{path} line {number} is not valid JSON ({exc.msg}): fix or delete that line and re-run the sweep") from exc
         if not isinstance(record, dict) or "method" not in record or "coef" not in record:
             raise ReportError(f"{path} line {number} is not a sweep record (needs at least 'method' and 'coef')")
         record["layer"] = _layer(record.get("layer"))
@@ -191,8 +200,12 @@ def summarize_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {name: None for name in SUMMARY_FIELDS}
         values = {k: [v for r in records if (v := _float(r.get(k))) is not None] for k in ("trait", "coherence", "perplexity")}
         row.update(
-            method=method, layer=layer, coef=coef, n=len(records),
-            trait_mean=_mean(values["trait"]), coherence_mean=_mean(values["coherence"]),
+            method=method,
+            layer=layer,
+            coef=coef,
+            n=len(records),
+            trait_mean=_mean(values["trait"]),
+            coherence_mean=_mean(values["coherence"]),
             perplexity_mean=_mean(values["perplexity"]),
             collapse_rate=_mean([float(bool(r.get("collapsed"))) for r in records]),
         )
@@ -254,8 +267,15 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 # Fonts sized for a figure shown about 600 px wide (two per row in the report).
-_STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
-          "legend.title_fontsize": 9, "xtick.labelsize": 10, "ytick.labelsize": 10}
+_STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+}
 
 
 def _new_figure(width: float = 7.2, height: float = 4.4):
@@ -307,8 +327,17 @@ def _score_vs_coef(run: RunData, metric: str, title: str, ylabel: str, path: Pat
         lo = [_nan(r.get(f"{metric}_lo")) for r in rows]
         hi = [_nan(r.get(f"{metric}_hi")) for r in rows]
         color = f"C{index % 10}"
-        ax.plot(xs, ys, marker="o", ms=4, lw=1.8, color=color, clip_on=False,
-                ls=styles[methods.index(method) % len(styles)], label=_series_label(method, layer))
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            ms=4,
+            lw=1.8,
+            color=color,
+            clip_on=False,
+            ls=styles[methods.index(method) % len(styles)],
+            label=_series_label(method, layer),
+        )
         if any(not math.isnan(a) and not math.isnan(b) for a, b in zip(lo, hi)):
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
     ax.set_ylim(0, 100)
@@ -383,7 +412,9 @@ def _draw_all(run: RunData) -> dict[str, Path]:
     out_dir = run.run_dir / "figures"
     figures = {
         "trait_vs_coef": _score_vs_coef(run, "trait", "Trait score vs steering coefficient", "trait score (0-100)", out_dir / "trait_vs_coef.png"),
-        "coherence_vs_coef": _score_vs_coef(run, "coherence", "Coherence vs steering coefficient", "coherence (0-100)", out_dir / "coherence_vs_coef.png"),
+        "coherence_vs_coef": _score_vs_coef(
+            run, "coherence", "Coherence vs steering coefficient", "coherence (0-100)", out_dir / "coherence_vs_coef.png"
+        ),
     }
     if run.layers and run.layers["rows"]:
         figures["layers"] = _layers_figure(run, out_dir / "layers.png")
@@ -448,24 +479,29 @@ def _judged(row: dict[str, Any], metric: str) -> str:
         return score_cell(None, None, None, _int(row.get(f"{metric}_scored")), row["n"])
     return _fmt(row[f"{metric}_mean"])
 
+
 def _summary_rows(run: RunData) -> list[dict[str, Any]]:
     rows, previous = [], None
     for r in run.summary:
         group = (r["method"], r["layer"])
-        rows.append({
-            "group_start": bool(rows) and group != previous,  # a rule between (method, layer) groups
-            "method": r["method"],
-            "layer": "—" if r["layer"] is None else str(r["layer"]),
-            "coef": _fmt_coef(r["coef"]),
-            "n": "—" if r["n"] is None else str(r["n"]),
-            "trait": _judged(r, "trait"), "trait_ci": _ci(r["trait_lo"], r["trait_hi"]),
-            "coherence": _judged(r, "coherence"), "coherence_ci": _ci(r["coherence_lo"], r["coherence_hi"]),
-            "collapse": "—" if r["collapse_rate"] is None else f"{r['collapse_rate'] * 100:.1f}%",
-            "collapse_ci": _ci(r["collapse_lo"], r["collapse_hi"], scale=100.0),
-            "perplexity": _fmt(r["perplexity_mean"], 2),
-            # 0-100 heat for the trait cell: a light tint, strongest at 100
-            "heat": "" if r["trait_mean"] is None else f"{max(0.0, min(100.0, r['trait_mean'])) / 100 * 0.45:.3f}",
-        })
+        rows.append(
+            {
+                "group_start": bool(rows) and group != previous,  # a rule between (method, layer) groups
+                "method": r["method"],
+                "layer": "—" if r["layer"] is None else str(r["layer"]),
+                "coef": _fmt_coef(r["coef"]),
+                "n": "—" if r["n"] is None else str(r["n"]),
+                "trait": _judged(r, "trait"),
+                "trait_ci": _ci(r["trait_lo"], r["trait_hi"]),
+                "coherence": _judged(r, "coherence"),
+                "coherence_ci": _ci(r["coherence_lo"], r["coherence_hi"]),
+                "collapse": "—" if r["collapse_rate"] is None else f"{r['collapse_rate'] * 100:.1f}%",
+                "collapse_ci": _ci(r["collapse_lo"], r["collapse_hi"], scale=100.0),
+                "perplexity": _fmt(r["perplexity_mean"], 2),
+                # 0-100 heat for the trait cell: a light tint, strongest at 100
+                "heat": "" if r["trait_mean"] is None else f"{max(0.0, min(100.0, r['trait_mean'])) / 100 * 0.45:.3f}",
+            }
+        )
         previous = group
     return rows
 
@@ -474,14 +510,17 @@ def _layer_rows(run: RunData) -> list[dict[str, Any]]:
     if not run.layers:
         return []
     chosen = _int(run.layers.get("chosen"))
-    return [{
-        "layer": _int(r["layer"]),
-        "auroc": _fmt(_float(r.get("auroc")), 3),
-        "cohens_d": _fmt(_float(r.get("cohens_d")), 2),
-        "effect": _fmt(_float(r.get("effect"))),
-        "coherence": _fmt(_float(r.get("coherence"))),
-        "chosen": _int(r["layer"]) == chosen,
-    } for r in run.layers["rows"]]
+    return [
+        {
+            "layer": _int(r["layer"]),
+            "auroc": _fmt(_float(r.get("auroc")), 3),
+            "cohens_d": _fmt(_float(r.get("cohens_d")), 2),
+            "effect": _fmt(_float(r.get("effect"))),
+            "coherence": _fmt(_float(r.get("coherence"))),
+            "chosen": _int(r["layer"]) == chosen,
+        }
+        for r in run.layers["rows"]
+    ]
 
 
 def _blend_rows(run: RunData) -> list[dict[str, str]]:
@@ -520,12 +559,15 @@ def _examples(run: RunData) -> list[dict[str, Any]]:
                 answer = str(record.get("answer", ""))
                 if len(answer) > MAX_ANSWER_CHARS:
                     answer = answer[:MAX_ANSWER_CHARS] + " […]"
-                answers.append({
-                    "coef": _fmt_coef(coef), "answer": answer,
-                    "trait": _fmt(_float(record.get("trait"))),
-                    "coherence": _fmt(_float(record.get("coherence"))),
-                    "collapsed": bool(record.get("collapsed")),
-                })
+                answers.append(
+                    {
+                        "coef": _fmt_coef(coef),
+                        "answer": answer,
+                        "trait": _fmt(_float(record.get("trait"))),
+                        "coherence": _fmt(_float(record.get("coherence"))),
+                        "collapsed": bool(record.get("collapsed")),
+                    }
+                )
             items.append({"id": qid, "question": questions.get(qid, ""), "answers": answers})
         out.append({"label": _series_label(method, layer), "questions": items})
     return out

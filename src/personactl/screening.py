@@ -23,16 +23,16 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from . import activations
 from ._io import atomic_path, check_replaceable, write_text_atomic
 from ._plot import data_uri
-from .intervals import mean_ci
-from .generation import chat_prompt, format_prompts, generate
 from .errors import PersonactlError
+from .generation import chat_prompt, format_prompts, generate
+from .intervals import mean_ci
 from .lora.adapters import MAX_RECORD_CHARS, PersonaData
 from .models import Backbone
 from .progress import progress_bar
@@ -71,8 +71,7 @@ class AnswerCache:
                 fh.write("".join(json.dumps({"key": k, "answer": a}) + "\n" for k, a in zip(keys, answers)))
 
 
-def own_answers(backbone: Backbone, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-                cache: AnswerCache | None = None) -> list[str]:
+def own_answers(backbone: Backbone, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, cache: AnswerCache | None = None) -> list[str]:
     """The model's greedy answers to formatted `prompts`; only those missing from `cache` are generated."""
     cache = cache if cache is not None else AnswerCache()
     keys = [AnswerCache.key(backbone.name, p, max_new_tokens) for p in prompts]
@@ -162,8 +161,17 @@ def mean_difference(differences: Sequence[float], prompts: Sequence[str]) -> tup
     return mean_ci(differences, prompts)
 
 
-def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: int, *, max_new_tokens: int = 64,
-           batch_size: int = 16, cache: AnswerCache | None = None, max_chars: int = MAX_RECORD_CHARS) -> Screening:
+def screen(
+    backbone: Backbone,
+    data: PersonaData,
+    vector: PersonaVector,
+    layer: int,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    cache: AnswerCache | None = None,
+    max_chars: int = MAX_RECORD_CHARS,
+) -> Screening:
     """Projection difference of every sample at `layer` (see the module docstring).
 
     Every sample gets a row; one with an empty output, over `max_chars` or whose own answer is empty gets no
@@ -177,13 +185,19 @@ def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: 
         raise ScreeningError(f"no sample can be scored: {counts or 'the dataset is empty'}")
     questions = list(dict.fromkeys(q for q, _ in pairs))
     prompts = dict(zip(questions, format_prompts(backbone, [chat_prompt(q) for q in questions])))
-    own = dict(zip(questions, own_answers(backbone, list(prompts.values()), max_new_tokens=max_new_tokens,
-                                          batch_size=batch_size, cache=cache)))
+    own = dict(zip(questions, own_answers(backbone, list(prompts.values()), max_new_tokens=max_new_tokens, batch_size=batch_size, cache=cache)))
     items = [(prompts[q], a) for q, a in pairs] + [(prompts[q], own[q]) for q in questions]
     kept = [i for i, (_, text) in enumerate(items) if text.strip()]  # an empty answer has no tokens to average
     with progress_bar("capture both answer sets", len(kept)) as advance:
-        acts = activations.collect_layer(backbone, [items[i][0] for i in kept], [items[i][1] for i in kept], layer,
-                                         positions="response_avg", batch_size=batch_size, on_batch=advance)
+        acts = activations.collect_layer(
+            backbone,
+            [items[i][0] for i in kept],
+            [items[i][1] for i in kept],
+            layer,
+            positions="response_avg",
+            batch_size=batch_size,
+            on_batch=advance,
+        )
     values: list[float | None] = [None] * len(items)
     for i, value in zip(kept, (acts @ vector.unit(layer)).tolist()):
         values[i] = _value(value)
@@ -192,20 +206,38 @@ def screen(backbone: Backbone, data: PersonaData, vector: PersonaVector, layer: 
     for i, (q, a, reason) in enumerate(zip(data.questions, data.answers, reasons)):
         data_p, own_p = data_projection.get((q, a)), model_projection.get(q)
         difference = None if data_p is None or own_p is None else data_p - own_p
-        rows.append({"index": i, "line": data.lines[i] if data.lines else None, "prompt": q[:200], "data_projection": data_p,
-                     "model_projection": own_p, "difference": difference,
-                     "not_scored": reason or (OWN_EMPTY if difference is None else None),
-                     "data_answer": a, "model_answer": own.get(q)})
+        rows.append(
+            {
+                "index": i,
+                "line": data.lines[i] if data.lines else None,
+                "prompt": q[:200],
+                "data_projection": data_p,
+                "model_projection": own_p,
+                "difference": difference,
+                "not_scored": reason or (OWN_EMPTY if difference is None else None),
+                "data_answer": a,
+                "model_answer": own.get(q),
+            }
+        )
     differences = [r["difference"] for r in rows if r["difference"] is not None]
     scored_prompts = [data.questions[r["index"]] for r in rows if r["difference"] is not None]
     mean, low, high = mean_difference(differences, scored_prompts) if differences else (math.nan,) * 3
-    summary = {"trait": vector.trait, "model": backbone.name, "vector": vector.fingerprint(), "layer": layer, "n": len(rows),
-               "scored": len(differences), "prompts": len(set(scored_prompts)),
-               "not_scored": dict(Counter(r["not_scored"] for r in rows if r["not_scored"])),
-               "mean_difference": _value(mean), "mean_difference_ci": [_value(low), _value(high)],
-               "positive_share": sum(d > 0 for d in differences) / len(differences) if differences else None,
-               "conclusion": conclusion(_value(mean), _value(low), _value(high)), "max_new_tokens": max_new_tokens,
-               "data_sha256": data.sha256}
+    summary = {
+        "trait": vector.trait,
+        "model": backbone.name,
+        "vector": vector.fingerprint(),
+        "layer": layer,
+        "n": len(rows),
+        "scored": len(differences),
+        "prompts": len(set(scored_prompts)),
+        "not_scored": dict(Counter(r["not_scored"] for r in rows if r["not_scored"])),
+        "mean_difference": _value(mean),
+        "mean_difference_ci": [_value(low), _value(high)],
+        "positive_share": sum(d > 0 for d in differences) / len(differences) if differences else None,
+        "conclusion": conclusion(_value(mean), _value(low), _value(high)),
+        "max_new_tokens": max_new_tokens,
+        "data_sha256": data.sha256,
+    }
     return Screening(rows, summary)
 
 

@@ -15,9 +15,10 @@ the first multi-token call of the sequence.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence, Union
+from typing import Any, Literal
 
 import torch
 
@@ -27,7 +28,7 @@ from .vectors import PersonaVector
 
 StepPositions = Literal["all", "prompt", "response"]
 Op = Literal["add", "ablate"]
-Coefficient = Union[float, Sequence[float], torch.Tensor]
+Coefficient = float | Sequence[float] | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -57,24 +58,18 @@ class SteeringTerm:
             return self.vector.directions[layer]
         tensor = self.vector
         if tensor.shape[-1] != backbone.hidden_size:
-            raise IncompatibleVectorError(
-                f"steering vector has hidden size {tensor.shape[-1]} but {backbone.name} has {backbone.hidden_size}"
-            )
+            raise IncompatibleVectorError(f"steering vector has hidden size {tensor.shape[-1]} but {backbone.name} has {backbone.hidden_size}")
         if tensor.dim() == 1:
             return tensor
         if tensor.shape[0] != backbone.n_layers + 1:
-            raise IncompatibleVectorError(
-                f"steering tensor has {tensor.shape[0]} layers but {backbone.name} needs {backbone.n_layers + 1}"
-            )
+            raise IncompatibleVectorError(f"steering tensor has {tensor.shape[0]} layers but {backbone.name} needs {backbone.n_layers + 1}")
         return tensor[layer]
 
-    def with_rows(self, rows: slice) -> "SteeringTerm":
+    def with_rows(self, rows: slice) -> SteeringTerm:
         """The same term for a slice of the batch (per-row coefficients sliced)."""
         if isinstance(self.coef, (int, float)):
             return self
-        return SteeringTerm(
-            self.vector, self.layers, torch.as_tensor(self.coef)[rows], self.positions, self.op, self.norm_preserving
-        )
+        return SteeringTerm(self.vector, self.layers, torch.as_tensor(self.coef)[rows], self.positions, self.op, self.norm_preserving)
 
 
 @dataclass
@@ -89,9 +84,7 @@ class _Prepared:
 
     def apply(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.coef.dim() and self.coef.shape[0] != hidden.shape[0]:
-            raise SteeringError(
-                f"{self.coef.shape[0]} per-row coefficients for a batch of {hidden.shape[0]}: give one per row"
-            )
+            raise SteeringError(f"{self.coef.shape[0]} per-row coefficients for a batch of {hidden.shape[0]}: give one per row")
         if self.op == "add":
             delta = self.coef * self.vector
         else:
@@ -107,7 +100,7 @@ class _Prepared:
 class _LayerHook:
     """Forward hook of one block: tracks positions and applies its terms."""
 
-    def __init__(self, terms: list[_Prepared], prompt_length: int | None, gate: "ConditionGate | None" = None) -> None:
+    def __init__(self, terms: list[_Prepared], prompt_length: int | None, gate: ConditionGate | None = None) -> None:
         self.terms = terms
         self.explicit_prompt_length = prompt_length
         self.prompt_length = prompt_length or 0
@@ -178,9 +171,7 @@ class Condition:
         """The unit direction at `layer`, checked against the backbone (float32, on its device)."""
         layer = backbone.check_layer(self.layer, allow_embedding=False)
         if layer == backbone.n_layers:
-            raise SteeringError(
-                f"condition layer {layer} is the last one, which HF reports after the final norm: use 1..{layer - 1}"
-            )
+            raise SteeringError(f"condition layer {layer} is the last one, which HF reports after the final norm: use 1..{layer - 1}")
         if self.comparison not in ("greater", "less"):
             raise SteeringError(f"unknown comparison '{self.comparison}': use greater or less")
         direction = SteeringTerm(self.vector, layer).direction(layer, backbone).float()

@@ -71,8 +71,7 @@ class DedupeCounts:
     kept: int
 
     def line(self) -> str:
-        return (f"{self.generated} questions generated, {self.exact} exact and {self.near} near duplicates removed, "
-                f"{self.kept} kept")
+        return f"{self.generated} questions generated, {self.exact} exact and {self.near} near duplicates removed, {self.kept} kept"
 
 
 @dataclass
@@ -129,16 +128,19 @@ tasks, short situations); no two questions may be alike.
 helpfulness, explains what 0 (no sign of the trait) and 100 (the trait throughout) mean, and ends by asking for a \
 number between 0 and 100 and nothing else.""")
 
-FIX = string.Template("That reply cannot be used: $problem. Reply again with the complete, corrected JSON object "
-                      "(keys instructions, questions, rubric) and nothing else.")
+FIX = string.Template(
+    "That reply cannot be used: $problem. Reply again with the complete, corrected JSON object "
+    "(keys instructions, questions, rubric) and nothing else."
+)
 
 MORE = string.Template("""\
 After removing duplicates, $kept distinct questions remain and at least $needed are needed. Reply with one JSON \
 object {"questions": [...]} and nothing else, holding $ask new questions that follow the same rules and differ from \
 every question above.""")
 
-FIX_MORE = string.Template('That reply cannot be used: $problem. Reply again with one JSON object {"questions": [...]} '
-                           "holding the new questions, and nothing else.")
+FIX_MORE = string.Template(
+    'That reply cannot be used: $problem. Reply again with one JSON object {"questions": [...]} holding the new questions, and nothing else.'
+)
 
 
 def generate_trait(
@@ -176,8 +178,9 @@ def generate_trait(
     _check_options(name, description, fmt, max_attempts, near_duplicate, n_questions, max_tokens)
     target = None if out is None else _check_output(Path(out), force)
     chat = _chat_for(model, max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout)
-    trait, counts, attempts = _converse(chat, name, description, max_attempts=max_attempts,
-                                        near_duplicate=near_duplicate, n_questions=n_questions, seed=seed)
+    trait, counts, attempts = _converse(
+        chat, name, description, max_attempts=max_attempts, near_duplicate=near_duplicate, n_questions=n_questions, seed=seed
+    )
     result = GeneratedTrait(trait, counts, attempts, model, fmt)
     if target is not None:
         result.path = write_text_atomic(target, result.text())
@@ -194,8 +197,14 @@ def trait_text(trait: Trait, fmt: str = "personactl") -> str:
     if fmt == "personactl":
         return trait.model_dump_json(indent=2) + "\n"
     if fmt == "persona_vectors":
-        data = {"name": trait.name, "description": trait.description, "instruction": [p.model_dump() for p in trait.instructions],
-                "questions": trait.questions, "eval_questions": trait.eval_questions, "eval_prompt": trait.rubric}
+        data = {
+            "name": trait.name,
+            "description": trait.description,
+            "instruction": [p.model_dump() for p in trait.instructions],
+            "questions": trait.questions,
+            "eval_questions": trait.eval_questions,
+            "eval_prompt": trait.rubric,
+        }
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     raise TraitGenerationError(f"unknown trait format {fmt!r}: use one of {', '.join(FORMATS)}")
 
@@ -248,9 +257,7 @@ def _far_apart(questions: list[str], threshold: float) -> list[str]:
     return [questions[i] for i in kept]
 
 
-def _check_options(
-    name: str, description: str, fmt: str, max_attempts: int, near_duplicate: float, n_questions: int, max_tokens: int
-) -> None:
+def _check_options(name: str, description: str, fmt: str, max_attempts: int, near_duplicate: float, n_questions: int, max_tokens: int) -> None:
     try:
         _NAME.validate_python(name)
     except ValidationError as exc:
@@ -264,7 +271,9 @@ def _check_options(
     if not 0 < near_duplicate <= 1:
         raise TraitGenerationError(f"the near-duplicate threshold is a cosine in (0, 1], got {near_duplicate}")
     if n_questions < NEEDED:
-        raise TraitGenerationError(f"ask for at least {NEEDED} questions ({MIN_QUESTIONS} extraction + {MIN_EVAL_QUESTIONS} held out), got {n_questions}")
+        raise TraitGenerationError(
+            f"ask for at least {NEEDED} questions ({MIN_QUESTIONS} extraction + {MIN_EVAL_QUESTIONS} held out), got {n_questions}"
+        )
     if max_tokens < 1:
         raise TraitGenerationError(f"max tokens must be at least 1, got {max_tokens}")
 
@@ -319,9 +328,16 @@ def _openai_chat(model: str, *, max_tokens: int, temperature: float, seed: int, 
         async with async_client(base_url, api_key, timeout) as client:
             completion = await with_retries(
                 lambda: client.chat.completions.create(
-                    model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed  # type: ignore[arg-type]
+                    model=model,
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed,  # type: ignore[arg-type]
                 ),
-                label, 5, 0.5, TraitGenerationError,
+                label,
+                5,
+                0.5,
+                TraitGenerationError,
             )
         if not completion.choices:
             return Reply("")
@@ -404,8 +420,11 @@ def _json_of(reply: Reply) -> dict[str, Any]:
 
 def _validate_answer(data: dict[str, Any], name: str, description: str) -> _Answer:
     """The reply's pairs, questions and rubric checked with the Trait model's rules (persona_vectors keys accepted)."""
-    fields = {"instructions": data.get("instructions", data.get("instruction")),
-              "questions": data.get("questions"), "rubric": data.get("rubric", data.get("eval_prompt"))}
+    fields = {
+        "instructions": data.get("instructions", data.get("instruction")),
+        "questions": data.get("questions"),
+        "rubric": data.get("rubric", data.get("eval_prompt")),
+    }
     missing = [key for key, value in fields.items() if value is None]
     if missing:
         raise _Unusable(f"the JSON object lacks the key(s) {', '.join(missing)}")
@@ -432,9 +451,16 @@ def _split(draft: _Answer, questions: list[str], seed: int) -> Trait:
     random.Random(seed).shuffle(order)
     pairs = [pair.model_dump() for pair in draft.instructions]
     n_eval = min(len(order) // 2, len(order) - MIN_QUESTIONS)
-    return Trait.model_validate({"name": draft.name, "description": draft.description, "instructions": pairs,
-                                 "questions": order[: len(order) - n_eval], "eval_questions": order[len(order) - n_eval :],
-                                 "rubric": draft.rubric})
+    return Trait.model_validate(
+        {
+            "name": draft.name,
+            "description": draft.description,
+            "instructions": pairs,
+            "questions": order[: len(order) - n_eval],
+            "eval_questions": order[len(order) - n_eval :],
+            "rubric": draft.rubric,
+        }
+    )
 
 
 def _problem(exc: ValidationError | TraitError) -> str:

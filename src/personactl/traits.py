@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -58,7 +58,7 @@ class Trait(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _held_out_is_disjoint(self) -> "Trait":
+    def _held_out_is_disjoint(self) -> Trait:
         shared = set(self.questions) & set(self.eval_questions)
         if shared:
             raise ValueError(f"{len(shared)} evaluation question(s) also appear in the extraction questions")
@@ -78,11 +78,9 @@ class ContrastiveTexts(BaseModel):
     negative_texts: list[str] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _same_count(self) -> "ContrastiveTexts":
+    def _same_count(self) -> ContrastiveTexts:
         if len(self.positive_texts) != len(self.negative_texts):
-            raise ValueError(
-                f"{len(self.positive_texts)} positive vs {len(self.negative_texts)} negative texts: give one negative per positive"
-            )
+            raise ValueError(f"{len(self.positive_texts)} positive vs {len(self.negative_texts)} negative texts: give one negative per positive")
         return self
 
 
@@ -96,7 +94,7 @@ class TraitSketch(BaseModel):
     questions: list[str] = Field(min_length=2)
 
 
-AnyTrait = Union[Trait, ContrastiveTexts, TraitSketch]
+AnyTrait = Trait | ContrastiveTexts | TraitSketch
 
 
 def builtin_traits() -> list[str]:
@@ -111,9 +109,7 @@ def load_trait(name_or_path: str | Path) -> AnyTrait:
     if str(name_or_path) in builtin_traits():
         path = Path(str(files("personactl") / "data" / "traits" / f"{name_or_path}.json"))
     elif not path.is_file():
-        raise TraitError(
-            f"no trait '{name_or_path}': use a built-in ({', '.join(builtin_traits())}) or a JSON/YAML file path"
-        )
+        raise TraitError(f"no trait '{name_or_path}': use a built-in ({', '.join(builtin_traits())}) or a JSON/YAML file path")
     return parse_trait(_read_mapping(path), default_name=path.stem, source=str(path))
 
 

@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._version import __version__
 from ._io import atomic_path
+from ._version import __version__
 from .errors import IncompatibleVectorError, VectorFileError
 from .models import Backbone
 
@@ -43,9 +43,7 @@ class PersonaVector:
     def __post_init__(self) -> None:
         self.directions = self.directions.detach().float().cpu()
         if self.directions.dim() != 2:
-            raise IncompatibleVectorError(
-                f"a persona vector is [layers, hidden]; got shape {tuple(self.directions.shape)}"
-            )
+            raise IncompatibleVectorError(f"a persona vector is [layers, hidden]; got shape {tuple(self.directions.shape)}")
 
     @property
     def n_layers(self) -> int:
@@ -81,17 +79,14 @@ class PersonaVector:
             )
         if self.n_layers != backbone.n_layers:
             raise IncompatibleVectorError(
-                f"vector '{self.trait}' covers {self.n_layers} layers but {backbone.name} has {backbone.n_layers}: "
-                "extract it on this model"
+                f"vector '{self.trait}' covers {self.n_layers} layers but {backbone.name} has {backbone.n_layers}: extract it on this model"
             )
 
-    def _combine(self, other: "PersonaVector", sign: float) -> "PersonaVector":
+    def _combine(self, other: PersonaVector, sign: float) -> PersonaVector:
         if not isinstance(other, PersonaVector):
             return NotImplemented
         if other.directions.shape != self.directions.shape:
-            raise IncompatibleVectorError(
-                f"cannot combine vectors of shapes {tuple(self.directions.shape)} and {tuple(other.directions.shape)}"
-            )
+            raise IncompatibleVectorError(f"cannot combine vectors of shapes {tuple(self.directions.shape)} and {tuple(other.directions.shape)}")
         op = "+" if sign > 0 else "-"
         return replace(
             self,
@@ -101,21 +96,21 @@ class PersonaVector:
             separation=[],
         )
 
-    def __add__(self, other: "PersonaVector") -> "PersonaVector":
+    def __add__(self, other: PersonaVector) -> PersonaVector:
         return self._combine(other, 1.0)
 
-    def __sub__(self, other: "PersonaVector") -> "PersonaVector":
+    def __sub__(self, other: PersonaVector) -> PersonaVector:
         return self._combine(other, -1.0)
 
-    def __mul__(self, scale: float) -> "PersonaVector":
+    def __mul__(self, scale: float) -> PersonaVector:
         return replace(self, directions=self.directions * float(scale))
 
     __rmul__ = __mul__
 
-    def __truediv__(self, scale: float) -> "PersonaVector":
+    def __truediv__(self, scale: float) -> PersonaVector:
         return self * (1.0 / float(scale))
 
-    def __neg__(self) -> "PersonaVector":
+    def __neg__(self) -> PersonaVector:
         return self * -1.0
 
     def metadata(self) -> dict[str, str]:

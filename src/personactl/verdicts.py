@@ -26,15 +26,20 @@ the rise is broad or carried by a few.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .intervals import paired_difference_ci
 
 MIN_COHERENCE = 50.0
 CONFIDENCE = 0.95
 CLEAR, COHERENCE_LOSS, NO_EFFECT, JUDGE_BLIND, DISAGREES = (
-    "clear rise", "rise with coherence loss", "no measurable effect", "judge cannot separate the trait", "evidence disagrees",
+    "clear rise",
+    "rise with coherence loss",
+    "no measurable effect",
+    "judge cannot separate the trait",
+    "evidence disagrees",
 )
 BLIND_NOTE = "the judge could not tell this model's positive from negative answers"
 
@@ -147,14 +152,24 @@ def verdict_for(method: str, layer: Any, cells: Sequence[Cell], expressed: bool 
     if expressed is False and steered == NO_EFFECT:
         verdict, note = JUDGE_BLIND, BLIND_NOTE
     elif expressed is False:
-        verdict, note = DISAGREES, (
-            f"steering gave a {steered} by the judge's own scores, but {BLIND_NOTE}: the data support a rise in what "
-            "the judge scores, not that it is the trait; check with an LLM judge (--judge openai:MODEL)"
+        verdict, note = (
+            DISAGREES,
+            (
+                f"steering gave a {steered} by the judge's own scores, but {BLIND_NOTE}: the data support a rise in what "
+                "the judge scores, not that it is the trait; check with an LLM judge (--judge openai:MODEL)"
+            ),
         )
     return Verdict(
-        method, layer, verdict, best.coef, (best.trait, best.lo, best.hi), (base.trait, base.lo, base.hi),
+        method,
+        layer,
+        verdict,
+        best.coef,
+        (best.trait, best.lo, best.hi),
+        (base.trait, base.lo, base.hi),
         None if best.coherence is None or not _finite(best.coherence) else best.coherence,
-        sign_test(base.per_question, best.per_question), note, rises[best.coef],
+        sign_test(base.per_question, best.per_question),
+        note,
+        rises[best.coef],
     )
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from ..backends import BackendError, parse_backend
 from ..judges.llm import DEFAULT_BASE_URL, _env, async_client, with_retries
@@ -81,7 +81,7 @@ class ApiGenerator:
         self.timeout = timeout
 
     @classmethod
-    def from_backend(cls, spec: str, **kw: object) -> "ApiGenerator":
+    def from_backend(cls, spec: str, **kw: object) -> ApiGenerator:
         kind, model = parse_backend(spec)
         if kind != "openai":
             raise BackendError(f"backend {spec!r} is not an API: use --backend openai:MODEL")
@@ -109,8 +109,9 @@ class ApiGenerator:
     async def achat(self, conversations: Sequence[Sequence[Message]], samplings: Sequence[Sampling], seeds: Sequence[int]) -> list[str]:
         semaphore = asyncio.Semaphore(self.concurrency)
         async with async_client(self.base_url, self.api_key, self.timeout) as client:
-            tasks = [asyncio.ensure_future(self._one(client, semaphore, list(c), s, int(seed)))
-                     for c, s, seed in zip(conversations, samplings, seeds)]
+            tasks = [
+                asyncio.ensure_future(self._one(client, semaphore, list(c), s, int(seed))) for c, s, seed in zip(conversations, samplings, seeds)
+            ]
             try:
                 return list(await asyncio.gather(*tasks))
             except BaseException:
@@ -123,10 +124,18 @@ class ApiGenerator:
         async with semaphore:
             completion = await with_retries(
                 lambda: client.chat.completions.create(
-                    model=self.model, messages=messages, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                    seed=seed, extra_body={"repetition_penalty": s.repetition_penalty, "repeat_penalty": s.repetition_penalty},
+                    model=self.model,
+                    messages=messages,
+                    max_tokens=s.max_tokens,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    seed=seed,
+                    extra_body={"repetition_penalty": s.repetition_penalty, "repeat_penalty": s.repetition_penalty},
                 ),
-                label, self.max_retries, self.backoff, BackendError,
+                label,
+                self.max_retries,
+                self.backoff,
+                BackendError,
             )
         if not completion.choices:
             raise BackendError(f"{label} returned no choices")

@@ -17,8 +17,9 @@ import json
 import re
 import struct
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,9 +165,7 @@ def read_control_vector(path: str | Path, backbone: Backbone | None = None, *, t
             raise ControlVectorError(f"{path}: tensor '{tensor.name}' is not a direction.N tensor (llama.cpp would refuse the file)")
         index = int(match.group(1))
         if index == 0:
-            raise ControlVectorError(
-                f"{path}: tensor direction.0 is invalid (llama.cpp refuses it: direction.N steers block N >= 1, our layer N+1)"
-            )
+            raise ControlVectorError(f"{path}: tensor direction.0 is invalid (llama.cpp refuses it: direction.N steers block N >= 1, our layer N+1)")
         if tensor.tensor_type != gguf.GGMLQuantizationType.F32 or len(tensor.shape) != 1:
             raise ControlVectorError(f"{path}: {tensor.name} is not a 1-D F32 tensor (llama.cpp needs exactly that)")
         found[index] = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
@@ -182,9 +181,7 @@ def read_control_vector(path: str | Path, backbone: Backbone | None = None, *, t
     name = backbone.name if backbone is not None else "unknown"
     if backbone is not None:
         if hidden != backbone.hidden_size:
-            raise ControlVectorError(
-                f"{path} has hidden size {hidden} but {backbone.name} has {backbone.hidden_size}: it was made for another model"
-            )
+            raise ControlVectorError(f"{path} has hidden size {hidden} but {backbone.name} has {backbone.hidden_size}: it was made for another model")
         if deepest > backbone.n_layers - 1:
             raise ControlVectorError(
                 f"{path} steers block {deepest} (direction.{deepest}) but {backbone.name} has blocks 0..{backbone.n_layers - 1} "
@@ -211,8 +208,9 @@ def control_vector_buffer(vector: PersonaVector, n_layers: int, scale: float = 1
     return np.ascontiguousarray(rows.numpy().astype(np.float32).reshape(-1))
 
 
-def set_control_vector(llm: Any, vector: PersonaVector | str | Path | None, scale: float = 1.0,
-                       layer_start: int = 1, layer_end: int | None = None) -> None:
+def set_control_vector(
+    llm: Any, vector: PersonaVector | str | Path | None, scale: float = 1.0, layer_start: int = 1, layer_end: int | None = None
+) -> None:
     """Apply a control vector to a llama_cpp.Llama (as `--control-vector-scaled FILE scale`); None clears it.
 
     `layer_start`/`layer_end` are llama.cpp block indices (inclusive, default all).

@@ -15,14 +15,14 @@ are built here.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
+from ..backends import parse_backend
 from ..extraction import ContrastivePair
 from ..generation import generate
 from ..methods import LayerSpec, MethodContext, MethodError
 from ..models import Message
-from ..backends import parse_backend
 from .api import Sampling
 
 SHOTS_PER_UNIT = 2
@@ -43,8 +43,7 @@ def shots(pairs: Sequence[ContrastivePair], coef: float, question: str, per_unit
         if pair.question in seen:
             continue
         seen.add(pair.question)
-        turns += [{"role": "user", "content": pair.question},
-                  {"role": "assistant", "content": pair.pos_answer if coef > 0 else pair.neg_answer}]
+        turns += [{"role": "user", "content": pair.question}, {"role": "assistant", "content": pair.pos_answer if coef > 0 else pair.neg_answer}]
         if len(seen) == k:
             break
     return turns
@@ -75,5 +74,6 @@ class FewShotMethod:
             return api_generator(self.ctx, self.name).chat(conversations, Sampling(s.temperature, max_tokens=s.max_new_tokens), seeds)
         if kind != "hf":
             raise MethodError(f"method 'fewshot' runs on --backend hf or openai:MODEL, not {kind}")
-        return generate(self.ctx.backbone, conversations, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                        seeds=seeds, batch_size=s.batch_size)
+        return generate(
+            self.ctx.backbone, conversations, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size
+        )

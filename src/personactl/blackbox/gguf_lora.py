@@ -33,24 +33,59 @@ from .cvec import ControlVectorError, llama_cpp_arch
 # LlamaModel.modify_tensors permutes q/k rows (LlamaModel.permute) for the architectures registered on LlamaModel and
 # on its subclasses that keep undo_permute = True and pass attention weights to it (Arcee, CogVLM, Granite and its MoE
 # and SWA variants, JanusPro, LlamaEmbedNemotron, Nanbeige, Sarashina2VL, SmolLM3); OlmoModel repeats that permutation.
-ROTARY_QK = frozenset({
-    "LLaMAForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "VLlama3ForCausalLM",
-    "LlavaForConditionalGeneration", "VoxtralForConditionalGeneration", "LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM",
-    "Eagle3Speculator", "Eagle3DraftModel", "IQuestCoderForCausalLM", "LlamaModel",
-    "ArceeForCausalLM", "CogVLMForCausalLM", "GraniteForCausalLM", "GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM",
-    "GraniteSWAForCausalLM", "GraniteMoeSWAForCausalLM", "JanusForConditionalGeneration", "LlamaBidirectionalModel",
-    "NanbeigeForCausalLM", "Sarashina2VisionForCausalLM", "SmolLM3ForCausalLM", "OlmoForCausalLM", "OLMoForCausalLM",
-})
+ROTARY_QK = frozenset(
+    {
+        "LLaMAForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "VLlama3ForCausalLM",
+        "LlavaForConditionalGeneration",
+        "VoxtralForConditionalGeneration",
+        "LlamaForCausalLMEagle3",
+        "Eagle3LlamaForCausalLM",
+        "Eagle3Speculator",
+        "Eagle3DraftModel",
+        "IQuestCoderForCausalLM",
+        "LlamaModel",
+        "ArceeForCausalLM",
+        "CogVLMForCausalLM",
+        "GraniteForCausalLM",
+        "GraniteMoeForCausalLM",
+        "GraniteMoeSharedForCausalLM",
+        "GraniteSWAForCausalLM",
+        "GraniteMoeSWAForCausalLM",
+        "JanusForConditionalGeneration",
+        "LlamaBidirectionalModel",
+        "NanbeigeForCausalLM",
+        "Sarashina2VisionForCausalLM",
+        "SmolLM3ForCausalLM",
+        "OlmoForCausalLM",
+        "OLMoForCausalLM",
+    }
+)
 # GPTNeoXModel regroups query_key_value's rows from per-head [q k v] blocks to all q, then all k, then all v.
 QKV_BY_HEAD = frozenset({"GPTNeoXForCausalLM"})
 # Converters that write q/k (or fused qkv) rows as they are: Qwen2Model, Qwen3Model, GemmaModel, Gemma2Model,
 # Gemma3Model, Phi3MiniModel, GPT2Model (which only transposes Conv1D weights to [out, in], as LoRADirection holds them),
 # and the LlamaModel subclasses that set undo_permute = False (Llama4Model, ApertusModel).
-ROWS_AS_IS = frozenset({
-    "Qwen2ForCausalLM", "Qwen2Model", "Qwen3ForCausalLM", "Qwen3Model", "GemmaForCausalLM", "Gemma2ForCausalLM",
-    "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "Phi3ForCausalLM", "GPT2LMHeadModel",
-    "Llama4ForCausalLM", "Llama4ForConditionalGeneration", "ApertusForCausalLM",
-})
+ROWS_AS_IS = frozenset(
+    {
+        "Qwen2ForCausalLM",
+        "Qwen2Model",
+        "Qwen3ForCausalLM",
+        "Qwen3Model",
+        "GemmaForCausalLM",
+        "Gemma2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "Gemma3ForConditionalGeneration",
+        "Phi3ForCausalLM",
+        "GPT2LMHeadModel",
+        "Llama4ForCausalLM",
+        "Llama4ForConditionalGeneration",
+        "ApertusForCausalLM",
+    }
+)
 QK_TENSORS = ("attn_q.weight", "attn_k.weight", "attn_qkv.weight")
 
 

@@ -27,19 +27,20 @@ import atexit
 import ctypes
 import functools
 import hashlib
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 
 from ..errors import ModelLoadError, PersonactlError
+from ..generation import Prompt
 from ..methods import LayerSpec, MethodContext, MethodError, PromptMethod, per_coefficient
 from ..models import EMBEDDED_MODELS, Backbone, Message
 from ..vectors import PersonaVector
 
-Prompt = Union[str, Sequence[Message]]
 DEFAULT_CTX = 2048
 GGUF_MAGIC = b"GGUF"
 
@@ -52,9 +53,7 @@ def _llama_cpp() -> Any:
     try:
         import llama_cpp  # noqa: PLC0415
     except ImportError as exc:
-        raise LlamaCppError(
-            "the llama.cpp backend needs llama-cpp-python: pip install 'personactl[llamacpp]' (or `make setup`)"
-        ) from exc
+        raise LlamaCppError("the llama.cpp backend needs llama-cpp-python: pip install 'personactl[llamacpp]' (or `make setup`)") from exc
     return llama_cpp
 
 
@@ -90,6 +89,7 @@ def gguf_header(path: Path) -> tuple[dict[str, Any], list[str]]:
     import struct  # noqa: PLC0415
 
     with open(path, "rb") as fh:
+
         def read(fmt: str) -> Any:
             size = struct.calcsize(fmt)
             data = fh.read(size)
@@ -153,9 +153,7 @@ def check_lora_gguf(path: str | Path, architecture: str | None = None) -> Path:
     return path
 
 
-def control_buffer(
-    terms: Sequence[tuple[PersonaVector, Mapping[int, float], float]], n_layers: int, hidden: int
-) -> tuple[np.ndarray, int, int]:
+def control_buffer(terms: Sequence[tuple[PersonaVector, Mapping[int, float], float]], n_layers: int, hidden: int) -> tuple[np.ndarray, int, int]:
     """The flat float32 buffer `llama_set_adapter_cvec` reads and its block range (il_start, il_end), inclusive.
 
     Each term is (vector, {our layer: weight}, coef) and adds coef * weight * v[l] at layer l;
@@ -187,7 +185,7 @@ class Control:
     """A control vector request: `vector` at `layers` ({layer: weight} or one layer), times `coef`."""
 
     vector: PersonaVector
-    layers: Union[int, Mapping[int, float]]
+    layers: int | Mapping[int, float]
     coef: float
     positions: str = "all"
 
@@ -205,9 +203,11 @@ class LlamaCppBackend:
         self.path = resolve_gguf(spec)
         self.name = str(spec) if str(spec) in EMBEDDED_MODELS else self.path.stem
         threads = n_threads or max(1, torch.get_num_threads())
+
         def load(size: int) -> Any:
-            return llama_cpp.Llama(model_path=str(self.path), n_ctx=size, n_threads=threads, n_threads_batch=threads,
-                                   seed=seed, verbose=False, logits_all=False)
+            return llama_cpp.Llama(
+                model_path=str(self.path), n_ctx=size, n_threads=threads, n_threads_batch=threads, seed=seed, verbose=False, logits_all=False
+            )
 
         self.llm = load(n_ctx or DEFAULT_CTX)
         train = self.llm._model.n_ctx_train()  # noqa: SLF001
@@ -305,7 +305,7 @@ class LlamaCppBackend:
             raise LlamaCppError("llama.cpp refused the LoRA adapters")
 
     @contextmanager
-    def steered(self, *controls: Control, loras: Sequence[tuple[str | Path, float]] = ()) -> Iterator["LlamaCppBackend"]:
+    def steered(self, *controls: Control, loras: Sequence[tuple[str | Path, float]] = ()) -> Iterator[LlamaCppBackend]:
         """Control vectors (at every position) and LoRAs for the body of the `with`, cleared afterwards (exceptions included)."""
         try:
             if loras:
@@ -512,7 +512,7 @@ class LlamaCppVectorMethod:
         if isinstance(layer, str):
             if layer not in self.ctx.blends:
                 raise MethodError(f"no weights for the layer blend '{layer}': resolve it with experiment.choose_layers first")
-            layers: Union[int, dict[int, float]] = dict(self.ctx.blends[layer])
+            layers: int | dict[int, float] = dict(self.ctx.blends[layer])
         else:
             layers = int(layer)
         s = self.ctx.settings
@@ -520,8 +520,11 @@ class LlamaCppVectorMethod:
         def answer_rows(coef: float, rows: list[int]) -> list[str]:
             controls = [Control(self.ctx.vector, layers, coef, self.ctx.positions)] if coef != 0 else []  # type: ignore[arg-type]
             return self.backend.generate(
-                [chat_prompt(questions[i]) for i in rows], controls=controls, max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature, seeds=[seeds[i] for i in rows],
+                [chat_prompt(questions[i]) for i in rows],
+                controls=controls,
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                seeds=[seeds[i] for i in rows],
             )
 
         return per_coefficient(coefs, answer_rows)
@@ -553,8 +556,10 @@ class LlamaCppLoRAMethod:
         def answer_rows(coef: float, rows: list[int]) -> list[str]:
             with self.backend.steered(loras=[(self.path, coef)] if coef != 0 else []):
                 return self.backend.generate(
-                    [chat_prompt(questions[i]) for i in rows], max_new_tokens=s.max_new_tokens,
-                    temperature=s.temperature, seeds=[seeds[i] for i in rows],
+                    [chat_prompt(questions[i]) for i in rows],
+                    max_new_tokens=s.max_new_tokens,
+                    temperature=s.temperature,
+                    seeds=[seeds[i] for i in rows],
                 )
 
         return per_coefficient(coefs, answer_rows)
@@ -594,12 +599,24 @@ class LlamaCppPromptMethod:
 
 def describe(backend: LlamaCppBackend) -> dict[str, Any]:
     """What a run records about the backend."""
-    return {"backend": "llamacpp", "gguf": str(backend.path), "n_ctx": backend.llm.n_ctx(), "layers": backend.n_layers,
-            "hidden": backend.hidden_size, "architecture": backend.architecture}
+    return {
+        "backend": "llamacpp",
+        "gguf": str(backend.path),
+        "n_ctx": backend.llm.n_ctx(),
+        "layers": backend.n_layers,
+        "hidden": backend.hidden_size,
+        "architecture": backend.architecture,
+    }
 
 
 __all__ = [
-    "Control", "LlamaCppBackend", "LlamaCppError", "check_lora_gguf", "control_buffer", "lora_gguf", "resolve_gguf",
+    "Control",
+    "LlamaCppBackend",
+    "LlamaCppError",
+    "check_lora_gguf",
+    "control_buffer",
+    "lora_gguf",
+    "resolve_gguf",
 ]
 
 
@@ -694,7 +711,9 @@ class LlamaCppChat:
             return "error: use /vector PATH COEF [LAYER]"
         try:
             coef = float(parts[1])
-            layer = int(parts[2]) if len(parts) == 3 else default_layer(Path(parts[0]), self.backend.n_layers, lowest=2)  # llama.cpp cannot steer layer 1
+            layer = (
+                int(parts[2]) if len(parts) == 3 else default_layer(Path(parts[0]), self.backend.n_layers, lowest=2)
+            )  # llama.cpp cannot steer layer 1
         except ValueError:
             return f"error: '{' '.join(parts[1:])}' is not COEF [LAYER] (a number and a whole number)"
         vector = load_vector(parts[0])

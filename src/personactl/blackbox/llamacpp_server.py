@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import PersonactlError
 
@@ -35,8 +35,21 @@ def free_port() -> int:
 def llamacpp_server(model: str | Path, log: Path, *, n_ctx: int = 2048, threads: int = 2, timeout: float = 120.0) -> Iterator[str]:
     """Serve the GGUF file `model`; yields its /v1 base URL; the server is terminated on exit, errors included."""
     port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-               "--n_ctx", str(n_ctx), "--n_threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads),
+    ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as sink:
         server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
@@ -47,9 +60,9 @@ def llamacpp_server(model: str | Path, log: Path, *, n_ctx: int = 2048, threads:
             try:
                 urllib.request.urlopen(f"{url}/models", timeout=2)
                 break
-            except OSError:
+            except OSError as err:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise ServerStartError(f"llama_cpp.server did not start (log {log}): {log.read_text(errors='replace')[-500:]}")
+                    raise ServerStartError(f"llama_cpp.server did not start (log {log}): {log.read_text(errors='replace')[-500:]}") from err
                 time.sleep(0.3)
         yield url
     finally:

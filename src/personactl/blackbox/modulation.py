@@ -33,16 +33,16 @@ model at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
+from ..backends import parse_backend
 from ..errors import PersonactlError
 from ..extraction import ContrastivePair, mean_hidden_norms, pair_activations, usable_pairs
 from ..generation import chat_prompt
 from ..methods import LayerSpec, MethodContext, MethodError
 from ..models import Backbone
 from ..vectors import PersonaVector
-from ..backends import parse_backend
 from .api import ApiGenerator, Sampling
 
 MAGNITUDE_UNIT = 0.1  # |v_l| in tenths of mean ||h_l||

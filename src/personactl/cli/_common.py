@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.console import Console
 
 from ..errors import OptionError
-
 
 app = typer.Typer(
     help="Find, measure, steer and move the character traits (personas) of language models.",
@@ -42,7 +39,9 @@ transfer_app = typer.Typer(help="Cross-model transfer: carry a persona vector fr
 app.add_typer(transfer_app, name="transfer")
 
 
-condition_app = typer.Typer(help="Conditional steering: find a condition (direction, layer, threshold) from two sets of prompts.", no_args_is_help=True)
+condition_app = typer.Typer(
+    help="Conditional steering: find a condition (direction, layer, threshold) from two sets of prompts.", no_args_is_help=True
+)
 
 
 app.add_typer(condition_app, name="condition")
@@ -81,7 +80,7 @@ DeviceMapOpt = typer.Option(None, "--device-map", help="'auto' spreads a big mod
 FormatOpt = typer.Option(None, "--format", help="vector file format: safetensors, pt or npy (default: by suffix)")
 
 
-def _load(model: str, device: Optional[str], dtype: Optional[str], device_map: Optional[str], quantize: Optional[str] = None):
+def _load(model: str, device: str | None, dtype: str | None, device_map: str | None, quantize: str | None = None):
     import warnings  # noqa: PLC0415
 
     from ..models import load_model  # noqa: PLC0415 - keep --help fast
@@ -95,8 +94,12 @@ def _load(model: str, device: Optional[str], dtype: Optional[str], device_map: O
     return backbone
 
 
-RayOpt = typer.Option(None, "--ray", help="spread the work over Ray actors: local (a Ray started here, stopped after), auto (the "
-                      "running cluster) or HOST:PORT / ray://HOST:PORT; needs pip install 'personactl[ray]'")
+RayOpt = typer.Option(
+    None,
+    "--ray",
+    help="spread the work over Ray actors: local (a Ray started here, stopped after), auto (the "
+    "running cluster) or HOST:PORT / ray://HOST:PORT; needs pip install 'personactl[ray]'",
+)
 
 
 RayActorsOpt = typer.Option(2, "--ray-actors", help="Ray actors (one model each; on a GPU cluster one GPU each)")
@@ -114,7 +117,6 @@ def _numbers(text: str, kind: type = float) -> list:
 def _number(text: str, option: str) -> float:
     """A finite number given as text (so a mistake is one `error:` line, not click's usage block)."""
     import math  # noqa: PLC0415
-
 
     try:
         value = float(text)

@@ -51,9 +51,9 @@ def import_cvec(
     model: str = ModelOpt,
 ) -> None:
     """Read a llama.cpp / repeng control vector into a persona vector: direction.N becomes our layer N+1."""
-    from ..blackbox.cvec import read_control_vector  # noqa: PLC0415
-
     import warnings  # noqa: PLC0415
+
+    from ..blackbox.cvec import read_control_vector  # noqa: PLC0415
 
     read_control_vector(file)  # a file that is no control vector fails before the model loads
     backbone = _common._load(model, None, None, None)

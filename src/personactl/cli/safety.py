@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -53,8 +52,15 @@ def align_cmd(
 
     check_out_dir(out_dir)
     card = align(_load(model), out_dir, lora=lora)
-    rows = [{"model": k, "refusal": _rate(card[k]["refusal"]), "over-refusal": _rate(card[k]["over_refusal"]),
-             "utility ppl": f"{card[k]['utility_perplexity']:.2f}"} for k in ("before", "after")]
+    rows = [
+        {
+            "model": k,
+            "refusal": _rate(card[k]["refusal"]),
+            "over-refusal": _rate(card[k]["over_refusal"]),
+            "utility ppl": f"{card[k]['utility_perplexity']:.2f}",
+        }
+        for k in ("before", "after")
+    ]
     _print_table("held-out requests (phrase matcher, 95% CI)", rows, list(rows[0]))
     _print(f"aligned model written to {out_dir}")
 
@@ -75,8 +81,10 @@ def identify_cmd(
     settings = IdentifySettings(model=model, sparsity=sparsity, utility_sparsity=utility_sparsity, nsamples=nsamples)
     check_replaceable(out_dir, SUMMARY)
     summary = identify(_load(model), out_dir, settings, reference_pt=reference_pt)
-    _print(f"{summary['masked']} safety-critical weights ({100 * summary['fraction']:.2f}% of the block linear weights); "
-           f"top-{100 * sparsity:g}% safety alone: {summary['safety_only']}")
+    _print(
+        f"{summary['masked']} safety-critical weights ({100 * summary['fraction']:.2f}% of the block linear weights); "
+        f"top-{100 * sparsity:g}% safety alone: {summary['safety_only']}"
+    )
     _print(f"scores and masks written to {out_dir}")
 
 
@@ -88,8 +96,10 @@ def prune_check_cmd(identify_dir: Path = typer.Argument(..., help="folder writte
 
     summary = require_summary(identify_dir)
     result = prune_check(_load(summary["settings"]["model"]), identify_dir)
-    rows = [{"weights zeroed": n.replace("_", " "), "count": v["pruned"], "refusal": _rate(v["refusal"]), "utility ppl": f"{v['utility_perplexity']:.2f}"}
-            for n, v in result["variants"].items()]
+    rows = [
+        {"weights zeroed": n.replace("_", " "), "count": v["pruned"], "refusal": _rate(v["refusal"]), "utility ppl": f"{v['utility_perplexity']:.2f}"}
+        for n, v in result["variants"].items()
+    ]
     _print_table("prune check (held-out harmful requests)", rows, list(rows[0]))
     _print(f"written to {identify_dir / PRUNE_CHECK}")
 
@@ -98,13 +108,15 @@ def prune_check_cmd(identify_dir: Path = typer.Argument(..., help="folder writte
 def finetune_cmd(
     frozen_masks: Path = typer.Option(..., "--frozen", help="identify folder (its masks) or a mask file (.safetensors / reference .pt)"),
     out_dir: Path = typer.Option(..., "--out", "-o", help="adapter (--peft) or model (--full) folder to write"),
-    data: Optional[Path] = typer.Option(None, help="JSONL {instruction, output} to fine-tune on (default: the shipped utility set)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model of the identify folder"),
+    data: Path | None = typer.Option(None, help="JSONL {instruction, output} to fine-tune on (default: the shipped utility set)"),
+    model: str | None = typer.Option(None, "--model", "-m", help="default: the model of the identify folder"),
     peft: bool = typer.Option(False, "--peft/--full", help="LoRA on the frozen base, or every weight with the mask frozen"),
-    r: int = typer.Option(8, "--r", help="LoRA rank"), alpha: float = typer.Option(16.0, help="LoRA alpha"),
+    r: int = typer.Option(8, "--r", help="LoRA rank"),
+    alpha: float = typer.Option(16.0, help="LoRA alpha"),
     targets: str = typer.Option("q_proj,v_proj", help="LoRA target modules, comma-separated"),
     freeze: str = typer.Option("safety", help="safety (the masks), random (same count per matrix; the control) or none"),
-    epochs: int = typer.Option(1), learning_rate: Optional[float] = typer.Option(None, "--lr", help="default: 1e-4 full, 1e-3 LoRA"),
+    epochs: int = typer.Option(1),
+    learning_rate: float | None = typer.Option(None, "--lr", help="default: 1e-4 full, 1e-3 LoRA"),
 ) -> None:
     """Fine-tune with the masked weights frozen (bit-identical, verified) or a control (random mask, nothing frozen)."""
     from dataclasses import replace  # noqa: PLC0415
@@ -125,20 +137,26 @@ def finetune_cmd(
     if freeze == "random":
         masks = load_masks(backbone, frozen_masks / RANDOM_MASKS) if summary else random_like(masks)
     base = LORA_UTILITY if peft else FULL_UTILITY
-    config = replace(base, epochs=epochs, learning_rate=learning_rate or base.learning_rate,
-                     **({"rank": r, "alpha": alpha, "target_modules": tuple(t.strip() for t in targets.split(",") if t.strip())} if peft else {}))
+    config = replace(
+        base,
+        epochs=epochs,
+        learning_rate=learning_rate or base.learning_rate,
+        **({"rank": r, "alpha": alpha, "target_modules": tuple(t.strip() for t in targets.split(",") if t.strip())} if peft else {}),
+    )
     examples = formatted(backbone, data or "benign_train")
     card = frozen_finetune(backbone, examples, out_dir, None if freeze == "none" else masks, peft=peft, config=config, freeze_label=freeze)
-    _print(f"{len(card['losses'])} steps on {card['n_train']} examples, {card['frozen_weights']} weights frozen ({freeze}), "
-           f"final loss {card['losses'][-1]:.3f}")
+    _print(
+        f"{len(card['losses'])} steps on {card['n_train']} examples, {card['frozen_weights']} weights frozen ({freeze}), "
+        f"final loss {card['losses'][-1]:.3f}"
+    )
     _print(f"{'adapter' if peft else 'model'} written to {out_dir}" + (f" (frozen masks from {frozen_masks / MASKS})" if summary else ""))
 
 
 @safety_app.command("dynamics")
 def dynamics_cmd(
     identify_dir: Path = typer.Argument(..., help="folder written by `safety identify` (scores before, masks)"),
-    after: List[Path] = typer.Option(..., "--after", help="fine-tuned model folder or adapter (repeat for several)"),
-    before: Optional[str] = typer.Option(None, help="the model the masks were found on (default: the identify folder's)"),
+    after: list[Path] = typer.Option(..., "--after", help="fine-tuned model folder or adapter (repeat for several)"),
+    before: str | None = typer.Option(None, help="the model the masks were found on (default: the identify folder's)"),
 ) -> None:
     """Recompute Wanda scores after fine-tuning: change of frozen vs other vs random weights, refusal, verdict A/B."""
     from .._io import write_text_atomic  # noqa: PLC0415
@@ -154,8 +172,14 @@ def dynamics_cmd(
         result = measure_finetune(backbone, reference, folder, held_out)
         write_text_atomic(folder / DYNAMICS, json.dumps(result, indent=2))
         overall = result["scores"]["overall"]
-        rows.append({"fine-tune": str(folder), "refusal": _rate(result["refusal"]),
-                     **{f"{g} change": change(overall[f"{g}_mean"]) for g in ("frozen", "others", "random")}, "verdict": result["scores"]["verdict"]})
+        rows.append(
+            {
+                "fine-tune": str(folder),
+                "refusal": _rate(result["refusal"]),
+                **{f"{g} change": change(overall[f"{g}_mean"]) for g in ("frozen", "others", "random")},
+                "verdict": result["scores"]["verdict"],
+            }
+        )
         _print(f"written to {folder / DYNAMICS}")
     _print_table("Wanda score dynamics (mean relative change, 95% CI over matrices)", rows, list(rows[0]))
 
@@ -172,11 +196,13 @@ def plot_cmd(run_dir: Path = typer.Argument(..., help="a `safety run` folder (re
 def run_cmd(
     out_dir: Path = typer.Option(Path("runs/safety"), "--out", "-o", help="run folder (re-running resumes it)"),
     model: str = ModelOpt,
-    sparsity: float = typer.Option(0.03), utility_sparsity: float = typer.Option(0.03), nsamples: int = typer.Option(128),
+    sparsity: float = typer.Option(0.03),
+    utility_sparsity: float = typer.Option(0.03),
+    nsamples: int = typer.Option(128),
 ) -> None:
     """align -> identify -> prune-check -> fine-tunes (full, LoRA x safety, none, random frozen) -> dynamics -> report."""
-    from ..safety.identify import IdentifySettings  # noqa: PLC0415
     from .._io import check_replaceable  # noqa: PLC0415
+    from ..safety.identify import IdentifySettings  # noqa: PLC0415
     from ..safety.pipeline import RUN_MARKERS, run_safety  # noqa: PLC0415
     from ..safety.report import markdown, write_report  # noqa: PLC0415
 

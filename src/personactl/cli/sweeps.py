@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -27,10 +26,14 @@ def _print_summary(summary: list[dict], title: str) -> None:
     table = Table("method", "layer", "coef", "n", "trait [95% CI]", "coherence [95% CI]", "collapsed", "ppl", title=title)
     for r in summary:
         table.add_row(
-            r["method"], str(r["layer"]), f"{r['coef']:g}", str(r["n"]),
+            r["method"],
+            str(r["layer"]),
+            f"{r['coef']:g}",
+            str(r["n"]),
             score_cell(r["trait_mean"], r["trait_lo"], r["trait_hi"], r["trait_scored"], r["n"]),
             score_cell(r["coherence_mean"], r["coherence_lo"], r["coherence_hi"], r["coherence_scored"], r["n"]),
-            f"{100 * r['collapse_rate']:.0f}%", f"{r['perplexity_mean']:.2f}",
+            f"{100 * r['collapse_rate']:.0f}%",
+            f"{r['perplexity_mean']:.2f}",
         )
     out.print(table)
 
@@ -56,10 +59,11 @@ def _print_run(result) -> None:
         out.print(f"report:  {result.report}")
 
 
-def _sweep_config(config: Optional[Path], overrides: dict):
-    from ..evaluate import validate_config  # noqa: PLC0415
-
-    from ..evaluate import SweepError  # noqa: PLC0415
+def _sweep_config(config: Path | None, overrides: dict):
+    from ..evaluate import (
+        SweepError,  # noqa: PLC0415
+        validate_config,  # noqa: PLC0415
+    )
 
     data = {}
     if config is not None:
@@ -68,43 +72,58 @@ def _sweep_config(config: Optional[Path], overrides: dict):
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SweepError(f"cannot read --config {config}: {getattr(exc, 'strerror', None) or exc}") from exc
         if not isinstance(data, dict):
-            raise SweepError(f"--config {config} holds a JSON {type(data).__name__}, not an object of settings such as "
-                             '{"trait": "pirate", "coefs": [0, 1, 2]}')
+            raise SweepError(
+                f'--config {config} holds a JSON {type(data).__name__}, not an object of settings such as {{"trait": "pirate", "coefs": [0, 1, 2]}}'
+            )
     data.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(data)
 
 
 @app.command()
 def sweep(
-    trait: Optional[str] = typer.Option(None, "--trait", "-t", help="built-in trait or trait file [default: pirate]"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="model spec [default: smollm2-135m]"),
-    vector: Optional[str] = typer.Option(None, "--vector", "-v", help="vector file (its .pairs.jsonl beside it feeds the embed judge); extracted when absent"),
-    lora: Optional[str] = typer.Option(None, help="persona direction folder for method 'lora' (from `personactl lora extract`)"),
-    adapter: Optional[str] = typer.Option(None, help="persona adapter (registry name or folder) for method 'adapter'"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated: vector, prompt, lora, adapter, fewshot, modulation, api-prompt [default: vector]"),
-    coefs: Optional[str] = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
-    layers: Optional[str] = typer.Option(None, help="layers, e.g. '8,12,16'; 'auto' (the best measured layer); 'auto:K' (the top K "
-                                         "blended, coefficient split by measured effect); or a mix, e.g. 'auto,auto:3' [default: auto]"),
-    samples: Optional[int] = typer.Option(None, help="answers per question and condition [default: 1]"),
-    n_questions: Optional[int] = typer.Option(None, help="first N evaluation questions [default: all]"),
-    judge: Optional[str] = typer.Option(None, help="embed (offline), local:MODEL or openai:MODEL [default: embed]"),
-    temperature: Optional[float] = typer.Option(None, help="0 = greedy [default: 0]"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="[default: 48]"),
-    seed: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None, help="rows per generation batch (a batch is part of a sweep) [default: 32]"),
-    positions: Optional[str] = typer.Option(None, help="steered positions: all (every token) or response (the last prompt token "
-                                             "and every new one, as persona_vectors steers; each question's prompt is then "
-                                             "prefilled once for all coefficients, faster) [default: all]"),
-    name: Optional[str] = typer.Option(None, help="run name: results go to OUT/NAME [default: sweep]"),
+    trait: str | None = typer.Option(None, "--trait", "-t", help="built-in trait or trait file [default: pirate]"),
+    model: str | None = typer.Option(None, "--model", "-m", help="model spec [default: smollm2-135m]"),
+    vector: str | None = typer.Option(
+        None, "--vector", "-v", help="vector file (its .pairs.jsonl beside it feeds the embed judge); extracted when absent"
+    ),
+    lora: str | None = typer.Option(None, help="persona direction folder for method 'lora' (from `personactl lora extract`)"),
+    adapter: str | None = typer.Option(None, help="persona adapter (registry name or folder) for method 'adapter'"),
+    methods: str | None = typer.Option(
+        None, help="comma-separated: vector, prompt, lora, adapter, fewshot, modulation, api-prompt [default: vector]"
+    ),
+    coefs: str | None = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
+    layers: str | None = typer.Option(
+        None,
+        help="layers, e.g. '8,12,16'; 'auto' (the best measured layer); 'auto:K' (the top K "
+        "blended, coefficient split by measured effect); or a mix, e.g. 'auto,auto:3' [default: auto]",
+    ),
+    samples: int | None = typer.Option(None, help="answers per question and condition [default: 1]"),
+    n_questions: int | None = typer.Option(None, help="first N evaluation questions [default: all]"),
+    judge: str | None = typer.Option(None, help="embed (offline), local:MODEL or openai:MODEL [default: embed]"),
+    temperature: float | None = typer.Option(None, help="0 = greedy [default: 0]"),
+    max_new_tokens: int | None = typer.Option(None, help="[default: 48]"),
+    seed: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="rows per generation batch (a batch is part of a sweep) [default: 32]"),
+    positions: str | None = typer.Option(
+        None,
+        help="steered positions: all (every token) or response (the last prompt token "
+        "and every new one, as persona_vectors steers; each question's prompt is then "
+        "prefilled once for all coefficients, faster) [default: all]",
+    ),
+    name: str | None = typer.Option(None, help="run name: results go to OUT/NAME [default: sweep]"),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
-    config: Optional[Path] = typer.Option(None, help="JSON file with any of these settings (flags override it)"),
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
-    backend: Optional[str] = typer.Option(None, "--backend", help="hf (local); llamacpp: vector, lora, adapter and prompt run as their "
-                                          "llama.cpp twins (llamacpp-vector ...; judges and perplexity stay on the hf model); or "
-                                          "openai:MODEL: where modulation, api-prompt and "
-                                          "fewshot generate (base URL / key: PERSONACTL_API_BASE_URL / PERSONACTL_API_KEY) [default: hf]"),
-    ray: Optional[str] = RayOpt,
+    config: Path | None = typer.Option(None, help="JSON file with any of these settings (flags override it)"),
+    device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt,
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help="hf (local); llamacpp: vector, lora, adapter and prompt run as their "
+        "llama.cpp twins (llamacpp-vector ...; judges and perplexity stay on the hf model); or "
+        "openai:MODEL: where modulation, api-prompt and "
+        "fewshot generate (base URL / key: PERSONACTL_API_BASE_URL / PERSONACTL_API_KEY) [default: hf]",
+    ),
+    ray: str | None = RayOpt,
     ray_actors: int = RayActorsOpt,
 ) -> None:
     """Sweep coefficients (x layers x methods) over held-out questions, judged; resumable; writes a report.
@@ -113,14 +132,29 @@ def sweep(
     results.jsonl, so a run resumes the same way with or without --ray."""
     from ..experiment import run as run_experiment  # noqa: PLC0415
 
-    cfg = _sweep_config(config, {
-        "trait": trait, "model": model, "vector": vector, "lora": lora, "adapter": adapter, "samples": samples, "n_questions": n_questions,
-        "judge": judge, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
-        "batch_size": batch_size, "name": name, "positions": positions, "backend": backend,
-        "methods": [m.strip() for m in methods.split(",")] if methods else None,
-        "coefs": _numbers(coefs) if coefs else None,
-        "layers": _layer_specs(layers) if layers else None,
-    })
+    cfg = _sweep_config(
+        config,
+        {
+            "trait": trait,
+            "model": model,
+            "vector": vector,
+            "lora": lora,
+            "adapter": adapter,
+            "samples": samples,
+            "n_questions": n_questions,
+            "judge": judge,
+            "temperature": temperature,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "batch_size": batch_size,
+            "name": name,
+            "positions": positions,
+            "backend": backend,
+            "methods": [m.strip() for m in methods.split(",")] if methods else None,
+            "coefs": _numbers(coefs) if coefs else None,
+            "layers": _layer_specs(layers) if layers else None,
+        },
+    )
     if ray is None:
         _print_run(run_experiment(cfg, out_dir, backbone=_common._load(cfg.model, device, dtype, None)))
         return
@@ -130,11 +164,14 @@ def sweep(
     run_dir = out_dir / cfg.name
     if (run_dir / "config.json").exists():
         claim_run_dir(cfg, run_dir)  # another config is refused before Ray is reached or any actor loads a model
-    run_on_ray(ray, partial(_sweep_on_ray, cfg, out_dir, ray, ray_actors, device, dtype),
-               Ending(lambda: f"{len(ResultsFile(run_dir / 'results.jsonl').records)} records kept"))
+    run_on_ray(
+        ray,
+        partial(_sweep_on_ray, cfg, out_dir, ray, ray_actors, device, dtype),
+        Ending(lambda: f"{len(ResultsFile(run_dir / 'results.jsonl').records)} records kept"),
+    )
 
 
-def _sweep_on_ray(cfg, out_dir: Path, ray: str, actors: int, device: Optional[str], dtype: Optional[str]) -> None:
+def _sweep_on_ray(cfg, out_dir: Path, ray: str, actors: int, device: str | None, dtype: str | None) -> None:
     """The sweep on Ray actors; against a cluster it runs in the driver process of personactl.scaleout.driver."""
     from ..experiment import run as run_experiment  # noqa: PLC0415
     from ..scaleout import PoolSettings, RayRunner, ray_pool  # noqa: PLC0415
@@ -148,12 +185,12 @@ def _sweep_on_ray(cfg, out_dir: Path, ray: str, actors: int, device: Optional[st
 def layers(
     trait: str = typer.Option("pirate", "--trait", "-t", help="built-in trait or trait file"),
     model: str = ModelOpt,
-    vector: Optional[str] = typer.Option(None, "--vector", "-v", help="vector file with its .pairs.jsonl; extracted when absent"),
+    vector: str | None = typer.Option(None, "--vector", "-v", help="vector file with its .pairs.jsonl; extracted when absent"),
     judge: str = typer.Option("embed", help="embed, local:MODEL or openai:MODEL"),
     name: str = typer.Option("layers", help="run name: files go to OUT/NAME"),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
     top: int = typer.Option(3, "--top", help="show the weights of the top K measured layers (what --layers auto:K steers)"),
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Per-layer effectiveness (AUROC, Cohen's d, measured steering effect), the auto layer choice and the auto:K weights."""
     from ..evaluate import validate_config  # noqa: PLC0415
@@ -174,9 +211,14 @@ def layers(
     table = Table("layer", "AUROC", "Cohen's d", "effect", "coherence", f"auto:{top} weight")
     for r in selection.rows:
         mark = " *" if r.layer == selection.chosen else ""
-        table.add_row(f"{r.layer}{mark}", f"{r.auroc:.3f}", f"{r.cohens_d:.2f}",
-                      "" if r.effect is None else f"{r.effect:+.1f}", "" if r.coherence is None else f"{r.coherence:.0f}",
-                      f"{blend.weights[r.layer]:.2f}" if r.layer in blend.weights else "")
+        table.add_row(
+            f"{r.layer}{mark}",
+            f"{r.auroc:.3f}",
+            f"{r.cohens_d:.2f}",
+            "" if r.effect is None else f"{r.effect:+.1f}",
+            "" if r.coherence is None else f"{r.coherence:.0f}",
+            f"{blend.weights[r.layer]:.2f}" if r.layer in blend.weights else "",
+        )
     out.print(table)
     out.print(f"layer {selection.chosen} chosen: {selection.reason}")
     out.print(f"layers {blend.describe()} (coefficient c adds c * weight * v[l] at each layer l; the weights sum to 1)")
@@ -197,23 +239,36 @@ def compare(
     lora: str = typer.Option(..., help="persona direction folder (from `personactl lora extract`)"),
     trait: str = typer.Option("pirate", "--trait", "-t", help="built-in trait or trait file"),
     model: str = ModelOpt,
-    vector: Optional[str] = typer.Option(None, "--vector", "-v", help="persona vector (+ .pairs.jsonl); extracted when absent"),
+    vector: str | None = typer.Option(None, "--vector", "-v", help="persona vector (+ .pairs.jsonl); extracted when absent"),
     coefs: str = typer.Option("-2,-1,0,1,2", help="coefficients for both methods"),
     layers: str = typer.Option("auto", help="activation-steering layer, or 'auto'"),
-    samples: int = typer.Option(1), n_questions: Optional[int] = typer.Option(None),
-    temperature: float = typer.Option(0.0), judge: str = typer.Option("embed"),
+    samples: int = typer.Option(1),
+    n_questions: int | None = typer.Option(None),
+    temperature: float = typer.Option(0.0),
+    judge: str = typer.Option("embed"),
     name: str = typer.Option("compare", help="run name: files go to OUT/NAME"),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Activation vs LoRA steering: trait/coherence vs coefficient, latency, residual-stream geometry."""
     from ..lora.compare import compare as run_compare  # noqa: PLC0415
 
-    cfg = _sweep_config(None, {
-        "trait": trait, "model": model, "vector": vector, "lora": lora, "coefs": _numbers(coefs), "samples": samples,
-        "n_questions": n_questions, "temperature": temperature, "judge": judge, "name": name,
-        "layers": "auto" if layers.strip() == "auto" else _numbers(layers, int),
-    })
+    cfg = _sweep_config(
+        None,
+        {
+            "trait": trait,
+            "model": model,
+            "vector": vector,
+            "lora": lora,
+            "coefs": _numbers(coefs),
+            "samples": samples,
+            "n_questions": n_questions,
+            "temperature": temperature,
+            "judge": judge,
+            "name": name,
+            "layers": "auto" if layers.strip() == "auto" else _numbers(layers, int),
+        },
+    )
     result = run_compare(cfg, out_dir, backbone=_common._load(model, device, None, None))
     _print_summary(result.summary, f"{result.run_dir} (activation layer {result.layer})")
     _print_verdicts(result.verdicts)
@@ -231,7 +286,7 @@ def compare(
 def demo(
     model: str = ModelOpt,
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """The main job: extract pirate and silly, choose layers, sweep, judge offline, report."""
     from ..demo import run_demo  # noqa: PLC0415

@@ -5,14 +5,28 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from ..errors import OptionError
 from . import _common
-from ._common import DeviceMapOpt, DeviceOpt, DtypeOpt, FormatOpt, ModelOpt, RayActorsOpt, RayOpt, _check_choice, _number, _numbers, app, err, out, traits_app
+from ._common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FormatOpt,
+    ModelOpt,
+    RayActorsOpt,
+    RayOpt,
+    _check_choice,
+    _number,
+    _numbers,
+    app,
+    err,
+    out,
+    traits_app,
+)
 
 
 @traits_app.command("list")
@@ -40,7 +54,7 @@ def traits_generate(
     name: str = typer.Option(..., "--name", help="trait name (letters, digits, _ . -)"),
     description: str = typer.Option(..., "--description", "-d", help="one line saying what the trait is"),
     model: str = typer.Option(..., "--model", "-m", help="openai:MODEL (key and base URL as for the judge) or local:MODEL"),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="trait file to write; default traits/NAME.json"),
+    out_path: Path | None = typer.Option(None, "--out", "-o", help="trait file to write; default traits/NAME.json"),
     fmt: str = typer.Option("personactl", "--format", help="personactl or persona_vectors"),
     force: bool = typer.Option(False, "--force", help="replace an existing --out file"),
     max_attempts: int = typer.Option(3, "--max-attempts", help="requests in all, retries with the problem sent back included"),
@@ -53,8 +67,17 @@ def traits_generate(
     from ..trait_generation import generate_trait  # noqa: PLC0415
 
     result = generate_trait(
-        name, description, model, out=out_path or Path("traits") / f"{name}.json", fmt=fmt, force=force,
-        max_attempts=max_attempts, near_duplicate=near_duplicate, max_tokens=max_tokens, temperature=temperature, seed=seed,
+        name,
+        description,
+        model,
+        out=out_path or Path("traits") / f"{name}.json",
+        fmt=fmt,
+        force=force,
+        max_attempts=max_attempts,
+        near_duplicate=near_duplicate,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
     )
     trait = result.trait
     out.print(f"{result.counts.line()}: {len(trait.questions)} extraction, {len(trait.eval_questions)} held out", markup=False)
@@ -66,29 +89,36 @@ CHECK_QUESTIONS = 12  # `extract --check` default: with 6, silly read "not expre
 
 @app.command()
 def extract(
-    trait: str = typer.Option(..., "--trait", "--traits", "-t", help="built-in trait name or trait file; several comma-separated "
-                              "(a,b,c: one vector each, in parallel with --ray)"),
+    trait: str = typer.Option(
+        ...,
+        "--trait",
+        "--traits",
+        "-t",
+        help="built-in trait name or trait file; several comma-separated (a,b,c: one vector each, in parallel with --ray)",
+    ),
     model: str = ModelOpt,
     method: str = typer.Option("mean_diff", help="mean_diff, pca_diff, pca_centered or logistic"),
     positions: str = typer.Option("response_avg", help="response_avg, prompt_avg, prompt_last or last"),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="vector file (.safetensors); default vectors/<model>/<trait>.safetensors"),
+    out_path: Path | None = typer.Option(None, "--out", "-o", help="vector file (.safetensors); default vectors/<model>/<trait>.safetensors"),
     max_new_tokens: int = typer.Option(48, help="answer length per contrastive sample"),
-    n_questions: Optional[int] = typer.Option(None, help="use only the first N extraction questions"),
+    n_questions: int | None = typer.Option(None, help="use only the first N extraction questions"),
     samples: int = typer.Option(1, help="answers per (instruction, question)"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(128, help="rows per generation and capture batch"),
-    filter_judge: Optional[str] = typer.Option(
+    filter_judge: str | None = typer.Option(
         None, help="keep only pairs a judge confirms (pos trait >= 50, neg < 50, both coherent): local:MODEL or openai:MODEL"
     ),
     check_only: bool = typer.Option(
-        False, "--check", help=f"only say whether the model expresses the trait (judge AUROC of its positive vs negative answers), "
+        False,
+        "--check",
+        help=f"only say whether the model expresses the trait (judge AUROC of its positive vs negative answers), "
         f"on the first {CHECK_QUESTIONS} questions unless --n-questions is given; writes nothing",
     ),
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
-    device_map: Optional[str] = DeviceMapOpt,
-    ray: Optional[str] = RayOpt,
+    device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt,
+    device_map: str | None = DeviceMapOpt,
+    ray: str | None = RayOpt,
     ray_actors: int = RayActorsOpt,
 ) -> None:
     """Extract a persona vector: contrastive answers -> activations of all layers -> a direction per layer.
@@ -99,9 +129,8 @@ def extract(
     from ..aggregators import METHODS  # noqa: PLC0415
     from ..extraction import ExtractionSettings  # noqa: PLC0415
     from ..extraction import extract as run_extract  # noqa: PLC0415
-    from ..traits import load_trait  # noqa: PLC0415
-
     from ..judges.factory import make_judges  # noqa: PLC0415
+    from ..traits import load_trait  # noqa: PLC0415
 
     _check_choice(method, METHODS, "--method")
     _check_choice(positions, POSITIONS, "--positions")
@@ -145,7 +174,7 @@ def _save_vector(vector, pairs, path: Path) -> None:
     out.print(f"contrastive answers written to {pairs_path}")
 
 
-def _extract_many(traits, settings, model: str, folder: Optional[Path], ray: Optional[str], actors: int, device, dtype, device_map) -> None:
+def _extract_many(traits, settings, model: str, folder: Path | None, ray: str | None, actors: int, device, dtype, device_map) -> None:
     """One vector per trait: in turn on one model, or in parallel on Ray actors (one model each)."""
     from ..extraction import extract as run_extract  # noqa: PLC0415
 
@@ -156,11 +185,14 @@ def _extract_many(traits, settings, model: str, folder: Optional[Path], ray: Opt
         return
     from ..scaleout import Ending, run_on_ray  # noqa: PLC0415
 
-    run_on_ray(ray, partial(_extract_on_ray, traits, settings, model, folder, ray, actors, device),
-               Ending(lambda: "the vectors of the traits listed above are written", "re-run the command with --traits set to the others"))
+    run_on_ray(
+        ray,
+        partial(_extract_on_ray, traits, settings, model, folder, ray, actors, device),
+        Ending(lambda: "the vectors of the traits listed above are written", "re-run the command with --traits set to the others"),
+    )
 
 
-def _extract_on_ray(traits, settings, model: str, folder: Optional[Path], ray: str, actors: int, device) -> None:
+def _extract_on_ray(traits, settings, model: str, folder: Path | None, ray: str, actors: int, device) -> None:
     """The traits on Ray actors; against a cluster it runs in the driver process of personactl.scaleout.driver."""
     from ..scaleout import PoolSettings, extract_traits, ray_pool  # noqa: PLC0415
 
@@ -170,7 +202,7 @@ def _extract_on_ray(traits, settings, model: str, folder: Optional[Path], ray: s
             _save_trait(folder, trait, vector, pairs)
 
 
-def _save_trait(folder: Optional[Path], trait, vector, pairs) -> None:
+def _save_trait(folder: Path | None, trait, vector, pairs) -> None:
     """Say what the trait's extraction found and write its vector and answers (FOLDER/NAME.safetensors)."""
     out.print(f"{trait.name}: " + vector.extra.get("expressibility", {}).get("line", "extracted"), markup=False)
     _save_vector(vector, pairs, (folder or Path("vectors") / vector.model) / f"{trait.name}.safetensors")
@@ -178,34 +210,46 @@ def _save_trait(folder: Optional[Path], trait, vector, pairs) -> None:
 
 @app.command()
 def generate(
-    prompt: List[str] = typer.Option(..., "--prompt", "-p", help="user message (repeat for several)"),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="user message (repeat for several)"),
     model: str = ModelOpt,
-    vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="persona vector file"),
-    layer: List[str] = typer.Option([], "--layer", "-l", help="layer(s) to steer (l = output of block l-1), or auto / auto:K: the best / top K "
-                                    "measured layers, weights from the layers.json beside --vector (`personactl layers`)"),
+    vector: Path | None = typer.Option(None, "--vector", "-v", help="persona vector file"),
+    layer: list[str] = typer.Option(
+        [],
+        "--layer",
+        "-l",
+        help="layer(s) to steer (l = output of block l-1), or auto / auto:K: the best / top K "
+        "measured layers, weights from the layers.json beside --vector (`personactl layers`)",
+    ),
     coef: float = typer.Option(1.0, "--coef", "-c", help="steering coefficient (negative suppresses)"),
-    positions: str = typer.Option("all", help="all (every token), response (the last prompt token and every new one, as "
-                                  "persona_vectors steers) or prompt (the rest)"),
+    positions: str = typer.Option(
+        "all", help="all (every token), response (the last prompt token and every new one, as persona_vectors steers) or prompt (the rest)"
+    ),
     op: str = typer.Option("add", help="add or ablate"),
     norm_preserving: bool = typer.Option(False, help="rescale steered states to their original norm"),
-    system: Optional[str] = typer.Option(None, help="system message"),
+    system: str | None = typer.Option(None, help="system message"),
     baseline: bool = typer.Option(False, "--baseline", help="also generate unsteered, side by side"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     max_new_tokens: int = typer.Option(64),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     seed: int = typer.Option(0),
-    condition: Optional[Path] = typer.Option(None, "--condition", help="condition vector (from `condition find`): steer only prompts that fire it"),
-    condition_layer: Optional[int] = typer.Option(None, "--condition-layer", help="layer the condition reads [default: the file's]"),
-    threshold: Optional[str] = typer.Option(None, "--threshold", help="the condition fires above (--comparison less: below) it [default: the file's]"),
-    comparison: Optional[str] = typer.Option(None, "--comparison", help="greater or less [default: the file's, else greater]"),
-    vector_format: Optional[str] = FormatOpt,
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
-    device_map: Optional[str] = DeviceMapOpt,
-    backend: str = typer.Option("hf", "--backend", help="hf (local model, activation steering); llamacpp (the GGUF model under llama.cpp: "
-                                "the vector as a control vector, --lora as a GGUF LoRA); or openai:MODEL: an OpenAI-compatible "
-                                "endpoint (PERSONACTL_API_BASE_URL / PERSONACTL_API_KEY), steered by parameter modulation"),
-    lora: Optional[str] = typer.Option(None, "--lora", help="persona LoRA: a LoRA direction / adapter folder, a registry name, or (llamacpp) a LoRA .gguf"),
+    condition: Path | None = typer.Option(None, "--condition", help="condition vector (from `condition find`): steer only prompts that fire it"),
+    condition_layer: int | None = typer.Option(None, "--condition-layer", help="layer the condition reads [default: the file's]"),
+    threshold: str | None = typer.Option(None, "--threshold", help="the condition fires above (--comparison less: below) it [default: the file's]"),
+    comparison: str | None = typer.Option(None, "--comparison", help="greater or less [default: the file's, else greater]"),
+    vector_format: str | None = FormatOpt,
+    device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt,
+    device_map: str | None = DeviceMapOpt,
+    backend: str = typer.Option(
+        "hf",
+        "--backend",
+        help="hf (local model, activation steering); llamacpp (the GGUF model under llama.cpp: "
+        "the vector as a control vector, --lora as a GGUF LoRA); or openai:MODEL: an OpenAI-compatible "
+        "endpoint (PERSONACTL_API_BASE_URL / PERSONACTL_API_KEY), steered by parameter modulation",
+    ),
+    lora: str | None = typer.Option(
+        None, "--lora", help="persona LoRA: a LoRA direction / adapter folder, a registry name, or (llamacpp) a LoRA .gguf"
+    ),
     lora_scale: float = typer.Option(1.0, "--lora-scale", help="LoRA strength: W + scale * dW"),
 ) -> None:
     """Generate answers, steered by a persona vector (and unsteered with --baseline); --condition steers only the
@@ -214,20 +258,49 @@ def generate(
 
     kind = parse_backend(backend)[0]
     if kind == "openai":
-        _generate_via_api(backend, prompt, vector, layer, coef, system, temperature, max_new_tokens, seed, as_json,
-                          lambda: _common._load(model, device, dtype, device_map))
+        _generate_via_api(
+            backend,
+            prompt,
+            vector,
+            layer,
+            coef,
+            system,
+            temperature,
+            max_new_tokens,
+            seed,
+            as_json,
+            lambda: _common._load(model, device, dtype, device_map),
+        )
         return
     if kind == "llamacpp":
-        unsupported = [name for name, used in (("--op ablate", op != "add"), ("--norm-preserving", norm_preserving),
-                                               ("--condition", condition is not None)) if used]
+        unsupported = [
+            name
+            for name, used in (("--op ablate", op != "add"), ("--norm-preserving", norm_preserving), ("--condition", condition is not None))
+            if used
+        ]
         if unsupported:
-
             raise OptionError(f"{', '.join(unsupported)} needs --backend hf (llama.cpp adds control vectors only)")
-        _generate_via_llamacpp(model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json,
-                               max_new_tokens, temperature, seed, lora, lora_scale)
+        _generate_via_llamacpp(
+            model,
+            prompt,
+            vector,
+            vector_format,
+            layer,
+            coef,
+            positions,
+            system,
+            baseline,
+            as_json,
+            max_new_tokens,
+            temperature,
+            seed,
+            lora,
+            lora_scale,
+        )
         return
     from ..conditions import condition_from_vector  # noqa: PLC0415
-    from ..generation import chat_prompt, generate as run_generate  # noqa: PLC0415
+    from ..generation import chat_prompt  # noqa: PLC0415
+    from ..generation import generate as run_generate
     from ..steering import SteeringTerm, weighted_terms  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
@@ -247,38 +320,66 @@ def generate(
         blend = _blend_option(layer, vector, backbone.n_layers)
         layer = list(blend.weights) if blend else _numbers(",".join(layer), int)  # type: ignore[assignment]
         loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0])  # type: ignore[arg-type]
-        terms = (weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving) if blend  # type: ignore[arg-type]
-                 else [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)])  # type: ignore[arg-type]
+        terms = (
+            weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving)
+            if blend  # type: ignore[arg-type]
+            else [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)]
+        )  # type: ignore[arg-type]
         if blend and not as_json:
             out.print(f"layers {blend.describe()}")
     messages = [chat_prompt(p, system) for p in prompt]
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     with _merged_lora(backbone, lora, lora_scale):
-        steered = run_generate(backbone, messages, steering=terms, condition=cond,  # type: ignore[arg-type]
-                               on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())), **kwargs)
+        steered = run_generate(
+            backbone,
+            messages,
+            steering=terms,
+            condition=cond,  # type: ignore[arg-type]
+            on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())),
+            **kwargs,
+        )
     base = run_generate(backbone, messages, **kwargs) if baseline else None  # type: ignore[arg-type]
     rows = [
-        {"prompt": p, "steered": s, **({"baseline": base[i]} if base else {}),
-         **({"condition_fired": fired[i][0], "condition_score": fired[i][1]} if cond else {})}
+        {
+            "prompt": p,
+            "steered": s,
+            **({"baseline": base[i]} if base else {}),
+            **({"condition_fired": fired[i][0], "condition_score": fired[i][1]} if cond else {}),
+        }
         for i, (p, s) in enumerate(zip(prompt, steered))
     ]
     if as_json:
-        extra = {"condition": {"vector": str(condition), "layer": cond.layer, "threshold": cond.threshold, "comparison": cond.comparison}} if cond else {}
-        print(json.dumps({"model": backbone.name, "vector": str(vector) if vector else None, "layers": layer, "coef": coef, **extra,
-                          **({"weights": {str(k): w for k, w in blend.weights.items()}} if vector is not None and blend else {}),
-                          "results": rows}, indent=2))
+        extra = (
+            {"condition": {"vector": str(condition), "layer": cond.layer, "threshold": cond.threshold, "comparison": cond.comparison}} if cond else {}
+        )
+        print(
+            json.dumps(
+                {
+                    "model": backbone.name,
+                    "vector": str(vector) if vector else None,
+                    "layers": layer,
+                    "coef": coef,
+                    **extra,
+                    **({"weights": {str(k): w for k, w in blend.weights.items()}} if vector is not None and blend else {}),
+                    "results": rows,
+                },
+                indent=2,
+            )
+        )
         return
     if cond:
         out.print(f"condition: layer {cond.layer}, fires when the score is {cond.comparison} than {cond.threshold:.4g}")
     cond_col = ["condition"] if cond else []
-    table = Table("prompt", *cond_col, *(["baseline"] if base else []), f"steered (coef {coef:g}, layer {','.join(map(str, layer)) or '-'})", show_lines=True)
+    table = Table(
+        "prompt", *cond_col, *(["baseline"] if base else []), f"steered (coef {coef:g}, layer {','.join(map(str, layer)) or '-'})", show_lines=True
+    )
     for row in rows:
         said = [f"{'fired' if row['condition_fired'] else 'not fired'} ({row['condition_score']:+.3f})"] if cond else []
         table.add_row(row["prompt"], *said, *([row["baseline"]] if base else []), row["steered"])
     out.print(table)
 
 
-def _merged_lora(backbone, lora: Optional[str], scale: float):
+def _merged_lora(backbone, lora: str | None, scale: float):
     """`--lora` on the hf backend: coef * dW merged for the steered answers (restored afterwards)."""
     import contextlib  # noqa: PLC0415
 
@@ -292,8 +393,9 @@ def _merged_lora(backbone, lora: Optional[str], scale: float):
     return merged(backbone, (direction, scale))
 
 
-def _generate_via_llamacpp(model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json,
-                           max_new_tokens, temperature, seed, lora, lora_scale) -> None:
+def _generate_via_llamacpp(
+    model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json, max_new_tokens, temperature, seed, lora, lora_scale
+) -> None:
     """`generate --backend llamacpp`: the GGUF model under llama.cpp, the vector as a control vector (blackbox/llamacpp.py)."""
     from ..blackbox.llamacpp import Control, LlamaCppBackend, context_size, generate_answers  # noqa: PLC0415
     from ..generation import chat_prompt  # noqa: PLC0415
@@ -312,18 +414,42 @@ def _generate_via_llamacpp(model, prompt, vector, vector_format, layer, coef, po
         control = Control(loaded, dict(blend.weights) if blend else {int(x): 1.0 for x in layers}, coef, positions)
     messages = [chat_prompt(p, system) for p in prompt]
     try:
-        steered, base = generate_answers(backend, messages, control=control, lora=lora, lora_scale=lora_scale, baseline=baseline,
-                                         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        steered, base = generate_answers(
+            backend,
+            messages,
+            control=control,
+            lora=lora,
+            lora_scale=lora_scale,
+            baseline=baseline,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
     finally:
         backend.close()
     rows = [{"prompt": p, "steered": s, **({"baseline": base[i]} if base else {})} for i, (p, s) in enumerate(zip(prompt, steered))]
     if as_json:
-        print(json.dumps({"backend": "llamacpp", "model": backend.name, "gguf": str(backend.path), "vector": str(vector) if vector else None,
-                          "layers": layers, "coef": coef, "lora": lora, "lora_scale": lora_scale if lora else None,
-                          **({"weights": {str(k): w for k, w in blend.weights.items()}} if blend else {}), "results": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "backend": "llamacpp",
+                    "model": backend.name,
+                    "gguf": str(backend.path),
+                    "vector": str(vector) if vector else None,
+                    "layers": layers,
+                    "coef": coef,
+                    "lora": lora,
+                    "lora_scale": lora_scale if lora else None,
+                    **({"weights": {str(k): w for k, w in blend.weights.items()}} if blend else {}),
+                    "results": rows,
+                },
+                indent=2,
+            )
+        )
         return
-    table = Table("prompt", *(["baseline"] if base else []), f"steered (llama.cpp, coef {coef:g}, layer {','.join(map(str, layers)) or '-'})",
-                  show_lines=True)
+    table = Table(
+        "prompt", *(["baseline"] if base else []), f"steered (llama.cpp, coef {coef:g}, layer {','.join(map(str, layers)) or '-'})", show_lines=True
+    )
     for row in rows:
         table.add_row(row["prompt"], *([row["baseline"]] if base else []), row["steered"])
     out.print(table)
@@ -337,21 +463,44 @@ def _generate_via_api(backend, prompt, vector, layer, coef, system, temperature,
 
     if vector is None:
         sampling = Sampling(temperature, max_tokens=max_new_tokens)
-        answers, info = ApiGenerator.from_backend(backend).chat([chat_prompt(p, system) for p in prompt], sampling,
-                                                                 [seed + i for i in range(len(prompt))]), {}
+        answers, info = (
+            ApiGenerator.from_backend(backend).chat([chat_prompt(p, system) for p in prompt], sampling, [seed + i for i in range(len(prompt))]),
+            {},
+        )
     else:
         if len(layer) != 1 or not layer[0].strip().isdigit():
             raise typer.BadParameter("parameter modulation reads the vector at one layer: give one --layer number", param_hint="--layer")
-        done = generate_modulated(backend, prompt, str(vector), int(layer[0]), coef, load_local=load_local, base_temperature=temperature,
-                                  max_tokens=max_new_tokens, seed=seed, system=system)
+        done = generate_modulated(
+            backend,
+            prompt,
+            str(vector),
+            int(layer[0]),
+            coef,
+            load_local=load_local,
+            base_temperature=temperature,
+            max_tokens=max_new_tokens,
+            seed=seed,
+            system=system,
+        )
         answers, sampling = done.answers, done.sampling
         info = {"magnitude": round(done.magnitude, 4), "hidden_norm": round(done.hidden_norm, 3), "coef": coef, "layer": int(layer[0])}
     if as_json:
-        print(json.dumps({"backend": backend, "parameters": sampling.to_dict(), **info,
-                          "results": [{"prompt": p, "answer": a} for p, a in zip(prompt, answers)]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "backend": backend,
+                    "parameters": sampling.to_dict(),
+                    **info,
+                    "results": [{"prompt": p, "answer": a} for p, a in zip(prompt, answers)],
+                },
+                indent=2,
+            )
+        )
         return
-    out.print(f"{backend}: {sampling.describe()}" + (f" (|v| = {info['magnitude']:.3g} x 10% of the mean hidden-state norm "
-                                                      f"at layer {info['layer']}, coef {coef:g})" if info else ""))
+    out.print(
+        f"{backend}: {sampling.describe()}"
+        + (f" (|v| = {info['magnitude']:.3g} x 10% of the mean hidden-state norm at layer {info['layer']}, coef {coef:g})" if info else "")
+    )
     table = Table("prompt", "answer", show_lines=True)
     for p, a in zip(prompt, answers):
         table.add_row(p, a)
@@ -361,16 +510,16 @@ def _generate_via_api(backend, prompt, vector, layer, coef, system, temperature,
 @app.command()
 def monitor(
     vector: Path = typer.Option(..., "--vector", "-v", help="persona vector file"),
-    prompt: List[str] = typer.Option(..., "--prompt", "-p", help="user message (repeat for several)"),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="user message (repeat for several)"),
     model: str = ModelOpt,
-    system: Optional[str] = typer.Option(None, help="system message"),
-    response: Optional[List[str]] = typer.Option(None, "--response", "-r", help="answer to project instead of the prompt (one per --prompt)"),
-    layer: List[int] = typer.Option([], "--layer", "-l", help="layers to show (default: all)"),
-    positions: Optional[str] = typer.Option(None, help="default: prompt_last, or response_avg with --response"),
+    system: str | None = typer.Option(None, help="system message"),
+    response: list[str] | None = typer.Option(None, "--response", "-r", help="answer to project instead of the prompt (one per --prompt)"),
+    layer: list[int] = typer.Option([], "--layer", "-l", help="layers to show (default: all)"),
+    positions: str | None = typer.Option(None, help="default: prompt_last, or response_avg with --response"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
-    vector_format: Optional[str] = FormatOpt,
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
+    vector_format: str | None = FormatOpt,
+    device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt,
 ) -> None:
     """Project prompts (or responses) onto a persona vector, layer by layer."""
     from ..generation import chat_prompt  # noqa: PLC0415
@@ -391,7 +540,7 @@ def monitor(
     out.print(table)
 
 
-def _blend_option(values: List[str], vector: Path, n_layers: int):
+def _blend_option(values: list[str], vector: Path, n_layers: int):
     """The LayerBlend of `--layer auto` / `--layer auto:K` (from layers.json beside the vector), None for plain layers."""
     from ..layer_selection import blend_for_vector  # noqa: PLC0415
 

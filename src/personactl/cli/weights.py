@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -24,14 +23,14 @@ def lora_extract(
     rslora: bool = typer.Option(True, help="rank-stabilised scaling alpha/sqrt(r)"),
     targets: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names"),
     epochs: int = typer.Option(1),
-    max_steps: Optional[int] = typer.Option(None, help="stop each adapter after N steps (CPU: ~40)"),
+    max_steps: int | None = typer.Option(None, help="stop each adapter after N steps (CPU: ~40)"),
     learning_rate: float = typer.Option(1e-4, "--lr"),
     batch_size: int = typer.Option(8),
-    n_questions: Optional[int] = typer.Option(None, help="first N extraction questions for the contrastive answers"),
+    n_questions: int | None = typer.Option(None, help="first N extraction questions for the contrastive answers"),
     max_new_tokens: int = typer.Option(48),
     seed: int = typer.Option(0),
-    device: Optional[str] = DeviceOpt,
-    dtype: Optional[str] = DtypeOpt,
+    device: str | None = DeviceOpt,
+    dtype: str | None = DtypeOpt,
 ) -> None:
     """Train a positive and a negative LoRA on the trait's answers (without the instruction); save dW = pos - neg."""
     from ..extraction import ExtractionSettings  # noqa: PLC0415
@@ -41,8 +40,14 @@ def lora_extract(
 
     loaded = load_trait(trait)
     train = LoRATrainConfig(
-        rank=rank, alpha=alpha, rslora=rslora, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
-        batch_size=batch_size, seed=seed,
+        rank=rank,
+        alpha=alpha,
+        rslora=rslora,
+        epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
         target_modules=targets if targets == "all-linear" else tuple(t.strip() for t in targets.split(",")),
     )
     backbone = _common._load(model, device, dtype, None)
@@ -56,10 +61,10 @@ def lora_extract(
 def lora_svd(
     direction: Path = typer.Argument(..., help="a LoRA folder (e.g. OUT/diff from `lora extract`)"),
     top_k: int = typer.Option(4, help="report the energy captured by the top k singular values"),
-    plot: Optional[Path] = typer.Option(None, help="PNG path for the singular-value figure [default: DIRECTION/svd.png]"),
+    plot: Path | None = typer.Option(None, help="PNG path for the singular-value figure [default: DIRECTION/svd.png]"),
 ) -> None:
     """Singular values of dW per module and layer: effective rank and energy in the top k."""
-    from ..lora.analysis import svd_table, plot_svd  # noqa: PLC0415
+    from ..lora.analysis import plot_svd, svd_table  # noqa: PLC0415
     from ..lora.direction import LoRADirection  # noqa: PLC0415
 
     loaded = LoRADirection.load(direction)
@@ -76,23 +81,27 @@ def finetune(
     data: Path = typer.Option(..., help="JSONL of {instruction|prompt, input?, output|response}"),
     out_dir: Path = typer.Option(..., "--out", "-o", help="adapter (or, with --full, model) folder to write"),
     model: str = ModelOpt,
-    steer_vector: Optional[Path] = typer.Option(None, help="persona vector added in the activations during training"),
-    steer_layer: List[int] = typer.Option([], help="layer(s) for --steer-vector"),
+    steer_vector: Path | None = typer.Option(None, help="persona vector added in the activations during training"),
+    steer_layer: list[int] = typer.Option([], help="layer(s) for --steer-vector"),
     steer_coef: float = typer.Option(1.0, help="coefficient of --steer-vector (positive = preventative, as in Chen et al.)"),
     steer_op: str = typer.Option("add", help="add (h + coef*v) or ablate (remove coef times the projection on v; 1 = all of it)"),
-    premerge_lora: Optional[Path] = typer.Option(None, help="persona direction folder merged into the weights while training"),
+    premerge_lora: Path | None = typer.Option(None, help="persona direction folder merged into the weights while training"),
     premerge_coef: float = typer.Option(-5.0, help="coefficient of --premerge-lora (negative suppresses)"),
     full: bool = typer.Option(False, "--full", help="train every weight (saves a model folder) instead of a LoRA"),
-    rank: int = typer.Option(32), alpha: float = typer.Option(64.0), epochs: int = typer.Option(1),
-    max_steps: Optional[int] = typer.Option(None), learning_rate: float = typer.Option(1e-4, "--lr"),
-    batch_size: int = typer.Option(8), seed: int = typer.Option(0),
-    device: Optional[str] = DeviceOpt,
+    rank: int = typer.Option(32),
+    alpha: float = typer.Option(64.0),
+    epochs: int = typer.Option(1),
+    max_steps: int | None = typer.Option(None),
+    learning_rate: float = typer.Option(1e-4, "--lr"),
+    batch_size: int = typer.Option(8),
+    seed: int = typer.Option(0),
+    device: str | None = DeviceOpt,
 ) -> None:
     """LoRA (or --full) fine-tuning, optionally with preventative steering (activation vector or pre-merged LoRA direction)."""
     from ..generation import chat_prompt, format_prompts  # noqa: PLC0415
+    from ..lora.adapters import read_persona_data  # noqa: PLC0415
     from ..lora.config import LoRATrainConfig  # noqa: PLC0415
     from ..lora.direction import LoRADirection  # noqa: PLC0415
-    from ..lora.adapters import read_persona_data  # noqa: PLC0415
     from ..lora.finetune import finetune as run_finetune  # noqa: PLC0415
     from ..lora.train import check_out_dir  # noqa: PLC0415
     from ..steering import SteeringTerm  # noqa: PLC0415
@@ -102,8 +111,9 @@ def finetune(
         raise typer.BadParameter("--steer-layer is required with --steer-vector", param_hint="--steer-layer")
     if steer_op not in ("add", "ablate"):
         raise OptionError(f"--steer-op '{steer_op}' is not one of: add, ablate")
-    config = LoRATrainConfig(rank=rank, alpha=alpha, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
-                             batch_size=batch_size, seed=seed)
+    config = LoRATrainConfig(
+        rank=rank, alpha=alpha, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed
+    )
     check_out_dir(out_dir)
     examples = read_persona_data(data)
     questions, answers = examples.questions, examples.answers
@@ -111,8 +121,7 @@ def finetune(
     backbone = _common._load(model, device, None, None)
     steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layer, steer_coef, op=steer_op)] if steer_vector else []
     prompts = format_prompts(backbone, [chat_prompt(q) for q in questions])
-    losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge,
-                          metadata={"data": str(data)}, full=full)
+    losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge, metadata={"data": str(data)}, full=full)
     out.print(f"trained {len(losses)} steps on {len(questions)} examples, final loss {losses[-1]:.3f}")
     out.print(f"{'model' if full else 'adapter'} written to {out_dir}")
 
@@ -121,7 +130,7 @@ def finetune(
 def lora_drift(
     direction: Path = typer.Option(..., help="persona direction folder (e.g. OUT/diff from `lora extract`)"),
     checkpoints: Path = typer.Option(..., help="folder of fine-tuned checkpoints (PEFT adapters or full models), or one checkpoint"),
-    scores: Optional[Path] = typer.Option(None, help="CSV with columns checkpoint,score (e.g. judged trait after fine-tuning)"),
+    scores: Path | None = typer.Option(None, help="CSV with columns checkpoint,score (e.g. judged trait after fine-tuning)"),
     model: str = ModelOpt,
     as_json: bool = typer.Option(False, "--json", help="print the whole report as JSON"),
 ) -> None:
@@ -138,8 +147,10 @@ def lora_drift(
     out.print(table)
     c = report["correlation"]
     if c:
-        out.print(f"Pearson r = {c['pearson_r']:.3f} (p = {c['pearson_p']:.3g}, 95% CI {c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f}); "
-                  f"Spearman rho = {c['spearman_rho']:.3f} (p = {c['spearman_p']:.3g}, 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}); n = {c['n']}")
+        out.print(
+            f"Pearson r = {c['pearson_r']:.3f} (p = {c['pearson_p']:.3g}, 95% CI {c['pearson_ci'][0]:.2f}..{c['pearson_ci'][1]:.2f}); "
+            f"Spearman rho = {c['spearman_rho']:.3f} (p = {c['spearman_p']:.3g}, 95% CI {c['spearman_ci'][0]:.2f}..{c['spearman_ci'][1]:.2f}); n = {c['n']}"
+        )
 
 
 @adapter_app.command("train")
@@ -147,18 +158,22 @@ def adapter_train(
     data: Path = typer.Option(..., help="JSONL of {instruction, input?, output}"),
     name: str = typer.Option(..., help="persona name (the registry folder name)"),
     model: str = ModelOpt,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="adapter folder [default: the registry, $PERSONACTL_ADAPTERS/NAME]"),
-    rank: int = typer.Option(16), alpha: float = typer.Option(32.0), dropout: float = typer.Option(0.05),
-    epochs: int = typer.Option(1), max_steps: Optional[int] = typer.Option(None, help="optimiser steps in all, at most"),
-    learning_rate: float = typer.Option(2e-4, "--lr"), batch_size: int = typer.Option(8, help="examples per forward pass"),
+    out_dir: Path | None = typer.Option(None, "--out", help="adapter folder [default: the registry, $PERSONACTL_ADAPTERS/NAME]"),
+    rank: int = typer.Option(16),
+    alpha: float = typer.Option(32.0),
+    dropout: float = typer.Option(0.05),
+    epochs: int = typer.Option(1),
+    max_steps: int | None = typer.Option(None, help="optimiser steps in all, at most"),
+    learning_rate: float = typer.Option(2e-4, "--lr"),
+    batch_size: int = typer.Option(8, help="examples per forward pass"),
     grad_accum: int = typer.Option(1, help="forward passes per optimiser step (effective batch = batch-size x grad-accum)"),
     gradient_checkpointing: bool = typer.Option(False, help="recompute activations in backward: less memory, ~30% slower"),
     checkpoint_every: int = typer.Option(20, help="steps between resumable checkpoints (also at each epoch end)"),
     restart: bool = typer.Option(False, help="ignore a checkpoint left by an interrupted run and start over"),
     heldout: float = typer.Option(0.1, help="share of examples held out for validation loss/perplexity"),
     seed: int = typer.Option(0),
-    device: Optional[str] = DeviceOpt,
-    quantize: Optional[str] = typer.Option(None, help="4bit or 8bit (bitsandbytes, CUDA only; elsewhere a note and full precision)"),
+    device: str | None = DeviceOpt,
+    quantize: str | None = typer.Option(None, help="4bit or 8bit (bitsandbytes, CUDA only; elsewhere a note and full precision)"),
 ) -> None:
     """Train a persona adapter (LoRA on the attention projections, loss on the answers only).
 
@@ -168,9 +183,19 @@ def adapter_train(
     from ..lora.config import LoRATrainConfig  # noqa: PLC0415
 
     target = adapter_target(name, out_dir)
-    settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "epochs": epochs, "max_steps": max_steps,
-                "learning_rate": learning_rate, "batch_size": batch_size, "seed": seed, "grad_accum": grad_accum,
-                "gradient_checkpointing": gradient_checkpointing, "checkpoint_every": checkpoint_every}
+    settings = {
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": dropout,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "seed": seed,
+        "grad_accum": grad_accum,
+        "gradient_checkpointing": gradient_checkpointing,
+        "checkpoint_every": checkpoint_every,
+    }
     LoRATrainConfig(**settings)  # bad values are refused before the model loads
     backbone = _common._load(model, device, None, None, quantize)
     config = LoRATrainConfig(**{**vars(adapter_defaults(backbone)), **settings})
@@ -182,15 +207,16 @@ def adapter_train(
 
 
 @adapter_app.command("list")
-def adapter_list(folder: Optional[Path] = typer.Option(None, help="registry folder [default: $PERSONACTL_ADAPTERS]")) -> None:
+def adapter_list(folder: Path | None = typer.Option(None, help="registry folder [default: $PERSONACTL_ADAPTERS]")) -> None:
     """Adapters in the registry with their base model and last validation perplexity."""
     from ..lora.adapters import list_adapters, registry_dir  # noqa: PLC0415
 
     table = Table("name", "base model", "examples", "val perplexity", "path", title=str(folder or registry_dir()))
     for c in list_adapters(folder):
         last = c.get("metrics", [{}])[-1] if c.get("metrics") else {}
-        table.add_row(c.get("name", "?"), c.get("base_model", "?"), str(c.get("n_train", "?")),
-                      f"{last.get('val_perplexity', float('nan')):.2f}", c["path"])
+        table.add_row(
+            c.get("name", "?"), c.get("base_model", "?"), str(c.get("n_train", "?")), f"{last.get('val_perplexity', float('nan')):.2f}", c["path"]
+        )
     out.print(table)
 
 
@@ -207,8 +233,8 @@ def adapter_evaluate(
     name: str = typer.Argument(..., help="registry name or adapter folder"),
     data: Path = typer.Option(..., help="the JSONL the adapter was trained on (its held-out part is evaluated)"),
     model: str = ModelOpt,
-    judge: Optional[str] = typer.Option(None, help="also score adherence with an LLM judge and a persona rubric: openai:MODEL or local:MODEL"),
-    description: Optional[str] = typer.Option(None, help="the persona in words, for the LLM judge's rubric"),
+    judge: str | None = typer.Option(None, help="also score adherence with an LLM judge and a persona rubric: openai:MODEL or local:MODEL"),
+    description: str | None = typer.Option(None, help="the persona in words, for the LLM judge's rubric"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Persona adherence (embedding classifier, 0-100; optionally an LLM judge) with and without the adapter,
@@ -248,19 +274,21 @@ def adapter_blend(
 @app.command()
 def chat(
     model: str = ModelOpt,
-    adapter: Optional[str] = typer.Option(None, help="persona adapter to start with (registry name or folder)"),
-    vector: Optional[Path] = typer.Option(None, help="persona vector to steer with from the start"),
+    adapter: str | None = typer.Option(None, help="persona adapter to start with (registry name or folder)"),
+    vector: Path | None = typer.Option(None, help="persona vector to steer with from the start"),
     coef: float = typer.Option(1.5, help="coefficient for --vector"),
-    layer: Optional[int] = typer.Option(None, help="layer for --vector [default: the run's chosen layer, else 2/3 depth]"),
+    layer: int | None = typer.Option(None, help="layer for --vector [default: the run's chosen layer, else 2/3 depth]"),
     max_new_tokens: int = typer.Option(96),
-    backend: str = typer.Option("hf", "--backend", help="hf, or llamacpp: the GGUF model under llama.cpp (adapters as GGUF LoRAs, "
-                                "vectors as control vectors)"),
+    backend: str = typer.Option(
+        "hf", "--backend", help="hf, or llamacpp: the GGUF model under llama.cpp (adapters as GGUF LoRAs, vectors as control vectors)"
+    ),
 ) -> None:
     """Interactive chat: /persona NAME, /blend a=0.5,b=0.5, /vector V 1.5, /reset, /help; Ctrl-D quits."""
     from ..backends import check_backend  # noqa: PLC0415
 
     if check_backend(backend) == "llamacpp":
-        from ..blackbox.llamacpp import CHAT_HELP as HELP, LlamaCppBackend, LlamaCppChat  # noqa: PLC0415
+        from ..blackbox.llamacpp import CHAT_HELP as HELP  # noqa: PLC0415
+        from ..blackbox.llamacpp import LlamaCppBackend, LlamaCppChat
 
         with err.status(f"loading {model} (llama.cpp) ..."):
             session = LlamaCppChat(LlamaCppBackend(model, n_ctx=4096), max_new_tokens)
@@ -302,20 +330,23 @@ def adapter_merge(
 def screen(
     data: Path = typer.Option(..., help="JSONL of {instruction|prompt, input?, output|response} (the fine-tuning data)"),
     vector: Path = typer.Option(..., help="persona vector (.safetensors)"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="folder for screen.jsonl, summary.json, histogram.png, screen.html and the cached model answers"),
-    layer: Optional[int] = typer.Option(None, help="layer to project at (default: the vector's run's layer, else 2/3 of the depth)"),
-    answers: Optional[Path] = typer.Option(None, help="cache of the model's own answers to share between datasets [default: OUT/model_answers.jsonl]"),
-    filter_out: Optional[float] = typer.Option(None, help="percent of the most trait-inducing samples to drop (with --write)"),
-    write: Optional[Path] = typer.Option(None, help="write the dataset without the --filter-out samples here (every other line as it is)"),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="folder for screen.jsonl, summary.json, histogram.png, screen.html and the cached model answers"
+    ),
+    layer: int | None = typer.Option(None, help="layer to project at (default: the vector's run's layer, else 2/3 of the depth)"),
+    answers: Path | None = typer.Option(None, help="cache of the model's own answers to share between datasets [default: OUT/model_answers.jsonl]"),
+    filter_out: float | None = typer.Option(None, help="percent of the most trait-inducing samples to drop (with --write)"),
+    write: Path | None = typer.Option(None, help="write the dataset without the --filter-out samples here (every other line as it is)"),
     model: str = ModelOpt,
     max_new_tokens: int = typer.Option(64, help="length of the model's own answers"),
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Before fine-tuning: which samples pull the model toward a trait (dataset answer vs the model's own, projected)."""
+    from .._io import check_replaceable  # noqa: PLC0415
     from ..lora.adapters import read_persona_records  # noqa: PLC0415
     from ..lora.chat import default_layer  # noqa: PLC0415
-    from .._io import check_replaceable  # noqa: PLC0415
-    from ..screening import ANSWERS, SCREEN, AnswerCache, screen as run_screen, unscored_note, write_screening, write_without  # noqa: PLC0415
+    from ..screening import ANSWERS, SCREEN, AnswerCache, unscored_note, write_screening, write_without  # noqa: PLC0415
+    from ..screening import screen as run_screen
     from ..vectors import load_vector  # noqa: PLC0415
 
     if (filter_out is None) != (write is None):
@@ -329,19 +360,29 @@ def screen(
     backbone = _common._load(model, device, None, None)
     persona = load_vector(vector, backbone=backbone)
     cache = AnswerCache(answers or out_dir / ANSWERS)
-    result = run_screen(backbone, examples, persona, layer if layer is not None else default_layer(vector, backbone.n_layers, lowest=1),
-                        max_new_tokens=max_new_tokens, cache=cache)
+    result = run_screen(
+        backbone,
+        examples,
+        persona,
+        layer if layer is not None else default_layer(vector, backbone.n_layers, lowest=1),
+        max_new_tokens=max_new_tokens,
+        cache=cache,
+    )
     summary = result.summary
     low, high = summary["mean_difference_ci"]
     if low is not None:
-        out.print(f"{summary['trait']} at layer {summary['layer']}: mean projection difference {summary['mean_difference']:+.3f} "
-                  f"[{low:+.3f}, {high:+.3f}] over {summary['scored']} of {summary['n']} samples ({summary['prompts']} prompts; "
-                  f"{100 * summary['positive_share']:.0f}% above the model's own answer)")
+        out.print(
+            f"{summary['trait']} at layer {summary['layer']}: mean projection difference {summary['mean_difference']:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}] over {summary['scored']} of {summary['n']} samples ({summary['prompts']} prompts; "
+            f"{100 * summary['positive_share']:.0f}% above the model's own answer)"
+        )
     if (note := unscored_note(result)) is not None:
         out.print(note)
     out.print(f"verdict: {summary['conclusion']}")
     out.print(f"written to {write_screening(result, out_dir)} (screen.jsonl, summary.json, histogram.png, screen.html)")
     if write is not None:
         removed = {result.rows[i]["line"] for i in result.flagged(filter_out)}
-        out.print(f"{len(removed)} flagged samples dropped (lines {', '.join(map(str, sorted(removed)))}); every other line of "
-                  f"{data} written as it is to {write_without(data, removed, write)}")
+        out.print(
+            f"{len(removed)} flagged samples dropped (lines {', '.join(map(str, sorted(removed)))}); every other line of "
+            f"{data} written as it is to {write_without(data, removed, write)}"
+        )

@@ -20,8 +20,9 @@ mean, as the tokens outside the top 20 are.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 MIN_NUMBER_MASS = 0.25
 BRANCH_FLOOR = 0.01  # a digit branch at least this likely must be read (`unread_branches`)
@@ -39,11 +40,15 @@ Answer:
 {answer}
 [ANSWER END]"""
 
-COHERENCE_RUBRIC = """You are judging how coherent an AI assistant's answer is, regardless of its style, persona or correctness.
+COHERENCE_RUBRIC = (
+    """You are judging how coherent an AI assistant's answer is, regardless of its style, persona or correctness.
 
-""" + QUESTION_AND_ANSWER + """
+"""
+    + QUESTION_AND_ANSWER
+    + """
 
 Rate the answer from 0 to 100: 0 means gibberish, endless repetition or text unrelated to the question; 50 means understandable but rambling or partly broken; 100 means clear, fluent and on topic. Respond with a number between 0 and 100 and nothing else."""
+)
 
 
 class TraitJudge(Protocol):
@@ -87,9 +92,7 @@ def weighted_score(top_logprobs: Mapping[str, float], min_mass: float = MIN_NUMB
     return total / mass
 
 
-def digit_score(
-    tables: Mapping[str, Mapping[str, float]], min_mass: float = MIN_NUMBER_MASS, floor: float = BRANCH_FLOOR
-) -> float | None:
+def digit_score(tables: Mapping[str, Mapping[str, float]], min_mass: float = MIN_NUMBER_MASS, floor: float = BRANCH_FLOOR) -> float | None:
     """Expected number 0-100 when numbers are written digit by digit.
 
     `tables[prefix]` maps each digit to its probability of coming next after the

@@ -111,8 +111,7 @@ def continues(probe: Completion, first: Completion) -> bool:
 def grammar_request(prompt: str, prefix: str, max_tokens: int) -> dict[str, Any]:
     """Chat request arguments with a GBNF grammar that writes the digits `prefix`, then anything."""
     grammar = f'root ::= "{prefix}" [^\\x00]*'
-    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": len(prefix) + max_tokens,
-            "extra_body": {"grammar": grammar}}
+    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": len(prefix) + max_tokens, "extra_body": {"grammar": grammar}}
 
 
 def after_grammar(answer: Completion, first: Completion, prefix: str) -> Tables | None:

@@ -13,8 +13,8 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 CACHE_DIR_ENV = "PERSONACTL_CACHE_DIR"
 
@@ -49,9 +49,7 @@ class JudgeCache:
     def get(self, judge_id: str, prompt: str, answer: str) -> tuple[bool, float | None]:
         """(True, score) when cached (score may be None), else (False, None)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT value FROM scores WHERE key = ?", (cache_key(judge_id, prompt, answer),)
-            ).fetchone()
+            row = self._db.execute("SELECT value FROM scores WHERE key = ?", (cache_key(judge_id, prompt, answer),)).fetchone()
             if row is None:
                 self.misses += 1
                 return False, None

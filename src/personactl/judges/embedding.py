@@ -10,15 +10,15 @@ run says how far to trust it and whether the model's answers differ at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .._io import write_text_atomic
 from ..errors import PersonactlError
-
 
 # Unit-norm 384-d embeddings give small logits; weak regularisation spreads P(trait) over 0-100.
 REGULARISATION_C = 10.0
@@ -74,9 +74,15 @@ class EmbeddingJudge:
     """Logistic regression on answer embeddings; score = 100 x P(trait)."""
 
     def __init__(
-        self, coef: np.ndarray, intercept: float, heldout_accuracy: float, trait: str = "trait",
-        heldout_auroc: float | None = None, heldout_gap: float | None = None,
-        heldout_auroc_ci: tuple[float, float] | None = None, heldout_questions: int | None = None,
+        self,
+        coef: np.ndarray,
+        intercept: float,
+        heldout_accuracy: float,
+        trait: str = "trait",
+        heldout_auroc: float | None = None,
+        heldout_gap: float | None = None,
+        heldout_auroc_ci: tuple[float, float] | None = None,
+        heldout_questions: int | None = None,
     ) -> None:
         self.coef = np.asarray(coef, dtype=np.float64)
         self.intercept = float(intercept)
@@ -90,9 +96,15 @@ class EmbeddingJudge:
 
     @classmethod
     def fit(
-        cls, positives: Sequence[str], negatives: Sequence[str], *, trait: str = "trait",
-        groups: Sequence[Hashable] | None = None, folds: int = 2, seed: int = 0,
-    ) -> "EmbeddingJudge":
+        cls,
+        positives: Sequence[str],
+        negatives: Sequence[str],
+        *,
+        trait: str = "trait",
+        groups: Sequence[Hashable] | None = None,
+        folds: int = 2,
+        seed: int = 0,
+    ) -> EmbeddingJudge:
         """Fit on positive vs negative texts; accuracy, AUROC (with its CI) and score gap measured out of fold, then
         refit on all.
 
@@ -111,9 +123,7 @@ class EmbeddingJudge:
         pos = [(t, g) for t, g in zip(positives, labels) if t.strip()]
         neg = [(t, g) for t, g in zip(negatives, labels) if t.strip()]
         if min(len(pos), len(neg)) < 4:
-            raise EmbeddingJudgeError(
-                f"the embedding judge needs at least 4 positive and 4 negative answers (got {len(pos)} and {len(neg)})"
-            )
+            raise EmbeddingJudgeError(f"the embedding judge needs at least 4 positive and 4 negative answers (got {len(pos)} and {len(neg)})")
         x = embed([t for t, _ in pos + neg])
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
         answer_groups = [g for _, g in pos + neg]
@@ -139,18 +149,30 @@ class EmbeddingJudge:
     def save(self, path: str | Path) -> Path:
         """JSON (no pickle): weights, intercept, held-out accuracy, AUROC (with its CI and question count) and gap."""
         data = {
-            "trait": self.trait, "coef": self.coef.tolist(), "intercept": self.intercept, "heldout_accuracy": self.heldout_accuracy,
-            "heldout_auroc": self.heldout_auroc, "heldout_gap": self.heldout_gap,
-            "heldout_auroc_ci": self.heldout_auroc_ci, "heldout_questions": self.heldout_questions,
+            "trait": self.trait,
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "heldout_accuracy": self.heldout_accuracy,
+            "heldout_auroc": self.heldout_auroc,
+            "heldout_gap": self.heldout_gap,
+            "heldout_auroc_ci": self.heldout_auroc_ci,
+            "heldout_questions": self.heldout_questions,
         }
         return write_text_atomic(path, json.dumps(data))
 
     @classmethod
-    def load(cls, path: str | Path) -> "EmbeddingJudge":
+    def load(cls, path: str | Path) -> EmbeddingJudge:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(np.array(data["coef"]), data["intercept"], data["heldout_accuracy"], data["trait"],
-                       data.get("heldout_auroc"), data.get("heldout_gap"),
-                       tuple(data["heldout_auroc_ci"]) if data.get("heldout_auroc_ci") else None, data.get("heldout_questions"))
+            return cls(
+                np.array(data["coef"]),
+                data["intercept"],
+                data["heldout_accuracy"],
+                data["trait"],
+                data.get("heldout_auroc"),
+                data.get("heldout_gap"),
+                tuple(data["heldout_auroc_ci"]) if data.get("heldout_auroc_ci") else None,
+                data.get("heldout_questions"),
+            )
         except (OSError, KeyError, ValueError) as exc:
             raise EmbeddingJudgeError(f"cannot read embedding judge {path}: {exc}") from exc

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 from ..traits import AnyTrait, Trait
 from .base import COHERENCE_RUBRIC, Judges, TraitJudge
@@ -17,7 +17,10 @@ from .llm import JudgeError, parse_judge_spec
 
 
 def make_judges(
-    spec: str, trait: AnyTrait, positives: Sequence[str] = (), negatives: Sequence[str] = (),
+    spec: str,
+    trait: AnyTrait,
+    positives: Sequence[str] = (),
+    negatives: Sequence[str] = (),
     groups: Sequence[Hashable] | None = None,
 ) -> Judges:
     """Judges for `trait`; the embedding judge is fitted on `positives` vs `negatives`, pair i answering question

@@ -21,15 +21,23 @@ import concurrent.futures
 import hashlib
 import os
 import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import openai
 
 from ..errors import PersonactlError
 from .base import COHERENCE_RUBRIC, MIN_NUMBER_MASS, TOP_LOGPROBS, digit_score, fill_rubric, unread_branches, weighted_score
 from .branches import (
-    Completion, Tables, after_grammar, continues, grammar_request, path_tables, prefill_request, whole_numbers,
+    Completion,
+    Tables,
+    after_grammar,
+    continues,
+    grammar_request,
+    path_tables,
+    prefill_request,
+    whole_numbers,
 )
 from .cache import JudgeCache
 
@@ -78,8 +86,7 @@ async def with_retries(
             # APITimeoutError is an APIConnectionError; InternalServerError is any 5xx.
             if attempt == max_retries:
                 raise error(
-                    f"{label} still failing after {max_retries + 1} attempts ({type(err).__name__}: {err}); "
-                    "lower the concurrency or try again later"
+                    f"{label} still failing after {max_retries + 1} attempts ({type(err).__name__}: {err}); lower the concurrency or try again later"
                 ) from err
             delay = backoff * 2**attempt
             await asyncio.sleep(delay + random.uniform(0, 0.1 * delay))
@@ -241,7 +248,9 @@ class OpenAIJudge:
                 lambda: session.client.chat.completions.create(
                     model=self.model, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS, seed=0, **request
                 ),
-                f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL}", self.max_retries, self.backoff,
+                f"judge {self.model!r} at {self.base_url or DEFAULT_BASE_URL}",
+                self.max_retries,
+                self.backoff,
             )
         if not completion.choices:
             return Completion([], [], False)

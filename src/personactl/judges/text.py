@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -120,8 +120,11 @@ def _shared_prompt_perplexity(backbone: Backbone, prompts: Sequence[str], answer
     prompt_batch = make_batch(backbone, distinct)
     prompt_mask = prompt_batch.attention_mask.to(device)
     out = backbone.model(
-        input_ids=prompt_batch.input_ids.to(device), attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
-        use_cache=True, logits_to_keep=1,
+        input_ids=prompt_batch.input_ids.to(device),
+        attention_mask=prompt_mask,
+        position_ids=position_ids(prompt_mask),
+        use_cache=True,
+        logits_to_keep=1,
     )
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[rows]
     cache = out.cache
@@ -136,8 +139,10 @@ def _shared_prompt_perplexity(backbone: Backbone, prompts: Sequence[str], answer
     token_lp = first.gather(-1, ids[:, :1])
     if width > 1:
         logits = backbone.model(
-            input_ids=ids, attention_mask=torch.cat([prompt_mask[rows], answer_mask], 1),
-            position_ids=prompt_mask.sum(1)[rows, None] + torch.arange(width, device=device), cache=cache,
+            input_ids=ids,
+            attention_mask=torch.cat([prompt_mask[rows], answer_mask], 1),
+            position_ids=prompt_mask.sum(1)[rows, None] + torch.arange(width, device=device),
+            cache=cache,
         ).logits.float()[:, :-1]
         token_lp = torch.cat([token_lp, torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]], 1)
     return _per_row(token_lp, answer_mask.bool())

@@ -13,9 +13,10 @@ import math
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -25,8 +26,8 @@ from ..errors import PersonactlError
 from ..generation import chat_prompt, format_prompts
 from ..model_folder import save_model_folder
 from ..models import Backbone
-from .config import LoRATrainConfig
 from .checkpoint import STATE, remove_checkpoint
+from .config import LoRATrainConfig
 from .direction import PERSONA, AdapterError, LoRADirection, combine, merged, read_json_object
 from .train import answer_labels, optimise, save_adapter, save_folder
 
@@ -52,8 +53,9 @@ def adapter_defaults(backbone: Backbone) -> LoRATrainConfig:
             f"(known: {', '.join(sorted(ATTENTION_TARGETS))})"
         )
     targets = ATTENTION_TARGETS[backbone.model_type]
-    return LoRATrainConfig(rank=16, alpha=32.0, rslora=False, dropout=0.05, epochs=1,
-                           target_modules=targets if isinstance(targets, str) else tuple(targets))
+    return LoRATrainConfig(
+        rank=16, alpha=32.0, rslora=False, dropout=0.05, epochs=1, target_modules=targets if isinstance(targets, str) else tuple(targets)
+    )
 
 
 @dataclass
@@ -141,8 +143,12 @@ def answer_loss(model: torch.nn.Module, backbone: Backbone, prompts: Sequence[st
         batch = make_batch(backbone, prompts[start : start + batch_size], answers[start : start + batch_size])
         labels = answer_labels(batch.input_ids, batch.response_mask)
         n = int((labels[:, 1:] != -100).sum())
-        loss = model(input_ids=batch.input_ids.to(backbone.device), attention_mask=batch.attention_mask.to(backbone.device),
-                     position_ids=position_ids(batch.attention_mask).to(backbone.device), labels=labels.to(backbone.device)).loss
+        loss = model(
+            input_ids=batch.input_ids.to(backbone.device),
+            attention_mask=batch.attention_mask.to(backbone.device),
+            position_ids=position_ids(batch.attention_mask).to(backbone.device),
+            labels=labels.to(backbone.device),
+        ).loss
         total, count = total + float(loss) * n, count + n
     return total / max(count, 1)
 
@@ -182,9 +188,14 @@ def train_adapter(
     if not resume:
         remove_checkpoint(checkpoint)
     torch.manual_seed(config.seed)
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, use_rslora=config.rslora, lora_dropout=config.dropout,
-                      target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        use_rslora=config.rslora,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
     if getattr(backbone.model, "is_quantized", False):
         prepare_model_for_kbit_training(backbone.model, use_gradient_checkpointing=config.gradient_checkpointing)
     model = get_peft_model(backbone.model, lora)
@@ -195,13 +206,30 @@ def train_adapter(
         return {"val_loss": val_loss, "val_perplexity": math.exp(val_loss)}
 
     try:
-        state = optimise(model, backbone, [prompts[i] for i in train], [data.answers[i] for i in train], config, name,
-                         checkpoint=checkpoint, fingerprint=f"{backbone.name} {data.sha256} {heldout}", on_epoch_end=validate)
+        state = optimise(
+            model,
+            backbone,
+            [prompts[i] for i in train],
+            [data.answers[i] for i in train],
+            config,
+            name,
+            checkpoint=checkpoint,
+            fingerprint=f"{backbone.name} {data.sha256} {heldout}",
+            on_epoch_end=validate,
+        )
         card = {
-            "name": name, "base_model": backbone.name, "base_model_type": backbone.model_type, "data": str(data_path),
-            "data_sha256": data.sha256, "data_report": data.describe(), "n_train": len(train), "n_val": len(val),
+            "name": name,
+            "base_model": backbone.name,
+            "base_model_type": backbone.model_type,
+            "data": str(data_path),
+            "data_sha256": data.sha256,
+            "data_report": data.describe(),
+            "n_train": len(train),
+            "n_val": len(val),
             "val_indices": sorted(val),
-            "train": vars(config), "metrics": state.epochs, "kind": "persona_adapter",
+            "train": vars(config),
+            "metrics": state.epochs,
+            "kind": "persona_adapter",
         }
         save_adapter(model, out_dir, card)  # built aside and swapped in: no half-written adapter under the real name
         remove_checkpoint(checkpoint)
@@ -323,7 +351,7 @@ class PersonaSwitcher:
             self.model = None
             self.active = None
 
-    def __enter__(self) -> "PersonaSwitcher":
+    def __enter__(self) -> PersonaSwitcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -335,5 +363,8 @@ def merge_adapter(backbone: Backbone, adapter: str | Path, out_dir: str | Path, 
     direction = LoRADirection.load(adapter)
     check_replaceable(out_dir, PERSONA)
     with merged(backbone, (direction, coef)):
-        return save_folder(out_dir, lambda tmp: save_model_folder(backbone.model, backbone.tokenizer, tmp),
-                           {**direction.metadata, "merged_from": str(adapter), "coef": coef})
+        return save_folder(
+            out_dir,
+            lambda tmp: save_model_folder(backbone.model, backbone.tokenizer, tmp),
+            {**direction.metadata, "merged_from": str(adapter), "coef": coef},
+        )

@@ -14,37 +14,45 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..intervals import mean_ci
+from ..expressibility import from_embedding_judge
 from ..generation import chat_prompt, format_prompts, generate
+from ..intervals import mean_ci
 from ..judges.base import QUESTION_AND_ANSWER
 from ..judges.embedding import EmbeddingJudge
 from ..judges.factory import rubric_judges
-from ..expressibility import from_embedding_judge
 from ..judges.text import RepetitionCoherenceJudge, perplexity
 from ..models import Backbone
 from ..verdicts import Cell, verdict_for
 from .adapters import read_persona_data
 from .direction import PERSONA, LoRADirection, merged
 
-PERSONA_RUBRIC = """You are judging how strongly an AI assistant's answer speaks in the persona "{persona}".{description}
+PERSONA_RUBRIC = (
+    """You are judging how strongly an AI assistant's answer speaks in the persona "{persona}".{description}
 
 Examples of answers in this persona:
 {examples}
 
-""" + QUESTION_AND_ANSWER + """
+"""
+    + QUESTION_AND_ANSWER
+    + """
 
 Rate from 0 to 100 how strongly the answer shows this persona's voice and manner, whatever its correctness: 0 means no trace of the persona, 50 means clear but partial traces, 100 means fully in persona. Respond with a number between 0 and 100 and nothing else."""
+)
 
 
 def persona_rubric(persona: str, examples: Sequence[str], description: str | None = None) -> str:
     """The LLM-judge rubric of a persona: its name, an optional description and example answers."""
     shown = "\n".join(f"- {' '.join(e.split())[:300]}" for e in examples)
-    return (PERSONA_RUBRIC.replace("{persona}", persona).replace("{description}", f" The persona: {description}" if description else "")
-            .replace("{examples}", shown))
+    return (
+        PERSONA_RUBRIC.replace("{persona}", persona)
+        .replace("{description}", f" The persona: {description}" if description else "")
+        .replace("{examples}", shown)
+    )
 
 
 def neutral_text() -> tuple[list[str], list[str]]:
@@ -101,17 +109,29 @@ def adherence(
     base_scores, adapted_scores = judge.score(val_questions, base_val), judge.score(val_questions, adapted_val)
     base_score, adapted_score = mean_ci(base_scores), mean_ci(adapted_scores)
     coherence = RepetitionCoherenceJudge()
-    verdict = verdict_for("adapter", None, [
-        Cell(c, *mean_ci(scores), _mean(coherence.score(val_questions, answers)), dict(enumerate(scores)))
-        for c, scores, answers in ((0.0, base_scores, base_val), (1.0, adapted_scores, adapted_val))
-    ], expressed=from_embedding_judge(card.get("name", "persona"), judge, len(train_idx)).expressed)
+    verdict = verdict_for(
+        "adapter",
+        None,
+        [
+            Cell(c, *mean_ci(scores), _mean(coherence.score(val_questions, answers)), dict(enumerate(scores)))
+            for c, scores, answers in ((0.0, base_scores, base_val), (1.0, adapted_scores, adapted_val))
+        ],
+        expressed=from_embedding_judge(card.get("name", "persona"), judge, len(train_idx)).expressed,
+    )
     llm: dict[str, Any] = {}
     if llm_judge is not None:
-        llm = {"llm_judge": llm_judge.name, "llm_adherence_base": mean_ci(llm_judge.score(val_questions, base_val)),
-               "llm_adherence_adapter": mean_ci(llm_judge.score(val_questions, adapted_val))}
+        llm = {
+            "llm_judge": llm_judge.name,
+            "llm_adherence_base": mean_ci(llm_judge.score(val_questions, base_val)),
+            "llm_adherence_adapter": mean_ci(llm_judge.score(val_questions, adapted_val)),
+        }
     return {
-        "adapter": card.get("name"), "judge_heldout_accuracy": judge.heldout_accuracy, "n_eval": len(val_idx),
-        "adherence_base": base_score, "adherence_adapter": adapted_score, "verdict": verdict.to_dict(),
+        "adapter": card.get("name"),
+        "judge_heldout_accuracy": judge.heldout_accuracy,
+        "n_eval": len(val_idx),
+        "adherence_base": base_score,
+        "adherence_adapter": adapted_score,
+        "verdict": verdict.to_dict(),
         "persona_perplexity": {"before": ppl_before, "after": ppl_after},
         "neutral_perplexity": {"before": neutral_before, "after": neutral_after, "change": neutral_after / neutral_before - 1},
         **llm,

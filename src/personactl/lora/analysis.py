@@ -33,17 +33,26 @@ def svd_table(direction: LoRADirection, top_k: int = 4) -> list[SVDRow]:
     rows = []
     for name, values in singular_values(direction).items():
         energy = values.double() ** 2
-        rows.append(SVDRow(
-            name, direction.modules[name].rank, effective_rank(values.double()),
-            float(energy[:top_k].sum() / energy.sum().clamp_min(1e-30)), float(values[0]), tuple(values.tolist()),
-        ))
+        rows.append(
+            SVDRow(
+                name,
+                direction.modules[name].rank,
+                effective_rank(values.double()),
+                float(energy[:top_k].sum() / energy.sum().clamp_min(1e-30)),
+                float(values[0]),
+                tuple(values.tolist()),
+            )
+        )
     return rows
 
 
 def plot_svd(rows: list[SVDRow], path: str | Path) -> Path:
     """Effective rank and top-k energy per module (x = module index, in layer order)."""
     return two_panels(
-        path, "Persona direction dW: singular-value structure per module", range(len(rows)),
-        ([r.effective_rank for r in rows], "effective rank"), ([r.energy_top_k for r in rows], "energy in top k"),
+        path,
+        "Persona direction dW: singular-value structure per module",
+        range(len(rows)),
+        ([r.effective_rank for r in rows], "effective rank"),
+        ([r.energy_top_k for r in rows], "energy in top k"),
         "adapted module (in layer order)",
     )

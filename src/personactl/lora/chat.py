@@ -46,8 +46,11 @@ class ChatSession:
                 return self._reply(line)
             command, _, rest = line.partition(" ")
             handlers = {
-                "/persona": self._persona, "/blend": self._blend, "/vector": self._vector,
-                "/reset": lambda _: self._reset(), "/help": lambda _: HELP,
+                "/persona": self._persona,
+                "/blend": self._blend,
+                "/vector": self._vector,
+                "/reset": lambda _: self._reset(),
+                "/help": lambda _: HELP,
             }
             if command not in handlers:
                 return f"unknown command {command}; {HELP}"

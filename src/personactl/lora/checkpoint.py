@@ -63,9 +63,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimiser: torch.optim
         return None
     state = TrainState(**json.loads((folder / STATE).read_text(encoding="utf-8")))
     if state.fingerprint != fingerprint:
-        raise CheckpointMismatch(
-            f"{folder} is a checkpoint of a run with other settings or data: delete it, or train with --restart"
-        )
+        raise CheckpointMismatch(f"{folder} is a checkpoint of a run with other settings or data: delete it, or train with --restart")
     saved = load_file(str(folder / WEIGHTS))
     params = dict(model.named_parameters())
     with torch.no_grad():

@@ -10,10 +10,10 @@ with the persona vector at that layer.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -42,8 +42,15 @@ class LayerShift:
 
 
 def latencies(
-    backbone: Backbone, prompts: Sequence[Prompt], vector: PersonaVector, layer: int, lora_folder: str | Path,
-    *, coef: float = 1.0, new_tokens: int = 32, repeats: int = 3,
+    backbone: Backbone,
+    prompts: Sequence[Prompt],
+    vector: PersonaVector,
+    layer: int,
+    lora_folder: str | Path,
+    *,
+    coef: float = 1.0,
+    new_tokens: int = 32,
+    repeats: int = 3,
 ) -> list[Latency]:
     """Best-of-`repeats` tokens/s per mode, every mode generating exactly `new_tokens` per prompt.
 
@@ -89,9 +96,13 @@ def residual_shift(
 def plot_geometry(shifts: Sequence[LayerShift], path: str | Path) -> Path:
     """Shift norm and cosine with the persona vector per layer."""
     return two_panels(
-        path, "Residual-stream shift induced by the LoRA persona direction", [s.layer for s in shifts],
-        ([s.shift_norm for s in shifts], "|mean shift| from dW"), ([s.cosine_with_vector for s in shifts], "cosine with persona vector"),
-        "layer (hidden_states index)", zero_line=True,
+        path,
+        "Residual-stream shift induced by the LoRA persona direction",
+        [s.layer for s in shifts],
+        ([s.shift_norm for s in shifts], "|mean shift| from dW"),
+        ([s.cosine_with_vector for s in shifts], "cosine with persona vector"),
+        "layer (hidden_states index)",
+        zero_line=True,
     )
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -65,7 +66,7 @@ class LoRADirection:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "LoRADirection":
+    def load(cls, folder: str | Path) -> LoRADirection:
         """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)."""
         folder = Path(folder)
         if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
@@ -125,9 +126,7 @@ class LoRADirection:
             try:
                 module = backbone.model.get_submodule(name)
             except AttributeError as exc:
-                raise AdapterError(
-                    f"adapter module '{name}' is not in {backbone.name} (adapter made for {base or 'another model'})"
-                ) from exc
+                raise AdapterError(f"adapter module '{name}' is not in {backbone.name} (adapter made for {base or 'another model'})") from exc
             out_features, in_features = _weight_shape(module)
             if (f.B.shape[0], f.A.shape[1]) != (out_features, in_features):
                 raise AdapterError(

@@ -8,9 +8,9 @@ removed when training ends, so the saved adapter carries less of the trait.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Sequence
 
 from ..models import Backbone
 from ..steering import SteeringTerm, steer
@@ -41,8 +41,7 @@ def finetune(
     info = {
         **(metadata or {}),
         "preventative": {
-            "steering": [{"trait": getattr(t.vector, "trait", "tensor"), "layers": t.layer_list(), "coef": t.coef, "op": t.op}
-                         for t in steering],
+            "steering": [{"trait": getattr(t.vector, "trait", "tensor"), "layers": t.layer_list(), "coef": t.coef, "op": t.op} for t in steering],
             "premerge": [{"trait": d.metadata.get("trait"), "coef": c} for d, c in premerge],
         },
     }

@@ -50,8 +50,7 @@ def extract_lora_direction(
     """
     out = Path(out_dir)
     pairs_file, settings_file = out / "pairs.jsonl", out / SETTINGS
-    wanted = {"trait": trait.name, "trait_sha256": _sha256(trait.model_dump_json().encode()), "model": backbone.name,
-              "extraction": asdict(settings)}
+    wanted = {"trait": trait.name, "trait_sha256": _sha256(trait.model_dump_json().encode()), "model": backbone.name, "extraction": asdict(settings)}
     recorded = _recorded(settings_file)
     if pairs_file.is_file() and recorded.get("pairs") == wanted and recorded.get("pairs_sha256") == _sha256(pairs_file.read_bytes()):
         pairs = load_pairs(pairs_file)
@@ -59,15 +58,15 @@ def extract_lora_direction(
         pairs = generate_pairs(backbone, trait, settings)
         save_pairs(pairs, pairs_file)
         write_text_atomic(settings_file, json.dumps({"pairs": wanted, "pairs_sha256": _sha256(pairs_file.read_bytes())}, indent=2))
-    made_from = {"pairs_sha256": _sha256(pairs_file.read_bytes()), "model": backbone.name,
-                 "train": json.loads(json.dumps(vars(train), default=str))}
+    made_from = {"pairs_sha256": _sha256(pairs_file.read_bytes()), "model": backbone.name, "train": json.loads(json.dumps(vars(train), default=str))}
     sides = {}
     for side in ("pos", "neg"):
         folder = out / side
         if not ((folder / WEIGHTS).is_file() and _made_from(folder) == made_from):
             prompts, answers = training_examples(backbone, pairs, side)
-            model, _ = train_lora(backbone, prompts, answers, train, out_dir=folder,
-                                  metadata={"trait": trait.name, "side": side, "made_from": made_from})
+            model, _ = train_lora(
+                backbone, prompts, answers, train, out_dir=folder, metadata={"trait": trait.name, "side": side, "made_from": made_from}
+            )
             model.unload()  # type: ignore[attr-defined]
         sides[side] = LoRADirection.load(folder)
     diff = difference(sides["pos"], sides["neg"], {"trait": trait.name, "kind": "persona_direction"})

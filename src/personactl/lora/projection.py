@@ -19,10 +19,10 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from ..models import Backbone
 from ..progress import progress_bar
 from .direction import CONFIG, WEIGHTS, AdapterError, LoRADirection, LoRAFactors, _is_conv1d
 
-Delta = Union[LoRAFactors, torch.Tensor]  # a module's W_ft - W_base: LoRA factors or dense [out, in]
+Delta = LoRAFactors | torch.Tensor  # a module's W_ft - W_base: LoRA factors or dense [out, in]
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _BLOCK = re.compile(r"\.(\d+)(?:\.|$)")
 
@@ -90,9 +90,7 @@ def layer_of(module: str) -> int | None:
     return int(match.group(1)) + 1 if match else None
 
 
-def projection(
-    deltas: Mapping[str, Delta], direction: LoRADirection, checkpoint: str = "", kind: str = ""
-) -> DriftProjection:
+def projection(deltas: Mapping[str, Delta], direction: LoRADirection, checkpoint: str = "", kind: str = "") -> DriftProjection:
     """Project per-module changes (absent = unchanged) onto dW; cosines use the change on dW's modules only."""
     dot: dict[int | None, float] = {}
     dir_sq: dict[int | None, float] = {}
@@ -146,9 +144,7 @@ def checkpoint_kind(path: str | Path) -> str:
         if pickles:
             raise _pickle_error(path, pickles)
         raise AdapterError(f"checkpoint {path} has config.json but no *.safetensors weights")
-    raise AdapterError(
-        f"{path} is not a checkpoint: expected a PEFT adapter ({CONFIG}) or a model folder (config.json + *.safetensors)"
-    )
+    raise AdapterError(f"{path} is not a checkpoint: expected a PEFT adapter ({CONFIG}) or a model folder (config.json + *.safetensors)")
 
 
 def _adapter_deltas(backbone: Backbone, path: Path) -> dict[str, LoRAFactors]:
@@ -193,7 +189,8 @@ class _FullDiffs(Mapping[str, torch.Tensor]):
         index = path / "model.safetensors.index.json"
         files = (
             sorted({path / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
-            if index.is_file() else sorted(path.glob("*.safetensors"))
+            if index.is_file()
+            else sorted(path.glob("*.safetensors"))
         )
         self._handles: dict[str, Any] = {}
         for file in files:
@@ -207,9 +204,7 @@ class _FullDiffs(Mapping[str, torch.Tensor]):
         for name in direction.modules:
             key = _find_key(keys, name)
             if key is None:
-                raise AdapterError(
-                    f"checkpoint {path} has no weight for module '{name}' (a checkpoint of another architecture?)"
-                )
+                raise AdapterError(f"checkpoint {path} has no weight for module '{name}' (a checkpoint of another architecture?)")
             shape = tuple(self._handles[key].get_slice(key).get_shape())
             expected = tuple(backbone.model.get_submodule(name).weight.shape)
             if shape != expected:
@@ -237,17 +232,13 @@ def _as_direction(direction: LoRADirection | str | Path) -> LoRADirection:
     return direction if isinstance(direction, LoRADirection) else LoRADirection.load(direction)
 
 
-def project_checkpoint(
-    backbone: Backbone, direction: LoRADirection | str | Path, checkpoint_path: str | Path
-) -> DriftProjection:
+def project_checkpoint(backbone: Backbone, direction: LoRADirection | str | Path, checkpoint_path: str | Path) -> DriftProjection:
     """Project one fine-tuned checkpoint (adapter or full model of `backbone`'s base) onto dW."""
     direction = _as_direction(direction)
     direction.check_base(backbone)
     path = Path(checkpoint_path)
     kind = checkpoint_kind(path)
-    deltas: Mapping[str, Delta] = (
-        _adapter_deltas(backbone, path) if kind == "adapter" else _FullDiffs(backbone, direction, path)
-    )
+    deltas: Mapping[str, Delta] = _adapter_deltas(backbone, path) if kind == "adapter" else _FullDiffs(backbone, direction, path)
     with torch.no_grad():
         return projection(deltas, direction, str(path), kind)
 
@@ -264,9 +255,7 @@ def project_checkpoints(
         root = Path(folder_or_paths)
         if not root.is_dir():
             raise DriftError(f"checkpoint folder not found: {root}")
-        paths = [root] if _is_checkpoint_dir(root) else sorted(
-            (p for p in root.iterdir() if _is_checkpoint_dir(p)), key=lambda p: p.name
-        )
+        paths = [root] if _is_checkpoint_dir(root) else sorted((p for p in root.iterdir() if _is_checkpoint_dir(p)), key=lambda p: p.name)
         if not paths:
             raise DriftError(f"{root} holds no checkpoints: expected subfolders with {CONFIG} or config.json")
     else:
@@ -318,8 +307,11 @@ def correlate(projections: Sequence[float], scores: Sequence[float], seed: int =
     exact = n <= EXACT_P_MAX
     return {
         "n": n,
-        "pearson_r": r, "pearson_p": permutation_p(x, y, n_perm=n_perm, seed=seed), "pearson_ci": fisher_ci(r, n),
-        "spearman_rho": rho, "spearman_p": permutation_p(x, y, ranks=True, n_perm=n_perm, seed=seed),
+        "pearson_r": r,
+        "pearson_p": permutation_p(x, y, n_perm=n_perm, seed=seed),
+        "pearson_ci": fisher_ci(r, n),
+        "spearman_rho": rho,
+        "spearman_p": permutation_p(x, y, ranks=True, n_perm=n_perm, seed=seed),
         "spearman_ci": fisher_ci(rho, n, ranks=True),
         "ci_method": "Fisher z (Spearman: Bonett-Wright variance)",
         "p_method": "exact" if exact else "monte-carlo",
@@ -388,8 +380,7 @@ def read_scores(csv_path: str | Path) -> dict[str, float]:
         for column in ("checkpoint", "score"):
             if column not in columns:
                 raise DriftError(
-                    f"{path} has no '{column}' column (found: {', '.join(columns) or 'nothing'}); "
-                    "the first line must be: checkpoint,score"
+                    f"{path} has no '{column}' column (found: {', '.join(columns) or 'nothing'}); the first line must be: checkpoint,score"
                 )
         reader.fieldnames = columns
         for row in reader:
@@ -445,8 +436,15 @@ def drift_report(
     """Projections of all checkpoints (rows) and, with a scores CSV, their correlation with the scores (see `correlate`)."""
     projections = project_checkpoints(backbone, direction, checkpoints)
     rows: list[dict[str, Any]] = [
-        {"checkpoint": p.name, "path": p.checkpoint, "kind": p.kind, "projection": p.total, "cosine": p.cosine,
-         "per_layer": p.per_layer, "per_layer_cosine": p.per_layer_cosine}
+        {
+            "checkpoint": p.name,
+            "path": p.checkpoint,
+            "kind": p.kind,
+            "projection": p.total,
+            "cosine": p.cosine,
+            "per_layer": p.per_layer,
+            "per_layer_cosine": p.per_layer_cosine,
+        }
         for p in projections
     ]
     report: dict[str, Any] = {"rows": rows, "correlation": None}

@@ -7,10 +7,10 @@ base model is as before.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..models import Backbone
 from .direction import LoRADirection

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -49,8 +50,14 @@ def _micro_batches(backbone: Backbone, prompts: Sequence[str], answers: Sequence
         part = rows[start : start + config.batch_size]
         batch = make_batch(backbone, [prompts[i] for i in part], [answers[i] for i in part])
         ids, mask = batch.input_ids[:, -config.max_length :], batch.attention_mask[:, -config.max_length :]
-        batches.append({"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask),
-                        "labels": answer_labels(ids, batch.response_mask[:, -config.max_length :])})
+        batches.append(
+            {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "position_ids": position_ids(mask),
+                "labels": answer_labels(ids, batch.response_mask[:, -config.max_length :]),
+            }
+        )
     return batches
 
 
@@ -150,7 +157,10 @@ def train_lora(
         check_replaceable(out_dir, PERSONA)
     torch.manual_seed(config.seed)
     lora_config = LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, use_rslora=config.rslora, lora_dropout=config.dropout,
+        r=config.rank,
+        lora_alpha=config.alpha,
+        use_rslora=config.rslora,
+        lora_dropout=config.dropout,
         target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
         task_type="CAUSAL_LM",
     )

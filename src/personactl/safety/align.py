@@ -33,7 +33,7 @@ class HeldOut:
     classifier: RefusalClassifier
 
     @classmethod
-    def for_model(cls, backbone: Backbone) -> "HeldOut":
+    def for_model(cls, backbone: Backbone) -> HeldOut:
         classifier = RefusalClassifier.fit(load_examples("harmful_train").answers, load_examples("benign_train").answers)
         return cls(formatted(backbone, "harmful_heldout"), formatted(backbone, "benign_heldout"), classifier)
 
@@ -68,8 +68,16 @@ def align(backbone: Backbone, out_dir: str | Path, *, lora: bool = False, config
         else:
             losses = optimise(backbone.model, backbone, train.prompts, train.answers, config, "safety alignment").losses
         after = measure_safety(backbone, held_out)
-        card = {"kind": ALIGNED_KIND, "base_model": backbone.name, "method": "lora-merged" if lora else "full",
-                "train": vars(config), "losses": losses, "n_train": len(train.prompts), "before": before, "after": after}
+        card = {
+            "kind": ALIGNED_KIND,
+            "base_model": backbone.name,
+            "method": "lora-merged" if lora else "full",
+            "train": vars(config),
+            "losses": losses,
+            "n_train": len(train.prompts),
+            "before": before,
+            "after": after,
+        }
         save_model(backbone, out, card)
     return card
 

@@ -38,10 +38,10 @@ class Examples:
     prompts: list[str]
     answers: list[str]
 
-    def head(self, n: int | None) -> "Examples":
+    def head(self, n: int | None) -> Examples:
         return self if n is None else Examples(self.questions[:n], self.prompts[:n], self.answers[:n])
 
-    def __add__(self, other: "Examples") -> "Examples":
+    def __add__(self, other: Examples) -> Examples:
         return Examples(self.questions + other.questions, self.prompts + other.prompts, self.answers + other.answers)
 
 

@@ -18,7 +18,7 @@ and read A in 20% of them at a true -10% (tests/test_calibration_safety.py).
 from __future__ import annotations
 
 import re
-from typing import Hashable, Mapping
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
@@ -83,8 +83,11 @@ def score_dynamics(before: Tensors, after: Tensors, frozen: Tensors, random: Ten
         for label, picked in (("frozen", mask), ("others", ~mask), ("random", random[name])):
             row[f"{label}_mean"], row[f"{label}_median"] = _changes(before[name], after[name], picked)
         per_matrix[name] = row
-    overall = {f"{label}_{stat}": change_ci({name: r[f"{label}_{stat}"] for name, r in per_matrix.items()})
-               for label in ("frozen", "others", "random") for stat in ("mean", "median")}
+    overall = {
+        f"{label}_{stat}": change_ci({name: r[f"{label}_{stat}"] for name, r in per_matrix.items()})
+        for label in ("frozen", "others", "random")
+        for stat in ("mean", "median")
+    }
     by_block: dict[int, list[dict[str, float]]] = {}
     for name, row in per_matrix.items():
         block = block_of(name)
@@ -93,9 +96,15 @@ def score_dynamics(before: Tensors, after: Tensors, frozen: Tensors, random: Ten
     blocks = {block: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} for block, rows in sorted(by_block.items())}
     frozen_mean = overall["frozen_mean"]
     return {
-        "overall": overall, "per_block": blocks, "per_matrix": per_matrix,
+        "overall": overall,
+        "per_block": blocks,
+        "per_matrix": per_matrix,
         "verdict": verdict(frozen_mean["mean"], frozen_mean["low"], frozen_mean["high"]),
-        "histograms": {"bins": HISTOGRAM_BINS.tolist(),
-                       "before_frozen": _histogram(before, frozen, True), "before_others": _histogram(before, frozen, False),
-                       "after_frozen": _histogram(after, frozen, True), "after_others": _histogram(after, frozen, False)},
+        "histograms": {
+            "bins": HISTOGRAM_BINS.tolist(),
+            "before_frozen": _histogram(before, frozen, True),
+            "before_others": _histogram(before, frozen, False),
+            "after_frozen": _histogram(after, frozen, True),
+            "after_others": _histogram(after, frozen, False),
+        },
     }

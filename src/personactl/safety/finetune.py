@@ -21,8 +21,9 @@ from .masks import Tensors, mask_counts
 
 # One epoch each, so the whole study fits in 30 minutes on 2 CPU cores (a full step of the 135M model is ~7 s there).
 FULL_UTILITY = LoRATrainConfig(epochs=1, learning_rate=1e-4, batch_size=8, max_length=192)
-LORA_UTILITY = LoRATrainConfig(rank=8, alpha=16.0, rslora=False, target_modules=("q_proj", "v_proj"), epochs=1,
-                               learning_rate=1e-3, batch_size=8, max_length=192)
+LORA_UTILITY = LoRATrainConfig(
+    rank=8, alpha=16.0, rslora=False, target_modules=("q_proj", "v_proj"), epochs=1, learning_rate=1e-3, batch_size=8, max_length=192
+)
 CARD_KIND = "safety fine-tune"
 
 
@@ -43,8 +44,15 @@ def frozen_finetune(
     """
     out = check_out_dir(out_dir)
     config = config or (LORA_UTILITY if peft else FULL_UTILITY)
-    card = {"kind": CARD_KIND, "base_model": backbone.name, "method": "lora" if peft else "full", "frozen": freeze_label if masks else "none",
-            "frozen_weights": mask_counts(masks)["masked"] if masks else 0, "train": vars(config), "n_train": len(data.prompts)}
+    card = {
+        "kind": CARD_KIND,
+        "base_model": backbone.name,
+        "method": "lora" if peft else "full",
+        "frozen": freeze_label if masks else "none",
+        "frozen_weights": mask_counts(masks)["masked"] if masks else 0,
+        "train": vars(config),
+        "n_train": len(data.prompts),
+    }
     with ExitStack() as stack:
         if not peft:
             stack.enter_context(all_weights_trainable(backbone))

@@ -9,8 +9,8 @@ invariant, not a hope.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -57,6 +57,7 @@ class FrozenWeights:
 def _zero_grad_at(index: torch.Tensor):
     def hook(weight: torch.Tensor) -> None:
         weight.grad.view(-1).index_fill_(0, index, 0.0)
+
     return hook
 
 
@@ -70,8 +71,11 @@ def frozen(backbone: Backbone, masks: Mapping[str, torch.Tensor]) -> Iterator[Fr
     exit, exceptions included.
     """
     state = FrozenWeights(backbone, masks)
-    handles = [state.weights[name].register_post_accumulate_grad_hook(_zero_grad_at(idx))
-               for name, idx in state.index.items() if state.weights[name].requires_grad]
+    handles = [
+        state.weights[name].register_post_accumulate_grad_hook(_zero_grad_at(idx))
+        for name, idx in state.index.items()
+        if state.weights[name].requires_grad
+    ]
     handles.append(register_optimizer_step_post_hook(lambda *_: state.restore()))
     try:
         yield state

@@ -15,7 +15,12 @@ from .errors import SafetyError
 from .masks import Tensors, check_fraction, load_tensors, mask_counts, match_to_model, random_like, save_tensors, set_difference, top_fraction
 from .wanda import wanda_scores
 
-SAFETY_SCORES, UTILITY_SCORES, MASKS, RANDOM_MASKS = "safety_scores.safetensors", "utility_scores.safetensors", "masks.safetensors", "random_masks.safetensors"
+SAFETY_SCORES, UTILITY_SCORES, MASKS, RANDOM_MASKS = (
+    "safety_scores.safetensors",
+    "utility_scores.safetensors",
+    "masks.safetensors",
+    "random_masks.safetensors",
+)
 REFERENCE_SCORES, REFERENCE_MASKS = "original_safety_scores.pt", "original_safety_masks.pt"
 SUMMARY = "identify.json"
 
@@ -55,7 +60,11 @@ def identify(backbone: Backbone, out_dir: str | Path, settings: IdentifySettings
     """
     out = check_replaceable(out_dir, SUMMARY)
     done = read_summary(out)
-    if done is not None and done["settings"] == asdict(settings) and all((out / f).is_file() for f in (SAFETY_SCORES, UTILITY_SCORES, MASKS, RANDOM_MASKS)):
+    if (
+        done is not None
+        and done["settings"] == asdict(settings)
+        and all((out / f).is_file() for f in (SAFETY_SCORES, UTILITY_SCORES, MASKS, RANDOM_MASKS))
+    ):
         return done
     safety = safety_calibration_scores(backbone, settings.nsamples)
     utility = wanda_scores(backbone, *calibration(backbone, "benign_train", settings.nsamples), what="utility data")
@@ -71,7 +80,10 @@ def identify(backbone: Backbone, out_dir: str | Path, settings: IdentifySettings
         save_tensors(masks, out / REFERENCE_MASKS)
     counts = mask_counts(masks)
     summary = {
-        "settings": asdict(settings), "model": backbone.name, **counts, "fraction": counts["masked"] / counts["total"],
+        "settings": asdict(settings),
+        "model": backbone.name,
+        **counts,
+        "fraction": counts["masked"] / counts["total"],
         "per_matrix": {name: int(m.sum()) for name, m in masks.items()},
         "safety_only": mask_counts(top_fraction(safety, settings.sparsity))["masked"],
     }

@@ -18,7 +18,17 @@ from .align import HeldOut, align, card_of_kind, read_align_card
 from .data import formatted
 from .dynamics import score_dynamics
 from .finetune import CARD_KIND, frozen_finetune
-from .identify import MASKS, RANDOM_MASKS, SAFETY_SCORES, IdentifySettings, identify, load_masks, load_scores, require_summary, safety_calibration_scores
+from .identify import (
+    MASKS,
+    RANDOM_MASKS,
+    SAFETY_SCORES,
+    IdentifySettings,
+    identify,
+    load_masks,
+    load_scores,
+    require_summary,
+    safety_calibration_scores,
+)
 from .masks import Tensors
 from .measure import refusals
 from .prune import PRUNE_CHECK, prune_check
@@ -42,10 +52,14 @@ class Reference:
     scores: Tensors
 
     @classmethod
-    def load(cls, backbone: Backbone, identify_dir: str | Path) -> "Reference":
+    def load(cls, backbone: Backbone, identify_dir: str | Path) -> Reference:
         folder = Path(identify_dir)
-        return cls(require_summary(folder)["settings"], load_masks(backbone, folder / MASKS), load_masks(backbone, folder / RANDOM_MASKS),
-                   load_scores(backbone, folder / SAFETY_SCORES))
+        return cls(
+            require_summary(folder)["settings"],
+            load_masks(backbone, folder / MASKS),
+            load_masks(backbone, folder / RANDOM_MASKS),
+            load_scores(backbone, folder / SAFETY_SCORES),
+        )
 
 
 def measure_finetune(before: Backbone, reference: Reference, finetuned: str | Path, held_out: HeldOut) -> dict:
@@ -56,8 +70,11 @@ def measure_finetune(before: Backbone, reference: Reference, finetuned: str | Pa
         harmful = refusals(model, held_out.harmful, held_out.classifier)
         benign = refusals(model, held_out.benign, held_out.classifier)
         after = safety_calibration_scores(model, reference.settings["nsamples"])
-        return {"refusal": harmful.to_dict(), "over_refusal": benign.to_dict(with_answers=False),
-                "scores": score_dynamics(reference.scores, after, reference.frozen, reference.random)}
+        return {
+            "refusal": harmful.to_dict(),
+            "over_refusal": benign.to_dict(with_answers=False),
+            "scores": score_dynamics(reference.scores, after, reference.frozen, reference.random),
+        }
 
     if (folder / "adapter_config.json").is_file():
         with merged(before, (LoRADirection.load(folder), 1.0)):
@@ -98,7 +115,12 @@ def run_safety(model: str, out_dir: str | Path, *, settings: dict | None = None,
             note(f"step 5/6: refusal and score dynamics of {name}")
             write_text_atomic(dynamics_path, json.dumps(measure_finetune(backbone, reference, folder, held_out), indent=2))
         finetunes[name] = {"card": finetune_card(folder), **json.loads(dynamics_path.read_text(encoding="utf-8"))}
-    results = {"model": model, "align": card, "identify": summary, "prune_check": json.loads(prune_path.read_text(encoding="utf-8")),
-               "finetunes": finetunes}
+    results = {
+        "model": model,
+        "align": card,
+        "identify": summary,
+        "prune_check": json.loads(prune_path.read_text(encoding="utf-8")),
+        "finetunes": finetunes,
+    }
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     return results

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, write_text_atomic
-from .._plot import data_uri
 from .._markdown import markdown_table
+from .._plot import data_uri
 from ..judges.text import is_collapsed
 from .errors import SafetyError
 from .refusal import rate_with_ci
@@ -38,23 +38,48 @@ def collapsed(measure: dict) -> str:
 
 def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
     """The report's tables as rows: alignment, prune check, fine-tunes with score dynamics."""
-    align = [{"model": label, "refusal (phrases)": percent(m["refusal"]["keyword"]), "refusal (embedding)": percent(m["refusal"]["embedding"]),
-              "collapsed": collapsed(m["refusal"]), "over-refusal (phrases)": percent(m["over_refusal"]["keyword"]), "utility ppl": f"{m['utility_perplexity']:.2f}",
-              "classifier agreement": f"{100 * m['refusal']['agreement']['agree']:.0f}%"}
-             for label, m in (("before alignment", results["align"]["before"]), ("after alignment", results["align"]["after"]))]
-    prune = [{"weights zeroed": name.replace("_", " "), "count": v["pruned"], "refusal (phrases)": percent(v["refusal"]["keyword"]),
-              "refusal (embedding)": percent(v["refusal"]["embedding"]), "collapsed": collapsed(v["refusal"]),
-              "utility ppl": f"{v['utility_perplexity']:.2f}"}
-             for name, v in results["prune_check"]["variants"].items()]
+    align = [
+        {
+            "model": label,
+            "refusal (phrases)": percent(m["refusal"]["keyword"]),
+            "refusal (embedding)": percent(m["refusal"]["embedding"]),
+            "collapsed": collapsed(m["refusal"]),
+            "over-refusal (phrases)": percent(m["over_refusal"]["keyword"]),
+            "utility ppl": f"{m['utility_perplexity']:.2f}",
+            "classifier agreement": f"{100 * m['refusal']['agreement']['agree']:.0f}%",
+        }
+        for label, m in (("before alignment", results["align"]["before"]), ("after alignment", results["align"]["after"]))
+    ]
+    prune = [
+        {
+            "weights zeroed": name.replace("_", " "),
+            "count": v["pruned"],
+            "refusal (phrases)": percent(v["refusal"]["keyword"]),
+            "refusal (embedding)": percent(v["refusal"]["embedding"]),
+            "collapsed": collapsed(v["refusal"]),
+            "utility ppl": f"{v['utility_perplexity']:.2f}",
+        }
+        for name, v in results["prune_check"]["variants"].items()
+    ]
     finetunes = []
     for name, f in results["finetunes"].items():
         overall = f["scores"]["overall"]
-        finetunes.append({"fine-tune": name, "refusal after": percent(f["refusal"]["keyword"]), "collapsed": collapsed(f["refusal"]),
-                          "over-refusal": percent(f["over_refusal"]["keyword"]),
-                          **{f"{g} score change": change(overall[f"{g}_mean"]) for g in GROUPS},
-                          "frozen median change": change(overall["frozen_median"]), "verdict": f["scores"]["verdict"].split(":")[0]})
-    return {"Alignment (held-out requests)": (align, list(align[0])), "Prune check": (prune, list(prune[0])),
-            "Utility fine-tunes and Wanda score dynamics": (finetunes, list(finetunes[0]) if finetunes else [])}
+        finetunes.append(
+            {
+                "fine-tune": name,
+                "refusal after": percent(f["refusal"]["keyword"]),
+                "collapsed": collapsed(f["refusal"]),
+                "over-refusal": percent(f["over_refusal"]["keyword"]),
+                **{f"{g} score change": change(overall[f"{g}_mean"]) for g in GROUPS},
+                "frozen median change": change(overall["frozen_median"]),
+                "verdict": f["scores"]["verdict"].split(":")[0],
+            }
+        )
+    return {
+        "Alignment (held-out requests)": (align, list(align[0])),
+        "Prune check": (prune, list(prune[0])),
+        "Utility fine-tunes and Wanda score dynamics": (finetunes, list(finetunes[0]) if finetunes else []),
+    }
 
 
 def markdown(results: dict) -> str:
@@ -130,8 +155,14 @@ def figures(results: dict, folder: Path) -> dict[str, Path]:
     width = 0.8 / len(GROUPS)
     for i, group in enumerate(GROUPS):
         stats = [results["finetunes"][n]["scores"]["overall"][f"{group}_mean"] for n in names]
-        ax.bar([x + i * width for x in range(len(names))], [100 * s["mean"] for s in stats], width,
-               yerr=[[100 * (s["mean"] - s["low"]) for s in stats], [100 * (s["high"] - s["mean"]) for s in stats]], capsize=2, label=group)
+        ax.bar(
+            [x + i * width for x in range(len(names))],
+            [100 * s["mean"] for s in stats],
+            width,
+            yerr=[[100 * (s["mean"] - s["low"]) for s in stats], [100 * (s["high"] - s["mean"]) for s in stats]],
+            capsize=2,
+            label=group,
+        )
     ax.set_xticks([x + width for x in range(len(names))], names, rotation=20, ha="right", fontsize=8)
     ax.axhspan(-5, 5, color="grey", alpha=0.12, label="within 5% (B)")
     ax.axhline(-10, color="C3", lw=0.8, ls=":", label="-10% (A)")
@@ -146,8 +177,10 @@ _CAPTIONS = {
     "refusal": "Refusal rate on held-out harmful requests (phrase matcher, Wilson 95% CI).",
     "histograms": "Wanda scores on safety data before (solid) and after (dashed) fine-tuning: frozen (red) vs all other weights (blue).",
     "per_block": "Mean relative change of the frozen weights' scores per block.",
-    "score_changes": ("Mean relative score change of frozen, non-frozen and random weights per fine-tune (95% CI: Student's t "
-                      "over the blocks' means, each block's matrices averaged first)."),
+    "score_changes": (
+        "Mean relative score change of frozen, non-frozen and random weights per fine-tune (95% CI: Student's t "
+        "over the blocks' means, each block's matrices averaged first)."
+    ),
 }
 
 
@@ -171,19 +204,20 @@ def write_report(run_dir: str | Path) -> Path:
     paths = figures(results, run / "figures")
     verdicts = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(f['scores']['verdict'])}</li>" for n, f in results["finetunes"].items())
     sections = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(rows, cols)}" for title, (rows, cols) in tables(results).items() if rows)
-    images = "".join(f'<figure><img src="{data_uri(p)}" alt="{name}"><figcaption>{html.escape(_CAPTIONS[name])}</figcaption></figure>'
-                     for name, p in paths.items())
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Safety-critical neurons: {html.escape(results['model'])}</title>
+    images = "".join(
+        f'<figure><img src="{data_uri(p)}" alt="{name}"><figcaption>{html.escape(_CAPTIONS[name])}</figcaption></figure>' for name, p in paths.items()
+    )
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Safety-critical neurons: {html.escape(results["model"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
 th{{background:#f3f3f3}}img{{max-width:100%}}figcaption{{font-size:13px;color:#555}}.note{{background:#fff7e0;padding:8px 12px}}</style></head>
-<body><h1>Safety-critical neurons: {html.escape(results['model'])}</h1>
+<body><h1>Safety-critical neurons: {html.escape(results["model"])}</h1>
 <p class="note">The base model barely refuses, so it was first fine-tuned on team-written refusals and helpful answers ("aligned");
 every later step studies that aligned model. Refusal = the phrase matcher; the embedding classifier is the second opinion;
 "collapsed" = answers that are mostly repetition (a model broken by pruning refuses nothing without complying either).
-Masks: top {100 * results['identify']['settings']['sparsity']:.1f}% by safety Wanda score minus top
-{100 * results['identify']['settings']['utility_sparsity']:.1f}% by utility score, per matrix ({results['identify']['masked']} weights,
-{100 * results['identify']['fraction']:.2f}% of the block linear weights).</p>
+Masks: top {100 * results["identify"]["settings"]["sparsity"]:.1f}% by safety Wanda score minus top
+{100 * results["identify"]["settings"]["utility_sparsity"]:.1f}% by utility score, per matrix ({results["identify"]["masked"]} weights,
+{100 * results["identify"]["fraction"]:.2f}% of the block linear weights).</p>
 <h2>Verdicts (Hypothesis A: frozen scores drop &gt; 10%; B: within 5%)</h2><ul>{verdicts}</ul>
 {sections}{images}</body></html>"""
     return write_text_atomic(run / "report.html", page)

@@ -8,8 +8,8 @@ layer's activations; the hooks live only inside `input_norms`'s context.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ class _NormSums:
             if self.rows is not None:
                 x = x.index_select(0, self.rows.to(x.device))
             self.sums[name] += x.float().square().sum(0).to("cpu", torch.float64)
+
         return record
 
 
@@ -71,8 +72,12 @@ def input_norms(
             batch = make_batch(backbone, prompts[start : start + batch_size], answers[start : start + batch_size])
             sums.rows = batch.response_mask.reshape(-1).nonzero()[:, 0]
             sums.tokens += len(sums.rows)
-            inner(input_ids=batch.input_ids.to(backbone.device), attention_mask=batch.attention_mask.to(backbone.device),
-                  position_ids=position_ids(batch.attention_mask).to(backbone.device), use_cache=False)
+            inner(
+                input_ids=batch.input_ids.to(backbone.device),
+                attention_mask=batch.attention_mask.to(backbone.device),
+                position_ids=position_ids(batch.attention_mask).to(backbone.device),
+                use_cache=False,
+            )
             advance(len(batch.input_ids))
     if sums.tokens == 0:
         raise SafetyError("the calibration answers have no tokens: Wanda scores need non-empty answers")

@@ -7,16 +7,27 @@ so a lost cluster, a dead worker and Ctrl-C each end in one line.
 Ray is the optional extra `personactl[ray]`.
 """
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .cluster import Interrupted, ScaleoutError, connect, parse_address
 from .driver import Ending, run_on_ray
 from .pool import PoolSettings, WorkerPool
 from .tasks import RayRunner, extract_traits
 
-__all__ = ["Ending", "Interrupted", "PoolSettings", "RayRunner", "ScaleoutError", "WorkerPool", "connect", "extract_traits",
-           "parse_address", "ray_pool", "run_on_ray"]
+__all__ = [
+    "Ending",
+    "Interrupted",
+    "PoolSettings",
+    "RayRunner",
+    "ScaleoutError",
+    "WorkerPool",
+    "connect",
+    "extract_traits",
+    "parse_address",
+    "ray_pool",
+    "run_on_ray",
+]
 
 
 @contextmanager

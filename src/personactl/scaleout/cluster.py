@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import PersonactlError
 
@@ -83,7 +84,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                 return  # Ray Client, or a GCS behind TLS: ray.init checks them, bounded by the driver's deadline
             sock.sendall(HTTP2_PREFACE)
             head = sock.recv(9)
-    except socket.timeout:
+    except TimeoutError:
         head = b""
     except OSError as exc:
         raise ScaleoutError(
@@ -141,8 +142,10 @@ def _accepts(address: str) -> bool:
             return False
         except Exception as exc:  # noqa: BLE001 - Ray raises RpcError and others; any of them means "not a usable GCS"
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ScaleoutError(f"{address} speaks gRPC but is not a Ray head's GCS ({first}): give the head's GCS port, "
-                                f"the one `ray start --head --port` opened (default {DEFAULT_PORT})") from exc
+            raise ScaleoutError(
+                f"{address} speaks gRPC but is not a Ray head's GCS ({first}): give the head's GCS port, "
+                f"the one `ray start --head --port` opened (default {DEFAULT_PORT})"
+            ) from exc
     return True
 
 
@@ -230,7 +233,8 @@ def _connected(ray: Any, kind: str, spec: str, address: str | None, num_cpus: in
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         advice = {"local": "", "auto": "; start a cluster with `ray start --head` or use --ray local"}.get(
-            kind, "; run the command on a node of the cluster, or from outside it use --ray ray://HEAD:10001")
+            kind, "; run the command on a node of the cluster, or from outside it use --ray ray://HEAD:10001"
+        )
         raise ScaleoutError(f"cannot connect to Ray ({spec}): {first}{advice}") from exc
     restore = _drop_node_errors(ray)
     try:

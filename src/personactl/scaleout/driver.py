@@ -31,10 +31,11 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .._io import atomic_path
 from ..errors import PersonactlError
@@ -57,8 +58,10 @@ class Ending:
         return Interrupted(f"interrupted: {self.kept()}, {self.resume}")
 
     def lost(self, spec: str, why: str, log: Path | None = None) -> ScaleoutError:
-        return ScaleoutError(f"lost the Ray cluster at {spec} ({why}): {self.kept()}; restart the cluster and {self.resume}, "
-                             "or run it on this machine without Ray" + (f" (Ray's log: {log})" if log else ""))
+        return ScaleoutError(
+            f"lost the Ray cluster at {spec} ({why}): {self.kept()}; restart the cluster and {self.resume}, "
+            "or run it on this machine without Ray" + (f" (Ray's log: {log})" if log else "")
+        )
 
 
 def run_on_ray(spec: str, job: Callable[[], None], ending: Ending) -> None:
@@ -115,8 +118,10 @@ def _watch(child: subprocess.Popen, folder: Path, spec: str) -> str | None:
         gcs = (folder / CONNECTED).read_text() if (folder / CONNECTED).exists() else None
         if gcs is None:
             if now - started > CONNECT_DEADLINE_S:
-                raise ScaleoutError(f"Ray at {spec} did not take the driver within {CONNECT_DEADLINE_S:g} s: check the cluster "
-                                    f"(`ray status` on the head; Ray's log: {folder / LOG})")
+                raise ScaleoutError(
+                    f"Ray at {spec} did not take the driver within {CONNECT_DEADLINE_S:g} s: check the cluster "
+                    f"(`ray status` on the head; Ray's log: {folder / LOG})"
+                )
             continue
         if now - checked < GCS_CHECK_S:
             continue
@@ -206,4 +211,3 @@ def _portable(exc: BaseException) -> BaseException:
 def _write(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-

@@ -17,8 +17,9 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..errors import PersonactlError
 from .cluster import ClusterLost, ScaleoutError, answers, import_ray
@@ -99,9 +100,12 @@ class WorkerPool:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        raise ScaleoutError(f"{n} Ray actors need {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "") +
-                            f"; the cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free: "
-                            "lower --ray-actors or add nodes")
+        raise ScaleoutError(
+            f"{n} Ray actors need {cpus:g} CPUs"
+            + (f" and {gpus:g} GPUs" if gpus else "")
+            + f"; the cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free: "
+            "lower --ray-actors or add nodes"
+        )
 
     def _start(self, slot: int | None = None) -> None:
         """A new actor in `slot` (default: a new slot); it loads its model in the background."""
@@ -119,7 +123,7 @@ class WorkerPool:
         self.ray.get([where for where, actor in zip(self._where, self.actors) if actor is not None])
         return self.ray.get([actor.pid.remote() for actor in self.actors if actor is not None])
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -131,8 +135,9 @@ class WorkerPool:
                 self.ray.kill(actor)
         self.actors, self._where = [], []
 
-    def map(self, fn: Callable[..., Any], items: Sequence[Any], *shared: Any, label: Callable[[Any], str] = str,
-            max_attempts: int = MAX_ATTEMPTS) -> Iterator[tuple[int, Any]]:
+    def map(
+        self, fn: Callable[..., Any], items: Sequence[Any], *shared: Any, label: Callable[[Any], str] = str, max_attempts: int = MAX_ATTEMPTS
+    ) -> Iterator[tuple[int, Any]]:
         """Yield (index, fn(backbone, memo, item, *shared)) for every item, in the order they finish.
 
         Put large `shared` arguments in the object store first (`ray.put`): they are sent once per actor, not per item."""
@@ -149,22 +154,29 @@ class WorkerPool:
             except died as err:
                 self._check_cluster(err)
                 if attempts[index] >= max_attempts:
-                    raise ScaleoutError(f"{label(items[index])}: its worker died {attempts[index]} times ({type(err).__name__}); "
-                                        "the finished records are kept: lower the chunk size or memory use and re-run") from err
+                    raise ScaleoutError(
+                        f"{label(items[index])}: its worker died {attempts[index]} times ({type(err).__name__}); "
+                        "the finished records are kept: lower the chunk size or memory use and re-run"
+                    ) from err
                 lost = [index] + [in_flight.pop(ref)[0] for ref in [r for r, (_, a) in in_flight.items() if a is actor]]
                 queue.extendleft(reversed(lost))  # the dead actor's other items too: they would come back as errors
-                print(f"{self._lost(actor)} died ({type(err).__name__}); re-queued {', '.join(label(items[i]) for i in lost)}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{self._lost(actor)} died ({type(err).__name__}); re-queued {', '.join(label(items[i]) for i in lost)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             except exceptions.RayTaskError as err:
                 cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
                 message = str(cause).strip().splitlines()[0] if isinstance(cause, PersonactlError) else f"{type(cause).__name__}: {cause}"
-                raise ScaleoutError(f"{label(items[index])} failed on a worker: {message.splitlines()[0]}; "
-                                    "the finished records are kept: fix it and re-run to resume") from err
+                raise ScaleoutError(
+                    f"{label(items[index])} failed on a worker: {message.splitlines()[0]}; the finished records are kept: fix it and re-run to resume"
+                ) from err
             yield index, result
 
-    def _fill(self, fn: Callable[..., Any], items: Sequence[Any], shared: tuple, queue: deque, attempts: list[int],
-              in_flight: dict[Any, tuple[int, Any]]) -> None:
+    def _fill(
+        self, fn: Callable[..., Any], items: Sequence[Any], shared: tuple, queue: deque, attempts: list[int], in_flight: dict[Any, tuple[int, Any]]
+    ) -> None:
         """Hand queued items to live actors (IN_FLIGHT each); with none alive, start a replacement."""
         if not any(a is not None for a in self.actors):
             if self.restarts >= len(self.actors) + MAX_ATTEMPTS:

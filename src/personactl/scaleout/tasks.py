@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..evaluate import Condition, Generated, generate_group
 from ..extraction import ContrastivePair, ExtractionSettings, extract
@@ -53,11 +54,15 @@ class RayRunner:
             yield groups[index], generated
 
 
-def extract_task(backbone: Backbone, memo: dict[str, Any], trait: AnyTrait, settings: ExtractionSettings) -> tuple[PersonaVector, list[ContrastivePair]]:
+def extract_task(
+    backbone: Backbone, memo: dict[str, Any], trait: AnyTrait, settings: ExtractionSettings
+) -> tuple[PersonaVector, list[ContrastivePair]]:
     return extract(backbone, trait, settings)
 
 
-def extract_traits(pool: WorkerPool, traits: Sequence[AnyTrait], settings: ExtractionSettings) -> Iterator[tuple[AnyTrait, PersonaVector, list[ContrastivePair]]]:
+def extract_traits(
+    pool: WorkerPool, traits: Sequence[AnyTrait], settings: ExtractionSettings
+) -> Iterator[tuple[AnyTrait, PersonaVector, list[ContrastivePair]]]:
     """Extract every trait's vector on the pool, one trait per task; yields (trait, vector, pairs) as each finishes."""
     for index, (vector, pairs) in pool.map(extract_task, traits, settings, label=lambda t: f"trait '{t.name}'"):
         yield traits[index], vector, pairs

@@ -6,5 +6,16 @@ from .personas import PersonaLibrary, PersonaRequest, UnknownPersona
 from .serve import running_server, serve
 from .settings import ServerError, ServerSettings
 
-__all__ = ["Engine", "Job", "PersonaLibrary", "PersonaRequest", "QueueFull", "ServerError", "ServerSettings", "UnknownPersona",
-           "create_app", "running_server", "serve"]
+__all__ = [
+    "Engine",
+    "Job",
+    "PersonaLibrary",
+    "PersonaRequest",
+    "QueueFull",
+    "ServerError",
+    "ServerSettings",
+    "UnknownPersona",
+    "create_app",
+    "running_server",
+    "serve",
+]

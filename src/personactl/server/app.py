@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from .engine import Engine, QueueFull
 from .guard import add_guard
 from .http import ApiError, error_response
-from .jobs import ExtractionRefused, ExtractRequest, Extractions
+from .jobs import ExtractionRefused, Extractions, ExtractRequest
 from .openai_api import openai_routes
 from .personas import UnknownPersona
 

@@ -27,10 +27,11 @@ import json
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -62,7 +63,7 @@ class BadJob(PersonactlError):
 class TokenEvent:
     text: str  # new text of the answer (empty while a character or a possible stop string is incomplete)
     token_id: int
-    logprob: Optional[float] = None
+    logprob: float | None = None
     top: list[tuple[int, float]] = field(default_factory=list)  # (token id, log-probability), most likely first
     meter: dict[str, float] = field(default_factory=dict)  # this request's metered vectors only
 
@@ -89,8 +90,8 @@ class Job:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-    persona: Optional[PersonaRequest] = None
-    top_logprobs: Optional[int] = None  # None: no log-probabilities
+    persona: PersonaRequest | None = None
+    top_logprobs: int | None = None  # None: no log-probabilities
     stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
     emit: Callable[[object], None] = lambda _event: None  # set by whoever waits for the events
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -109,7 +110,7 @@ class _Cohort:
     adapter: str
     rows: list[Row] = field(default_factory=list)
     cache: object = None
-    mask: Optional[torch.Tensor] = None
+    mask: torch.Tensor | None = None
     next_tokens: list[int] = field(default_factory=list)
 
 
@@ -167,8 +168,10 @@ class Engine:
         if job.prompt_tokens > limit:
             raise BadJob(f"the prompt is {job.prompt_tokens} tokens: this server takes at most {limit}")
         if self.context and job.prompt_tokens + job.max_tokens > self.context:
-            raise BadJob(f"{job.prompt_tokens} prompt tokens + max_tokens {job.max_tokens} is over the model's context of "
-                         f"{self.context}: lower max_tokens or shorten the prompt")
+            raise BadJob(
+                f"{job.prompt_tokens} prompt tokens + max_tokens {job.max_tokens} is over the model's context of "
+                f"{self.context}: lower max_tokens or shorten the prompt"
+            )
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -285,8 +288,14 @@ class Engine:
                 ended.append(i)
                 continue
             if token not in self._eos or text:
-                job.emit(TokenEvent(text, token, *_top(logprobs, k, token, job.top_logprobs),
-                                    meter={name: float(meters[(name, layer)][k]) for name, layer in row.meters}))
+                job.emit(
+                    TokenEvent(
+                        text,
+                        token,
+                        *_top(logprobs, k, token, job.top_logprobs),
+                        meter={name: float(meters[(name, layer)][k]) for name, layer in row.meters},
+                    )
+                )
             cohort.next_tokens[i] = token
             if row.finish_reason is not None:
                 job.emit(DoneEvent(row.finish_reason, job.prompt_tokens, len(row.ids)))
@@ -317,16 +326,16 @@ class Engine:
             future.set_exception(exc)
 
     @torch.no_grad()
-    def _forward(self, adapter: str, rows: list[Row], *, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache: object) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    def _forward(
+        self, adapter: str, rows: list[Row], *, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: object
+    ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
         """Last-position logits [rows, vocab] and meter readings of one forward pass with every row's own steering."""
         meter: dict[tuple[str, int], torch.Tensor] = {}
         with self.lock, ExitStack() as stack:
             self._adapter(stack, json.loads(adapter))
             stack.enter_context(steer(self.backbone, *self._steering(rows)))
             stack.enter_context(self._meter_hooks(rows, meter))  # entered last: reads each block before the steering there
-            out = self.backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                                      logits_to_keep=1)
+            out = self.backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
             self.steps += 1
         return out.logits[:, -1], meter
 
@@ -353,8 +362,9 @@ class Engine:
         for i, row in enumerate(rows):
             for name, layers, positions, coef in row.uses:
                 coefs.setdefault((name, layers, positions), [0.0] * len(rows))[i] += coef
-        return [SteeringTerm(self.library.vector(name), list(layers), values, positions=positions)
-                for (name, layers, positions), values in coefs.items()]
+        return [
+            SteeringTerm(self.library.vector(name), list(layers), values, positions=positions) for (name, layers, positions), values in coefs.items()
+        ]
 
     @contextmanager
     def _meter_hooks(self, rows: list[Row], values: dict[tuple[str, int], torch.Tensor]) -> Iterator[None]:
@@ -368,6 +378,7 @@ class Engine:
                 def record(_module, _inputs, output, key=(name, layer), unit=unit, middle=middle, half_gap=half_gap) -> None:
                     hidden = output[0] if isinstance(output, tuple) else output
                     values[key] = ((hidden[:, -1].float() @ unit.to(hidden.device) - middle) / half_gap).cpu()
+
                 handles.append(self.backbone.block(layer).register_forward_hook(record, prepend=True))
             yield
         finally:
@@ -375,7 +386,7 @@ class Engine:
                 handle.remove()
 
 
-def _top(logprobs: Optional[torch.Tensor], row: int, token: int, top: Optional[int]) -> tuple[Optional[float], list[tuple[int, float]]]:
+def _top(logprobs: torch.Tensor | None, row: int, token: int, top: int | None) -> tuple[float | None, list[tuple[int, float]]]:
     """The chosen token's log-probability and the `top` most likely (token id, log-probability) of one row."""
     if top is None or logprobs is None:
         return None, []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -46,7 +45,7 @@ def is_page(request: Request) -> bool:
     return request.method in ("GET", "HEAD") and (path == "/" or path.startswith("/static/"))
 
 
-def refusal(request: Request, settings: ServerSettings) -> Optional[JSONResponse]:
+def refusal(request: Request, settings: ServerSettings) -> JSONResponse | None:
     """Why `request` may not reach a route (its error response), or None: Host, token, body size."""
     host = request.headers.get("host", "")
     if not host_allowed(host, settings):

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..errors import PersonactlError
-
 from .engine import DoneEvent, Engine, ErrorEvent, Job, QueueFull, TokenEvent
 
 
 class ApiError(Exception):
     """An error answered as OpenAI-style JSON with an HTTP status."""
 
-    def __init__(self, status: int, message: str, headers: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-def error_response(status: int, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error"}},
-                        status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error"}}, status_code=status, headers=headers
+    )
 
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
-async def job_events(engine: Engine, job: Job, request: Optional[Request] = None) -> AsyncIterator[object]:
+async def job_events(engine: Engine, job: Job, request: Request | None = None) -> AsyncIterator[object]:
     """Submit `job` and yield its TokenEvents then its DoneEvent; errors become ApiError.
 
     Leaving early cancels the job, and so does the client going away (checked every DISCONNECT_POLL_S when
@@ -70,7 +70,7 @@ async def job_events(engine: Engine, job: Job, request: Optional[Request] = None
         job.cancelled.set()
 
 
-async def collect(engine: Engine, job: Job, request: Optional[Request] = None) -> tuple[list[TokenEvent], DoneEvent]:
+async def collect(engine: Engine, job: Job, request: Request | None = None) -> tuple[list[TokenEvent], DoneEvent]:
     """A whole generation: its tokens and how it ended (cancelled if the client of `request` goes away)."""
     tokens: list[TokenEvent] = []
     async for event in job_events(engine, job, request):

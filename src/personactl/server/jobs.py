@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Annotated, Optional
+from functools import partial
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, Field, StringConstraints, field_validator
@@ -67,7 +68,7 @@ class JobState:
     status: str = "queued"  # queued | running | done | failed | cancelled
     progress: float = 0.0
     message: str = "waiting for the model"
-    error: Optional[str] = None
+    error: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,15 +91,21 @@ class Extractions:
     def submit(self, request: ExtractRequest) -> JobState:
         settings = self.engine.settings
         if request.answers() > settings.max_extract_answers:
-            raise ExtractionRefused(f"{request.answers()} instruction pairs x questions: this server extracts at most "
-                                    f"{settings.max_extract_answers} (fewer questions or instructions)")
+            raise ExtractionRefused(
+                f"{request.answers()} instruction pairs x questions: this server extracts at most "
+                f"{settings.max_extract_answers} (fewer questions or instructions)"
+            )
         with self._guard:
-            if request.name in self.engine.library.vector_names() or any(j.name == request.name and j.status in ("queued", "running", "done") for j in self.jobs.values()):
+            if request.name in self.engine.library.vector_names() or any(
+                j.name == request.name and j.status in ("queued", "running", "done") for j in self.jobs.values()
+            ):
                 raise UnknownPersona(f"a persona vector named '{request.name}' already exists: choose another name")
             started = self._written + sum(j.status in ("queued", "running") for j in self.jobs.values())
             if started >= settings.max_custom_vectors:
-                raise ExtractionRefused(f"this server has made its {settings.max_custom_vectors} custom traits (max_custom_vectors): "
-                                        "restart it with a higher cap to make more")
+                raise ExtractionRefused(
+                    f"this server has made its {settings.max_custom_vectors} custom traits (max_custom_vectors): "
+                    "restart it with a higher cap to make more"
+                )
             if sum(j.status in ("queued", "running") for j in self.jobs.values()) >= self.limit:
                 raise QueueFull(f"{self.limit} extractions are already running: retry when one finishes")
             state = JobState(uuid.uuid4().hex[:12], request.name)
@@ -144,6 +151,7 @@ class Extractions:
         finished = threading.Semaphore(0)
         jobs = []
         for k, prompt in enumerate(prompts):
+
             def emit(event: object, k: int = k) -> None:
                 if isinstance(event, TokenEvent):
                     texts[k].append(event.text)
@@ -151,6 +159,7 @@ class Extractions:
                     if isinstance(event, ErrorEvent):
                         texts[k] = [""]
                     finished.release()
+
             jobs.append(Job(prompt, SETTINGS.max_new_tokens, emit=emit))
             self.engine.submit_background(jobs[-1])
         try:
@@ -173,8 +182,8 @@ class Extractions:
             chunk = pairs[start : start + CAPTURE_PAIRS]
             prompts = [p.pos_prompt for p in chunk] + [p.neg_prompt for p in chunk]
             responses = [p.pos_answer for p in chunk] + [p.neg_answer for p in chunk]
-            acts = self.engine.call(lambda: activations.collect(self.engine.backbone, prompts, responses, positions=SETTINGS.positions,
-                                                                batch_size=len(prompts)))
+            collect = partial(activations.collect, self.engine.backbone, prompts, responses, positions=SETTINGS.positions, batch_size=len(prompts))
+            acts = self.engine.call(collect)
             pos.append(acts[: len(chunk)])
             neg.append(acts[len(chunk) :])
             state.progress = round(0.8 + 0.2 * min(start + CAPTURE_PAIRS, len(pairs)) / len(pairs), 3)

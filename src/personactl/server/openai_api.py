@@ -15,8 +15,9 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -81,8 +82,9 @@ async def _reply(events: Events, base: dict, n: int, choice: Callable[[int, list
     return {**base, "choices": [choice(index, tokens[index], dones[index]) for index in sorted(dones)], "usage": _usage(dones, n)}
 
 
-async def _stream(events: Events, base: dict, n: int, body: GenerationRequest, piece: Callable[[int, object, list[int]], dict],
-                  opening: list[dict]) -> StreamingResponse:
+async def _stream(
+    events: Events, base: dict, n: int, body: GenerationRequest, piece: Callable[[int, object, list[int]], dict], opening: list[dict]
+) -> StreamingResponse:
     """Server-sent chunks: `opening`, then one chunk per event (`piece(index, event, the choice's token ids before it)`),
     then with stream_options.include_usage a last chunk with no choices and the usage (every other chunk has usage null)."""
     first = await anext(events)  # errors before streaming starts are plain JSON errors
@@ -95,7 +97,7 @@ async def _stream(events: Events, base: dict, n: int, body: GenerationRequest, p
         async with aclosing(events):
             for choice in opening:
                 yield {**base, "choices": [choice], **usage}
-            item: Optional[tuple[int, object]] = first
+            item: tuple[int, object] | None = first
             while item is not None:
                 index, event = item
                 meter = {"persona_meter": event.meter} if metered and isinstance(event, TokenEvent) else {}
@@ -115,6 +117,7 @@ async def _stream(events: Events, base: dict, n: int, body: GenerationRequest, p
         except ApiError as exc:
             yield f"data: {json.dumps({'error': {'message': exc.message}})}\n\n"
         yield "data: [DONE]\n\n"
+
     return StreamingResponse(lines(), media_type="text/event-stream")
 
 
@@ -125,7 +128,7 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
     template_knows_tools = "tool_calls" in str(getattr(tokenizer, "chat_template", None) or "")
     router = APIRouter()
 
-    def make_jobs(prompts: list[str], body: GenerationRequest, max_tokens: Optional[int], top: Optional[int]) -> list[Job]:
+    def make_jobs(prompts: list[str], body: GenerationRequest, max_tokens: int | None, top: int | None) -> list[Job]:
         n = body.n or 1
         count = len(prompts) * n
         if count > MAX_CHOICES:
@@ -142,8 +145,10 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
         seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
         sampling = {"temperature": 0.0 if body.temperature is None else body.temperature, "top_p": 1.0 if body.top_p is None else body.top_p}
         prompts = [prompt for prompt in prompts for _ in range(n)]
-        return [Job(prompt, wanted, **sampling, seed=(seed + index) % (MAX_SEED + 1), persona=body.persona, top_logprobs=top,
-                    stop=body.stops()) for index, prompt in enumerate(prompts)]
+        return [
+            Job(prompt, wanted, **sampling, seed=(seed + index) % (MAX_SEED + 1), persona=body.persona, top_logprobs=top, stop=body.stops())
+            for index, prompt in enumerate(prompts)
+        ]
 
     def chat_prompt(body: ChatRequest) -> str:
         messages = [m.for_template(template_knows_tools) for m in body.messages]
@@ -154,8 +159,9 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
             raise ApiError(400, f"messages: the chat template of {model_name} cannot take this conversation (roles: {roles}): {exc}") from exc
 
     def chat_logprobs(tokens: list[TokenEvent]) -> dict:
-        def entry(token_id: int, logprob: Optional[float]) -> dict:
+        def entry(token_id: int, logprob: float | None) -> dict:
             return {"token": tokenizer.decode([token_id]), "logprob": logprob, "bytes": list(token_bytes(token_id))}
+
         return {"content": [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, v) for i, v in t.top]} for t in tokens]}
 
     def text_offsets(ids: list[int], first: int) -> list[int]:
@@ -164,14 +170,17 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
         back while it may begin a stop string counts: these are offsets in the final text, not in what was sent so far."""
         return [len(tokenizer.decode(ids[:k], skip_special_tokens=True).rstrip("\ufffd")) for k in range(first, len(ids))]
 
-    def completion_logprobs(tokens: list[TokenEvent], before: list[int], end: Optional[int] = None) -> dict:
+    def completion_logprobs(tokens: list[TokenEvent], before: list[int], end: int | None = None) -> dict:
         """Legacy log-probabilities of `tokens`, which follow the tokens `before` of the same choice. `text_offset` is
         each token's character offset in the returned text (at most `end`: tokens of a stop string, which the text
         leaves out, are placed at its end)."""
         offsets = text_offsets([*before, *(t.token_id for t in tokens)], len(before))
-        return {"tokens": [tokenizer.decode([t.token_id]) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [{tokenizer.decode([i]): v for i, v in t.top} for t in tokens],
-                "text_offset": offsets if end is None else [min(offset, end) for offset in offsets]}
+        return {
+            "tokens": [tokenizer.decode([t.token_id]) for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{tokenizer.decode([i]): v for i, v in t.top} for t in tokens],
+            "text_offset": offsets if end is None else [min(offset, end) for offset in offsets],
+        }
 
     def completion_prompts(body: CompletionRequest) -> list[str]:
         """An empty prompt generates from the tokenizer's BOS token (as OpenAI's starts from <|endoftext|>); 400 without one."""
@@ -194,20 +203,27 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
         jobs = make_jobs([chat_prompt(body)], body, body.max_completion_tokens or body.max_tokens, top)
         events = _merged(engine, jobs, request)
 
-        def logprobs(tokens: list[TokenEvent]) -> Optional[dict]:
+        def logprobs(tokens: list[TokenEvent]) -> dict | None:
             return chat_logprobs(tokens) if top is not None else None
 
         if body.stream:
+
             def piece(index: int, event: object, _before: list[int]) -> dict:
                 if isinstance(event, DoneEvent):
                     return {"index": index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason}
                 return {"index": index, "delta": {"content": event.text}, "logprobs": logprobs([event]), "finish_reason": None}
+
             opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None} for i in range(len(jobs))]
             return await _stream(events, base("chatcmpl", "chat.completion.chunk"), body.n or 1, body, piece, opening)
 
         def choice(index: int, tokens: list[TokenEvent], done: DoneEvent) -> dict:
-            return {"index": index, "message": {"role": "assistant", "content": "".join(t.text for t in tokens)},
-                    "logprobs": logprobs(tokens), "finish_reason": done.finish_reason}
+            return {
+                "index": index,
+                "message": {"role": "assistant", "content": "".join(t.text for t in tokens)},
+                "logprobs": logprobs(tokens),
+                "finish_reason": done.finish_reason,
+            }
+
         return await _reply(events, base("chatcmpl", "chat.completion"), body.n or 1, choice)
 
     @router.post("/v1/completions")
@@ -215,19 +231,22 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
         jobs = make_jobs(completion_prompts(body), body, body.max_tokens, body.logprobs)
         events = _merged(engine, jobs, request)
 
-        def logprobs(tokens: list[TokenEvent], before: list[int], end: Optional[int] = None) -> Optional[dict]:
+        def logprobs(tokens: list[TokenEvent], before: list[int], end: int | None = None) -> dict | None:
             return completion_logprobs(tokens, before, end) if body.logprobs is not None else None
 
         if body.stream:
+
             def piece(index: int, event: object, before: list[int]) -> dict:
                 if isinstance(event, DoneEvent):
                     return {"index": index, "text": "", "logprobs": None, "finish_reason": event.finish_reason}
                 return {"index": index, "text": event.text, "logprobs": logprobs([event], before), "finish_reason": None}
+
             return await _stream(events, base("cmpl", "text_completion"), body.n or 1, body, piece, [])
 
         def choice(index: int, tokens: list[TokenEvent], done: DoneEvent) -> dict:
             text = "".join(t.text for t in tokens)
             return {"index": index, "text": text, "logprobs": logprobs(tokens, [], len(text)), "finish_reason": done.finish_reason}
+
         return await _reply(events, base("cmpl", "text_completion"), body.n or 1, choice)
 
     return router

@@ -7,7 +7,7 @@ must be encodable as UTF-8, so a lone surrogate is a 400 naming its field, never
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -50,7 +50,7 @@ def _text_parts(value: Any) -> Any:
 
 class ContentPart(BaseModel, extra="allow"):
     type: str
-    text: Optional[Text] = None
+    text: Text | None = None
 
 
 class FunctionCall(BaseModel):
@@ -66,7 +66,7 @@ class FunctionCall(BaseModel):
 
 
 class ToolCall(BaseModel):
-    id: Optional[Text] = None
+    id: Text | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
 
@@ -75,13 +75,13 @@ class Message(BaseModel):
     """One chat message. `developer` is the newer name of `system`; `tool` answers an assistant's tool call."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[Optional[list[ContentPart]], BeforeValidator(_text_parts)] = None  # a string is one text part
-    name: Optional[Text] = None
-    tool_calls: Optional[list[ToolCall]] = None
-    tool_call_id: Optional[Text] = None
+    content: Annotated[list[ContentPart] | None, BeforeValidator(_text_parts)] = None  # a string is one text part
+    name: Text | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: Text | None = None
 
     @model_validator(mode="after")
-    def _content(self) -> "Message":
+    def _content(self) -> Message:
         other = sorted({p.type for p in self.content or [] if p.type != "text"})
         if other:
             raise PydanticCustomError("part", "content parts of type {types} are not supported: only 'text'", {"types": ", ".join(other)})
@@ -116,7 +116,7 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: Optional[bool] = None
+    include_usage: bool | None = None
 
 
 class GenerationRequest(BaseModel):
@@ -124,18 +124,18 @@ class GenerationRequest(BaseModel):
     a fresh random seed per request (as OpenAI does); a given seed reproduces, choice i using seed + i."""
 
     model: str = "personactl"
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
-    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
-    n: Optional[int] = Field(None, ge=1, le=MAX_CHOICES)
-    stop: Annotated[Optional[Annotated[list[Stop], Field(max_length=MAX_STOPS)]], BeforeValidator(_listed)] = None
-    stream: Optional[bool] = None
-    stream_options: Optional[StreamOptions] = None
-    persona: Optional[PersonaRequest] = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    stop: Annotated[Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None, BeforeValidator(_listed)] = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    persona: PersonaRequest | None = None
 
     @model_validator(mode="after")
-    def _stream_options(self) -> "GenerationRequest":
+    def _stream_options(self) -> GenerationRequest:
         if self.stream_options is not None and not self.stream:
             raise PydanticCustomError("stream_options", "stream_options is only allowed when stream is true")
         return self
@@ -149,15 +149,15 @@ class GenerationRequest(BaseModel):
 
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
-    def top(self) -> Optional[int]:
+    def top(self) -> int | None:
         """Alternatives per token when log-probabilities are wanted, None when they are not."""
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(GenerationRequest):
     prompt: Annotated[list[Text], BeforeValidator(_listed), Field(min_length=1)]  # one prompt, or several
-    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0, le=20)

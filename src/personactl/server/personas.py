@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,7 +37,7 @@ class VectorUse(BaseModel):
 
     name: str
     coef: float = Field(1.0, ge=-MAX_COEF, le=MAX_COEF, allow_inf_nan=False)
-    layers: Optional[list[int]] = None
+    layers: list[int] | None = None
 
 
 class PersonaRequest(BaseModel):
@@ -49,7 +49,7 @@ class PersonaRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vectors: list[VectorUse] = Field(default_factory=list)
-    adapter: Union[str, dict[str, dict[str, float]], None] = None
+    adapter: str | dict[str, dict[str, float]] | None = None
     positions: Literal["all", "prompt", "response"] = "response"
     meter: bool = False
 
@@ -177,8 +177,15 @@ class PersonaLibrary:
         """A vector as the page needs it: layers, recommended layer, coefficient range, and where the meter is in answer units."""
         vector, layer = self.vector(name), self.layer(name)
         stored = stored_projections(vector)
-        return {"name": name, "trait": vector.trait, "model": vector.model, "layers": list(range(1, vector.n_layers + 1)),
-                "layer": layer, **self.coefficients(name, layer), "meter_layers": list(stored[0]) if stored else []}
+        return {
+            "name": name,
+            "trait": vector.trait,
+            "model": vector.model,
+            "layers": list(range(1, vector.n_layers + 1)),
+            "layer": layer,
+            **self.coefficients(name, layer),
+            "meter_layers": list(stored[0]) if stored else [],
+        }
 
     def describe(self) -> dict:
         """What GET /personas returns: usable vectors and adapters, the unusable ones by name and reason, built-in traits.
@@ -226,6 +233,6 @@ class PersonaLibrary:
         elif isinstance(persona.adapter, dict):
             blend = persona.adapter["blend"]
             if not blend or len(blend) > max_personas:
-                raise UnknownPersona(f"an adapter blend needs 1..{max_personas} adapters: {{\"blend\": {{\"a\": 0.5, \"b\": 0.5}}}}")
+                raise UnknownPersona(f'an adapter blend needs 1..{max_personas} adapters: {{"blend": {{"a": 0.5, "b": 0.5}}}}')
             for name in blend:
                 self.adapter_path(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,15 +25,16 @@ class Row:
     row ends: "stop" (end of turn or a stop string) or "length".
     """
 
-    def __init__(self, job: "Job", tokenizer, eos_ids: set[int], uses: list[tuple[str, tuple[int, ...], str, float]] = (),
-                 meters: list[tuple[str, int]] = ()) -> None:
+    def __init__(
+        self, job: Job, tokenizer, eos_ids: set[int], uses: list[tuple[str, tuple[int, ...], str, float]] = (), meters: list[tuple[str, int]] = ()
+    ) -> None:
         self.job, self.tokenizer, self.eos_ids = job, tokenizer, eos_ids
         self.uses = list(uses)  # (vector, layers, positions, coef): its steering, resolved once by the engine
         self.meters = list(meters)  # (vector, layer) pairs it meters
         self.sampler = RowSampler([job.seed], job.temperature, job.top_p) if job.temperature > 0 else None
         self.ids: list[int] = []
         self.sent = 0  # characters of the decoded answer already sent
-        self.finish_reason: Optional[str] = None
+        self.finish_reason: str | None = None
 
     def choose(self, logits: torch.Tensor) -> int:
         """The next token from this row's logits [vocab]: greedy, or drawn from the row's own generator."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -23,17 +23,24 @@ class ServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    vectors: Optional[Path] = None
-    adapters: Optional[Path] = None
-    token: Optional[str] = Field(None, description=f"bearer token ({MIN_TOKEN}+ characters) for every route but the page")
-    allowed_hosts: list[str] = Field(default_factory=list, description="Host names accepted besides the loopback names "
-                                     "(a loopback server refuses others: DNS rebinding); when given, a server beyond loopback checks them too")
-    cors: Optional[str] = None
+    vectors: Path | None = None
+    adapters: Path | None = None
+    token: str | None = Field(None, description=f"bearer token ({MIN_TOKEN}+ characters) for every route but the page")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names accepted besides the loopback names "
+        "(a loopback server refuses others: DNS rebinding); when given, a server beyond loopback checks them too",
+    )
+    cors: str | None = None
     max_body_bytes: int = Field(64_000, ge=1024)
     max_tokens: int = Field(512, ge=1)
     max_personas: int = Field(4, ge=1)
-    max_steering: float = Field(50.0, gt=0, description="largest summed |coef| of one request's vectors at any one layer; "
-                                "50 is one vector at its own cap, so listing vectors several times cannot steer harder")
+    max_steering: float = Field(
+        50.0,
+        gt=0,
+        description="largest summed |coef| of one request's vectors at any one layer; "
+        "50 is one vector at its own cap, so listing vectors several times cannot steer harder",
+    )
     queue_size: int = Field(64, ge=1)
     max_batch: int = Field(16, ge=1)
     timeout_s: float = Field(120.0, gt=0)
@@ -44,7 +51,7 @@ class ServerSettings(BaseModel):
     max_extract_answers: int = Field(60, ge=2)  # instruction pairs x questions in one custom-trait extraction
     max_custom_vectors: int = Field(16, ge=1)  # custom traits this server may write into --vectors
 
-    def check(self) -> "ServerSettings":
+    def check(self) -> ServerSettings:
         """Refuse to listen beyond loopback without a token, a short token, and missing persona folders."""
         if not is_loopback(self.host) and not self.token:
             raise ServerError(f"binding {self.host} exposes the model beyond this machine: give --token T (bearer auth on every route)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,27 +36,30 @@ class TransferConfig(BaseModel):
 
     source_model: str = "smollm2-135m"
     target_model: str = "gemma3-270m"
-    layer_idx: Optional[int] = Field(None, ge=1, description="source layer; default: 5/6 of the source depth")
-    layer_map: Optional[dict[int, int]] = Field(None, description="{source layer: target layer}; one entry")
+    layer_idx: int | None = Field(None, ge=1, description="source layer; default: 5/6 of the source depth")
+    layer_map: dict[int, int] | None = Field(None, description="{source layer: target layer}; one entry")
     layer_correspondence: Literal["relative", "same"] = "relative"
     output_dir: str = "runs/transfer"
-    persona_datasets: Union[list[str], dict[str, Union[str, PersonaTexts]]] = Field(default_factory=lambda: ["pirate"])
-    test_prompts: Optional[list[str]] = Field(None, min_length=1, description="default: the trait's held-out questions")
+    persona_datasets: list[str] | dict[str, str | PersonaTexts] = Field(default_factory=lambda: ["pirate"])
+    test_prompts: list[str] | None = Field(None, min_length=1, description="default: the trait's held-out questions")
     n_training_samples: int = Field(5000, ge=10, description="paired activations for the map")
     lambda_values: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
     alpha_values: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0], min_length=1)
     n_test_prompts: int = Field(8, ge=1)
     use_gpt4: bool = False
-    judge: Optional[str] = Field(None, description="embed (default), openai:MODEL or local:MODEL")
+    judge: str | None = Field(None, description="embed (default), openai:MODEL or local:MODEL")
     seed: int = 0
     reduction: Literal["last", "mean"] = "last"
-    texts: Optional[str] = Field(None, description="file of texts for the paired activations; default: the shipped corpus")
+    texts: str | None = Field(None, description="file of texts for the paired activations; default: the shipped corpus")
     extraction_questions: int = Field(12, ge=2)
     max_new_tokens: int = Field(40, ge=4)
     batch_size: int = Field(32, ge=1)
     layer_scan: int = Field(6, ge=2, description="target layers tried by diagnostic C")
-    magnitude_scales: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], min_length=2,
-                                          description="diagnostic A: multiples of the oracle norm applied to both directions")
+    magnitude_scales: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
+        min_length=2,
+        description="diagnostic A: multiples of the oracle norm applied to both directions",
+    )
 
     @field_validator("lambda_values", "magnitude_scales")
     @classmethod
@@ -66,7 +69,7 @@ class TransferConfig(BaseModel):
         return values
 
     @model_validator(mode="after")
-    def _one_layer_pair(self) -> "TransferConfig":
+    def _one_layer_pair(self) -> TransferConfig:
         if self.layer_map is not None and len(self.layer_map) != 1:
             raise ValueError("layer_map takes one {source: target} entry")
         if self.layer_map is not None and self.layer_idx is not None and self.layer_idx not in self.layer_map:

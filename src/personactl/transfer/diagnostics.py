@@ -28,8 +28,9 @@ Conclusions are worded from the numbers; `write_hypothesis` stores each as JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,15 +62,20 @@ def hypothesis_a(rows: Sequence[dict[str, Any]], norms: dict[str, float]) -> dic
     """Magnitude: does the ridge direction, at some applied norm, reach the oracle's trait level?"""
     ridge_rows, oracle_rows = _rows(rows, "A", "ridge@oracle_norm"), _rows(rows, "main A", "oracle")
     ridge, oracle, base = crossfit(ridge_rows), crossfit(oracle_rows), _unsteered(rows)
-    payload = {"hypothesis": "A: magnitude mismatch", "norms": norms, "ridge_direction": [_brief(r) for r in ridge_rows],
-               "oracle": [_brief(r) for r in oracle_rows]}
+    payload = {
+        "hypothesis": "A: magnitude mismatch",
+        "norms": norms,
+        "ridge_direction": [_brief(r) for r in ridge_rows],
+        "oracle": [_brief(r) for r in oracle_rows],
+    }
     if ridge is None or oracle is None:
         broken = "the ridge direction" if ridge is None else "the oracle"
-        return {**payload, "verdict": "undecided",
-                "conclusion": f"undecided: {broken} is coherent at none of the {_norms(ridge_rows + oracle_rows)}"}
+        return {**payload, "verdict": "undecided", "conclusion": f"undecided: {broken} is coherent at none of the {_norms(ridge_rows + oracle_rows)}"}
     gap, reach, moved = compare(ridge, oracle), compare(oracle, base), compare(ridge, base)
-    said = (f"the ridge direction at its best norm ({ridge.chosen('applied_norm')}) scores {ridge.said()} vs the oracle's "
-            f"{oracle.said()} ({oracle.chosen('applied_norm')}), {gap.said()}")
+    said = (
+        f"the ridge direction at its best norm ({ridge.chosen('applied_norm')}) scores {ridge.said()} vs the oracle's "
+        f"{oracle.said()} ({oracle.chosen('applied_norm')}), {gap.said()}"
+    )
     if gap.lower:
         verdict, conclusion = "not supported", f"not supported: over {_norms(ridge_rows)}, {said}: no length tested closes the gap"
     elif not reach.higher:
@@ -79,20 +85,38 @@ def hypothesis_a(rows: Sequence[dict[str, Any]], norms: dict[str, float]) -> dic
         verdict, conclusion = "supported", f"supported: {said}; the ridge direction there is above the unsteered baseline ({moved.said()})"
     else:
         verdict = "undecided"
-        conclusion = (f"undecided: {said}, but the ridge direction there is not above the unsteered baseline ({moved.said()}) "
-                      f"while the oracle is ({reach.said()})")
-    return {**payload, "picks": {"ridge": ridge.picks, "oracle": oracle.picks}, "ridge_vs_oracle": gap.record(),
-            "oracle_vs_unsteered": reach.record(), "ridge_vs_unsteered": moved.record(), "verdict": verdict, "conclusion": conclusion}
+        conclusion = (
+            f"undecided: {said}, but the ridge direction there is not above the unsteered baseline ({moved.said()}) "
+            f"while the oracle is ({reach.said()})"
+        )
+    return {
+        **payload,
+        "picks": {"ridge": ridge.picks, "oracle": oracle.picks},
+        "ridge_vs_oracle": gap.record(),
+        "oracle_vs_unsteered": reach.record(),
+        "ridge_vs_unsteered": moved.record(),
+        "verdict": verdict,
+        "conclusion": conclusion,
+    }
 
 
 def null_test(cosine: float, null: np.ndarray) -> dict[str, Any]:
     """Permutation test of |cosine| against |null|: p = (1 + #null at least as large) / (n + 1), and its words."""
     n, k = len(null), int((np.abs(null) >= abs(cosine)).sum())
     p, percentile = (k + 1) / (n + 1), 100.0 * (n - k) / n
-    where = f"above all {n} random directions (p <= 1/{n + 1})" if k == 0 else \
-        f"at percentile {percentile:.0f} of {n} random directions' |cos| (p = {p:.2g})"
-    return {"cosine": cosine, "n": n, "at_least_as_large": k, "p": p, "percentile": percentile,
-            "said": f"cosine {cosine:.3f} to the oracle (cos^2 {cosine ** 2:.2f}), {where}"}
+    where = (
+        f"above all {n} random directions (p <= 1/{n + 1})"
+        if k == 0
+        else f"at percentile {percentile:.0f} of {n} random directions' |cos| (p = {p:.2g})"
+    )
+    return {
+        "cosine": cosine,
+        "n": n,
+        "at_least_as_large": k,
+        "p": p,
+        "percentile": percentile,
+        "said": f"cosine {cosine:.3f} to the oracle (cos^2 {cosine**2:.2f}), {where}",
+    }
 
 
 def hypothesis_b(rows: Sequence[dict[str, Any]], cosines: dict[str, float], null: np.ndarray) -> dict[str, Any]:
@@ -107,18 +131,25 @@ def hypothesis_b(rows: Sequence[dict[str, Any]], cosines: dict[str, float], null
     if effect is None:
         behaviour = "no effect comparison: the ridge direction is coherent at no multiple of the oracle norm tested"
     else:
-        behaviour = (f"at the same applied norms ({ridge.chosen('applied_norm')}) the ridge direction scores {ridge.said()} "
-                     f"vs a random direction's {random.said()} (coherence {random.mean('coherence')[0]:.1f}), {effect.said()}")
+        behaviour = (
+            f"at the same applied norms ({ridge.chosen('applied_norm')}) the ridge direction scores {ridge.said()} "
+            f"vs a random direction's {random.said()} (coherence {random.mean('coherence')[0]:.1f}), {effect.said()}"
+        )
     if procrustes is not None:
         behaviour += f"; Procrustes {procrustes.said()} (coherence {procrustes.mean('coherence')[0]:.1f})"
     above_chance = effect is not None and effect.higher
     verdict = "not supported" if angle and above_chance else "supported" if not angle and not above_chance else "partly"
     null_summary = {"n": int(len(null)), "mean_abs": float(np.abs(null).mean()), "q95_abs": float(np.quantile(np.abs(null), 0.95))}
     return {
-        "hypothesis": "B: basis mismatch", "cosine_to_oracle": cosines, "null_random_rotation": null_summary, "null_test": test,
-        "p_ridge_vs_null": test["p"], "ridge_vs_random": effect.record() if effect else None,
+        "hypothesis": "B: basis mismatch",
+        "cosine_to_oracle": cosines,
+        "null_random_rotation": null_summary,
+        "null_test": test,
+        "p_ridge_vs_null": test["p"],
+        "ridge_vs_random": effect.record() if effect else None,
         "picks": {m: c.picks for m, c in (("ridge", ridge), ("random", random), ("procrustes", procrustes)) if c is not None},
-        "verdict": verdict, "conclusion": f"{verdict}: {test['said']}; {behaviour}",
+        "verdict": verdict,
+        "conclusion": f"{verdict}: {test['said']}; {behaviour}",
     }
 
 
@@ -127,14 +158,23 @@ def hypothesis_c(rows: Sequence[dict[str, Any]], mapped_layer: int) -> dict[str,
     mapped, oracle = _rows(rows, "C", "ridge@oracle_norm"), _rows(rows, "C", "oracle")
     here = next(r for r in mapped if r["layer"] == mapped_layer)
     other = crossfit([r for r in mapped if r["layer"] != mapped_layer])
-    payload = {"hypothesis": "C: layer correspondence", "mapped_layer": mapped_layer,
-               "mapped_by_layer": [_brief(r) for r in mapped], "oracle_by_layer": [_brief(r) for r in oracle]}
+    payload = {
+        "hypothesis": "C: layer correspondence",
+        "mapped_layer": mapped_layer,
+        "mapped_by_layer": [_brief(r) for r in mapped],
+        "oracle_by_layer": [_brief(r) for r in oracle],
+    }
     if other is None:
-        return {**payload, "verdict": "not supported",
-                "conclusion": f"not supported: no target layer other than {mapped_layer} keeps the mapped vector coherent"}
+        return {
+            **payload,
+            "verdict": "not supported",
+            "conclusion": f"not supported: no target layer other than {mapped_layer} keeps the mapped vector coherent",
+        }
     diff = compare(other, fixed(here))
-    said = (f"the best other layer ({other.chosen('layer')}) scores {other.said()} vs {fixed(here).said()} "
-            f"at the mapped layer {mapped_layer}, {diff.said()}")
+    said = (
+        f"the best other layer ({other.chosen('layer')}) scores {other.said()} vs {fixed(here).said()} "
+        f"at the mapped layer {mapped_layer}, {diff.said()}"
+    )
     verdict = "supported" if diff.higher else "not supported"
     return {**payload, "picks": other.picks, "other_vs_mapped": diff.record(), "verdict": verdict, "conclusion": f"{verdict}: {said}"}
 
@@ -161,16 +201,45 @@ def success_criteria(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     common = {"alpha": alpha, "picks": ridge.picks}
     met_coherence, met_collapse = _threshold(*coherence[1:], 50.0, above=True), _threshold(*collapse[1:], 0.3, above=False)
     return [
-        {"criterion": "mapped coherence >= 50", "measured": coherence[0], "lo": coherence[1], "hi": coherence[2], "met": met_coherence,
-         "verdict": VERDICT[met_coherence], "said": f"{coherence[0]:.1f} [{coherence[1]:.1f}, {coherence[2]:.1f}]", **common},
-        {"criterion": "trait above the unsteered baseline (paired)", "measured": ridge.mean()[0], "baseline": base.mean()[0],
-         **above.record(), "met": above.higher, "verdict": "met" if above.higher else "not met",
-         "said": f"ridge {ridge.said()} vs unsteered {base.said()}, {above.said()}", **common},
-        {"criterion": "collapse rate < 30%", "measured": collapse[0], "lo": collapse[1], "hi": collapse[2], "met": met_collapse,
-         "verdict": VERDICT[met_collapse], "said": f"{100 * collapse[0]:.0f}% [{100 * collapse[1]:.0f}%, {100 * collapse[2]:.0f}%]", **common},
-        {"criterion": "gap to the oracle (each at its held-out alpha), smaller is better", "measured": gap.diff, **gap.record(),
-         "met": None, "verdict": "-", "said": f"oracle {oracle.said()} ({oracle.chosen()}) vs ridge {ridge.said()}, {gap.said()}",
-         **common},
+        {
+            "criterion": "mapped coherence >= 50",
+            "measured": coherence[0],
+            "lo": coherence[1],
+            "hi": coherence[2],
+            "met": met_coherence,
+            "verdict": VERDICT[met_coherence],
+            "said": f"{coherence[0]:.1f} [{coherence[1]:.1f}, {coherence[2]:.1f}]",
+            **common,
+        },
+        {
+            "criterion": "trait above the unsteered baseline (paired)",
+            "measured": ridge.mean()[0],
+            "baseline": base.mean()[0],
+            **above.record(),
+            "met": above.higher,
+            "verdict": "met" if above.higher else "not met",
+            "said": f"ridge {ridge.said()} vs unsteered {base.said()}, {above.said()}",
+            **common,
+        },
+        {
+            "criterion": "collapse rate < 30%",
+            "measured": collapse[0],
+            "lo": collapse[1],
+            "hi": collapse[2],
+            "met": met_collapse,
+            "verdict": VERDICT[met_collapse],
+            "said": f"{100 * collapse[0]:.0f}% [{100 * collapse[1]:.0f}%, {100 * collapse[2]:.0f}%]",
+            **common,
+        },
+        {
+            "criterion": "gap to the oracle (each at its held-out alpha), smaller is better",
+            "measured": gap.diff,
+            **gap.record(),
+            "met": None,
+            "verdict": "-",
+            "said": f"oracle {oracle.said()} ({oracle.chosen()}) vs ridge {ridge.said()}, {gap.said()}",
+            **common,
+        },
     ]
 
 

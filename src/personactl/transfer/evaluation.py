@@ -8,13 +8,14 @@ coefficient and layer shares the same batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from ..intervals import mean_ci
 from ..generation import chat_prompt, generate
+from ..intervals import mean_ci
 from ..judges.base import Judges
 from ..judges.text import is_collapsed
 from ..models import Backbone
@@ -57,8 +58,15 @@ def generate_cells(
         coefs = torch.tensor([cell.coef if c is cell else 0.0 for c, _ in rows])
         terms.append(SteeringTerm(cell.vector, cell.layer, coefs))
     with progress_bar(f"generating {len(cells)} conditions x {len(questions)} questions", len(rows)) as advance:
-        answers = generate(backbone, [chat_prompt(q) for _, q in rows], steering=terms, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size, seed=seed, on_batch=advance)
+        answers = generate(
+            backbone,
+            [chat_prompt(q) for _, q in rows],
+            steering=terms,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+            on_batch=advance,
+        )
     out: dict[str, list[str]] = {}
     for (cell, _), answer in zip(rows, answers):
         out.setdefault(cell.key, []).append(answer)
@@ -80,21 +88,37 @@ def score_cells(judges: Judges, questions: Sequence[str], cells: Sequence[Cell],
         coherence = judges.coherence.score(list(questions), said)
         collapsed = [float(is_collapsed(a)) for a in said]
         (t, t_lo, t_hi), (c, c_lo, c_hi) = mean_ci(trait, ids), mean_ci(coherence, ids)
-        rows.append({
-            "group": cell.group, "method": cell.method, "layer": cell.layer, "coef": cell.coef,
-            "applied_norm": float(cell.vector.norm()) * abs(cell.coef) if cell.vector is not None else 0.0,
-            "trait": t, "trait_lo": t_lo, "trait_hi": t_hi, "coherence": c, "coherence_lo": c_lo, "coherence_hi": c_hi,
-            "collapse_rate": mean_ci(collapsed, ids)[0], "n": len(said), "example": said[0] if said else "",
-            "trait_scores": trait, "coherence_scores": coherence, "collapsed": collapsed, "questions": ids,
-        })
+        rows.append(
+            {
+                "group": cell.group,
+                "method": cell.method,
+                "layer": cell.layer,
+                "coef": cell.coef,
+                "applied_norm": float(cell.vector.norm()) * abs(cell.coef) if cell.vector is not None else 0.0,
+                "trait": t,
+                "trait_lo": t_lo,
+                "trait_hi": t_hi,
+                "coherence": c,
+                "coherence_lo": c_lo,
+                "coherence_hi": c_hi,
+                "collapse_rate": mean_ci(collapsed, ids)[0],
+                "n": len(said),
+                "example": said[0] if said else "",
+                "trait_scores": trait,
+                "coherence_scores": coherence,
+                "collapsed": collapsed,
+                "questions": ids,
+            }
+        )
     return rows
 
 
 def verdict_of(rows: Sequence[dict[str, Any]], label: str, layer: int, expressed: bool | None = None) -> Verdict:
     """The shared verdict (verdicts.py) for rows of one vector over coefficients, as `evaluate_vector` returns them."""
     cells = [
-        VerdictCell(r["coef"], r["trait"], r["trait_lo"], r["trait_hi"], r["coherence"],
-                    {i: s for i, s in enumerate(r["trait_scores"]) if s is not None})
+        VerdictCell(
+            r["coef"], r["trait"], r["trait_lo"], r["trait_hi"], r["coherence"], {i: s for i, s in enumerate(r["trait_scores"]) if s is not None}
+        )
         for r in rows
     ]
     return verdict_for(label, layer, cells, expressed)

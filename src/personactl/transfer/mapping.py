@@ -9,9 +9,10 @@ model, zero except at the target layer, so every steering command takes it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,7 +38,7 @@ class TransferMap:
     info: dict[str, Any]
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TransferMap":
+    def load(cls, folder: str | Path) -> TransferMap:
         folder = Path(folder)
         if not (folder / MAP_INFO).is_file():
             raise TransferError(f"{folder} is not a transfer map folder (no {MAP_INFO}): make one with `personactl transfer extract`")
@@ -62,17 +63,37 @@ def fit_map(
     """Collect paired activations (cached in `out_dir`), fit ridge (LOO over `lambdas`) and Procrustes, save both."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pairs = collect_pairs(source, target, texts, source_layer, target_layer, reduction=reduction, n_pairs=n_pairs,
-                          seed=seed, batch_size=batch_size, cache=out / PAIRS_FILE)
+    pairs = collect_pairs(
+        source,
+        target,
+        texts,
+        source_layer,
+        target_layer,
+        reduction=reduction,
+        n_pairs=n_pairs,
+        seed=seed,
+        batch_size=batch_size,
+        cache=out / PAIRS_FILE,
+    )
     ridge = fit_ridge(pairs.source, pairs.target, list(lambdas), cv="loo", seed=seed)
     procrustes = baselines.procrustes(pairs.source, pairs.target).float()
     ridge.save(out / RIDGE_FILE)
     with atomic_path(out / PROCRUSTES_FILE) as tmp:
         save_file({"procrustes": procrustes.contiguous()}, str(tmp))
-    info = {"source_model": source.name, "target_model": target.name, "source_layer": source_layer, "target_layer": target_layer,
-            "source_layers": source.n_layers, "target_layers": target.n_layers, "source_hidden": source.hidden_size,
-            "target_hidden": target.hidden_size, "reduction": reduction, "n_pairs": len(pairs), "lambda": ridge.lam,
-            "lambda_note": lambda_note(ridge.lam, lambdas)}
+    info = {
+        "source_model": source.name,
+        "target_model": target.name,
+        "source_layer": source_layer,
+        "target_layer": target_layer,
+        "source_layers": source.n_layers,
+        "target_layers": target.n_layers,
+        "source_hidden": source.hidden_size,
+        "target_hidden": target.hidden_size,
+        "reduction": reduction,
+        "n_pairs": len(pairs),
+        "lambda": ridge.lam,
+        "lambda_note": lambda_note(ridge.lam, lambdas),
+    }
     write_text_atomic(out / MAP_INFO, json.dumps(info, indent=2))
     return TransferMap(ridge, procrustes, info), pairs
 
@@ -116,7 +137,13 @@ def map_vector(vector: PersonaVector, tmap: TransferMap, method: str = "ridge", 
     mapped = method_vectors(vector.directions[tmap.info["source_layer"]], tmap, seed)[method]
     directions = torch.zeros(tmap.info["target_layers"] + 1, tmap.info["target_hidden"])
     directions[tmap.info["target_layer"]] = mapped
-    result = PersonaVector(directions, trait=vector.trait, model=tmap.info["target_model"], method=f"transfer:{method}",
-                           positions=vector.positions, n_samples=vector.n_samples)
+    result = PersonaVector(
+        directions,
+        trait=vector.trait,
+        model=tmap.info["target_model"],
+        method=f"transfer:{method}",
+        positions=vector.positions,
+        n_samples=vector.n_samples,
+    )
     result.extra["transfer"] = {**tmap.info, "method": method, "from_vector": vector.fingerprint()}
     return result

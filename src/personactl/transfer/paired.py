@@ -18,8 +18,9 @@ test, so a conclusion never says "significant" beside an interval that holds 0, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -186,6 +187,7 @@ def folds(questions: Sequence[Hashable]) -> list[list[Hashable]]:
 
 def _pick(rows: Sequence[dict[str, Any]], means: Sequence[dict[str, PerQuestion]], on: Sequence[Hashable]) -> dict[str, Any] | None:
     """The row with the highest mean trait on questions `on` among those coherent on them (None if none is)."""
+
     def mean(i: int, key: str) -> float:
         kept = [means[i][key][q] for q in on if q in means[i][key]]
         return sum(kept) / len(kept) if kept else math.nan
@@ -198,8 +200,9 @@ def _record(row: dict[str, Any], selected: list[Hashable], scored: list[Hashable
     return {"selected_on": selected, "scored_on": scored, **{k: row[k] for k in ("method", "layer", "coef", "applied_norm")}}
 
 
-def _assemble(questions: list[Hashable], chosen: Sequence[tuple[dict[str, Any], dict[str, Any]]],
-              remake: Callable[[Hashable], Choice | None] | None = None) -> Choice:
+def _assemble(
+    questions: list[Hashable], chosen: Sequence[tuple[dict[str, Any], dict[str, Any]]], remake: Callable[[Hashable], Choice | None] | None = None
+) -> Choice:
     """A Choice from (row, pick) pairs: the answers of the questions each pick is scored on take that row's scores."""
     columns: dict[str, Scores] = {k: [None] * len(questions) for k in KEYS}
     for row, p in chosen:

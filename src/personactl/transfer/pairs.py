@@ -16,10 +16,11 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -139,12 +140,11 @@ class PairedActivations:
     def save(self, path: str | Path) -> Path:
         """One safetensors file; `info` goes into its header."""
         with atomic_path(path) as tmp:
-            save_file({"source": self.source.contiguous(), "target": self.target.contiguous()}, str(tmp),
-                      metadata={"info": json.dumps(self.info)})
+            save_file({"source": self.source.contiguous(), "target": self.target.contiguous()}, str(tmp), metadata={"info": json.dumps(self.info)})
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PairedActivations":
+    def load(cls, path: str | Path) -> PairedActivations:
         from safetensors import safe_open  # noqa: PLC0415
 
         tensors = load_file(str(path))
@@ -153,8 +153,9 @@ class PairedActivations:
         return cls(tensors["source"], tensors["target"], info)
 
 
-def pair_key(source: Backbone, target: Backbone, texts: Sequence[str], source_layer: int, target_layer: int,
-             reduction: str, n_pairs: int, seed: int) -> str:
+def pair_key(
+    source: Backbone, target: Backbone, texts: Sequence[str], source_layer: int, target_layer: int, reduction: str, n_pairs: int, seed: int
+) -> str:
     """What a cached pairs file was made from; a different key means collecting again."""
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     return f"{source.name}|{target.name}|{source_layer}|{target_layer}|{reduction}|{n_pairs}|{seed}|{digest}"
@@ -208,8 +209,16 @@ def collect_pairs(
                 src_parts.append(_reduce(s_states, list(s_pos), reduction))
                 tgt_parts.append(_reduce(t_states, list(t_pos), reduction))
             advance(len(batch))
-    info = {"key": key, "source_model": source.name, "target_model": target.name, "source_layer": source_layer,
-            "target_layer": target_layer, "reduction": reduction, "n_texts": len(rows), "available": len(available)}
+    info = {
+        "key": key,
+        "source_model": source.name,
+        "target_model": target.name,
+        "source_layer": source_layer,
+        "target_layer": target_layer,
+        "reduction": reduction,
+        "n_texts": len(rows),
+        "available": len(available),
+    }
     pairs = PairedActivations(torch.cat(src_parts), torch.cat(tgt_parts), info)
     if cache is not None:
         pairs.save(cache)

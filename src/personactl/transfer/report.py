@@ -15,8 +15,8 @@ from .paired import picked_on
 
 if TYPE_CHECKING:
     from .config import TransferConfig
-    from .ridge import RidgeMap
     from .result import TransferResult
+    from .ridge import RidgeMap
 
 COLUMNS = ("group", "method", "layer", "coef", "applied_norm", "trait", "trait_lo", "trait_hi", "coherence", "collapse_rate", "n")
 
@@ -45,7 +45,7 @@ def plot_methods(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
     return path
 
 
-def write_report(out: Path, config: "TransferConfig", result: "TransferResult", ridge: "RidgeMap", n_pairs: int) -> Path:
+def write_report(out: Path, config: TransferConfig, result: TransferResult, ridge: RidgeMap, n_pairs: int) -> Path:
     """report_<trait>.md (+ results_<trait>.csv and a figure) in `out`; returns the report path."""
     name = result.trait
     buffer = io.StringIO()
@@ -61,13 +61,13 @@ def write_report(out: Path, config: "TransferConfig", result: "TransferResult", 
     text = f"""# Transfer of '{name}': {config.source_model} -> {config.target_model}
 
 Source layer {result.source_layer} -> target layer {result.target_layer}; {n_pairs} paired activations
-(reduction `{config.reduction}`); judge `{config.judge_spec}`; {main[0]['n']} test prompts per condition.
+(reduction `{config.reduction}`); judge `{config.judge_spec}`; {main[0]["n"]} test prompts per condition.
 
 ## Success criteria (ridge's alpha picked on one half of the questions, scored on the other)
 
 {markdown_table(result.criteria, ["criterion", "said", "alpha", "verdict"])}
 
-Alpha picked per half: {result.criteria[0]['alpha']} (picked on questions {picked_on(result.criteria[0]['picks'])}).
+Alpha picked per half: {result.criteria[0]["alpha"]} (picked on questions {picked_on(result.criteria[0]["picks"])}).
 
 ## Every method (alpha x each method's own vector)
 
@@ -77,11 +77,11 @@ Alpha picked per half: {result.criteria[0]['alpha']} (picked on questions {picke
 
 ## Diagnostics
 
-- **A, magnitude**: {result.hypotheses['a']['conclusion']}
-- **B, basis**: {result.hypotheses['b']['conclusion']}
-- **C, layer**: {result.hypotheses['c']['conclusion']}
+- **A, magnitude**: {result.hypotheses["a"]["conclusion"]}
+- **B, basis**: {result.hypotheses["b"]["conclusion"]}
+- **C, layer**: {result.hypotheses["c"]["conclusion"]}
 
-{markdown_table([r for r in result.rows if r['group'] != 'main'], COLUMNS)}
+{markdown_table([r for r in result.rows if r["group"] != "main"], COLUMNS)}
 
 ## Ridge map (leave-one-out over the lambda grid; held-out R^2 and cosine)
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class RidgeMap:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "RidgeMap":
+    def load(cls, path: str | Path) -> RidgeMap:
         """Read a map written by `save`."""
         try:
             with safe_open(str(path), framework="pt") as fh:
@@ -94,9 +94,7 @@ class RidgeMap:
     def _source(self, a: Array, name: str) -> torch.Tensor:
         a64 = as_float64(a, name)
         if a64.dim() == 0 or a64.shape[-1] != self.weight.shape[0]:
-            raise TransferError(
-                f"{name} has shape {tuple(a64.shape)} but this map takes source vectors of size {self.weight.shape[0]}"
-            )
+            raise TransferError(f"{name} has shape {tuple(a64.shape)} but this map takes source vectors of size {self.weight.shape[0]}")
         return a64
 
 
@@ -146,7 +144,7 @@ class _Spectrum:
     c: torch.Tensor
 
     @classmethod
-    def of(cls, xc: torch.Tensor, yc: torch.Tensor) -> "_Spectrum":
+    def of(cls, xc: torch.Tensor, yc: torch.Tensor) -> _Spectrum:
         n, p = xc.shape
         s2, vecs = _eigh(xc.T @ xc if n >= p else xc @ xc.T)
         keep = s2 > s2[-1] * max(n, p) * torch.finfo(s2.dtype).eps
@@ -256,9 +254,7 @@ def _kfold_mse(x: torch.Tensor, y: torch.Tensor, lambdas: list[float], k: int, s
     return [s / y.numel() for s in sse]
 
 
-def _heldout_report(
-    x: torch.Tensor, y: torch.Tensor, lambdas: list[float], n_test: int, seed: int
-) -> list[dict[str, float]]:
+def _heldout_report(x: torch.Tensor, y: torch.Tensor, lambdas: list[float], n_test: int, seed: int) -> list[dict[str, float]]:
     """Per lambda, R^2 and mean row cosine of n_test seeded held-out rows, predicted by a fit on the other rows.
 
     R^2 pools the target dimensions (1 - SSE / SST). Cosines compare prediction and truth minus
@@ -279,9 +275,7 @@ def _heldout_report(
     return report
 
 
-def _fit_without(
-    x: torch.Tensor, y: torch.Tensor, test: torch.Tensor, lam_max: float
-) -> tuple[torch.Tensor, _Fits, torch.Tensor]:
+def _fit_without(x: torch.Tensor, y: torch.Tensor, test: torch.Tensor, lam_max: float) -> tuple[torch.Tensor, _Fits, torch.Tensor]:
     """Spectrum of the rows not in `test`, and the ridge fits of the `test` rows against y - training mean."""
     train = torch.ones(len(x), dtype=torch.bool, device=x.device)
     train[test] = False
@@ -296,21 +290,15 @@ def checked_pairs(X: Array, Y: Array) -> tuple[torch.Tensor, torch.Tensor]:
     x = as_float64(X, "X")
     y = as_float64(Y, "Y").to(x.device)
     if x.dim() != 2 or y.dim() != 2 or 0 in x.shape or 0 in y.shape:
-        raise TransferError(
-            f"X and Y must be 2-D [rows, hidden] and non-empty; got shapes {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+        raise TransferError(f"X and Y must be 2-D [rows, hidden] and non-empty; got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     if len(x) != len(y):
-        raise TransferError(
-            f"X has {len(x)} rows but Y has {len(y)}: row i of both must be the same text read by the two models"
-        )
+        raise TransferError(f"X has {len(x)} rows but Y has {len(y)}: row i of both must be the same text read by the two models")
     if len(x) < MIN_ROWS:
         raise TransferError(f"need at least {MIN_ROWS} paired rows to fit and cross-validate a map; got {len(x)}")
     for name, a in (("X", x), ("Y", y)):
         bad = (~torch.isfinite(a)).any(1).nonzero()
         if len(bad):
-            raise TransferError(
-                f"{name} holds NaN or infinite values ({len(bad)} rows, first row {int(bad[0])}): drop those pairs"
-            )
+            raise TransferError(f"{name} holds NaN or infinite values ({len(bad)} rows, first row {int(bad[0])}): drop those pairs")
     return x, y
 
 

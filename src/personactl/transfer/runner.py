@@ -52,7 +52,7 @@ def claim_output(config: TransferConfig, out: Path) -> None:
 
 def config_layers(config: TransferConfig, source: Backbone, target: Backbone) -> tuple[int, int]:
     """(source layer, target layer) from layer_map, else layer_idx, else the default depth (see `layer_pair`)."""
-    (s, t), = config.layer_map.items() if config.layer_map else [(config.layer_idx, None)]
+    ((s, t),) = config.layer_map.items() if config.layer_map else [(config.layer_idx, None)]
     return layer_pair(source, target, s, t, config.layer_correspondence)
 
 
@@ -92,8 +92,10 @@ def plan_cells(config: TransferConfig, vectors: dict[str, torch.Tensor], target_
     alpha = sorted(config.alpha_values)[len(config.alpha_values) // 2]
     for layer in scan:
         norm = float(target_vector.directions[layer].norm())
-        cells += [Cell("ridge@oracle_norm", layer, alpha, unit["ridge"] * norm, "C"),
-                  Cell("oracle", layer, alpha, target_vector.directions[layer].float(), "C")]
+        cells += [
+            Cell("ridge@oracle_norm", layer, alpha, unit["ridge"] * norm, "C"),
+            Cell("oracle", layer, alpha, target_vector.directions[layer].float(), "C"),
+        ]
     return cells
 
 
@@ -129,8 +131,19 @@ def run_transfer(config: TransferConfig, *, source: Backbone | None = None, targ
     target = target or load_model(config.target_model)
     s_layer, t_layer = config_layers(config, source, target)
     texts = read_texts(config.texts) if config.texts else builtin_texts()
-    tmap, pairs = fit_map(source, target, s_layer, t_layer, texts, out, lambdas=config.lambda_values, n_pairs=config.n_training_samples,
-                          reduction=config.reduction, seed=config.seed, batch_size=config.batch_size)
+    tmap, pairs = fit_map(
+        source,
+        target,
+        s_layer,
+        t_layer,
+        texts,
+        out,
+        lambdas=config.lambda_values,
+        n_pairs=config.n_training_samples,
+        reduction=config.reduction,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
     results = []
     for trait in traits:
         source_vector, _ = persona_vector(source, trait, config, out / "vectors")
@@ -139,8 +152,9 @@ def run_transfer(config: TransferConfig, *, source: Backbone | None = None, targ
         cells = plan_cells(config, vectors, target_vector, t_layer, target.n_layers)
         prompts = _test_prompts(config, trait)
         answers = _answers(target, prompts, cells, config, out / f"answers_{trait.name}.jsonl")
-        judges = make_judges(config.judge_spec, trait, [p.pos_answer for p in target_pairs], [p.neg_answer for p in target_pairs],
-                             question_groups(target_pairs))
+        judges = make_judges(
+            config.judge_spec, trait, [p.pos_answer for p in target_pairs], [p.neg_answer for p in target_pairs], question_groups(target_pairs)
+        )
         rows = score_cells(judges, prompts, cells, answers)
         norms = {m: float(v.norm()) for m, v in vectors.items()}
         cosines = {m: float(torch.nn.functional.cosine_similarity(v, vectors["oracle"], dim=0)) for m, v in vectors.items()}
