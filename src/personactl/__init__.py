@@ -6,6 +6,7 @@ from .activations import hidden_states
 from .aggregators import METHODS
 from .blackbox.cvec import ControlVectorError, read_control_vector, set_control_vector, write_control_vector
 from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
+from .capping import CapRangeError, cap_bounds, cap_term
 from .conditions import find_condition
 from .errors import (
     ArchitectureError,
@@ -66,6 +67,9 @@ from .vectors import PersonaVector, load_vector
 from .verdicts import Verdict, sweep_verdicts, verdict_for
 
 __all__ = [
+    "CapRangeError",
+    "cap_bounds",
+    "cap_term",
     "Expressibility",
     "Verdict",
     "auroc_ci",

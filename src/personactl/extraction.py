@@ -29,7 +29,7 @@ from .expressibility import Expressibility, from_embedding_judge, from_scores
 from .generation import chat_prompt, format_prompts, generate
 from .judges.base import Judges
 from .models import Backbone
-from .monitor import projections
+from .monitor import projections, stored_projections
 from .progress import progress_bar
 from .traits import AnyTrait, ContrastiveTexts, Trait, TraitSketch
 from .vectors import PersonaVector
@@ -178,14 +178,6 @@ def mean_hidden_norms(pos: torch.Tensor, neg: torch.Tensor) -> list[float]:
 
 
 MIN_JUDGED_PAIRS = 4  # the offline judge needs 4 answers a side
-
-
-def stored_projections(vector: PersonaVector) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
-    """(layers, pos, neg) projections [n_pairs, len(layers)] kept by `vector_from_pairs`, if this vector has them."""
-    data = vector.extra.get("projections")
-    if not data:
-        return None
-    return data["layers"], torch.tensor(data["pos"]), torch.tensor(data["neg"])
 
 
 def best_projection_separation(vector: PersonaVector) -> tuple[float, int] | None:

@@ -65,3 +65,12 @@ def projections(acts: torch.Tensor, vector: PersonaVector, layers: Sequence[int]
     """[n, len(layers)] projections of reduced activations [n, layers+1, hidden] on each layer's unit direction."""
     units = torch.stack([vector.unit(l) for l in layers])
     return (acts[:, list(layers)] * units[None]).sum(-1)
+
+
+def stored_projections(vector: PersonaVector) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+    """(layers, pos, neg) projections [n_pairs, len(layers)] of the extraction's answers (`extraction.vector_from_activations`
+    keeps them), if this vector has them."""
+    data = vector.extra.get("projections")
+    if not data:
+        return None
+    return data["layers"], torch.tensor(data["pos"]), torch.tensor(data["neg"])

@@ -1,7 +1,8 @@
-"""steer(): add (or ablate) persona directions in the residual stream.
+"""steer(): add, ablate or cap persona directions in the residual stream.
 
 Steering at layer l changes the output of decoder block l-1, h' = h + coef * v[l],
-so it is what `hidden_states[l]` shows. Hooks live only inside the context
+so it is what `hidden_states[l]` shows. Capping clamps the projection h . u on the
+unit direction u to a range and moves h only along u (see `capping`). Hooks live only inside the context
 manager and are removed on exit, exceptions included.
 
 Positions are counted per sequence: a forward call with more than one token
@@ -15,9 +16,9 @@ the first multi-token call of the sequence.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -27,8 +28,10 @@ from .models import Backbone
 from .vectors import PersonaVector
 
 StepPositions = Literal["all", "prompt", "response"]
-Op = Literal["add", "ablate"]
+Op = Literal["add", "ablate", "cap"]
+OPS = ("add", "ablate", "cap")
 Coefficient = float | Sequence[float] | torch.Tensor
+Bounds = tuple[float | None, float | None]  # [low, high] of h . u; None = open on that side
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,11 @@ class SteeringTerm:
 
     `coef` is a number, or one number per batch row (a sweep in one batch).
     `op="ablate"` removes `coef` times the projection on the direction
-    (coef 1 = project it out). `norm_preserving` rescales each steered hidden
-    state back to its unsteered norm.
+    (coef 1 = project it out). `op="cap"` moves each state along the unit
+    direction into `bounds[layer]` (coef 1 = all the way, 0 = not at all) and
+    leaves states already inside untouched; `capping.cap_term` builds one from
+    the vector's stored projections. `norm_preserving` rescales each steered
+    hidden state back to its unsteered norm.
     """
 
     vector: PersonaVector | torch.Tensor
@@ -47,6 +53,7 @@ class SteeringTerm:
     positions: StepPositions = "all"
     op: Op = "add"
     norm_preserving: bool = False
+    bounds: Mapping[int, Bounds] | None = None  # op="cap": the range of h . u per layer
 
     def layer_list(self) -> list[int]:
         return [self.layers] if isinstance(self.layers, int) else list(self.layers)
@@ -69,7 +76,7 @@ class SteeringTerm:
         """The same term for a slice of the batch (per-row coefficients sliced)."""
         if isinstance(self.coef, (int, float)):
             return self
-        return SteeringTerm(self.vector, self.layers, torch.as_tensor(self.coef)[rows], self.positions, self.op, self.norm_preserving)
+        return replace(self, coef=torch.as_tensor(self.coef)[rows])
 
 
 @dataclass
@@ -81,6 +88,7 @@ class _Prepared:
     positions: StepPositions
     op: Op
     norm_preserving: bool
+    bounds: Bounds = (None, None)
 
     def apply(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.coef.dim() and self.coef.shape[0] != hidden.shape[0]:
@@ -89,7 +97,9 @@ class _Prepared:
             delta = self.coef * self.vector
         else:
             unit = self.vector / self.vector.norm()
-            delta = -self.coef * (hidden @ unit)[..., None] * unit
+            along = hidden @ unit
+            target = along.clamp(*self.bounds) if self.op == "cap" else torch.zeros_like(along)
+            delta = self.coef * (target - along)[..., None] * unit
         steered = hidden + (delta if mask is None else delta * mask)
         if self.norm_preserving:
             ratio = hidden.norm(dim=-1, keepdim=True) / steered.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -271,16 +281,17 @@ def steer(
             backbone.check_layer(layer, allow_embedding=False)
             if term.positions not in ("all", "prompt", "response"):
                 raise SteeringError(f"unknown positions '{term.positions}': use all, prompt or response")
-            if term.op not in ("add", "ablate"):
-                raise SteeringError(f"unknown op '{term.op}': use add or ablate")
+            if term.op not in OPS:
+                raise SteeringError(f"unknown op '{term.op}': use {', '.join(OPS)}")
             vector = term.direction(layer, backbone).to(backbone.device, backbone.dtype)
-            if term.op == "ablate" and float(vector.norm()) == 0.0:
-                raise SteeringError(f"cannot ablate a zero vector at layer {layer}")
+            if term.op != "add" and float(vector.norm()) == 0.0:
+                raise SteeringError(f"cannot {term.op} along a zero vector at layer {layer}")
             coef = torch.as_tensor(term.coef, dtype=backbone.dtype, device=backbone.device)
             if coef.dim() > 1:
                 raise SteeringError("coefficients must be a number or a flat list, one per batch row")
             coef = coef.reshape(-1, 1, 1) if coef.dim() == 1 else coef
-            by_layer.setdefault(layer, []).append(_Prepared(vector, coef, term.positions, term.op, term.norm_preserving))
+            bounds = _cap_bounds(term, layer) if term.op == "cap" else (None, None)
+            by_layer.setdefault(layer, []).append(_Prepared(vector, coef, term.positions, term.op, term.norm_preserving, bounds))
     handles = []
     try:
         for layer, prepared in by_layer.items():
@@ -297,6 +308,17 @@ def steer(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _cap_bounds(term: SteeringTerm, layer: int) -> Bounds:
+    """The checked [low, high] of a cap term at `layer`."""
+    bounds = (term.bounds or {}).get(layer)
+    if bounds is None:
+        raise SteeringError(f"a cap term needs bounds at layer {layer}: build it with capping.cap_term or give bounds={{layer: (low, high)}}")
+    low, high = bounds
+    if low is not None and high is not None and low > high:
+        raise SteeringError(f"cap range at layer {layer} has low {low:g} above high {high:g}: give low <= high")
+    return bounds
 
 
 def weighted_terms(
