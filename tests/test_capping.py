@@ -132,3 +132,51 @@ def test_steer_refuses_a_cap_term_without_bounds_or_with_an_empty_range(tiny, ba
 def test_parse_keeps_open_sides():
     assert parse_cap_at("neg-p90") == (None, "neg-p90")
     assert parse_cap_at(" pos-p10 : ") == ("pos-p10", None)
+
+
+def _generate(model_dir, vector, *extra):
+    from personactl.cli import run
+
+    argv = [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--vector",
+        str(vector),
+        "--layer",
+        "1",
+        "--layer",
+        "2",
+        "--prompt",
+        "hi",
+        "--prompt",
+        "hello there",
+    ]
+    return run([*argv, "--baseline", "--json", "--max-new-tokens", "6", *extra])
+
+
+def test_generate_with_a_range_nothing_leaves_changes_nothing_and_a_tight_one_does(model_dir, vector_file, capsys):
+    import json
+
+    assert _generate(model_dir, vector_file, "--op", "cap", "--cap-at=-1e9:1e9") == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert all(r["steered"] == r["baseline"] for r in rows)
+    assert _generate(model_dir, vector_file, "--op", "cap", "--cap-at=-0.001:0.001") == 0  # project the direction out
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert any(r["steered"] != r["baseline"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--op", "cap", "--cap-at", "3:1"], "low 3 is above high 1"),
+        (["--op", "cap"], "has none: re-extract it"),
+        (["--op", "cap", "--cap-at", "neg-p900"], "neither a number nor a statistic"),
+        (["--op", "clamp"], "--op 'clamp' is not one of: add, ablate, cap"),
+        (["--op", "cap", "--cap-at", "0:1", "--backend", "llamacpp"], "--op cap needs --backend hf"),
+    ],
+)
+def test_generate_refuses_bad_caps_in_one_line(model_dir, vector_file, capsys, extra, message):
+    assert _generate(model_dir, vector_file, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err

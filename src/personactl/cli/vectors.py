@@ -224,7 +224,13 @@ def generate(
     positions: str = typer.Option(
         "all", help="all (every token), response (the last prompt token and every new one, as persona_vectors steers) or prompt (the rest)"
     ),
-    op: str = typer.Option("add", help="add or ablate"),
+    op: str = typer.Option("add", help="add (h + coef*v), ablate (remove coef times the projection on v) or cap (clamp the projection to --cap-at)"),
+    cap_at: str | None = typer.Option(
+        None,
+        "--cap-at",
+        help="with --op cap: HIGH or LOW:HIGH of the projection, numbers or statistics of the extraction's answers "
+        "(neg-p90, the default: 90th percentile of the non-trait answers; pos-p10:; min, max, mean); --coef is the cap's strength (1 = full)",
+    ),
     norm_preserving: bool = typer.Option(False, help="rescale steered states to their original norm"),
     system: str | None = typer.Option(None, help="system message"),
     baseline: bool = typer.Option(False, "--baseline", help="also generate unsteered, side by side"),
@@ -255,9 +261,17 @@ def generate(
     """Generate answers, steered by a persona vector (and unsteered with --baseline); --condition steers only the
     prompts whose projection on the condition vector passes the threshold."""
     from ..backends import parse_backend  # noqa: PLC0415
+    from ..capping import DEFAULT_CAP, cap_term, parse_cap_at  # noqa: PLC0415
+    from ..steering import OPS  # noqa: PLC0415
 
+    _check_choice(op, OPS, "--op")
+    cap_at = cap_at or DEFAULT_CAP
+    if op == "cap":
+        parse_cap_at(cap_at)
     kind = parse_backend(backend)[0]
     if kind == "openai":
+        if op != "add":
+            raise OptionError(f"--op {op} needs --backend hf (an API is steered by parameter modulation, which only adds)")
         _generate_via_api(
             backend,
             prompt,
@@ -275,7 +289,7 @@ def generate(
     if kind == "llamacpp":
         unsupported = [
             name
-            for name, used in (("--op ablate", op != "add"), ("--norm-preserving", norm_preserving), ("--condition", condition is not None))
+            for name, used in ((f"--op {op}", op != "add"), ("--norm-preserving", norm_preserving), ("--condition", condition is not None))
             if used
         ]
         if unsupported:
@@ -318,13 +332,18 @@ def generate(
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
         blend = _blend_option(layer, vector, backbone.n_layers)
+        if blend and op == "cap":
+            raise OptionError("--op cap takes a band of layers (--layer 4,5,6), not an auto blend")
         layer = list(blend.weights) if blend else _numbers(",".join(layer), int)  # type: ignore[assignment]
         loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0])  # type: ignore[arg-type]
-        terms = (
-            weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving)
-            if blend  # type: ignore[arg-type]
-            else [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)]
-        )  # type: ignore[arg-type]
+        if op == "cap":
+            terms = [cap_term(loaded, layer, cap_at, coef, positions)]  # type: ignore[arg-type]
+        else:
+            terms = (
+                weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving)
+                if blend  # type: ignore[arg-type]
+                else [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)]
+            )  # type: ignore[arg-type]
         if blend and not as_json:
             out.print(f"layers {blend.describe()}")
     messages = [chat_prompt(p, system) for p in prompt]
