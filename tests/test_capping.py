@@ -180,3 +180,24 @@ def test_generate_refuses_bad_caps_in_one_line(model_dir, vector_file, capsys, e
     assert _generate(model_dir, vector_file, *extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def _sweep(model_dir, tmp_path, name, *extra):
+    from personactl.cli import run
+
+    argv = ["sweep", "--model", str(model_dir), "--trait", "pirate", "--out", str(tmp_path), "--name", name, "--methods", "cap"]
+    return run([*argv, "--layers", "2", "--n-questions", "2", "--max-new-tokens", "4", *extra])
+
+
+def test_sweep_method_cap_with_a_range_nothing_leaves_answers_as_unsteered(model_dir, tmp_path, capsys):
+    import json
+
+    assert _sweep(model_dir, tmp_path, "wide", "--coefs", "0,1", "--cap-at=-1e9:1e9") == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "wide" / "results.jsonl").read_text().splitlines()]
+    by_coef = {c: {r["question"]: r["answer"] for r in records if r["coef"] == c} for c in (0, 1)}
+    assert {r["method"] for r in records} == {"cap"} and len(by_coef[1]) == 2 and by_coef[0] == by_coef[1]
+
+
+def test_sweep_method_cap_refuses_a_negative_strength(model_dir, tmp_path, capsys):
+    assert _sweep(model_dir, tmp_path, "neg", "--coefs=-1,1") == 2
+    assert "strengths in [0, 1]" in capsys.readouterr().err

@@ -46,6 +46,7 @@ class SweepConfig(BaseModel):
     vector: str | None = Field(None, description="persona vector file; extracted when absent")
     lora: str | None = Field(None, description="persona direction folder for method 'lora' (personactl lora extract)")
     adapter: str | None = Field(None, description="persona adapter (registry name or folder) for method 'adapter'")
+    cap_at: str | None = Field(None, description="range for method 'cap' (capping.parse_cap_at; default neg-p90)")
     methods: list[str] = Field(default_factory=lambda: ["vector"], min_length=1)
     layers: list[int | str] | str = Field(
         "auto", description="layers: ints, 'auto' (the best measured layer) and 'auto:K' (the top K blended), alone or in a list"

@@ -253,7 +253,7 @@ def run(
         prep.vector,
         config.generation(),
         config.positions,
-        {"lora": config.lora or "", "adapter": config.adapter or "", "backend": config.backend, "model": config.model},
+        {"lora": config.lora or "", "adapter": config.adapter or "", "cap_at": config.cap_at or "", "backend": config.backend, "model": config.model},
         {spec: blend.weights for spec, blend in (selection.blends if selection else {}).items()},
         prep.pairs,
     )

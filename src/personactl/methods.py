@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .capping import DEFAULT_CAP, cap_term
 from .errors import PersonactlError
 from .generation import chat_prompt, generate
 from .models import Backbone
@@ -93,6 +94,38 @@ class VectorMethod:
 
 
 @dataclass
+class CapMethod:
+    """Activation capping: each row's coefficient is the cap's strength (0 = none, 1 = the projection clamped into the
+    range); the range is `ctx.options["cap_at"]` (default neg-p90, see `capping`). A blend ("auto:K") caps at each of
+    its layers, unweighted."""
+
+    ctx: MethodContext
+    name: str = "cap"
+    uses_layers: bool = True
+
+    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]:
+        if self.ctx.vector is None:
+            raise MethodError("method 'cap' needs a persona vector: pass --vector or let the sweep extract one")
+        outside = sorted({c for c in coefs if not 0 <= c <= 1})
+        if outside:
+            raise MethodError(f"method 'cap' takes strengths in [0, 1] as coefficients, not {outside[0]:g}: run it with e.g. --coefs 0,1")
+        if isinstance(layer, str) and layer not in self.ctx.blends:
+            raise MethodError(f"no layers for the blend '{layer}': resolve it with experiment.choose_layers first")
+        band = list(self.ctx.blends[layer]) if isinstance(layer, str) else [layer]
+        term = cap_term(self.ctx.vector, band, self.ctx.options.get("cap_at") or DEFAULT_CAP, list(coefs), self.ctx.positions)  # type: ignore[arg-type]
+        s = self.ctx.settings
+        return generate(
+            self.ctx.backbone,
+            [chat_prompt(q) for q in questions],
+            steering=[term],
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            seeds=seeds,
+            batch_size=s.batch_size,
+        )
+
+
+@dataclass
 class PromptMethod:
     """The system-prompt persona as a baseline: coef > 0 uses a positive instruction,
     coef < 0 a negative one, 0 none; |coef| picks which instruction pair (cycled)."""
@@ -132,6 +165,7 @@ MethodFactory = Callable[[MethodContext], SteeringMethod]
 # A factory, or "module:attribute" imported on first use (sub-packages stay optional imports).
 _REGISTRY: dict[str, MethodFactory | str] = {
     "vector": VectorMethod,
+    "cap": CapMethod,
     "prompt": PromptMethod,
     "lora": "personactl.lora.method:LoRAMethod",
     "adapter": "personactl.lora.method:AdapterMethod",

@@ -88,8 +88,11 @@ def sweep(
     ),
     lora: str | None = typer.Option(None, help="persona direction folder for method 'lora' (from `personactl lora extract`)"),
     adapter: str | None = typer.Option(None, help="persona adapter (registry name or folder) for method 'adapter'"),
+    cap_at: str | None = typer.Option(
+        None, "--cap-at", help="range for method 'cap', e.g. neg-p90 or -2:3.5 (its coefficients are strengths in [0, 1]) [default: neg-p90]"
+    ),
     methods: str | None = typer.Option(
-        None, help="comma-separated: vector, prompt, lora, adapter, fewshot, modulation, api-prompt [default: vector]"
+        None, help="comma-separated: vector, cap, prompt, lora, adapter, fewshot, modulation, api-prompt [default: vector]"
     ),
     coefs: str | None = typer.Option(None, help="coefficients, e.g. '-2,-1,0,1,2' [default]"),
     layers: str | None = typer.Option(
@@ -140,6 +143,7 @@ def sweep(
             "vector": vector,
             "lora": lora,
             "adapter": adapter,
+            "cap_at": cap_at,
             "samples": samples,
             "n_questions": n_questions,
             "judge": judge,
