@@ -42,8 +42,13 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The web page's tests drive Debian's chromium through playwright (which cannot download its own browser here).
+# Installed with apt-get as root (CI); another user gets one line saying how, and the browser tests skip themselves.
 browser:
-	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@command -v chromium >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "browser: chromium not installed (needs root), so the browser tests will be skipped; install it with: sudo apt-get install chromium"; \
+	fi
 
 # Rebuild the installed llama-cpp-python (same version) with the flags above, e.g. after a native build.
 rebuild-llamacpp: setup

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from personactl.errors import PersonactlError
+from personactl.expressibility import Expressibility
 from personactl.report import ReportError, load_run, make_figures, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -215,3 +216,29 @@ def test_incomplete_last_line_is_skipped(tmp_path):
     data = load_run(run)
     assert len(data.results) == 2 * 3 * 3 * 2
     assert any("incomplete" in note for note in data.notes)
+
+
+def test_report_template_renders_every_section(tmp_path):
+    """The jinja2 template (templates/report.html.j2): all sections, blends, banners, escaped config values."""
+    run = make_run(tmp_path)
+    layers = json.loads((run / "layers.json").read_text())
+    layers["blends"] = {"auto:2": {"weights": {"11": 0.25, "12": 0.75}, "note": "top <2> & more"}}
+    (run / "layers.json").write_text(json.dumps(layers))
+    config = json.loads((run / "config.json").read_text())
+    config["expressibility"] = Expressibility("<pirate>", "weakly expressed", "embedding", 0.75, 0.6, None, 12.0, 20).to_dict()
+    (run / "config.json").write_text(json.dumps(config))
+    html = write_report(run).read_text(encoding="utf-8")
+
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert "<title>personactl report — pirate on smollm2-135m</title>" in html
+    for anchor in ("summary", "figures", "layers", "examples", "config"):
+        assert f'<a href="#{anchor}">' in html and f'<h2 id="{anchor}">' in html
+    summary = html.split('<h2 id="summary">')[1].split('<h2 id="figures">')[0]
+    assert summary.count("<tr") == 1 + len(METHODS) * len(COEFS) and summary.count('<tr class="gs">') == 1
+    layer_table = html.split('<h2 id="layers">')[1].split('<h2 id="examples">')[0]
+    assert layer_table.count("<tr") == 1 + 15 and '<tr class="chosen"><td>12 ★</td>' in layer_table
+    assert "<b>Blend auto:2:</b> layer 11 × 0.25, layer 12 × 0.75" in html and "top &lt;2&gt; &amp; more" in html
+    assert '<div class="banner weak"><b>Can this model express the trait?</b> &lt;pirate&gt;: weakly expressed (judge AUROC 0.75' in html
+    assert "What this run can conclude" in html
+    assert html.count('<div class="q">') == len(METHODS) * 2  # EXAMPLE_QUESTIONS per (method, layer)
+    assert "&#34;trait&#34;: &#34;pirate&#34;" in html.split('<h2 id="config">')[1]

@@ -7,6 +7,8 @@ the chosen layer) and `projections.json` (pos/neg extraction answers projected
 onto the vector). `write_report` draws the figures into `figures/` and writes
 `report.html`: one file with the figures inlined as base64 PNGs and no
 external CSS, JS or fonts, so it can be mailed, archived or opened offline.
+Its layout is the jinja2 template `templates/report.html.j2` (autoescaped, so
+answers and config values cannot inject markup); this module computes the values.
 
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas:
 no pyplot state, no global backend switch, nothing left open.
@@ -573,133 +575,6 @@ def _examples(run: RunData) -> list[dict[str, Any]]:
     return out
 
 
-_TEMPLATE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>personactl report — {{ title }}</title>
-<style>
-  :root { --fg: #1d2433; --muted: #667085; --line: #e4e7ec; --accent: #b42318; --bg-alt: #f8f9fb; }
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-         color: var(--fg); background: #fff; }
-  main { max-width: 1200px; margin: 0 auto; padding: 24px 28px 64px; }
-  h1 { font-size: 26px; margin: 0 0 4px; }
-  h2 { font-size: 19px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
-  h3 { font-size: 16px; margin: 22px 0 8px; }
-  .sub { color: var(--muted); margin: 0 0 8px; }
-  nav a { margin-right: 14px; color: #175cd3; text-decoration: none; font-size: 14px; }
-  .facts span { display: inline-block; margin: 2px 16px 2px 0; }
-  .facts b { font-variant-numeric: tabular-nums; }
-  .notes { background: #fffaeb; border: 1px solid #fedf89; padding: 8px 12px; border-radius: 6px; font-size: 14px; }
-  table { border-collapse: collapse; font-size: 14px; font-variant-numeric: tabular-nums; }
-  th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: right; vertical-align: top; }
-  th { background: var(--bg-alt); position: sticky; top: 0; font-weight: 600; }
-  td.l, th.l { text-align: left; }
-  tbody tr:nth-child(even) { background: #fcfcfd; }
-  tr.gs td { border-top: 2px solid #d0d5dd; }
-  tr.chosen td { background: #fef3f2; font-weight: 600; }
-  .ci { color: var(--muted); font-size: 12px; margin-left: 4px; }
-  .figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 16px; }
-  figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff; }
-  figure img { width: 100%; height: auto; display: block; }
-  figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
-  .reason { border-left: 4px solid var(--accent); padding: 6px 12px; background: #fef3f2; margin: 8px 0 12px; }
-  .q { font-weight: 600; margin: 12px 0 6px; }
-  table.ex { width: 100%; table-layout: fixed; }
-  table.ex col.num { width: 90px; }
-  table.ex td.ans { text-align: left; white-space: pre-wrap; word-break: break-word; font-size: 13.5px; }
-  .tag { display: inline-block; font-size: 11px; padding: 0 6px; border-radius: 8px; background: #fee4e2; color: var(--accent); }
-  .banner { border: 1px solid var(--line); border-left: 4px solid #12b76a; border-radius: 6px; padding: 8px 12px; margin: 12px 0; }
-  .banner.weak { border-left-color: #d92d20; background: #fef3f2; }
-  .banner.verdicts { border-left-color: var(--accent); }
-  .banner ul { margin: 6px 0; padding-left: 20px; }
-  pre { background: var(--bg-alt); border: 1px solid var(--line); border-radius: 6px; padding: 12px;
-        overflow-x: auto; font-size: 13px; }
-</style>
-</head>
-<body>
-<main>
-<h1>{{ title }}</h1>
-<p class="sub">personactl sweep report · run <code>{{ run_name }}</code></p>
-<nav><a href="#summary">Summary</a><a href="#figures">Figures</a>{% if layer_rows %}<a href="#layers">Layers</a>{% endif %}<a href="#examples">Examples</a><a href="#config">Config</a></nav>
-<p class="facts">
-  <span>records <b>{{ facts.records }}</b></span>
-  <span>methods <b>{{ facts.methods }}</b></span>
-  <span>layers <b>{{ facts.layers }}</b></span>
-  <span>coefficients <b>{{ facts.coefs }}</b></span>
-  <span>questions <b>{{ facts.questions }}</b></span>
-  <span>unscored (trait / coherence) <b>{{ facts.null_trait }} / {{ facts.null_coherence }}</b></span>
-</p>
-{% if notes %}<div class="notes">{% for n in notes %}<div>{{ n }}</div>{% endfor %}</div>{% endif %}
-{% if expressibility %}<div class="{{ 'banner weak' if expressibility.weak else 'banner' }}"><b>Can this model express the trait?</b> {{ expressibility.line }}</div>{% endif %}
-{% if verdicts %}<div class="banner verdicts"><b>What this run can conclude</b>
-<ul>{% for v in verdicts %}<li>{{ v }}</li>{% endfor %}</ul>
-<div class="sub">Clear rise: the trait at a positive coefficient beats coefficient 0, question by question (the paired difference's 95% CI,
-adjusted for the coefficients tried, lies above 0), with coherence &ge; 50.
-The sign test counts held-out questions whose mean trait rose from coefficient 0 to that coefficient.</div></div>{% endif %}
-
-<h2 id="summary">Summary</h2>
-<p class="sub">Means per method, layer and coefficient over the held-out questions (each question's samples averaged first);
-brackets hold 95% confidence intervals over questions (Student's t).
-Trait and coherence are judged on 0-100.</p>
-<table>
-<thead><tr><th class="l">method</th><th>layer</th><th>coef</th><th>n</th><th>trait</th><th>coherence</th>
-<th>collapse</th><th>perplexity</th></tr></thead>
-<tbody>
-{% for r in summary_rows %}<tr{% if r.group_start %} class="gs"{% endif %}>
-<td class="l">{{ r.method }}</td><td>{{ r.layer }}</td><td>{{ r.coef }}</td><td>{{ r.n }}</td>
-<td{% if r.heat %} style="background: rgba(180, 35, 24, {{ r.heat }})"{% endif %}>{{ r.trait }}<span class="ci">{{ r.trait_ci }}</span></td>
-<td>{{ r.coherence }}<span class="ci">{{ r.coherence_ci }}</span></td>
-<td>{{ r.collapse }}<span class="ci">{{ r.collapse_ci }}</span></td>
-<td>{{ r.perplexity }}</td>
-</tr>
-{% endfor %}</tbody>
-</table>
-
-<h2 id="figures">Figures</h2>
-<div class="figs">
-{% for f in figures %}<figure><img src="{{ f.uri }}" alt="{{ f.caption }}"><figcaption>{{ f.caption }}</figcaption></figure>
-{% endfor %}</div>
-
-{% if layer_rows %}
-<h2 id="layers">Layer choice</h2>
-{% if chosen is not none %}<div class="reason"><b>Chosen layer: {{ chosen }}</b>{% if reason %} — {{ reason }}{% endif %}</div>{% endif %}
-{% for b in blends %}<div class="reason"><b>Blend {{ b.spec }}:</b> {{ b.weights }} (coefficient c adds c × weight × v[layer] at each layer; the weights sum to 1){% if b.note %} — {{ b.note }}{% endif %}</div>{% endfor %}
-<table>
-<thead><tr><th>layer</th><th>AUROC</th><th>Cohen's d</th><th>effect</th><th>coherence</th></tr></thead>
-<tbody>
-{% for r in layer_rows %}<tr{% if r.chosen %} class="chosen"{% endif %}><td>{{ r.layer }}{% if r.chosen %} ★{% endif %}</td>
-<td>{{ r.auroc }}</td><td>{{ r.cohens_d }}</td><td>{{ r.effect }}</td><td>{{ r.coherence }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% endif %}
-
-<h2 id="examples">Example answers</h2>
-<p class="sub">For each method and layer, the first {{ n_questions }} questions, one answer per coefficient (first sample).</p>
-{% for g in examples %}
-<h3>{{ g.label }}</h3>
-{% for q in g.questions %}
-<div class="q">Q{{ q.id }}: {{ q.question }}</div>
-<table class="ex">
-<colgroup><col class="num"><col class="num"><col class="num"><col></colgroup>
-<thead><tr><th>coef</th><th>trait</th><th>coherence</th><th class="l">answer</th></tr></thead>
-<tbody>
-{% for a in q.answers %}<tr><td>{{ a.coef }}</td><td>{{ a.trait }}</td><td>{{ a.coherence }}</td>
-<td class="ans">{% if a.collapsed %}<span class="tag">collapsed</span> {% endif %}{{ a.answer }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% endfor %}
-{% endfor %}
-
-<h2 id="config">Config</h2>
-<pre>{{ config_json }}</pre>
-</main>
-</body>
-</html>
-"""
-
 _CAPTIONS = {
     "trait_vs_coef": "Trait score vs steering coefficient, one line per method and layer; bands are 95% CIs.",
     "coherence_vs_coef": "Coherence vs steering coefficient; bands are 95% CIs.",
@@ -729,10 +604,10 @@ def _verdict_lines(run: RunData) -> list[str]:
 
 
 def render_html(run: RunData, figures: dict[str, Path]) -> str:
-    """The report as one HTML string (figures inlined as data URIs)."""
-    from jinja2 import Environment
+    """The report as one HTML string (templates/report.html.j2, figures inlined as data URIs)."""
+    from jinja2 import Environment, PackageLoader
 
-    env = Environment(autoescape=True, trim_blocks=False, lstrip_blocks=False)
+    env = Environment(loader=PackageLoader("personactl", "templates"), autoescape=True)
     results = run.results
     facts = {
         "records": len(results),
@@ -743,7 +618,7 @@ def render_html(run: RunData, figures: dict[str, Path]) -> str:
         "null_trait": sum(_float(r.get("trait")) is None for r in results),
         "null_coherence": sum(_float(r.get("coherence")) is None for r in results),
     }
-    return env.from_string(_TEMPLATE).render(
+    return env.get_template("report.html.j2").render(
         title=run.title,
         run_name=run.run_dir.name,
         facts=facts,
