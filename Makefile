@@ -29,8 +29,8 @@ test: setup browser docs imports lint
 
 # ruff's lint rules and its formatting (pyproject.toml, [tool.ruff]); `ruff format` fixes the second.
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks experiments docs
-	$(VENV)/bin/ruff format --check src tests benchmarks experiments docs
+	$(VENV)/bin/ruff check src tests benchmarks experiments docs scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments docs scripts
 
 # The layers of docs/architecture.md (pyproject.toml, [tool.importlinter]): a module importing from a layer above fails.
 imports: setup

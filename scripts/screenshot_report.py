@@ -36,16 +36,26 @@ def screenshot(html: Path, out: Path, width: int = 1280, height: int = 2000, tim
         out.unlink()
     with tempfile.TemporaryDirectory(prefix="personactl-chromium-") as profile:
         command = [
-            find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-            f"--screenshot={out}", html.resolve().as_uri(),
+            find_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={out}",
+            html.resolve().as_uri(),
         ]
         env = dict(os.environ, HOME=profile)  # keep chromium's caches out of the real home
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            raise SystemExit(f"chromium did not finish within {timeout:.0f} s")
+            raise SystemExit(f"chromium did not finish within {timeout:.0f} s") from None
     if not out.is_file() or out.stat().st_size == 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise SystemExit(f"chromium wrote no screenshot (exit {proc.returncode}): {' | '.join(tail)}")
