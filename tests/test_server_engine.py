@@ -186,3 +186,20 @@ def test_a_prompt_past_the_context_is_refused_before_it_queues(engine_for):
     with pytest.raises(BadJob, match="context"):
         engine.submit(_job(engine, "hi", max_tokens=context)[0])
     assert engine.queue.empty()
+
+
+def _cap(at: str, layers=(1, 2, 3)) -> PersonaRequest:
+    return PersonaRequest(cap=[{"name": "rand", "at": at, "layers": list(layers)}], positions="all")
+
+
+def test_a_cap_nothing_leaves_changes_nothing_and_a_tight_one_changes_only_its_own_row(engine_for):
+    engine = engine_for(batch_window_s=0.2)
+    plain = [_alone(engine, q).text for q in QUESTIONS]
+    assert [_alone(engine, q, persona=_cap("-1e9:1e9")).text for q in QUESTIONS] == plain
+    tight = [_alone(engine, q, persona=_cap("-0.01:0.01")).text for q in QUESTIONS]
+    assert tight != plain
+    jobs = [_job(engine, q, persona=_cap("-0.01:0.01") if i % 2 else None) for i, q in enumerate(QUESTIONS)]
+    with engine.lock:  # prefilled together: capped and plain rows share the batch
+        for job, _ in jobs:
+            engine.submit(job)
+    assert [w.wait() and w.text for _, w in jobs] == [tight[i] if i % 2 else plain[i] for i in range(len(QUESTIONS))]

@@ -242,3 +242,22 @@ def test_cors_lets_the_allowed_origin_cancel_an_extraction(backbone):
             headers={"Origin": "http://app.example", "Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"},
         )
         assert preflight.status_code == 200 and "DELETE" in preflight.headers["access-control-allow-methods"]
+
+
+@pytest.mark.parametrize(
+    "cap, message",
+    [
+        ({"name": "rand", "at": "3:1"}, "cap of 'rand': cap range '3:1' is empty at layer"),
+        ({"name": "rand", "at": "neg-p900"}, "neither a number nor a statistic"),
+        ({"name": "rand", "at": "neg-p90"}, "has none: re-extract it"),  # random vectors store no projections
+        ({"name": "rand", "at": "0:1", "layers": [9]}, "layer 9 is out of range for 'rand'"),
+        ({"name": "nobody", "at": "0:1"}, "nobody"),
+    ],
+)
+def test_bad_caps_are_400_before_they_queue(url, cap, message):
+    response = _persona(url, {"cap": [cap]})
+    assert response.status_code == 400 and message in response.json()["error"]["message"]
+
+
+def test_a_cap_in_numbers_is_served(url):
+    assert _persona(url, {"cap": [{"name": "rand", "at": "-1:1", "layers": [1, 2]}], "positions": "all"}).status_code == 200

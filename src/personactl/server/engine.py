@@ -36,6 +36,7 @@ from typing import TypeVar
 import torch
 
 from ..activations import make_batch, position_ids
+from ..capping import cap_term
 from ..errors import PersonactlError
 from ..extraction import stored_projections
 from ..lora.adapters import PersonaSwitcher
@@ -44,8 +45,8 @@ from ..models import Backbone
 from ..steering import SteeringTerm, steer
 from ..vectors import PersonaVector
 from . import kv
-from .personas import PersonaLibrary, PersonaRequest
-from .rows import Row
+from .personas import CapUse, PersonaLibrary, PersonaRequest, VectorUse
+from .rows import Row, Use
 from .settings import ServerSettings
 
 T = TypeVar("T")
@@ -349,21 +350,30 @@ class Engine:
             terms = [(LoRADirection.load(self.library.adapter_path(n)), w) for n, w in adapter["blend"].items()]
             stack.enter_context(merged(self.backbone, *terms))
 
-    def _resolved(self, job: Job) -> tuple[list[tuple[str, tuple[int, ...], str, float]], list[tuple[str, int]]]:
-        """The job's vectors as (name, layers, positions, coef), the recommended layer read (from disk) once, at
-        admission, not at every step; and the (vector, layer) pairs it meters: each vector at its first layer."""
+    def _resolved(self, job: Job) -> tuple[list[Use], list[tuple[str, int]]]:
+        """The job's vectors and caps as Uses, the recommended layer read (from disk) once, at admission, not at
+        every step; and the (vector, layer) pairs it meters: each one at its first layer."""
         persona = job.persona or PersonaRequest()
-        uses = [(use.name, tuple(use.layers or [self.library.layer(use.name)]), persona.positions, use.coef) for use in persona.vectors]
-        return uses, [(name, layers[0]) for name, layers, _, _ in uses] if persona.meter else []
+
+        def layers(use: VectorUse | CapUse) -> tuple[int, ...]:
+            return tuple(use.layers or [self.library.layer(use.name)])
+
+        uses = [Use(use.name, layers(use), persona.positions, use.coef) for use in persona.vectors]
+        uses += [Use(cap.name, layers(cap), persona.positions, 1.0, cap.at) for cap in persona.cap]
+        return uses, [(use.name, use.layers[0]) for use in uses] if persona.meter else []
 
     def _steering(self, rows: list[Row]) -> list[SteeringTerm]:
-        """One term per (vector, layers, positions), with a coefficient per row (0 where a row does not use it)."""
-        coefs: dict[tuple[str, tuple[int, ...], str], list[float]] = {}
+        """One term per (vector, layers, positions, cap range), with a coefficient per row (0 where a row does not
+        use it: for a cap, 0 is no cap)."""
+        coefs: dict[tuple[str, tuple[int, ...], str, str | None], list[float]] = {}
         for i, row in enumerate(rows):
-            for name, layers, positions, coef in row.uses:
-                coefs.setdefault((name, layers, positions), [0.0] * len(rows))[i] += coef
+            for use in row.uses:
+                coefs.setdefault((use.name, use.layers, use.positions, use.cap_at), [0.0] * len(rows))[i] += use.coef
         return [
-            SteeringTerm(self.library.vector(name), list(layers), values, positions=positions) for (name, layers, positions), values in coefs.items()
+            SteeringTerm(self.library.vector(name), list(layers), values, positions=positions)  # type: ignore[arg-type]
+            if cap_at is None
+            else cap_term(self.library.vector(name), list(layers), cap_at, values, positions)  # type: ignore[arg-type]
+            for (name, layers, positions, cap_at), values in coefs.items()
         ]
 
     @contextmanager

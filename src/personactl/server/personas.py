@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..capping import DEFAULT_CAP, CapRangeError, cap_bounds
 from ..errors import PersonactlError
 from ..extraction import stored_projections
 from ..lora.adapters import read_card
@@ -40,8 +41,19 @@ class VectorUse(BaseModel):
     layers: list[int] | None = None
 
 
+class CapUse(BaseModel):
+    """One capped vector of a request: the range its projection is kept in (`capping.parse_cap_at`, e.g. neg-p90 or
+    -2:3.5) over a band of layers (default: the vector's recommended layer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    at: str = DEFAULT_CAP
+    layers: list[int] | None = None
+
+
 class PersonaRequest(BaseModel):
-    """The `persona` field of a request: vectors with coefficients, an adapter (or a blend), positions, meter.
+    """The `persona` field of a request: vectors with coefficients, caps, an adapter (or a blend), positions, meter.
 
     Unknown keys are refused (a misspelt key would otherwise steer nothing without a word).
     """
@@ -49,6 +61,7 @@ class PersonaRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vectors: list[VectorUse] = Field(default_factory=list)
+    cap: list[CapUse] = Field(default_factory=list)
     adapter: str | dict[str, dict[str, float]] | None = None
     positions: Literal["all", "prompt", "response"] = "response"
     meter: bool = False
@@ -203,24 +216,34 @@ class PersonaLibrary:
         traits = [{"name": t, "description": load_trait(t).description} for t in builtin_traits()]
         return {**listing, "traits": traits}
 
+    def _checked_layers(self, name: str, layers: list[int] | None) -> list[int]:
+        """The layers a request gives for vector `name` (default: its recommended one), each in range."""
+        vector = self.vector(name)
+        layers = layers or [self.layer(name)]
+        if len(layers) > vector.n_layers:
+            raise UnknownPersona(f"'{name}' lists {len(layers)} layers: the model has {vector.n_layers}")
+        for layer in layers:
+            if not 1 <= layer <= vector.n_layers:
+                raise UnknownPersona(f"layer {layer} is out of range for '{name}': 1..{vector.n_layers}")
+        return layers
+
     def check(self, persona: PersonaRequest, max_personas: int, max_steering: float = MAX_COEF) -> None:
         """Every name resolves, each (vector, layer) is given once, and the request stays within the caps (before it queues).
 
         `max_steering` caps the summed |coef| of the request's vectors at each layer, so repeating a vector (or
         stacking several) cannot steer harder than the cap.
         """
-        if len(persona.vectors) > max_personas:
-            raise UnknownPersona(f"{len(persona.vectors)} vectors in one request: at most {max_personas}")
+        if len(persona.vectors) + len(persona.cap) > max_personas:
+            raise UnknownPersona(f"{len(persona.vectors) + len(persona.cap)} vectors and caps in one request: at most {max_personas}")
+        for cap in persona.cap:
+            try:
+                cap_bounds(self.vector(cap.name), self._checked_layers(cap.name, cap.layers), cap.at)
+            except CapRangeError as exc:
+                raise UnknownPersona(f"cap of '{cap.name}': {exc}") from exc
         strength: dict[int, float] = {}
         given: set[tuple[str, int]] = set()
         for use in persona.vectors:
-            vector = self.vector(use.name)
-            layers = use.layers or [self.layer(use.name)]
-            if len(layers) > vector.n_layers:
-                raise UnknownPersona(f"'{use.name}' lists {len(layers)} layers: the model has {vector.n_layers}")
-            for layer in layers:
-                if not 1 <= layer <= vector.n_layers:
-                    raise UnknownPersona(f"layer {layer} is out of range for '{use.name}': 1..{vector.n_layers}")
+            for layer in self._checked_layers(use.name, use.layers):
                 if (use.name, layer) in given:
                     raise UnknownPersona(f"'{use.name}' is given twice at layer {layer}: give each vector and layer once, with one coefficient")
                 given.add((use.name, layer))

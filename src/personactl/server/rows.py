@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -17,6 +18,16 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
     return max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
 
 
+class Use(NamedTuple):
+    """One vector a row steers with: added with `coef`, or (with `cap_at`) capped to that range with strength `coef`."""
+
+    name: str
+    layers: tuple[int, ...]
+    positions: str
+    coef: float
+    cap_at: str | None = None
+
+
 class Row:
     """Tokens chosen with the request's own temperature, top_p and seed; text released once no stop string can claim it.
 
@@ -25,11 +36,9 @@ class Row:
     row ends: "stop" (end of turn or a stop string) or "length".
     """
 
-    def __init__(
-        self, job: Job, tokenizer, eos_ids: set[int], uses: list[tuple[str, tuple[int, ...], str, float]] = (), meters: list[tuple[str, int]] = ()
-    ) -> None:
+    def __init__(self, job: Job, tokenizer, eos_ids: set[int], uses: Sequence[Use] = (), meters: Sequence[tuple[str, int]] = ()) -> None:
         self.job, self.tokenizer, self.eos_ids = job, tokenizer, eos_ids
-        self.uses = list(uses)  # (vector, layers, positions, coef): its steering, resolved once by the engine
+        self.uses = list(uses)  # its steering, resolved once by the engine
         self.meters = list(meters)  # (vector, layer) pairs it meters
         self.sampler = RowSampler([job.seed], job.temperature, job.top_p) if job.temperature > 0 else None
         self.ids: list[int] = []
