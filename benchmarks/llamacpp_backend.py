@@ -19,7 +19,7 @@ import torch
 from _table import write_section
 
 from personactl import chat_prompt, load_model, load_trait, load_vector
-from personactl.blackbox.llamacpp import Control, LlamaCppBackend, lora_gguf
+from personactl.blackbox import Control, LlamaCppBackend, lora_gguf
 from personactl.generation import generate
 
 NEW_TOKENS = 64

@@ -14,7 +14,7 @@ import torch
 
 from personactl import PersonaVector
 from personactl.backends import backend_methods
-from personactl.blackbox.llamacpp import Control, LlamaCppBackend, LlamaCppError, check_lora_gguf, control_buffer, resolve_gguf
+from personactl.blackbox import Control, LlamaCppBackend, LlamaCppError, check_lora_gguf, control_buffer, resolve_gguf
 from personactl.cli import run
 from personactl.errors import ModelLoadError
 from personactl.generation import chat_prompt

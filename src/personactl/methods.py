@@ -173,10 +173,10 @@ _REGISTRY: dict[str, MethodFactory | str] = {
     "api-prompt": "personactl.blackbox.modulation:ApiPromptMethod",
     "fewshot": "personactl.blackbox.fewshot:FewShotMethod",
     # the HF methods' twins on llama.cpp (a GGUF model); `--backend llamacpp` maps vector, lora, adapter, prompt onto them
-    "llamacpp-vector": "personactl.blackbox.llamacpp:LlamaCppVectorMethod",
-    "llamacpp-lora": "personactl.blackbox.llamacpp:LlamaCppLoRAMethod",
-    "llamacpp-adapter": "personactl.blackbox.llamacpp:LlamaCppAdapterMethod",
-    "llamacpp-prompt": "personactl.blackbox.llamacpp:LlamaCppPromptMethod",
+    "llamacpp-vector": "personactl.blackbox.llamacpp_methods:LlamaCppVectorMethod",
+    "llamacpp-lora": "personactl.blackbox.llamacpp_methods:LlamaCppLoRAMethod",
+    "llamacpp-adapter": "personactl.blackbox.llamacpp_methods:LlamaCppAdapterMethod",
+    "llamacpp-prompt": "personactl.blackbox.llamacpp_methods:LlamaCppPromptMethod",
 }
 
 

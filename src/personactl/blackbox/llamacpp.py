@@ -1,52 +1,32 @@
-"""llama.cpp as a generation backend: a GGUF model steered by control vectors and GGUF LoRAs.
+"""llama.cpp as a generation backend: a GGUF model under llama-cpp-python, steered by control vectors and GGUF LoRAs.
 
-`LlamaCppBackend` loads a .gguf file (an embedded model's alias or a path) with
-llama-cpp-python, formats chats with the GGUF's own chat template (the
-formatter `create_chat_completion` uses) and generates greedily or from a
-per-row seed. Steering:
-
-- a persona vector is a llama.cpp control vector (`llama_set_adapter_cvec`),
-  added to the output of block il, so our layer l (= hidden_states[l], the
-  output of block l-1) is block il = l-1, at offset (il-1)*n_embd of the flat
-  buffer (llama.cpp keeps no slot for block 0: layer 1 cannot be steered).
-  A control vector belongs to the context, so a coefficient sweep runs one
-  pass per coefficient; `positions="response"` prefills the prompt but its last
-  token unsteered and steers from there on, as `steering.steer` does.
-- a LoRA direction or persona adapter is a llama.cpp LoRA GGUF at a scale
-  (W + scale * dW); folders are converted once (`gguf_lora.write_gguf_lora`)
-  and cached. Every path is checked before it reaches llama.cpp.
-
-The sweep methods `llamacpp-vector`, `llamacpp-lora`, `llamacpp-adapter` and
-`llamacpp-prompt` are the HF methods' twins on this backend (`backends.py`
-maps `--backend llamacpp` onto them). Nothing imports llama_cpp at import time.
+`LlamaCppBackend` loads a .gguf file (an embedded model's alias or a path,
+`llamacpp_files.resolve_gguf`) with llama-cpp-python, formats chats with the
+GGUF's own chat template (the formatter `create_chat_completion` uses) and
+generates greedily or from a per-row seed. It switches the steering of its
+context per call: control vectors (`llamacpp_controls.Control`, through
+`llama_set_adapter_cvec`; `positions="response"` prefills the prompt but its
+last token unsteered and steers from there on, as `steering.steer` does) and
+LoRA GGUFs at a scale (W + scale * dW; checked by `llamacpp_files` first).
+Nothing imports llama_cpp at import time.
 """
 
 from __future__ import annotations
 
-import atexit
 import ctypes
-import functools
-import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ModelLoadError, PersonactlError
 from ..generation import Prompt
-from ..methods import LayerSpec, MethodContext, MethodError, PromptMethod, per_coefficient
-from ..models import EMBEDDED_MODELS, Backbone, Message
-from ..vectors import PersonaVector
+from ..models import EMBEDDED_MODELS, Message
+from .llamacpp_controls import Control, control_buffer
+from .llamacpp_files import LlamaCppError, check_lora_gguf, lora_gguf, resolve_gguf
 
 DEFAULT_CTX = 2048
-GGUF_MAGIC = b"GGUF"
-
-
-class LlamaCppError(PersonactlError):
-    """A llama.cpp backend request that cannot run (model file, layer, LoRA file, context size)."""
 
 
 def _llama_cpp() -> Any:
@@ -55,142 +35,6 @@ def _llama_cpp() -> Any:
     except ImportError as exc:
         raise LlamaCppError("the llama.cpp backend needs llama-cpp-python: pip install 'personactl[llamacpp]' (or `make setup`)") from exc
     return llama_cpp
-
-
-def resolve_gguf(spec: str | Path) -> Path:
-    """The .gguf file of an embedded model's alias or a .gguf path; anything else is a clear error."""
-    text = str(spec)
-    if text in EMBEDDED_MODELS:
-        return EMBEDDED_MODELS[text].locate()
-    path = Path(text).expanduser()
-    if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file not found: {path}")
-        _check_magic(path, "model")
-        return path
-    raise ModelLoadError(
-        f"the llama.cpp backend loads GGUF models only: '{text}' is neither an alias "
-        f"({', '.join(EMBEDDED_MODELS)}) nor a .gguf file (use --backend hf for HF folders and hub ids)"
-    )
-
-
-def _check_magic(path: Path, what: str) -> None:
-    with open(path, "rb") as fh:
-        if fh.read(4) != GGUF_MAGIC:
-            raise LlamaCppError(f"{path} is not a GGUF file (no GGUF header): give a llama.cpp {what} file")
-
-
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def gguf_header(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The key-value pairs (arrays skipped) and tensor names of a GGUF file, read from its header only
-    (gguf.GGUFReader maps every tensor: seconds on a model file)."""
-    import struct  # noqa: PLC0415
-
-    with open(path, "rb") as fh:
-
-        def read(fmt: str) -> Any:
-            size = struct.calcsize(fmt)
-            data = fh.read(size)
-            if len(data) != size:
-                raise LlamaCppError(f"{path} is a truncated GGUF file")
-            return struct.unpack(fmt, data)[0]
-
-        def string() -> str:
-            return fh.read(read("<Q")).decode("utf-8", errors="replace")
-
-        def value(kind: int) -> Any:
-            if kind in _SCALARS:
-                return read(_SCALARS[kind])
-            if kind == 8:
-                return string()
-            if kind == 9:
-                item, count = read("<I"), read("<Q")
-                if item in _SCALARS:
-                    fh.seek(count * struct.calcsize(_SCALARS[item]), 1)
-                else:
-                    for _ in range(count):
-                        value(item)
-                return None
-            raise LlamaCppError(f"{path}: unknown GGUF value type {kind}")
-
-        if fh.read(4) != GGUF_MAGIC:
-            raise LlamaCppError(f"{path} is not a GGUF file (no GGUF header)")
-        read("<I")
-        n_tensors, n_kv = read("<Q"), read("<Q")
-        fields = {}
-        for _ in range(n_kv):
-            key = string()
-            fields[key] = value(read("<I"))
-        names = []
-        for _ in range(n_tensors):
-            names.append(string())
-            fh.seek(8 * read("<I") + 4 + 8, 1)  # dims, type, offset
-    return fields, names
-
-
-def check_lora_gguf(path: str | Path, architecture: str | None = None) -> Path:
-    """Refuse anything but an existing llama.cpp LoRA GGUF (for `architecture`) before llama.cpp sees it:
-    llama.cpp ends the process on some bad adapter files instead of returning an error."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise LlamaCppError(f"LoRA file not found: {path}")
-    if not path.is_file():
-        raise LlamaCppError(f"{path} is not a file: give a LoRA GGUF file, or a LoRA/adapter folder to convert")
-    _check_magic(path, "LoRA")
-    fields, names = gguf_header(path)
-    if fields.get("general.type") != "adapter" or fields.get("adapter.type") != "lora":
-        raise LlamaCppError(
-            f"{path} is not a LoRA adapter GGUF (general.type={fields.get('general.type')!r}, "
-            f"adapter.type={fields.get('adapter.type')!r})" + (" but a model file" if fields.get("general.type") == "model" else "")
-        )
-    arch = fields.get("general.architecture")
-    if architecture and arch and arch != architecture:
-        raise LlamaCppError(f"{path} is a LoRA for a '{arch}' model, this model is '{architecture}'")
-    if not any(name.endswith(".lora_a") for name in names):
-        raise LlamaCppError(f"{path} holds no lora_a/lora_b tensors")
-    return path
-
-
-def control_buffer(terms: Sequence[tuple[PersonaVector, Mapping[int, float], float]], n_layers: int, hidden: int) -> tuple[np.ndarray, int, int]:
-    """The flat float32 buffer `llama_set_adapter_cvec` reads and its block range (il_start, il_end), inclusive.
-
-    Each term is (vector, {our layer: weight}, coef) and adds coef * weight * v[l] at layer l;
-    block il (1..n_layers-1) reads data[(il-1)*hidden : il*hidden], and block il is our layer il+1.
-    """
-    data = np.zeros((n_layers - 1, hidden), dtype=np.float32)
-    blocks: list[int] = []
-    for vector, weights, coef in terms:
-        if vector.hidden_size != hidden or vector.n_layers != n_layers:
-            raise LlamaCppError(
-                f"vector '{vector.trait}' has {vector.n_layers} layers x {vector.hidden_size} but the GGUF model has "
-                f"{n_layers} x {hidden}: it was made for another model"
-            )
-        for layer, weight in weights.items():
-            if not 2 <= layer <= n_layers:
-                raise LlamaCppError(
-                    f"layer {layer} cannot be steered through llama.cpp: control vectors reach layers 2..{n_layers} "
-                    "(layer l = output of block l-1; llama.cpp has no control slot for block 0)"
-                )
-            data[layer - 2] += float(coef) * float(weight) * vector.directions[layer].float().numpy()
-            blocks.append(layer - 1)
-    if not blocks:
-        raise LlamaCppError("a control vector needs at least one layer")
-    return np.ascontiguousarray(data.reshape(-1)), min(blocks), max(blocks)
-
-
-@dataclass
-class Control:
-    """A control vector request: `vector` at `layers` ({layer: weight} or one layer), times `coef`."""
-
-    vector: PersonaVector
-    layers: int | Mapping[int, float]
-    coef: float
-    positions: str = "all"
-
-    def weights(self) -> dict[int, float]:
-        return {int(self.layers): 1.0} if isinstance(self.layers, int) else {int(k): float(v) for k, v in self.layers.items()}
 
 
 class LlamaCppBackend:
@@ -412,189 +256,9 @@ class LlamaCppBackend:
         self.llm.close()
 
 
-# -- LoRA sources ----------------------------------------------------------------------------------------------
-
-
-def lora_gguf(source: str | Path, backend: LlamaCppBackend, backbone: Backbone | None = None) -> Path:
-    """A LoRA GGUF for `source`: a .gguf file as it is, or a LoRA direction / persona adapter (folder or registry
-    name) converted once by `gguf_lora.write_gguf_lora` and cached by content. The conversion needs the HF
-    model (tensor names, heads): `backbone`, else it is loaded from the backend's GGUF."""
-    text = str(source)
-    path = Path(text).expanduser()
-    if path.suffix.lower() == ".gguf":
-        return check_lora_gguf(path, backend.architecture)
-    from ..lora.adapters import resolve_adapter  # noqa: PLC0415
-
-    folder = Path(resolve_adapter(text))
-    try:
-        from . import gguf_lora  # noqa: PLC0415
-    except ImportError as exc:
-        raise LlamaCppError(
-            f"converting the LoRA folder {folder} to GGUF needs personactl.blackbox.gguf_lora, which this install lacks: "
-            "give a LoRA .gguf file instead"
-        ) from exc
-    if not folder.is_dir():
-        raise LlamaCppError(f"LoRA not found: {source} is neither a LoRA .gguf file nor an adapter folder or registry name")
-    target = _lora_cache(folder, backend)
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if backbone is None:
-            from ..models import load_model  # noqa: PLC0415
-
-            backbone = load_model(str(backend.path))
-        gguf_lora.write_gguf_lora(folder, target, backbone)
-    return check_lora_gguf(target, backend.architecture)
-
-
-def _lora_cache(folder: Path, backend: LlamaCppBackend) -> Path:
-    from ..model_folder import cache_root  # noqa: PLC0415
-
-    digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        file = folder / name
-        if file.is_file():
-            digest.update(name.encode() + file.read_bytes())
-    digest.update(backend.architecture.encode())
-    root = cache_root()
-    if root is None:
-        import tempfile  # noqa: PLC0415
-
-        root = Path(tempfile.gettempdir()) / "personactl-models"
-    return root / "gguf-lora" / f"{folder.name}-{digest.hexdigest()[:16]}.gguf"
-
-
-# -- sweep methods -------------------------------------------------------------------------------------------
-
-
 def context_size(max_new_tokens: int, prompt_budget: int = 1024) -> int:
     """n_ctx for a job of short prompts (up to `prompt_budget` tokens) and `max_new_tokens` answers."""
     return int(-(-(prompt_budget + max_new_tokens) // 256) * 256)
-
-
-@functools.lru_cache(maxsize=2)
-def shared_backend(spec: str, n_ctx: int, seed: int = 0) -> LlamaCppBackend:
-    """One backend per (model, context size), shared by the llama.cpp methods of a sweep."""
-    return LlamaCppBackend(spec, n_ctx=n_ctx, seed=seed)
-
-
-# Free the shared models while Python is still whole: llama.cpp's own destructor fails during interpreter teardown.
-atexit.register(shared_backend.cache_clear)
-
-
-def _backend_for(ctx: MethodContext) -> LlamaCppBackend:
-    spec = ctx.options.get("model") or ctx.backbone.name
-    backend = shared_backend(str(spec), context_size(ctx.settings.max_new_tokens), ctx.settings.seed)
-    if backend.hidden_size != ctx.backbone.hidden_size or backend.n_layers != ctx.backbone.n_layers:
-        raise LlamaCppError(
-            f"the GGUF model {backend.path} ({backend.n_layers} x {backend.hidden_size}) is not the sweep's model "
-            f"{ctx.backbone.name} ({ctx.backbone.n_layers} x {ctx.backbone.hidden_size})"
-        )
-    return backend
-
-
-@dataclass
-class LlamaCppVectorMethod:
-    """Method `vector` on llama.cpp: the persona vector as a control vector at the layer (or blend), one pass per coefficient."""
-
-    ctx: MethodContext
-    name: str = "llamacpp-vector"
-    uses_layers: bool = True
-    backend: LlamaCppBackend = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.ctx.vector is None:
-            raise MethodError(f"method '{self.name}' needs a persona vector: pass --vector or let the sweep extract one")
-        self.backend = _backend_for(self.ctx)
-
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]:
-        from ..generation import chat_prompt  # noqa: PLC0415
-
-        if isinstance(layer, str):
-            if layer not in self.ctx.blends:
-                raise MethodError(f"no weights for the layer blend '{layer}': resolve it with experiment.choose_layers first")
-            layers: int | dict[int, float] = dict(self.ctx.blends[layer])
-        else:
-            layers = int(layer)
-        s = self.ctx.settings
-
-        def answer_rows(coef: float, rows: list[int]) -> list[str]:
-            controls = [Control(self.ctx.vector, layers, coef, self.ctx.positions)] if coef != 0 else []  # type: ignore[arg-type]
-            return self.backend.generate(
-                [chat_prompt(questions[i]) for i in rows],
-                controls=controls,
-                max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature,
-                seeds=[seeds[i] for i in rows],
-            )
-
-        return per_coefficient(coefs, answer_rows)
-
-
-@dataclass
-class LlamaCppLoRAMethod:
-    """Method `lora` on llama.cpp: the LoRA direction as a GGUF LoRA at scale coef (W + coef * dW), one pass per coefficient."""
-
-    ctx: MethodContext
-    name: str = "llamacpp-lora"
-    uses_layers: bool = False
-    option: str = "lora"
-    backend: LlamaCppBackend = field(init=False)
-
-    def __post_init__(self) -> None:
-        source = self.ctx.options.get(self.option)
-        if not source:
-            raise MethodError(f"method '{self.name}' needs --{self.option} (a LoRA .gguf file, a folder or, for adapters, a registry name)")
-        self.backend = _backend_for(self.ctx)
-        self.path = lora_gguf(source, self.backend, self.ctx.backbone)
-        self.backend.load_lora(self.path)
-
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]:
-        from ..generation import chat_prompt  # noqa: PLC0415
-
-        s = self.ctx.settings
-
-        def answer_rows(coef: float, rows: list[int]) -> list[str]:
-            with self.backend.steered(loras=[(self.path, coef)] if coef != 0 else []):
-                return self.backend.generate(
-                    [chat_prompt(questions[i]) for i in rows],
-                    max_new_tokens=s.max_new_tokens,
-                    temperature=s.temperature,
-                    seeds=[seeds[i] for i in rows],
-                )
-
-        return per_coefficient(coefs, answer_rows)
-
-
-@dataclass
-class LlamaCppAdapterMethod(LlamaCppLoRAMethod):
-    """Method `adapter` on llama.cpp: a persona adapter at strength coef (1 = as trained, 0 = off)."""
-
-    name: str = "llamacpp-adapter"
-    option: str = "adapter"
-
-
-@dataclass
-class LlamaCppPromptMethod:
-    """Method `prompt` on llama.cpp: the system-prompt baseline (same instructions as `prompt`)."""
-
-    ctx: MethodContext
-    name: str = "llamacpp-prompt"
-    uses_layers: bool = False
-    backend: LlamaCppBackend = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.backend = _backend_for(self.ctx)
-
-    def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]:
-        from ..generation import chat_prompt  # noqa: PLC0415
-        from ..traits import Trait  # noqa: PLC0415
-
-        trait = self.ctx.trait
-        if not isinstance(trait, Trait):
-            raise MethodError(f"method '{self.name}' needs a trait with instructions, not plain contrastive texts")
-        s = self.ctx.settings
-        prompts = [chat_prompt(q, PromptMethod._system(trait, c)) for q, c in zip(questions, coefs)]  # noqa: SLF001
-        return self.backend.generate(prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds)
 
 
 def describe(backend: LlamaCppBackend) -> dict[str, Any]:
@@ -607,20 +271,6 @@ def describe(backend: LlamaCppBackend) -> dict[str, Any]:
         "hidden": backend.hidden_size,
         "architecture": backend.architecture,
     }
-
-
-__all__ = [
-    "Control",
-    "LlamaCppBackend",
-    "LlamaCppError",
-    "check_lora_gguf",
-    "control_buffer",
-    "lora_gguf",
-    "resolve_gguf",
-]
-
-
-# -- command-line jobs ---------------------------------------------------------------------------------------
 
 
 def generate_answers(
@@ -642,85 +292,3 @@ def generate_answers(
         steered = backend.generate(prompts, controls=[control] if control else [], **kwargs)  # type: ignore[arg-type]
     base = backend.generate(prompts, **kwargs) if baseline else None  # type: ignore[arg-type]
     return steered, base
-
-
-CHAT_HELP = "commands: /persona LORA.gguf|FOLDER|NAME [SCALE] | off, /vector PATH COEF [LAYER] | off, /reset, /help"
-
-
-class LlamaCppChat:
-    """A terminal chat on llama.cpp (`personactl chat --backend llamacpp`): a persona LoRA and a control vector."""
-
-    def __init__(self, backend: LlamaCppBackend, max_new_tokens: int = 96) -> None:
-        self.backend = backend
-        self.max_new_tokens = max_new_tokens
-        self.history: list[Message] = []
-        self.controls: list[Control] = []
-
-    def handle(self, line: str) -> str:
-        """One line: a command or a message; a mistake the user can fix is answered with `error: ...`."""
-        line = line.strip()
-        if not line:
-            return ""
-        try:
-            if not line.startswith("/"):
-                return self._reply(line)
-            command, _, rest = line.partition(" ")
-            if command == "/persona":
-                return self._persona(rest.strip())
-            if command == "/vector":
-                return self._vector(rest.strip())
-            if command == "/reset":
-                self.history = []
-                return "conversation cleared"
-            if command == "/help":
-                return CHAT_HELP
-            if command == "/blend":
-                return "error: /blend needs the hf backend (llama.cpp: /persona with one LoRA GGUF and a scale)"
-            return f"unknown command {command}; {CHAT_HELP}"
-        except PersonactlError as exc:
-            return f"error: {exc}"
-
-    def _reply(self, message: str) -> str:
-        messages = [*self.history, {"role": "user", "content": message}]
-        answer = self.backend.generate([messages], controls=self.controls, max_new_tokens=self.max_new_tokens)[0]
-        self.history = [*messages, {"role": "assistant", "content": answer}]
-        return answer
-
-    def _persona(self, spec: str) -> str:
-        parts = spec.split()
-        if not parts or parts[0] in ("off", "none"):
-            self.backend.set_lora()
-            return "persona off"
-        try:
-            scale = float(parts[1]) if len(parts) > 1 else 1.0
-        except ValueError:
-            return f"error: '{parts[1]}' is not a scale (a number): /persona NAME [SCALE]"
-        path = lora_gguf(parts[0], self.backend)
-        self.backend.set_lora((path, scale))
-        return f"persona {Path(parts[0]).name} (LoRA scale {scale:g})"
-
-    def _vector(self, spec: str) -> str:
-        from ..lora.chat import default_layer  # noqa: PLC0415
-        from ..vectors import load_vector  # noqa: PLC0415
-
-        parts = spec.split()
-        if not parts or parts[0] in ("off", "none"):
-            self.controls = []
-            return "vector off"
-        if len(parts) not in (2, 3):
-            return "error: use /vector PATH COEF [LAYER]"
-        try:
-            coef = float(parts[1])
-            layer = (
-                int(parts[2]) if len(parts) == 3 else default_layer(Path(parts[0]), self.backend.n_layers, lowest=2)
-            )  # llama.cpp cannot steer layer 1
-        except ValueError:
-            return f"error: '{' '.join(parts[1:])}' is not COEF [LAYER] (a number and a whole number)"
-        vector = load_vector(parts[0])
-        control = Control(vector, layer, coef)
-        control_buffer([(vector, control.weights(), coef)], self.backend.n_layers, self.backend.hidden_size)  # checks now
-        self.controls = [control]
-        return f"vector {Path(parts[0]).name} at layer {layer}, coef {coef:g}"
-
-    def close(self) -> None:
-        self.backend.close()

@@ -19,7 +19,7 @@ def export_cvec(
     model: str = ModelOpt,
 ) -> None:
     """Write a persona vector as a llama.cpp control vector: our layer l becomes direction.(l-1)."""
-    from ..blackbox.cvec import parse_layers, write_control_vector  # noqa: PLC0415
+    from ..blackbox import parse_layers, write_control_vector  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
     chosen = parse_layers(layers)
@@ -36,7 +36,7 @@ def export_gguf_lora(
     model: str = ModelOpt,
 ) -> None:
     """Write a LoRA direction or persona adapter as a llama.cpp LoRA adapter (GGUF) for the base model."""
-    from ..blackbox.gguf_lora import load_lora_folder, write_gguf_lora  # noqa: PLC0415
+    from ..blackbox import load_lora_folder, write_gguf_lora  # noqa: PLC0415
 
     direction = load_lora_folder(folder)
     backbone = _common._load(model, None, None, None)
@@ -53,7 +53,7 @@ def import_cvec(
     """Read a llama.cpp / repeng control vector into a persona vector: direction.N becomes our layer N+1."""
     import warnings  # noqa: PLC0415
 
-    from ..blackbox.cvec import read_control_vector  # noqa: PLC0415
+    from ..blackbox import read_control_vector  # noqa: PLC0415
 
     read_control_vector(file)  # a file that is no control vector fails before the model loads
     backbone = _common._load(model, None, None, None)

@@ -416,7 +416,7 @@ def _generate_via_llamacpp(
     model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json, max_new_tokens, temperature, seed, lora, lora_scale
 ) -> None:
     """`generate --backend llamacpp`: the GGUF model under llama.cpp, the vector as a control vector (blackbox/llamacpp.py)."""
-    from ..blackbox.llamacpp import Control, LlamaCppBackend, context_size, generate_answers  # noqa: PLC0415
+    from ..blackbox import Control, LlamaCppBackend, context_size, generate_answers  # noqa: PLC0415
     from ..generation import chat_prompt  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
@@ -476,8 +476,7 @@ def _generate_via_llamacpp(
 
 def _generate_via_api(backend, prompt, vector, layer, coef, system, temperature, max_new_tokens, seed, as_json, load_local) -> None:
     """`generate --backend openai:MODEL`: parameter modulation (blackbox/modulation.py); prints the parameters it used."""
-    from ..blackbox.api import ApiGenerator, Sampling  # noqa: PLC0415
-    from ..blackbox.modulation import generate_modulated  # noqa: PLC0415
+    from ..blackbox import ApiGenerator, Sampling, generate_modulated  # noqa: PLC0415
     from ..generation import chat_prompt  # noqa: PLC0415
 
     if vector is None:

@@ -287,8 +287,8 @@ def chat(
     from ..backends import check_backend  # noqa: PLC0415
 
     if check_backend(backend) == "llamacpp":
-        from ..blackbox.llamacpp import CHAT_HELP as HELP  # noqa: PLC0415
-        from ..blackbox.llamacpp import LlamaCppBackend, LlamaCppChat
+        from ..blackbox import CHAT_HELP as HELP  # noqa: PLC0415
+        from ..blackbox import LlamaCppBackend, LlamaCppChat
 
         with err.status(f"loading {model} (llama.cpp) ..."):
             session = LlamaCppChat(LlamaCppBackend(model, n_ctx=4096), max_new_tokens)
