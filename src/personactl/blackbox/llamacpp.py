@@ -261,18 +261,6 @@ def context_size(max_new_tokens: int, prompt_budget: int = 1024) -> int:
     return int(-(-(prompt_budget + max_new_tokens) // 256) * 256)
 
 
-def describe(backend: LlamaCppBackend) -> dict[str, Any]:
-    """What a run records about the backend."""
-    return {
-        "backend": "llamacpp",
-        "gguf": str(backend.path),
-        "n_ctx": backend.llm.n_ctx(),
-        "layers": backend.n_layers,
-        "hidden": backend.hidden_size,
-        "architecture": backend.architecture,
-    }
-
-
 def generate_answers(
     backend: LlamaCppBackend,
     prompts: Sequence[Prompt],
