@@ -105,7 +105,7 @@ RayOpt = typer.Option(
 RayActorsOpt = typer.Option(2, "--ray-actors", help="Ray actors (one model each; on a GPU cluster one GPU each)")
 
 
-def _numbers(text: str, kind: type = float) -> list:
+def parse_numbers(text: str, kind: type = float) -> list:
     """'-2,-1,0' or '-2 -1 0' -> numbers (typer has no multi-value options)."""
     parts = [p for p in text.replace(",", " ").split() if p]
     try:
@@ -114,7 +114,7 @@ def _numbers(text: str, kind: type = float) -> list:
         raise typer.BadParameter(f"'{text}' is not a list of numbers such as '-2,-1,0,1,2'") from exc
 
 
-def _number(text: str, option: str) -> float:
+def parse_number(text: str, option: str) -> float:
     """A finite number given as text (so a mistake is one `error:` line, not click's usage block)."""
     import math  # noqa: PLC0415
 
@@ -127,13 +127,13 @@ def _number(text: str, option: str) -> float:
     return value
 
 
-def _check_choice(value: str, choices, option: str) -> None:
+def check_choice(value: str, choices, option: str) -> None:
 
     if value not in choices:
         raise OptionError(f"{option} {value!r} is not one of: {', '.join(choices)}")
 
 
-def _floats(text: str, option: str) -> list[float]:
+def parse_floats(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:

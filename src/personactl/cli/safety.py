@@ -35,9 +35,9 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def _rate(measure: dict) -> str:
-    from ..safety.report import percent  # noqa: PLC0415
+    from ..safety import format_rate  # noqa: PLC0415
 
-    return percent(measure["keyword"])
+    return format_rate(measure["keyword"])
 
 
 @safety_app.command("align")
@@ -47,8 +47,8 @@ def align_cmd(
     lora: bool = typer.Option(False, "--lora", help="train a LoRA and merge it, instead of every weight"),
 ) -> None:
     """Fine-tune the model to refuse harmful requests (team-written data) and report refusal before and after."""
-    from ..lora.train import check_out_dir  # noqa: PLC0415
-    from ..safety.align import align  # noqa: PLC0415
+    from ..lora import check_out_dir  # noqa: PLC0415
+    from ..safety import align  # noqa: PLC0415
 
     check_out_dir(out_dir)
     card = align(_load(model), out_dir, lora=lora)
@@ -76,7 +76,7 @@ def identify_cmd(
 ) -> None:
     """Wanda scores on safety and utility data; safety-critical = top-q% safety minus top-p% utility (per matrix)."""
     from .._io import check_replaceable  # noqa: PLC0415
-    from ..safety.identify import SUMMARY, IdentifySettings, identify  # noqa: PLC0415
+    from ..safety import SUMMARY, IdentifySettings, identify  # noqa: PLC0415
 
     settings = IdentifySettings(model=model, sparsity=sparsity, utility_sparsity=utility_sparsity, nsamples=nsamples)
     check_replaceable(out_dir, SUMMARY)
@@ -91,8 +91,7 @@ def identify_cmd(
 @safety_app.command("prune-check")
 def prune_check_cmd(identify_dir: Path = typer.Argument(..., help="folder written by `safety identify`")) -> None:
     """Zero the masked weights (restored after) and measure refusal and utility perplexity, against random and safety-only masks."""
-    from ..safety.identify import require_summary  # noqa: PLC0415
-    from ..safety.prune import PRUNE_CHECK, prune_check  # noqa: PLC0415
+    from ..safety import PRUNE_CHECK, prune_check, require_summary  # noqa: PLC0415
 
     summary = require_summary(identify_dir)
     result = prune_check(_load(summary["settings"]["model"]), identify_dir)
@@ -121,12 +120,19 @@ def finetune_cmd(
     """Fine-tune with the masked weights frozen (bit-identical, verified) or a control (random mask, nothing frozen)."""
     from dataclasses import replace  # noqa: PLC0415
 
-    from ..lora.train import check_out_dir  # noqa: PLC0415
-    from ..safety.data import formatted  # noqa: PLC0415
-    from ..safety.errors import SafetyError  # noqa: PLC0415
-    from ..safety.finetune import FULL_UTILITY, LORA_UTILITY, frozen_finetune  # noqa: PLC0415
-    from ..safety.identify import MASKS, RANDOM_MASKS, load_masks, read_summary  # noqa: PLC0415
-    from ..safety.masks import random_like  # noqa: PLC0415
+    from ..lora import check_out_dir  # noqa: PLC0415
+    from ..safety import (  # noqa: PLC0415
+        FULL_UTILITY,
+        LORA_UTILITY,
+        MASKS,
+        RANDOM_MASKS,
+        SafetyError,
+        chat_examples,
+        frozen_finetune,
+        load_masks,
+        random_like,
+        read_summary,
+    )
 
     if freeze not in ("safety", "random", "none"):
         raise SafetyError(f"--freeze must be safety, random or none, not '{freeze}'")
@@ -143,7 +149,7 @@ def finetune_cmd(
         learning_rate=learning_rate or base.learning_rate,
         **({"rank": r, "alpha": alpha, "target_modules": tuple(t.strip() for t in targets.split(",") if t.strip())} if peft else {}),
     )
-    examples = formatted(backbone, data or "benign_train")
+    examples = chat_examples(backbone, data or "benign_train")
     card = frozen_finetune(backbone, examples, out_dir, None if freeze == "none" else masks, peft=peft, config=config, freeze_label=freeze)
     _print(
         f"{len(card['losses'])} steps on {card['n_train']} examples, {card['frozen_weights']} weights frozen ({freeze}), "
@@ -160,10 +166,7 @@ def dynamics_cmd(
 ) -> None:
     """Recompute Wanda scores after fine-tuning: change of frozen vs other vs random weights, refusal, verdict A/B."""
     from .._io import write_text_atomic  # noqa: PLC0415
-    from ..safety.align import HeldOut  # noqa: PLC0415
-    from ..safety.identify import require_summary  # noqa: PLC0415
-    from ..safety.pipeline import DYNAMICS, Reference, measure_finetune  # noqa: PLC0415
-    from ..safety.report import change  # noqa: PLC0415
+    from ..safety import DYNAMICS, HeldOut, Reference, format_change, measure_finetune, require_summary  # noqa: PLC0415
 
     backbone = _load(before or require_summary(identify_dir)["settings"]["model"])
     held_out, reference = HeldOut.for_model(backbone), Reference.load(backbone, identify_dir)
@@ -176,7 +179,7 @@ def dynamics_cmd(
             {
                 "fine-tune": str(folder),
                 "refusal": _rate(result["refusal"]),
-                **{f"{g} change": change(overall[f"{g}_mean"]) for g in ("frozen", "others", "random")},
+                **{f"{g} change": format_change(overall[f"{g}_mean"]) for g in ("frozen", "others", "random")},
                 "verdict": result["scores"]["verdict"],
             }
         )
@@ -187,7 +190,7 @@ def dynamics_cmd(
 @safety_app.command("plot")
 def plot_cmd(run_dir: Path = typer.Argument(..., help="a `safety run` folder (results.json)")) -> None:
     """Figures (histograms, per-block change, statistics) and a self-contained report.html."""
-    from ..safety.report import write_report  # noqa: PLC0415
+    from ..safety import write_report  # noqa: PLC0415
 
     _print(f"report written to {write_report(run_dir)}")
 
@@ -202,14 +205,12 @@ def run_cmd(
 ) -> None:
     """align -> identify -> prune-check -> fine-tunes (full, LoRA x safety, none, random frozen) -> dynamics -> report."""
     from .._io import check_replaceable  # noqa: PLC0415
-    from ..safety.identify import IdentifySettings  # noqa: PLC0415
-    from ..safety.pipeline import RUN_MARKERS, run_safety  # noqa: PLC0415
-    from ..safety.report import markdown, write_report  # noqa: PLC0415
+    from ..safety import RUN_MARKERS, IdentifySettings, results_markdown, run_safety, write_report  # noqa: PLC0415
 
     IdentifySettings(model=model, sparsity=sparsity, utility_sparsity=utility_sparsity, nsamples=nsamples)  # bad values fail before any work
     check_replaceable(out_dir, RUN_MARKERS)
     results = run_safety(model, out_dir, settings={"sparsity": sparsity, "utility_sparsity": utility_sparsity, "nsamples": nsamples})
-    _print(markdown(results))
+    _print(results_markdown(results))
     for name, f in results["finetunes"].items():
         _print(f"{name}: {f['scores']['verdict']}")
     _print(f"report written to {write_report(out_dir)}")

@@ -42,9 +42,8 @@ def serve(
     from pydantic import ValidationError  # noqa: PLC0415
 
     from ..errors import first_validation_error  # noqa: PLC0415
-    from ..server import ServerSettings  # noqa: PLC0415
+    from ..server import ServerSettings, base_url, listen  # noqa: PLC0415
     from ..server import serve as run_server
-    from ..server.serve import base_url, listen  # noqa: PLC0415
 
     generated = token == "auto"
     try:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import OptionError
 from . import _common
-from ._common import DeviceOpt, DtypeOpt, ModelOpt, RayActorsOpt, RayOpt, _numbers, app, out
+from ._common import DeviceOpt, DtypeOpt, ModelOpt, RayActorsOpt, RayOpt, app, out, parse_numbers
 
 
 def _layer_specs(text: str):
@@ -60,10 +60,7 @@ def _print_run(result) -> None:
 
 
 def _sweep_config(config: Path | None, overrides: dict):
-    from ..evaluate import (
-        SweepError,  # noqa: PLC0415
-        validate_config,  # noqa: PLC0415
-    )
+    from ..evaluate import SweepError, validate_config  # noqa: PLC0415
 
     data = {}
     if config is not None:
@@ -155,7 +152,7 @@ def sweep(
             "positions": positions,
             "backend": backend,
             "methods": [m.strip() for m in methods.split(",")] if methods else None,
-            "coefs": _numbers(coefs) if coefs else None,
+            "coefs": parse_numbers(coefs) if coefs else None,
             "layers": _layer_specs(layers) if layers else None,
         },
     )
@@ -255,7 +252,7 @@ def compare(
     device: str | None = DeviceOpt,
 ) -> None:
     """Activation vs LoRA steering: trait/coherence vs coefficient, latency, residual-stream geometry."""
-    from ..lora.compare import compare as run_compare  # noqa: PLC0415
+    from ..lora import compare as run_compare  # noqa: PLC0415
 
     cfg = _sweep_config(
         None,
@@ -264,13 +261,13 @@ def compare(
             "model": model,
             "vector": vector,
             "lora": lora,
-            "coefs": _numbers(coefs),
+            "coefs": parse_numbers(coefs),
             "samples": samples,
             "n_questions": n_questions,
             "temperature": temperature,
             "judge": judge,
             "name": name,
-            "layers": "auto" if layers.strip() == "auto" else _numbers(layers, int),
+            "layers": "auto" if layers.strip() == "auto" else parse_numbers(layers, int),
         },
     )
     result = run_compare(cfg, out_dir, backbone=_common._load(model, device, None, None))

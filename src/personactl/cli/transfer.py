@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import OptionError
 from . import _common
-from ._common import DeviceMapOpt, DeviceOpt, DtypeOpt, ModelOpt, _floats, condition_app, err, out, transfer_app
+from ._common import DeviceMapOpt, DeviceOpt, DtypeOpt, ModelOpt, condition_app, err, out, parse_floats, transfer_app
 
 
 @condition_app.command("find")
@@ -80,8 +80,7 @@ def condition_find(
 def transfer_run(config: Path = typer.Option(..., help="experiment JSON (source_model, target_model, layer_idx, persona_datasets, ...)")) -> None:
     """The whole experiment: vectors on both models, paired activations, ridge map, every method and baseline
     steering the target, judged, diagnostics A/B/C and a report per persona. A rerun resumes."""
-    from ..transfer.config import load_config  # noqa: PLC0415
-    from ..transfer.runner import run_transfer  # noqa: PLC0415
+    from ..transfer import load_config, run_transfer  # noqa: PLC0415
 
     for result in run_transfer(load_config(config)):
         table = Table("criterion", "measured", "verdict", title=f"{result.trait}: layer {result.source_layer} -> {result.target_layer}")
@@ -111,11 +110,10 @@ def transfer_extract(
     from ..extraction import ExtractionSettings  # noqa: PLC0415
     from ..extraction import extract as run_extract
     from ..traits import load_trait  # noqa: PLC0415
-    from ..transfer.mapping import fit_map  # noqa: PLC0415
-    from ..transfer.pairs import builtin_texts, layer_pair, read_texts  # noqa: PLC0415
+    from ..transfer import builtin_texts, fit_map, layer_pair, read_texts  # noqa: PLC0415
 
     loaded_trait = load_trait(trait)
-    penalties = _floats(lambdas, "--lambdas")
+    penalties = parse_floats(lambdas, "--lambdas")
     src, tgt = _common._load(source, None, None, None), _common._load(target, None, None, None)
     s_layer, t_layer = layer_pair(src, tgt, layer, target_layer)
     tmap, pairs = fit_map(src, tgt, s_layer, t_layer, read_texts(texts) if texts else builtin_texts(), out_dir, lambdas=penalties, n_pairs=n_pairs)
@@ -138,7 +136,7 @@ def transfer_apply(
     seed: int = typer.Option(0, help="seed of the random orthogonal baseline"),
 ) -> None:
     """Carry a source persona vector to the target model (a target vector, non-zero at the mapped layer)."""
-    from ..transfer.mapping import TransferMap, map_vector  # noqa: PLC0415
+    from ..transfer import TransferMap, map_vector  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
     tmap = TransferMap.load(map_dir)
@@ -163,9 +161,9 @@ def transfer_evaluate(
 ) -> None:
     """Steer the target with a vector over coefficients; trait, coherence and collapse per coefficient."""
     from ..extraction import ExtractionSettings, generate_pairs, question_groups  # noqa: PLC0415
-    from ..judges.factory import make_judges  # noqa: PLC0415
+    from ..judges import make_judges  # noqa: PLC0415
     from ..traits import load_trait  # noqa: PLC0415
-    from ..transfer.evaluation import evaluate_vector, verdict_of  # noqa: PLC0415
+    from ..transfer import evaluate_vector, verdict_of  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
     loaded_trait = load_trait(trait)
@@ -183,7 +181,7 @@ def transfer_evaluate(
         backbone,
         steering.directions[chosen],
         chosen,
-        _floats(coefs, "--coefs"),
+        parse_floats(coefs, "--coefs"),
         loaded_trait.eval_questions[:n_questions],
         judges,
         max_new_tokens=max_new_tokens,

@@ -19,12 +19,12 @@ from ._common import (
     ModelOpt,
     RayActorsOpt,
     RayOpt,
-    _check_choice,
-    _number,
-    _numbers,
     app,
+    check_choice,
     err,
     out,
+    parse_number,
+    parse_numbers,
     traits_app,
 )
 
@@ -129,11 +129,11 @@ def extract(
     from ..aggregators import METHODS  # noqa: PLC0415
     from ..extraction import ExtractionSettings  # noqa: PLC0415
     from ..extraction import extract as run_extract  # noqa: PLC0415
-    from ..judges.factory import make_judges  # noqa: PLC0415
+    from ..judges import make_judges  # noqa: PLC0415
     from ..traits import load_trait  # noqa: PLC0415
 
-    _check_choice(method, METHODS, "--method")
-    _check_choice(positions, POSITIONS, "--positions")
+    check_choice(method, METHODS, "--method")
+    check_choice(positions, POSITIONS, "--positions")
     names = [t.strip() for t in trait.split(",") if t.strip()]
     if len(names) > 1 or ray is not None:
         if check_only or filter_judge:
@@ -264,7 +264,7 @@ def generate(
     from ..capping import DEFAULT_CAP, cap_term, parse_cap_at  # noqa: PLC0415
     from ..steering import OPS  # noqa: PLC0415
 
-    _check_choice(op, OPS, "--op")
+    check_choice(op, OPS, "--op")
     cap_at = cap_at or DEFAULT_CAP
     if op == "cap":
         parse_cap_at(cap_at)
@@ -318,9 +318,9 @@ def generate(
     from ..steering import SteeringTerm, weighted_terms  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
-    threshold_value = _number(threshold, "--threshold") if threshold is not None else None
+    threshold_value = parse_number(threshold, "--threshold") if threshold is not None else None
     if comparison is not None:
-        _check_choice(comparison, ("greater", "less"), "--comparison")
+        check_choice(comparison, ("greater", "less"), "--comparison")
     backbone = _common._load(model, device, dtype, device_map)
     cond = None
     if condition is not None:
@@ -334,7 +334,7 @@ def generate(
         blend = _blend_option(layer, vector, backbone.n_layers)
         if blend and op == "cap":
             raise OptionError("--op cap takes a band of layers (--layer 4,5,6), not an auto blend")
-        layer = list(blend.weights) if blend else _numbers(",".join(layer), int)  # type: ignore[assignment]
+        layer = list(blend.weights) if blend else parse_numbers(",".join(layer), int)  # type: ignore[assignment]
         loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0])  # type: ignore[arg-type]
         if op == "cap":
             terms = [cap_term(loaded, layer, cap_at, coef, positions)]  # type: ignore[arg-type]
@@ -404,8 +404,7 @@ def _merged_lora(backbone, lora: str | None, scale: float):
 
     if not lora:
         return contextlib.nullcontext()
-    from ..lora.adapters import resolve_adapter  # noqa: PLC0415
-    from ..lora.direction import LoRADirection, merged  # noqa: PLC0415
+    from ..lora import LoRADirection, merged, resolve_adapter  # noqa: PLC0415
 
     direction = LoRADirection.load(resolve_adapter(lora))
     direction.check_base(backbone)
@@ -420,7 +419,7 @@ def _generate_via_llamacpp(
     from ..generation import chat_prompt  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
-    _check_choice(positions, ("all", "response", "prompt"), "--positions")
+    check_choice(positions, ("all", "response", "prompt"), "--positions")
     with err.status(f"loading {model} (llama.cpp) ..."):
         backend = LlamaCppBackend(model, n_ctx=context_size(max_new_tokens), seed=seed)
     control, layers, blend = None, [], None
@@ -428,7 +427,7 @@ def _generate_via_llamacpp(
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
         blend = _blend_option(layer, vector, backend.n_layers)
-        layers = list(blend.weights) if blend else _numbers(",".join(layer), int)
+        layers = list(blend.weights) if blend else parse_numbers(",".join(layer), int)
         loaded = load_vector(vector, fmt=vector_format, layer=layers[0])  # type: ignore[arg-type]
         control = Control(loaded, dict(blend.weights) if blend else {int(x): 1.0 for x in layers}, coef, positions)
     messages = [chat_prompt(p, system) for p in prompt]

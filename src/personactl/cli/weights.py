@@ -34,8 +34,7 @@ def lora_extract(
 ) -> None:
     """Train a positive and a negative LoRA on the trait's answers (without the instruction); save dW = pos - neg."""
     from ..extraction import ExtractionSettings  # noqa: PLC0415
-    from ..lora.config import LoRATrainConfig  # noqa: PLC0415
-    from ..lora.persona import extract_lora_direction  # noqa: PLC0415
+    from ..lora import LoRATrainConfig, extract_lora_direction  # noqa: PLC0415
     from ..traits import load_trait  # noqa: PLC0415
 
     loaded = load_trait(trait)
@@ -64,8 +63,7 @@ def lora_svd(
     plot: Path | None = typer.Option(None, help="PNG path for the singular-value figure [default: DIRECTION/svd.png]"),
 ) -> None:
     """Singular values of dW per module and layer: effective rank and energy in the top k."""
-    from ..lora.analysis import plot_svd, svd_table  # noqa: PLC0415
-    from ..lora.direction import LoRADirection  # noqa: PLC0415
+    from ..lora import LoRADirection, plot_svd, svd_table  # noqa: PLC0415
 
     loaded = LoRADirection.load(direction)
     rows = svd_table(loaded, top_k)
@@ -99,11 +97,8 @@ def finetune(
 ) -> None:
     """LoRA (or --full) fine-tuning, optionally with preventative steering (activation vector or pre-merged LoRA direction)."""
     from ..generation import chat_prompt, format_prompts  # noqa: PLC0415
-    from ..lora.adapters import read_persona_data  # noqa: PLC0415
-    from ..lora.config import LoRATrainConfig  # noqa: PLC0415
-    from ..lora.direction import LoRADirection  # noqa: PLC0415
-    from ..lora.finetune import finetune as run_finetune  # noqa: PLC0415
-    from ..lora.train import check_out_dir  # noqa: PLC0415
+    from ..lora import LoRADirection, LoRATrainConfig, check_out_dir, read_persona_data  # noqa: PLC0415
+    from ..lora import finetune as run_finetune  # noqa: PLC0415
     from ..steering import SteeringTerm  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
@@ -135,7 +130,7 @@ def lora_drift(
     as_json: bool = typer.Option(False, "--json", help="print the whole report as JSON"),
 ) -> None:
     """Project fine-tuned checkpoints onto a persona direction; with --scores, correlate (Pearson, Spearman, CIs)."""
-    from ..lora.projection import drift_report  # noqa: PLC0415
+    from ..lora import drift_report  # noqa: PLC0415
 
     report = drift_report(_common._load(model, None, None, None), direction, checkpoints, scores)
     if as_json:
@@ -179,8 +174,7 @@ def adapter_train(
 
     An interrupted run is checkpointed beside the adapter folder; running the
     same command again goes on from the last checkpoint."""
-    from ..lora.adapters import adapter_defaults, adapter_target, train_adapter  # noqa: PLC0415
-    from ..lora.config import LoRATrainConfig  # noqa: PLC0415
+    from ..lora import LoRATrainConfig, adapter_defaults, adapter_target, train_adapter  # noqa: PLC0415
 
     target = adapter_target(name, out_dir)
     settings = {
@@ -209,7 +203,7 @@ def adapter_train(
 @adapter_app.command("list")
 def adapter_list(folder: Path | None = typer.Option(None, help="registry folder [default: $PERSONACTL_ADAPTERS]")) -> None:
     """Adapters in the registry with their base model and last validation perplexity."""
-    from ..lora.adapters import list_adapters, registry_dir  # noqa: PLC0415
+    from ..lora import list_adapters, registry_dir  # noqa: PLC0415
 
     table = Table("name", "base model", "examples", "val perplexity", "path", title=str(folder or registry_dir()))
     for c in list_adapters(folder):
@@ -223,7 +217,7 @@ def adapter_list(folder: Path | None = typer.Option(None, help="registry folder 
 @adapter_app.command("show")
 def adapter_show(name: str = typer.Argument(..., help="registry name or adapter folder")) -> None:
     """Print an adapter's persona card as JSON."""
-    from ..lora.adapters import read_card, resolve_adapter  # noqa: PLC0415
+    from ..lora import read_card, resolve_adapter  # noqa: PLC0415
 
     print(json.dumps(read_card(resolve_adapter(name)), indent=2))
 
@@ -239,8 +233,7 @@ def adapter_evaluate(
 ) -> None:
     """Persona adherence (embedding classifier, 0-100; optionally an LLM judge) with and without the adapter,
     held-out persona perplexity, and perplexity drift on neutral text."""
-    from ..lora.adapters import resolve_adapter  # noqa: PLC0415
-    from ..lora.adherence import adherence  # noqa: PLC0415
+    from ..lora import adherence, resolve_adapter  # noqa: PLC0415
 
     result = adherence(_common._load(model, None, None, None), resolve_adapter(name), data, judge_spec=judge, description=description)
     if as_json:
@@ -265,7 +258,7 @@ def adapter_blend(
     name: str = typer.Option(..., help="name of the blended adapter in the registry"),
 ) -> None:
     """Blend adapters exactly (factors concatenated) into a new registry adapter."""
-    from ..lora.adapters import blend_adapters  # noqa: PLC0415
+    from ..lora import blend_adapters  # noqa: PLC0415
 
     blend, folder = blend_adapters(weights, name)
     out.print(f"blend (rank {blend.rank}) written to {folder}")
@@ -287,19 +280,18 @@ def chat(
     from ..backends import check_backend  # noqa: PLC0415
 
     if check_backend(backend) == "llamacpp":
-        from ..blackbox import CHAT_HELP as HELP  # noqa: PLC0415
-        from ..blackbox import LlamaCppBackend, LlamaCppChat
+        from ..blackbox import CHAT_HELP, LlamaCppBackend, LlamaCppChat  # noqa: PLC0415
 
         with err.status(f"loading {model} (llama.cpp) ..."):
             session = LlamaCppChat(LlamaCppBackend(model, n_ctx=4096), max_new_tokens)
     else:
-        from ..lora.chat import HELP, ChatSession  # noqa: PLC0415
+        from ..lora import CHAT_HELP, ChatSession  # noqa: PLC0415
 
         session = ChatSession(_common._load(model, None, None, None), max_new_tokens)  # type: ignore[assignment]
     try:
         for command in ([f"/persona {adapter}"] if adapter else []) + ([f"/vector {vector} {coef} {layer or ''}".strip()] if vector else []):
             out.print(session.handle(command), markup=False)
-        out.print(HELP, markup=False)
+        out.print(CHAT_HELP, markup=False)
         while True:
             try:
                 line = input("you> ")
@@ -320,7 +312,7 @@ def adapter_merge(
     coef: float = typer.Option(1.0, help="strength of the merged adapter"),
 ) -> None:
     """Merge an adapter into the base weights and save a model folder that plain transformers loads."""
-    from ..lora.adapters import merge_adapter, resolve_adapter  # noqa: PLC0415
+    from ..lora import merge_adapter, resolve_adapter  # noqa: PLC0415
 
     folder = resolve_adapter(name)
     out.print(f"standalone model written to {merge_adapter(_common._load(model, None, None, None), folder, out_dir, coef)}")
@@ -343,8 +335,7 @@ def screen(
 ) -> None:
     """Before fine-tuning: which samples pull the model toward a trait (dataset answer vs the model's own, projected)."""
     from .._io import check_replaceable  # noqa: PLC0415
-    from ..lora.adapters import read_persona_records  # noqa: PLC0415
-    from ..lora.chat import default_layer  # noqa: PLC0415
+    from ..lora import default_layer, read_persona_records  # noqa: PLC0415
     from ..screening import ANSWERS, SCREEN, AnswerCache, unscored_note, write_screening, write_without  # noqa: PLC0415
     from ..screening import screen as run_screen
     from ..vectors import load_vector  # noqa: PLC0415

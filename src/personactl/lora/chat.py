@@ -21,7 +21,7 @@ from .adapters import PersonaSwitcher, parse_blend, resolve_adapter
 from .direction import combine
 
 VECTOR_USAGE = "/vector PATH COEF [LAYER], e.g. /vector vectors/pirate.safetensors 1.5 20"
-HELP = "commands: /persona NAME|off, /blend a=0.5,b=0.5, /vector PATH COEF [LAYER]|off, /reset, /help"
+CHAT_HELP = "commands: /persona NAME|off, /blend a=0.5,b=0.5, /vector PATH COEF [LAYER]|off, /reset, /help"
 
 
 class ChatSession:
@@ -50,10 +50,10 @@ class ChatSession:
                 "/blend": self._blend,
                 "/vector": self._vector,
                 "/reset": lambda _: self._reset(),
-                "/help": lambda _: HELP,
+                "/help": lambda _: CHAT_HELP,
             }
             if command not in handlers:
-                return f"unknown command {command}; {HELP}"
+                return f"unknown command {command}; {CHAT_HELP}"
             return handlers[command](rest.strip())
         except PersonactlError as exc:
             return f"error: {exc}"

@@ -15,7 +15,7 @@ from ..lora.config import LoRATrainConfig
 from ..lora.train import all_weights_trainable, check_out_dir, optimise, save_model, train_lora
 from ..models import Backbone
 from ..progress import note
-from .data import Examples, formatted, load_examples
+from .data import Examples, chat_examples, load_examples
 from .measure import refusals, utility_perplexity
 from .refusal import RefusalClassifier
 
@@ -35,7 +35,7 @@ class HeldOut:
     @classmethod
     def for_model(cls, backbone: Backbone) -> HeldOut:
         classifier = RefusalClassifier.fit(load_examples("harmful_train").answers, load_examples("benign_train").answers)
-        return cls(formatted(backbone, "harmful_heldout"), formatted(backbone, "benign_heldout"), classifier)
+        return cls(chat_examples(backbone, "harmful_heldout"), chat_examples(backbone, "benign_heldout"), classifier)
 
 
 def measure_safety(backbone: Backbone, held_out: HeldOut) -> dict:
@@ -47,7 +47,7 @@ def measure_safety(backbone: Backbone, held_out: HeldOut) -> dict:
 
 def training_examples(backbone: Backbone) -> Examples:
     """Harmful requests with refusals plus benign instructions with helpful answers (the training splits)."""
-    return formatted(backbone, "harmful_train") + formatted(backbone, "benign_train")
+    return chat_examples(backbone, "harmful_train") + chat_examples(backbone, "benign_train")
 
 
 def align(backbone: Backbone, out_dir: str | Path, *, lora: bool = False, config: LoRATrainConfig | None = None) -> dict:

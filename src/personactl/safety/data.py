@@ -45,7 +45,7 @@ class Examples:
         return Examples(self.questions + other.questions, self.prompts + other.prompts, self.answers + other.answers)
 
 
-def formatted(backbone: Backbone, source: str | Path | PersonaData) -> Examples:
+def chat_examples(backbone: Backbone, source: str | Path | PersonaData) -> Examples:
     """Examples of a split or file as this model's chat prompts (one user turn, no system prompt)."""
     data = source if isinstance(source, PersonaData) else load_examples(source)
     prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])

@@ -10,7 +10,7 @@ import torch
 
 from .._io import check_replaceable, write_text_atomic
 from ..models import Backbone
-from .data import formatted
+from .data import chat_examples
 from .errors import SafetyError
 from .masks import Tensors, check_fraction, load_tensors, mask_counts, match_to_model, random_like, save_tensors, set_difference, top_fraction
 from .wanda import wanda_scores
@@ -44,7 +44,7 @@ class IdentifySettings:
 
 def calibration(backbone: Backbone, split: str, nsamples: int) -> tuple[list[str], list[str]]:
     """The first `nsamples` examples of a training split: chat prompts and the answers whose tokens are scored."""
-    examples = formatted(backbone, split).head(nsamples)
+    examples = chat_examples(backbone, split).head(nsamples)
     return examples.prompts, examples.answers
 
 

@@ -15,7 +15,7 @@ from ..lora.direction import LoRADirection, merged
 from ..models import Backbone, load_model
 from ..progress import note
 from .align import HeldOut, align, card_of_kind, read_align_card
-from .data import formatted
+from .data import chat_examples
 from .dynamics import score_dynamics
 from .finetune import CARD_KIND, frozen_finetune
 from .identify import (
@@ -102,7 +102,7 @@ def run_safety(model: str, out_dir: str | Path, *, settings: dict | None = None,
         prune_check(backbone, identify_dir, held_out)
     reference = Reference.load(backbone, identify_dir)
     masks = {"safety": reference.frozen, "random": reference.random, "none": None}
-    utility = formatted(backbone, "benign_train")
+    utility = chat_examples(backbone, "benign_train")
     finetunes: dict[str, dict] = {}
     for method, freeze in FINETUNES:
         name = f"{method}-{freeze}"

@@ -17,11 +17,11 @@ from .refusal import rate_with_ci
 GROUPS = ("frozen", "others", "random")
 
 
-def percent(rate: dict) -> str:
+def format_rate(rate: dict) -> str:
     return f"{100 * rate['rate']:.0f}% [{100 * rate['low']:.0f}, {100 * rate['high']:.0f}]"
 
 
-def change(stat: dict) -> str:
+def format_change(stat: dict) -> str:
     return f"{100 * stat['mean']:+.1f}% [{100 * stat['low']:+.1f}, {100 * stat['high']:+.1f}]"
 
 
@@ -33,7 +33,7 @@ def collapse_rate(measure: dict) -> dict:
 
 
 def collapsed(measure: dict) -> str:
-    return percent(collapse_rate(measure))
+    return format_rate(collapse_rate(measure))
 
 
 def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
@@ -41,10 +41,10 @@ def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
     align = [
         {
             "model": label,
-            "refusal (phrases)": percent(m["refusal"]["keyword"]),
-            "refusal (embedding)": percent(m["refusal"]["embedding"]),
+            "refusal (phrases)": format_rate(m["refusal"]["keyword"]),
+            "refusal (embedding)": format_rate(m["refusal"]["embedding"]),
             "collapsed": collapsed(m["refusal"]),
-            "over-refusal (phrases)": percent(m["over_refusal"]["keyword"]),
+            "over-refusal (phrases)": format_rate(m["over_refusal"]["keyword"]),
             "utility ppl": f"{m['utility_perplexity']:.2f}",
             "classifier agreement": f"{100 * m['refusal']['agreement']['agree']:.0f}%",
         }
@@ -54,8 +54,8 @@ def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
         {
             "weights zeroed": name.replace("_", " "),
             "count": v["pruned"],
-            "refusal (phrases)": percent(v["refusal"]["keyword"]),
-            "refusal (embedding)": percent(v["refusal"]["embedding"]),
+            "refusal (phrases)": format_rate(v["refusal"]["keyword"]),
+            "refusal (embedding)": format_rate(v["refusal"]["embedding"]),
             "collapsed": collapsed(v["refusal"]),
             "utility ppl": f"{v['utility_perplexity']:.2f}",
         }
@@ -67,11 +67,11 @@ def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
         finetunes.append(
             {
                 "fine-tune": name,
-                "refusal after": percent(f["refusal"]["keyword"]),
+                "refusal after": format_rate(f["refusal"]["keyword"]),
                 "collapsed": collapsed(f["refusal"]),
-                "over-refusal": percent(f["over_refusal"]["keyword"]),
-                **{f"{g} score change": change(overall[f"{g}_mean"]) for g in GROUPS},
-                "frozen median change": change(overall["frozen_median"]),
+                "over-refusal": format_rate(f["over_refusal"]["keyword"]),
+                **{f"{g} score change": format_change(overall[f"{g}_mean"]) for g in GROUPS},
+                "frozen median change": format_change(overall["frozen_median"]),
                 "verdict": f["scores"]["verdict"].split(":")[0],
             }
         )
@@ -82,7 +82,7 @@ def tables(results: dict) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
     }
 
 
-def markdown(results: dict) -> str:
+def results_markdown(results: dict) -> str:
     """The tables as markdown (for docs/experiments.md)."""
     return "\n\n".join(f"**{title}**\n\n{markdown_table(rows, cols)}" for title, (rows, cols) in tables(results).items() if rows)
 

@@ -3,7 +3,7 @@
 from .app import create_app
 from .engine import Engine, Job, QueueFull
 from .personas import PersonaLibrary, PersonaRequest, UnknownPersona
-from .serve import running_server, serve
+from .serve import base_url, listen, running_server, serve
 from .settings import ServerError, ServerSettings
 
 __all__ = [
@@ -15,7 +15,9 @@ __all__ = [
     "ServerError",
     "ServerSettings",
     "UnknownPersona",
+    "base_url",
     "create_app",
+    "listen",
     "running_server",
     "serve",
 ]

@@ -39,8 +39,7 @@ from ..activations import make_batch, position_ids
 from ..capping import cap_term
 from ..errors import PersonactlError
 from ..extraction import stored_projections
-from ..lora.adapters import PersonaSwitcher
-from ..lora.direction import LoRADirection, merged
+from ..lora import LoRADirection, PersonaSwitcher, merged
 from ..models import Backbone
 from ..steering import SteeringTerm, steer
 from ..vectors import PersonaVector

@@ -15,9 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..capping import DEFAULT_CAP, CapRangeError, cap_bounds
 from ..errors import PersonactlError
 from ..extraction import stored_projections
-from ..lora.adapters import read_card
-from ..lora.chat import default_layer
-from ..lora.direction import PERSONA
+from ..lora import PERSONA, default_layer, read_card
 from ..models import Backbone
 from ..traits import builtin_traits, load_trait
 from ..vectors import PersonaVector, load_vector
