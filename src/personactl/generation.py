@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 from transformers import (
@@ -14,6 +16,7 @@ from transformers import (
 )
 
 from .activations import make_batch, position_ids
+from .capture import GenerationCapture
 from .models import Backbone, Message
 from .steering import Condition, SteeringTerm, steer
 
@@ -79,6 +82,7 @@ def generate(
     condition: Condition | None = None,
     on_condition: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     observers: Sequence[LogitsProcessor] = (),
+    capture: GenerationCapture | None = None,
 ) -> list[str]:
     """Answers to `prompts` (strings are used as formatted; message lists are chat-formatted).
 
@@ -95,7 +99,8 @@ def generate(
     (`shared_prefill`); the answers are those of separate runs. A condition reads
     the whole prompt, so conditional generation never shares the prefill.
 
-    `observers` read each step's raw logits (before sampling), one batch at a time.
+    `observers` read each step's raw logits (before sampling), one batch at a time. A `capture` keeps every row's
+    reduced hidden states from these same forward passes (`capture.GenerationCapture`): no second pass is needed.
     """
     texts = format_prompts(backbone, prompts)
     if seeds is None:
@@ -106,13 +111,16 @@ def generate(
     for start in range(0, len(texts), batch_size):
         rows = slice(start, start + batch_size)
         batch_texts = texts[rows]
-        if condition is None and shares_prefill(steering, batch_texts):
+        if condition is None and not (capture and capture.needs_whole_prompt) and shares_prefill(steering, batch_texts):
             input_ids, attention_mask, cache = shared_prefill(backbone, batch_texts)
         else:
             batch = make_batch(backbone, batch_texts)
             input_ids, attention_mask, cache = batch.input_ids.to(backbone.device), batch.attention_mask.to(backbone.device), None
         processors = LogitsProcessorList([*observers, *([RowSampler(seeds[rows], temperature, top_p)] if temperature > 0 else [])])
-        with steer(backbone, *(term.with_rows(rows) for term in steering), condition=condition) as gate:
+        with (
+            steer(backbone, *(term.with_rows(rows) for term in steering), condition=condition) as gate,
+            capture.batch(eos_ids(backbone)) if capture else nullcontext(),
+        ):
             out = backbone.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -125,14 +133,33 @@ def generate(
                 top_p=None,
                 top_k=None,
                 logits_processor=processors,
+                return_dict_in_generate=True,
             )
+            if capture and capture.positions == "response_avg":
+                _feed_last_tokens(backbone, out, attention_mask)
         if gate is not None and on_condition is not None:
             on_condition(gate.fired, gate.scores)
-        new_tokens = out[:, input_ids.shape[1] :]
+        new_tokens = out.sequences[:, input_ids.shape[1] :]
         answers.extend(_clean(backbone, backbone.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens)
         if on_batch is not None:
             on_batch(len(new_tokens))
     return answers
+
+
+def eos_ids(backbone: Backbone) -> set[int]:
+    """The token ids that end an answer."""
+    eos = getattr(backbone.model.generation_config, "eos_token_id", None) or backbone.tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) - {None}
+
+
+def _feed_last_tokens(backbone: Backbone, out: Any, prompt_mask: torch.Tensor) -> None:
+    """One more forward of each row's last generated token (generate never feeds it back), so a capture sees the
+    state of every answer token; rows that ended on an end-of-turn token are not counted."""
+    steps = out.sequences.shape[1] - prompt_mask.shape[1]
+    mask = torch.cat([prompt_mask, torch.ones(len(prompt_mask), steps, dtype=prompt_mask.dtype, device=prompt_mask.device)], dim=1)
+    backbone.model.base_model(
+        input_ids=out.sequences[:, -1:], attention_mask=mask, position_ids=position_ids(mask)[:, -1:], cache=out.cache, use_cache=True
+    )
 
 
 def shares_prefill(steering: Sequence[SteeringTerm], texts: Sequence[str]) -> bool:

@@ -38,9 +38,10 @@ import torch
 from ..activations import make_batch, position_ids
 from ..capping import cap_term
 from ..errors import PersonactlError
-from ..extraction import stored_projections
+from ..generation import eos_ids
 from ..lora import LoRADirection, PersonaSwitcher, merged
 from ..models import Backbone
+from ..monitor import stored_projections
 from ..steering import SteeringTerm, steer
 from ..vectors import PersonaVector
 from . import kv
@@ -124,7 +125,7 @@ class Engine:
         self.lock = threading.Lock()  # held during every model call
         self.steps = 0  # forward passes so far (each serves every row of its batch)
         self.context = int(getattr(backbone.model.config, "max_position_embeddings", 0) or 0) or None
-        self._eos = set(_eos_ids(backbone))
+        self._eos = eos_ids(backbone)
         self._waiting: deque[Job] = deque()  # taken from the queue, waiting for a free row
         self._background: deque[Job] = deque()
         self._calls: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
@@ -423,8 +424,3 @@ def _meter_scale(vector: PersonaVector, layer: int) -> tuple[float, float]:
     column = stored[0].index(layer)
     pos, neg = float(stored[1][:, column].mean()), float(stored[2][:, column].mean())
     return (pos + neg) / 2, (abs(pos - neg) / 2) or 1.0
-
-
-def _eos_ids(backbone: Backbone) -> list[int]:
-    eos = getattr(backbone.model.generation_config, "eos_token_id", None) or backbone.tokenizer.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or [])

@@ -1,0 +1,78 @@
+"""One-pass capture: the hidden states generate computes equal a second forward over the same tokens."""
+
+import pytest
+import torch
+from conftest import TINY_ARCHS, tiny_backbone
+
+from personactl import activations, generate
+from personactl.capture import GenerationCapture
+from personactl.generation import format_prompts
+
+PROMPTS = ["<user>hello there", "<user>what is up?", "<user>tell me a story about the sea", "<user>hi"]
+
+
+def _two_pass(backbone, prompts, new_tokens, eos, positions):
+    """The reference: one full forward over each prompt + its answer tokens up to (not including) the first end token."""
+    prompt_ids = backbone.encode(prompts)
+    answers = []
+    for row in new_tokens.tolist():
+        ends = [k for k, t in enumerate(row) if t in eos]
+        answers.append(row[: ends[0]] if ends else row)
+    ids, mask = activations.left_pad([p + a for p, a in zip(prompt_ids, answers)], backbone.pad_id)
+    width = ids.shape[1]
+    prompt_mask = torch.zeros(ids.shape, dtype=torch.bool)
+    response_mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, (p, a) in enumerate(zip(prompt_ids, answers)):
+        prompt_mask[i, width - len(p) - len(a) : width - len(a)] = True
+        response_mask[i, width - len(a) :] = True
+    batch = activations.Batch(ids, mask, prompt_mask, response_mask)
+    return activations.reduce_positions(activations.hidden_states(backbone, ids, mask), batch, positions)
+
+
+def _greedy_tokens(backbone, prompts, max_new_tokens):
+    batch = activations.make_batch(backbone, prompts)
+    out = backbone.model.generate(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=backbone.pad_id
+    )
+    return out[:, batch.input_ids.shape[1] :]
+
+
+def _relative_error(captured, reference):
+    return ((captured - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-6)).max().item()
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("positions", ["response_avg", "prompt_last", "prompt_avg"])
+def test_captured_states_equal_a_second_pass_over_the_generated_tokens(arch, positions):
+    backbone = tiny_backbone(arch)
+    prompts = format_prompts(backbone, PROMPTS)
+    first = _greedy_tokens(backbone, prompts, 8)
+    # an end token some row produces mid-answer, so rows end at different steps and the later ones are not counted
+    # (the tiny gpt2 repeats one token per row: there, no row ends early and every answer is fed whole)
+    end = next((int(t) for t in first[:, 1:].flatten() if t not in first[:, 0]), None)  # and no row's answer is empty
+    if end is not None:
+        backbone.model.generation_config.eos_token_id = end
+    eos = {end}
+    capture = GenerationCapture(backbone, positions)
+    generate(backbone, prompts, max_new_tokens=8, capture=capture, batch_size=4)
+    reference = _two_pass(backbone, prompts, _greedy_tokens(backbone, prompts, 8), eos, positions)
+    assert capture.result().shape == reference.shape == (len(prompts), backbone.n_layers + 1, backbone.hidden_size)
+    assert _relative_error(capture.result(), reference) < 1e-4
+
+
+def test_rows_keep_their_order_across_batches_and_a_repeated_prompt_shares_its_prefill():
+    backbone = tiny_backbone("llama")
+    prompts = format_prompts(backbone, PROMPTS + PROMPTS[:2])
+    capture = GenerationCapture(backbone)
+    generate(backbone, prompts, max_new_tokens=5, capture=capture, batch_size=4)  # two batches; the second repeats a prompt
+    together = capture.result()
+    alone = GenerationCapture(backbone)
+    for prompt in prompts:
+        generate(backbone, [prompt], max_new_tokens=5, capture=alone)
+    assert _relative_error(together, alone.result()) < 1e-4
+    assert capture.peak_bytes == (backbone.n_layers + 1) * 4 * backbone.hidden_size * 4  # one batch's sums, float32
+
+
+def test_a_position_that_needs_the_whole_answer_text_is_refused():
+    with pytest.raises(ValueError, match="cannot be captured while generating"):
+        GenerationCapture(tiny_backbone("llama"), "last")
