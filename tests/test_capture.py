@@ -12,8 +12,10 @@ PROMPTS = ["<user>hello there", "<user>what is up?", "<user>tell me a story abou
 
 
 def _two_pass(backbone, prompts, new_tokens, eos, positions):
-    """The reference: one full forward over each prompt + its answer tokens up to (not including) the first end token."""
+    """The reference: one full forward over each prompt + its answer tokens up to (not including) the first end token,
+    averaged over the answer tokens that are not special."""
     prompt_ids = backbone.encode(prompts)
+    special = set(backbone.tokenizer.all_special_ids)
     answers = []
     for row in new_tokens.tolist():
         ends = [k for k, t in enumerate(row) if t in eos]
@@ -24,7 +26,7 @@ def _two_pass(backbone, prompts, new_tokens, eos, positions):
     response_mask = torch.zeros(ids.shape, dtype=torch.bool)
     for i, (p, a) in enumerate(zip(prompt_ids, answers)):
         prompt_mask[i, width - len(p) - len(a) : width - len(a)] = True
-        response_mask[i, width - len(a) :] = True
+        response_mask[i, width - len(a) :] = torch.tensor([t not in special for t in a], dtype=torch.bool)  # the text has no special tokens
     batch = activations.Batch(ids, mask, prompt_mask, response_mask)
     return activations.reduce_positions(activations.hidden_states(backbone, ids, mask), batch, positions)
 
@@ -76,3 +78,19 @@ def test_rows_keep_their_order_across_batches_and_a_repeated_prompt_shares_its_p
 def test_a_position_that_needs_the_whole_answer_text_is_refused():
     with pytest.raises(ValueError, match="cannot be captured while generating"):
         GenerationCapture(tiny_backbone("llama"), "last")
+
+
+def _per_layer_cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.directions[1:], b.directions[1:], dim=-1)
+
+
+def test_one_pass_extraction_gives_the_two_pass_vector_on_smollm2(smollm2, pirate):
+    from personactl import vector_from_pairs
+
+    """On the text: the two-pass vector re-reads each answer's text (stripped, re-tokenized). A random tiny model's
+    answers do not survive that round trip (special and empty tokens, stripped spaces: cosine 0.92 measured), so
+    there the equivalence is the token-level test above, which makes the vectors equal."""
+    _, one_pass, pairs = pirate  # the session's pirate vector is extracted in one pass
+    two_pass = vector_from_pairs(smollm2, pairs, trait="pirate", batch_size=32)
+    cosine = _per_layer_cosine(one_pass, two_pass)
+    assert cosine.min() >= 0.999, cosine

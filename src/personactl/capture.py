@@ -9,7 +9,8 @@ The reduction is `activations.reduce_positions`' over the tokens the model gener
 (block 0's input), index l the output of block l-1, the last index the base model's output (after the final norm,
 as HF's `hidden_states` reports it). Each layer is read before any steering at that layer, as the server's meter
 reads it. The last answer token is never fed back by `generate`; `generate` runs one more step for the rows that
-did not end with an end-of-turn token so that its state is counted too.
+did not end with an end-of-turn token so that its state is counted too. Special tokens, which the answer's text
+leaves out, are not counted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from .activations import Positions
 from .models import Backbone
 
 CAPTURED_POSITIONS: tuple[str, ...] = ("response_avg", "prompt_last", "prompt_avg")
+
+
+def capture_for(backbone: Backbone, positions: str) -> GenerationCapture | None:
+    """A capture for answers generated at `positions`, or None where the text must be read again in a second pass: a
+    position generation cannot see, or a model without a chat template (its answers are cut at a stop string after
+    generation, and the tokens past it must not count)."""
+    if positions not in CAPTURED_POSITIONS or not getattr(backbone.tokenizer, "chat_template", None):
+        return None
+    return GenerationCapture(backbone, positions)  # type: ignore[arg-type]
 
 
 class GenerationCapture:
@@ -64,6 +74,7 @@ class _BatchState:
     def __init__(self, backbone: Backbone, positions: str, eos_ids: set[int]) -> None:
         self.backbone, self.positions = backbone, positions
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.special = torch.tensor(sorted(set(backbone.tokenizer.all_special_ids)), dtype=torch.long)
         self.sums: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
         self.ended: torch.Tensor | None = None
@@ -83,9 +94,11 @@ class _BatchState:
             self.weights = self._prefill_weights(kwargs.get("attention_mask"), batch, seq, device)
         else:
             assert self.ended is not None
-            self.ended |= torch.isin(ids[:, -1], self.eos.to(ids.device))
+            fed = ids[:, -1]
+            self.ended |= torch.isin(fed, self.eos.to(ids.device))
+            counted = ~self.ended & ~torch.isin(fed, self.special.to(ids.device))  # as the answer's text: no special tokens
             answering = self.positions == "response_avg" and seq == 1
-            self.weights = (~self.ended).float()[:, None] if answering else torch.zeros(batch, seq, device=ids.device)
+            self.weights = counted.float()[:, None] if answering else torch.zeros(batch, seq, device=ids.device)
         assert self.counts is not None
         self.counts += self.weights.sum(1)
 

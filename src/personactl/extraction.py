@@ -24,6 +24,7 @@ import torch
 from . import activations
 from ._io import write_text_atomic
 from .aggregators import METHODS, separation
+from .capture import GenerationCapture, capture_for
 from .errors import TraitError
 from .expressibility import Expressibility, from_embedding_judge, from_scores
 from .generation import chat_prompt, format_prompts, generate
@@ -78,8 +79,11 @@ def pairs_from_answers(keys: list[tuple[int, str]], pos_prompts: list[str], neg_
     return [ContrastivePair(i, q, pos_prompts[k], answers[k], neg_prompts[k], answers[half + k]) for k, (i, q) in enumerate(keys)]
 
 
-def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings()) -> list[ContrastivePair]:
-    """Contrastive answers for every (instruction pair, question, sample)."""
+def generate_pairs(
+    backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings = ExtractionSettings(), capture: GenerationCapture | None = None
+) -> list[ContrastivePair]:
+    """Contrastive answers for every (instruction pair, question, sample); a `capture` keeps the hidden states of all
+    positive answers, then all negative ones (`captured_pairs` splits them)."""
     if isinstance(trait, ContrastiveTexts):
         return [ContrastivePair(i, "", "", p, "", n) for i, (p, n) in enumerate(zip(trait.positive_texts, trait.negative_texts))]
     keys, pos_prompts, neg_prompts = pair_prompts(backbone, trait, settings)
@@ -92,8 +96,31 @@ def generate_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSett
             seed=settings.seed,
             batch_size=settings.batch_size,
             on_batch=advance,
+            capture=capture,
         )
     return pairs_from_answers(keys, pos_prompts, neg_prompts, answers)
+
+
+PairActivations = tuple[torch.Tensor, torch.Tensor]  # positive and negative side, [n_pairs, layers+1, hidden] each
+
+
+def generated_pairs(backbone: Backbone, trait: AnyTrait, settings: ExtractionSettings) -> tuple[list[ContrastivePair], PairActivations | None]:
+    """The pairs and, where generation can capture them (`capture.capture_for`), their activations from the same pass."""
+    capture = None if isinstance(trait, ContrastiveTexts) else capture_for(backbone, settings.positions)
+    pairs = generate_pairs(backbone, trait, settings, capture)
+    if capture is None:
+        return pairs, None
+    acts = capture.result()
+    return pairs, (acts[: len(pairs)], acts[len(pairs) :])
+
+
+def _rows_of(subset: Sequence[ContrastivePair], pairs: Sequence[ContrastivePair], acts: PairActivations | None) -> PairActivations | None:
+    """The activations of `subset` (pairs taken from `pairs`, the same objects) out of those of `pairs`."""
+    if acts is None:
+        return None
+    index = {id(p): k for k, p in enumerate(pairs)}
+    rows = torch.tensor([index[id(p)] for p in subset], dtype=torch.long)
+    return acts[0][rows], acts[1][rows]
 
 
 def question_groups(pairs: Sequence[ContrastivePair]) -> list[Hashable]:
@@ -134,16 +161,18 @@ def vector_from_pairs(
     method: str = "mean_diff",
     positions: str = "response_avg",
     batch_size: int = 64,
+    captured: PairActivations | None = None,
 ) -> PersonaVector:
-    """Directions per layer from the pairs' activations (one forward pass per batch)."""
+    """Directions per layer from the pairs' activations: `captured` when generation kept them (aligned with
+    `pairs`), else one forward pass per batch over prompt + answer."""
     if method not in METHODS:
         raise TraitError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if not pairs:
         raise TraitError(f"no contrastive pairs for trait '{trait}': nothing to extract from")
-    pairs = usable_pairs(pairs, positions)
-    if not pairs:
+    usable = usable_pairs(pairs, positions)
+    if not usable:
         raise TraitError(f"every answer for trait '{trait}' is empty: raise --max-new-tokens or check the model")
-    pos, neg = pair_activations(backbone, pairs, positions=positions, batch_size=batch_size)
+    pos, neg = _rows_of(usable, pairs, captured) or pair_activations(backbone, usable, positions=positions, batch_size=batch_size)
     return vector_from_activations(backbone, pos, neg, trait=trait, method=method, positions=positions)
 
 
@@ -227,11 +256,19 @@ def extract(
     on the offline judge without them. Returns all pairs.
     """
     torch.manual_seed(settings.seed)
-    pairs = generate_pairs(backbone, trait, settings)
+    pairs, captured = generated_pairs(backbone, trait, settings)
     used, scores = pairs, None
     if judges is not None:
         used, report, scores = filter_pairs(pairs, judges)
-    vector = vector_from_pairs(backbone, used, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size)
+    vector = vector_from_pairs(
+        backbone,
+        used,
+        trait=trait.name,
+        method=settings.method,
+        positions=settings.positions,
+        batch_size=settings.batch_size,
+        captured=_rows_of(used, pairs, captured),
+    )
     vector.extra["settings"] = asdict(settings)
     if judges is not None:
         vector.extra["filter"] = {"judge": judges.trait.name, "kept": report.describe()}
@@ -247,12 +284,12 @@ def check(
     """The expressibility verdict (`extract --check`): answers, one activation pass, the judge; nothing filtered or saved.
     Also returns the unfiltered vector and the pairs."""
     torch.manual_seed(settings.seed)
-    pairs = generate_pairs(backbone, trait, settings)
+    pairs, captured = generated_pairs(backbone, trait, settings)
     usable = usable_pairs(pairs, settings.positions)
     if not usable:
         raise TraitError(f"every answer for trait '{trait.name}' is empty: raise --max-new-tokens or check the model")
     vector = vector_from_pairs(
-        backbone, usable, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size
+        backbone, pairs, trait=trait.name, method=settings.method, positions=settings.positions, batch_size=settings.batch_size, captured=captured
     )
     verdict = assess_pairs(trait.name, pairs, vector, judges)
     if verdict is None:
