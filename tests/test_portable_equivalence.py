@@ -92,37 +92,35 @@ def _check(backbone, interop, layers, tmp_path) -> dict[str, float]:
     vector = _random_vector(backbone, layers, ids)
     ours = _personactl_shift(backbone, vector, layers, ids, base)
     off_layers = [layer + 1 for layer in layers]
-    found = {}
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (one shift, the shift it must equal)
 
     right = repeng.ControlVector.import_gguf(str(export_vector(vector, tmp_path / "r.gguf", "repeng", layers=layers, backbone=backbone)))
     wrong = repeng.ControlVector.import_gguf(str(export_vector(_one_layer_off(vector), tmp_path / "w.gguf", "repeng", layers=off_layers)))
-    theirs = _repeng_shift(repeng, backbone, right, ids, base)
-    found["repeng file"] = _corr(ours, theirs)
-    print(backbone.name, "largest |logit shift difference|, personactl vs repeng:", float((ours - theirs).abs().max()))
-    found["repeng file one layer off"] = _corr(ours, _repeng_shift(repeng, backbone, wrong, ids, base))
+    pairs["repeng file"] = (ours, _repeng_shift(repeng, backbone, right, ids, base))
+    pairs["repeng file one layer off"] = (ours, _repeng_shift(repeng, backbone, wrong, ids, base))
 
-    saved = torch.load(export_vector(vector, tmp_path / "s.pt", "steering-vectors", layers=layers, backbone=backbone), weights_only=True)
-    off = torch.load(export_vector(_one_layer_off(vector), tmp_path / "o.pt", "steering-vectors", layers=off_layers), weights_only=True)
-    found["steering-vectors file"] = _corr(
-        ours, _steering_vectors_shift(backbone, sv.SteeringVector(saved["layer_activations"], saved["layer_type"]), ids, base)
-    )
-    found["steering-vectors file one layer off"] = _corr(
-        ours, _steering_vectors_shift(backbone, sv.SteeringVector(off["layer_activations"], off["layer_type"]), ids, base)
-    )
+    for name, offset, exported in (("steering-vectors file", 0, vector), ("steering-vectors file one layer off", 1, _one_layer_off(vector))):
+        path = export_vector(exported, tmp_path / f"s{offset}.pt", "steering-vectors", layers=[layer + offset for layer in layers])
+        saved = torch.load(path, weights_only=True)
+        pairs[name] = (ours, _steering_vectors_shift(backbone, sv.SteeringVector(saved["layer_activations"], saved["layer_type"]), ids, base))
 
     native_cv = repeng.ControlVector(backbone.model_type, {layer - 1: vector.directions[layer].numpy() for layer in layers})
     native_cv.export_gguf(str(tmp_path / "native.gguf"))  # repeng's own writer
     imported = import_vector(tmp_path / "native.gguf", "repeng", backbone)
-    found["repeng native, imported"] = _corr(
-        _repeng_shift(repeng, backbone, native_cv, ids, base), _personactl_shift(backbone, imported, imported.extra["layers"], ids, base)
+    pairs["repeng native, imported"] = (
+        _repeng_shift(repeng, backbone, native_cv, ids, base),
+        _personactl_shift(backbone, imported, imported.extra["layers"], ids, base),
     )
     native_sv = sv.SteeringVector({layer - 1: vector.directions[layer] for layer in layers}, "decoder_block")
     imported = import_vector(native_sv, "steering-vectors", backbone)
-    found["steering-vectors native, imported"] = _corr(
-        _steering_vectors_shift(backbone, native_sv, ids, base), _personactl_shift(backbone, imported, imported.extra["layers"], ids, base)
+    pairs["steering-vectors native, imported"] = (
+        _steering_vectors_shift(backbone, native_sv, ids, base),
+        _personactl_shift(backbone, imported, imported.extra["layers"], ids, base),
     )
     assert torch.equal(_last_logits(backbone.model, ids), base)  # every library's hooks and wrappers are gone
-    print(backbone.name, {k: round(v, 6) for k, v in found.items()})
+    found = {name: _corr(a, b) for name, (a, b) in pairs.items()}
+    print(backbone.name, {name: round(corr, 6) for name, corr in found.items()})
+    print(backbone.name, "largest |shift difference|:", {name: float((a - b).abs().max()) for name, (a, b) in pairs.items() if "off" not in name})
     return found
 
 

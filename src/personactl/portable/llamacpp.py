@@ -97,7 +97,7 @@ def read_gguf(path: str | Path, *, llama_cpp_rules: bool, error: type[PortableFo
     record = _field(reader, RECORD_KEY)
     hint = _field(reader, f"{ARCH}.model_hint")
     convention = Convention.from_json(record, str(path)) if record else None
-    made_for = f"made for this model if its family is the model hint '{hint}'" if hint else "made for this model (the file names none)"
+    made_for = f"made for this model (the file names only its family, '{hint}')" if hint else "made for this model (the file names none)"
     return Found(found, str(path), convention, model_hint=hint, assumed=(made_for,))
 
 

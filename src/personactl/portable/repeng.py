@@ -39,7 +39,7 @@ def _read(source: Any) -> Found:
         raise PortableFormatError(f"a {type(source).__name__} is not a repeng ControlVector: it needs model_type and directions")
     directions = {int(key): torch.from_numpy(np.asarray(values, dtype=np.float32).reshape(-1).copy()) for key, values in fields["directions"].items()}
     hint = str(fields["model_type"])
-    return Found(directions, "repeng ControlVector", model_hint=hint, assumed=(f"made for this model if its family is '{hint}'",))
+    return Found(directions, "repeng ControlVector", model_hint=hint, assumed=(f"made for this model (repeng names only its family, '{hint}')",))
 
 
 FORMAT = VectorFormat(
