@@ -565,7 +565,7 @@ def _steered_layers(values: list[str], vector: Path, n_layers: int):
     specs = parse_layers(values, words=("auto", "auto:"), option="--layer")
     words = [spec for spec in specs if isinstance(spec, str)]
     if not words:
-        return None, specs
+        return None, [int(spec) for spec in specs]
     if len(specs) > 1:
         raise OptionError(f"--layer {words[0]} chooses its layers itself: give it alone, without other --layer values")
     blend = blend_for_vector(vector, words[0], n_layers)
