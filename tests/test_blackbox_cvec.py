@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from personactl import PersonaVector, SteeringTerm, steer
-from personactl.blackbox.cvec import ControlVectorError, parse_layers, read_control_vector, set_control_vector, write_control_vector
+from personactl.blackbox.cvec import set_control_vector
 from personactl.cli import run
 from personactl.errors import IncompatibleVectorError
 from personactl.models import EMBEDDED_MODELS
+from personactl.portable import ControlVectorError, read_control_vector, write_control_vector
 
 
 def _vector(n_layers: int = 30, hidden: int = 576, seed: int = 0) -> PersonaVector:
@@ -32,7 +33,7 @@ def _tensors(path) -> dict[str, np.ndarray]:
 
 def test_layer_l_is_written_as_direction_l_minus_1_scaled_by_coef(tmp_path):
     vector = _vector()
-    path = write_control_vector(vector, tmp_path / "pirate.gguf", layers=parse_layers("18-20"), coef=2.5)
+    path = write_control_vector(vector, tmp_path / "pirate.gguf", layers=range(18, 21), coef=2.5)
     tensors, reader = _tensors(path)
     assert sorted(tensors) == ["direction.17", "direction.18", "direction.19"]
     for layer in (18, 19, 20):
@@ -62,13 +63,6 @@ def test_layers_llama_cpp_cannot_steer_are_refused(tmp_path, layers, message):
     assert not (tmp_path / "v.gguf").exists()
 
 
-def test_layer_ranges_parse():
-    assert parse_layers("all") is None
-    assert parse_layers("18-20,25") == [18, 19, 20, 25]
-    with pytest.raises(ControlVectorError, match="not 'all'"):
-        parse_layers("eighteen")
-
-
 def _repeng_file(path, directions: dict[int, np.ndarray], hint: str = "llama") -> None:
     """What repeng's ControlVector.export_gguf writes."""
     writer = gguf.GGUFWriter(str(path), "controlvector")
@@ -90,13 +84,14 @@ def test_a_repeng_file_loads_with_direction_n_at_our_layer_n_plus_1(tmp_path, sm
     assert vector.directions.shape == (31, 576) and vector.model == "smollm2-135m" and vector.method == "imported"
     for n, values in directions.items():
         np.testing.assert_array_equal(vector.directions[n + 1].numpy(), values)
-    assert vector.extra["source_format"] == "llama.cpp control vector" and vector.extra["model_hint"] == "llama"
+    assert vector.extra["source_format"] == "llamacpp" and vector.extra["model_hint"] == "llama"
+    assert vector.extra["assumed"].startswith("key N is the output of decoder block N (our layer N+1); operation add; no normalisation")
     vector.check_compatible(smollm2)
 
 
 def test_import_cvec_command_writes_a_persona_vector(tmp_path):
     _repeng_file(tmp_path / "r.gguf", {10: np.ones(576, np.float32)})
-    assert run(["import", "cvec", str(tmp_path / "r.gguf"), "--out", str(tmp_path / "v.safetensors")]) == 0
+    assert run(["import", "vector", "--from", "llamacpp", str(tmp_path / "r.gguf"), "--out", str(tmp_path / "v.safetensors")]) == 0
     from personactl import load_vector
 
     vector = load_vector(tmp_path / "v.safetensors")
@@ -113,7 +108,7 @@ def test_import_cvec_command_writes_a_persona_vector(tmp_path):
 )
 def test_control_vectors_that_do_not_fit_are_refused_in_one_line(tmp_path, capsys, directions, message):
     _repeng_file(tmp_path / "bad.gguf", directions)
-    assert run(["import", "cvec", str(tmp_path / "bad.gguf"), "--out", str(tmp_path / "v.safetensors")]) == 2
+    assert run(["import", "vector", "--from", "llamacpp", str(tmp_path / "bad.gguf"), "--out", str(tmp_path / "v.safetensors")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "v.safetensors").exists()
@@ -121,7 +116,7 @@ def test_control_vectors_that_do_not_fit_are_refused_in_one_line(tmp_path, capsy
 
 def test_a_model_gguf_is_not_a_control_vector(tmp_path, capsys):
     model_file = EMBEDDED_MODELS["smollm2-135m"].locate()
-    assert run(["import", "cvec", str(model_file), "--out", str(tmp_path / "v.safetensors")]) == 2
+    assert run(["import", "vector", "--from", "llamacpp", str(model_file), "--out", str(tmp_path / "v.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "is not a control vector" in err and "'llama'" in err and not (tmp_path / "v.safetensors").exists()
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
@@ -130,7 +125,7 @@ def test_a_model_gguf_is_not_a_control_vector(tmp_path, capsys):
 
 
 def test_export_refuses_a_vector_for_another_model(tmp_path, capsys, vector_file):
-    assert run(["export", "cvec", str(vector_file), "--out", str(tmp_path / "x.gguf")]) == 2
+    assert run(["export", "vector", "--format", "llamacpp", str(vector_file), "--out", str(tmp_path / "x.gguf")]) == 2
     err = capsys.readouterr().err
     assert "hidden size 48" in err and not (tmp_path / "x.gguf").exists()
 
@@ -144,10 +139,29 @@ def test_export_refuses_a_vector_of_another_depth(tmp_path, smollm2):
 def test_export_cvec_command(tmp_path):
     vector = _vector()
     vector.save(tmp_path / "v.safetensors")
-    assert run(["export", "cvec", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "p.gguf"), "--layers", "18-28", "--coef", "2"]) == 0
+    assert (
+        run(
+            [
+                "export",
+                "vector",
+                "--format",
+                "llamacpp",
+                str(tmp_path / "v.safetensors"),
+                "--out",
+                str(tmp_path / "p.gguf"),
+                "--layers",
+                "18-28",
+                "--coef",
+                "2",
+            ]
+        )
+        == 0
+    )
     tensors, _ = _tensors(tmp_path / "p.gguf")
     assert sorted(int(n.split(".")[1]) for n in tensors) == list(range(17, 28))
-    assert run(["export", "cvec", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "q.gguf"), "--layers", "1-3"]) == 2
+    assert (
+        run(["export", "vector", "--format", "llamacpp", str(tmp_path / "v.safetensors"), "--out", str(tmp_path / "q.gguf"), "--layers", "1-3"]) == 2
+    )
     assert not (tmp_path / "q.gguf").exists()
 
 
@@ -224,7 +238,7 @@ def test_model_hint_is_llama_cpp_architecture_name_and_round_trip_is_exact(tmp_p
 
 def test_a_file_made_for_another_architecture_loads_with_a_note(tmp_path, capsys):
     _repeng_file(tmp_path / "g.gguf", {4: np.ones(576, np.float32)}, hint="gemma3")
-    assert run(["import", "cvec", str(tmp_path / "g.gguf"), "--out", str(tmp_path / "v.safetensors")]) == 0
+    assert run(["import", "vector", "--from", "llamacpp", str(tmp_path / "g.gguf"), "--out", str(tmp_path / "v.safetensors")]) == 0
     err = capsys.readouterr().err
     assert "note:" in err and "made for a 'gemma3' model" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "v.safetensors").exists()

@@ -181,8 +181,8 @@ def test_an_adapter_for_another_model_is_refused(tmp_path, smollm2, capsys):
 def test_tensor_names_and_permutation_per_architecture(tmp_path, arch, module, expected):
     from conftest import tiny_backbone
 
-    from personactl.blackbox.cvec import llama_cpp_arch
     from personactl.lora.direction import _weight_shape
+    from personactl.portable import llama_cpp_arch
 
     backbone = tiny_backbone(arch)
     out_f, in_f = _weight_shape(backbone.model.get_submodule(module))

@@ -4,7 +4,7 @@ from ._version import __version__ as __version__
 from .activations import collect as collect_activations
 from .activations import hidden_states
 from .aggregators import METHODS
-from .blackbox.cvec import ControlVectorError, read_control_vector, set_control_vector, write_control_vector
+from .blackbox.cvec import set_control_vector
 from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
 from .capping import CapRangeError, cap_bounds, cap_term
 from .conditions import find_condition
@@ -38,6 +38,16 @@ from .lora.direction import LoRADirection, combine, difference, merged
 from .lora.runtime import runtime
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, Backbone, from_model, load_model
 from .monitor import project
+from .portable import (
+    ControlVectorError,
+    PortableFormatError,
+    export_vector,
+    import_vector,
+    read_control_vector,
+    to_repeng,
+    to_steering_vector,
+    write_control_vector,
+)
 from .safety import (
     FrozenWeightsChanged,
     IdentifySettings,
@@ -101,6 +111,11 @@ __all__ = [
     "read_control_vector",
     "set_control_vector",
     "write_control_vector",
+    "PortableFormatError",
+    "export_vector",
+    "import_vector",
+    "to_repeng",
+    "to_steering_vector",
     "write_gguf_lora",
     "LoRATrainConfig",
     "PairedActivations",

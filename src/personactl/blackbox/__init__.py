@@ -1,7 +1,8 @@
 """Black-box steering: personas for models whose internals personactl does not run.
 
-`cvec` writes and reads llama.cpp control vectors (GGUF), `gguf_lora` writes
-LoRA persona directions and adapters as llama.cpp LoRA GGUF files. The
+`cvec` hands a control vector to a running llama.cpp (the file format is
+`personactl.portable`), `gguf_lora` writes LoRA persona directions and
+adapters as llama.cpp LoRA GGUF files. The
 llama.cpp backend: `llamacpp` (the model and generation), `llamacpp_files`
 (the GGUF files it loads, checked first), `llamacpp_controls` (a persona
 vector as a control vector), `llamacpp_methods` (its sweep methods),
@@ -12,7 +13,7 @@ imports llama_cpp at import time; it is an optional extra.
 """
 
 from .api import ApiGenerator, Sampling
-from .cvec import ControlVectorError, llama_cpp_arch, parse_layers, read_control_vector, set_control_vector, write_control_vector
+from .cvec import set_control_vector
 from .fewshot import FewShotMethod, fewshot_messages, shots
 from .gguf_lora import GGUFLoRAError, load_lora_folder, permute_rows, write_gguf_lora
 from .llamacpp import LlamaCppBackend, context_size, generate_answers
@@ -29,7 +30,6 @@ __all__ = [
     "ApiGenerator",
     "ApiPromptMethod",
     "Control",
-    "ControlVectorError",
     "FewShotMethod",
     "GGUFLoRAError",
     "LlamaCppAdapterMethod",
@@ -50,18 +50,14 @@ __all__ = [
     "generate_answers",
     "generate_modulated",
     "hidden_norms",
-    "llama_cpp_arch",
     "llamacpp_server",
     "load_lora_folder",
     "lora_gguf",
     "magnitude",
     "modulated",
-    "parse_layers",
     "permute_rows",
-    "read_control_vector",
     "resolve_gguf",
     "set_control_vector",
     "shots",
-    "write_control_vector",
     "write_gguf_lora",
 ]

@@ -25,7 +25,7 @@ from .._io import atomic_path
 from ..errors import PersonactlError
 from ..lora.direction import AdapterError, LoRADirection
 from ..models import Backbone
-from .cvec import ControlVectorError, llama_cpp_arch
+from ..portable.llamacpp import ControlVectorError, llama_cpp_arch
 
 # How llama.cpp's converter writes the rows of q/k weights, by the transformers architecture it dispatches on
 # (config.architectures[0]). Read from convert_hf_to_gguf.py's conversion/ package at llama.cpp commit

@@ -47,13 +47,17 @@ condition_app = typer.Typer(
 app.add_typer(condition_app, name="condition")
 
 
-export_app = typer.Typer(help="Export personas to llama.cpp: control vectors and LoRA adapters as GGUF files.", no_args_is_help=True)
+export_app = typer.Typer(
+    help="Export personas to other tools: vectors (llama.cpp, repeng, steering-vectors, ...), LoRAs as GGUF.", no_args_is_help=True
+)
 
 
 app.add_typer(export_app, name="export")
 
 
-import_app = typer.Typer(help="Import persona vectors from other tools (llama.cpp / repeng control vectors).", no_args_is_help=True)
+import_app = typer.Typer(
+    help="Import persona vectors from other tools (llama.cpp, repeng, steering-vectors, persona_vectors, safetensors).", no_args_is_help=True
+)
 
 
 app.add_typer(import_app, name="import")

@@ -15,8 +15,10 @@ from ._common import DeviceOpt, DtypeOpt, ModelOpt, RayActorsOpt, RayOpt, app, o
 
 
 def _layer_specs(text: str):
-    """'8,12' -> [8, 12]; 'auto' or 'auto:3' alone -> that string; a mix such as 'auto,auto:3' -> a list of both kinds."""
-    items = [p if not p.lstrip("-").isdigit() else int(p) for p in text.replace(",", " ").split() if p]
+    """'8,12' or '8-12' -> those layers; 'auto' or 'auto:3' alone -> that string; a mix such as 'auto,auto:3,9' -> a list of both kinds."""
+    from ..layer_list import parse_layers  # noqa: PLC0415
+
+    items = parse_layers(text, words=("auto", "auto:"), option="--layers")
     return items[0] if len(items) == 1 and isinstance(items[0], str) else items
 
 
@@ -267,7 +269,7 @@ def compare(
             "temperature": temperature,
             "judge": judge,
             "name": name,
-            "layers": "auto" if layers.strip() == "auto" else parse_numbers(layers, int),
+            "layers": _layer_specs(layers),
         },
     )
     result = run_compare(cfg, out_dir, backbone=_common._load(model, device, None, None))

@@ -24,7 +24,6 @@ from ._common import (
     err,
     out,
     parse_number,
-    parse_numbers,
     traits_app,
 )
 
@@ -331,10 +330,9 @@ def generate(
     if vector is not None:
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
-        blend = _blend_option(layer, vector, backbone.n_layers)
+        blend, layer = _steered_layers(layer, vector, backbone.n_layers)  # type: ignore[assignment]
         if blend and op == "cap":
-            raise OptionError("--op cap takes a band of layers (--layer 4,5,6), not an auto blend")
-        layer = list(blend.weights) if blend else parse_numbers(",".join(layer), int)  # type: ignore[assignment]
+            raise OptionError("--op cap takes a band of layers (--layer 4,5,6 or 4-6), not an auto blend")
         loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0])  # type: ignore[arg-type]
         if op == "cap":
             terms = [cap_term(loaded, layer, cap_at, coef, positions)]  # type: ignore[arg-type]
@@ -426,8 +424,7 @@ def _generate_via_llamacpp(
     if vector is not None:
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
-        blend = _blend_option(layer, vector, backend.n_layers)
-        layers = list(blend.weights) if blend else parse_numbers(",".join(layer), int)
+        blend, layers = _steered_layers(layer, vector, backend.n_layers)
         loaded = load_vector(vector, fmt=vector_format, layer=layers[0])  # type: ignore[arg-type]
         control = Control(loaded, dict(blend.weights) if blend else {int(x): 1.0 for x in layers}, coef, positions)
     messages = [chat_prompt(p, system) for p in prompt]
@@ -531,7 +528,7 @@ def monitor(
     model: str = ModelOpt,
     system: str | None = typer.Option(None, help="system message"),
     response: list[str] | None = typer.Option(None, "--response", "-r", help="answer to project instead of the prompt (one per --prompt)"),
-    layer: list[int] = typer.Option([], "--layer", "-l", help="layers to show (default: all)"),
+    layer: list[str] = typer.Option([], "--layer", "-l", help="layers to show: 9,10,11 or 18-28 (default: all)"),
     positions: str | None = typer.Option(None, help="default: prompt_last, or response_avg with --response"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     vector_format: str | None = FormatOpt,
@@ -540,13 +537,15 @@ def monitor(
 ) -> None:
     """Project prompts (or responses) onto a persona vector, layer by layer."""
     from ..generation import chat_prompt  # noqa: PLC0415
+    from ..layer_list import layer_numbers  # noqa: PLC0415
     from ..monitor import check_request, project  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
     positions = check_request(len(prompt), response or None, positions)
+    chosen = layer_numbers(layer, "--layer") if layer else None
     backbone = _common._load(model, device, dtype, None)
-    loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0] if layer else None)  # type: ignore[arg-type]
-    layers = layer or list(range(1, backbone.n_layers + 1))
+    loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=chosen[0] if chosen else None)  # type: ignore[arg-type]
+    layers = chosen or list(range(1, backbone.n_layers + 1))
     scores = project(backbone, loaded, [chat_prompt(p, system) for p in prompt], response or None, layers=layers, positions=positions)
     if as_json:
         print(json.dumps({"layers": layers, "prompts": prompt, "projections": scores.tolist()}, indent=2))
@@ -557,13 +556,17 @@ def monitor(
     out.print(table)
 
 
-def _blend_option(values: list[str], vector: Path, n_layers: int):
-    """The LayerBlend of `--layer auto` / `--layer auto:K` (from layers.json beside the vector), None for plain layers."""
+def _steered_layers(values: list[str], vector: Path, n_layers: int):
+    """`--layer` values as (blend, layers): `auto` / `auto:K` alone -> the LayerBlend measured in the layers.json
+    beside the vector and its layers; numbers and ranges (9,10,11 or 9-11, the syntax of every layer list) -> (None, them)."""
+    from ..layer_list import parse_layers  # noqa: PLC0415
     from ..layer_selection import blend_for_vector  # noqa: PLC0415
 
-    specs = [v.strip() for v in values if not v.strip().lstrip("-").isdigit()]
-    if not specs:
-        return None
-    if len(values) > 1:
-        raise OptionError(f"--layer {specs[0]} chooses its layers itself: give it alone, without other --layer values")
-    return blend_for_vector(vector, specs[0], n_layers)
+    specs = parse_layers(values, words=("auto", "auto:"), option="--layer")
+    words = [spec for spec in specs if isinstance(spec, str)]
+    if not words:
+        return None, [int(spec) for spec in specs]
+    if len(specs) > 1:
+        raise OptionError(f"--layer {words[0]} chooses its layers itself: give it alone, without other --layer values")
+    blend = blend_for_vector(vector, words[0], n_layers)
+    return blend, list(blend.weights)

@@ -80,7 +80,7 @@ def finetune(
     out_dir: Path = typer.Option(..., "--out", "-o", help="adapter (or, with --full, model) folder to write"),
     model: str = ModelOpt,
     steer_vector: Path | None = typer.Option(None, help="persona vector added in the activations during training"),
-    steer_layer: list[int] = typer.Option([], help="layer(s) for --steer-vector"),
+    steer_layer: list[str] = typer.Option([], help="layer(s) for --steer-vector: 9,10,11 or 18-28"),
     steer_coef: float = typer.Option(1.0, help="coefficient of --steer-vector (positive = preventative, as in Chen et al.)"),
     steer_op: str = typer.Option("add", help="add (h + coef*v) or ablate (remove coef times the projection on v; 1 = all of it)"),
     premerge_lora: Path | None = typer.Option(None, help="persona direction folder merged into the weights while training"),
@@ -97,6 +97,7 @@ def finetune(
 ) -> None:
     """LoRA (or --full) fine-tuning, optionally with preventative steering (activation vector or pre-merged LoRA direction)."""
     from ..generation import chat_prompt, format_prompts  # noqa: PLC0415
+    from ..layer_list import layer_numbers  # noqa: PLC0415
     from ..lora import LoRADirection, LoRATrainConfig, check_out_dir, read_persona_data  # noqa: PLC0415
     from ..lora import finetune as run_finetune  # noqa: PLC0415
     from ..steering import SteeringTerm  # noqa: PLC0415
@@ -104,6 +105,7 @@ def finetune(
 
     if steer_vector is not None and not steer_layer:
         raise typer.BadParameter("--steer-layer is required with --steer-vector", param_hint="--steer-layer")
+    steer_layers = layer_numbers(steer_layer, "--steer-layer") if steer_vector else []
     if steer_op not in ("add", "ablate"):
         raise OptionError(f"--steer-op '{steer_op}' is not one of: add, ablate")
     config = LoRATrainConfig(
@@ -114,7 +116,7 @@ def finetune(
     questions, answers = examples.questions, examples.answers
     premerge = [(LoRADirection.load(premerge_lora), premerge_coef)] if premerge_lora else []
     backbone = _common._load(model, device, None, None)
-    steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layer, steer_coef, op=steer_op)] if steer_vector else []
+    steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layers, steer_coef, op=steer_op)] if steer_vector else []
     prompts = format_prompts(backbone, [chat_prompt(q) for q in questions])
     losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge, metadata={"data": str(data)}, full=full)
     out.print(f"trained {len(losses)} steps on {len(questions)} examples, final loss {losses[-1]:.3f}")
