@@ -37,7 +37,9 @@ def traits_list() -> None:
     table = Table("trait", "pairs", "questions", "eval", "description")
     for name in builtin_traits():
         trait = load_trait(name)
-        table.add_row(name, str(len(trait.instructions)), str(len(trait.questions)), str(len(trait.eval_questions)), trait.description)
+        # TEMPORARY: being refactored: every built-in trait is a Trait (isinstance once traits.Trait is imported)
+        row = (str(len(trait.instructions)), str(len(trait.questions)), str(len(trait.eval_questions)))  # type: ignore[union-attr]
+        table.add_row(name, *row, trait.description)
     out.print(table)
 
 
@@ -310,6 +312,7 @@ def generate(
     backbone = _common._load(model, device, dtype, device_map)
     cond = None
     if condition is not None:
+        # TEMPORARY: being refactored: --format checked into vectors' Literal (an import), here and below
         cond_vector = load_vector(condition, fmt=vector_format, backbone=backbone, layer=condition_layer)  # type: ignore[arg-type]
         cond = condition_from_vector(cond_vector, condition_layer, threshold_value, comparison)
     fired: list = []
@@ -318,27 +321,21 @@ def generate(
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
         blend = _blend_option(layer, vector, backbone.n_layers)
-        layer = list(blend.weights) if blend else _numbers(",".join(layer), int)  # type: ignore[assignment]
-        loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0])  # type: ignore[arg-type]
+        layers = list(blend.weights) if blend else _numbers(",".join(layer), int)
+        loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layers[0])  # type: ignore[arg-type]
+        # TEMPORARY: being refactored: --positions and --op checked into steering's Literals (imports)
         terms = (
-            weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving)
-            if blend  # type: ignore[arg-type]
-            else [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)]
-        )  # type: ignore[arg-type]
+            weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving)  # type: ignore[arg-type]
+            if blend
+            else [SteeringTerm(loaded, layers, coef, positions, op, norm_preserving)]  # type: ignore[arg-type]
+        )
         if blend and not as_json:
             out.print(f"layers {blend.describe()}")
     messages = [chat_prompt(p, system) for p in prompt]
-    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    answer = partial(run_generate, backbone, messages, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     with _merged_lora(backbone, lora, lora_scale):
-        steered = run_generate(
-            backbone,
-            messages,
-            steering=terms,
-            condition=cond,  # type: ignore[arg-type]
-            on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())),
-            **kwargs,
-        )
-    base = run_generate(backbone, messages, **kwargs) if baseline else None  # type: ignore[arg-type]
+        steered = answer(steering=terms, condition=cond, on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())))
+    base = answer() if baseline else None
     rows = [
         {
             "prompt": p,
@@ -410,7 +407,7 @@ def _generate_via_llamacpp(
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
         blend = _blend_option(layer, vector, backend.n_layers)
         layers = list(blend.weights) if blend else _numbers(",".join(layer), int)
-        loaded = load_vector(vector, fmt=vector_format, layer=layers[0])  # type: ignore[arg-type]
+        loaded = load_vector(vector, fmt=vector_format, layer=layers[0])
         control = Control(loaded, dict(blend.weights) if blend else {int(x): 1.0 for x in layers}, coef, positions)
     messages = [chat_prompt(p, system) for p in prompt]
     try:

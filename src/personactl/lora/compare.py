@@ -10,8 +10,8 @@ with the persona vector at that layer.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import torch
 
 from .. import activations
 from .._plot import two_panels
+from ..errors import OptionError
 from ..generation import Prompt, format_prompts, generate
 from ..models import Backbone
 from ..steering import SteeringTerm
@@ -60,11 +61,11 @@ def latencies(
     direction = LoRADirection.load(lora_folder)
     texts = format_prompts(backbone, prompts)
     hook = [SteeringTerm(vector, layer, coef)]
-    modes = {
-        "unsteered": (nullcontext, ()),
+    modes: dict[str, tuple[Callable[[], AbstractContextManager[object]], list[SteeringTerm]]] = {
+        "unsteered": (nullcontext, []),
         "activation hook": (nullcontext, hook),
-        "LoRA merged": (lambda: merged(backbone, (direction, coef)), ()),
-        "LoRA unmerged": (lambda: runtime(backbone, lora_folder, coef), ()),
+        "LoRA merged": (lambda: merged(backbone, (direction, coef)), []),
+        "LoRA unmerged": (lambda: runtime(backbone, lora_folder, coef), []),
     }
     best = {mode: float("inf") for mode in modes}
     for round_ in range(repeats + 1):  # round 0 warms every mode up
@@ -132,10 +133,14 @@ def compare(config, out_dir: str | Path = "runs", backbone: Backbone | None = No
     from ..experiment import run  # noqa: PLC0415
     from ..generation import chat_prompt  # noqa: PLC0415
 
+    specs = [config.layers] if isinstance(config.layers, str) else config.layers
+    if any(isinstance(spec, str) and spec != "auto" for spec in specs):
+        raise OptionError(f"compare steers at one layer: give layer numbers or 'auto', not the blend {config.layers!r}")
     config = config.model_copy(update={"methods": ["vector", "lora"]})
     result = run(config, out_dir, backbone=backbone)
     prep = result.prepared
     layer = result.layers[0]
+    assert isinstance(layer, int)  # no blend, checked above
     prompts = [chat_prompt(q) for q in prep.trait.eval_questions[:n_timing_prompts]]
     timing = latencies(prep.backbone, prompts, prep.vector, layer, config.lora)
     shifts = residual_shift(prep.backbone, prompts, prep.vector, config.lora)

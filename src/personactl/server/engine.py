@@ -93,7 +93,7 @@ class Job:
     persona: PersonaRequest | None = None
     top_logprobs: int | None = None  # None: no log-probabilities
     stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
-    emit: Callable[[object], None] = lambda _event: None  # set by whoever waits for the events
+    emit: Callable[[TokenEvent | DoneEvent | ErrorEvent], None] = lambda _event: None  # set by whoever waits for the events
     cancelled: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = 0  # counted by the engine when the job is submitted
     background: bool = False  # low-priority work (set by submit_background)
@@ -108,9 +108,9 @@ class _Cohort:
     """Rows that share weights (one adapter or blend), their KV cache, attention mask and next input tokens."""
 
     adapter: str
+    cache: kv.DynamicCache
+    mask: torch.Tensor
     rows: list[Row] = field(default_factory=list)
-    cache: object = None
-    mask: torch.Tensor | None = None
     next_tokens: list[int] = field(default_factory=list)
 
 
@@ -244,11 +244,11 @@ class Engine:
         ids, mask = batch.input_ids.to(self.backbone.device), batch.attention_mask.to(self.backbone.device)
         cache = kv.new_cache()
         logits, meters = self._forward(key, rows, ids=ids, mask=mask, positions=position_ids(mask), cache=cache)
-        cohort = self._cohorts.get(key) or _Cohort(key)
-        if cohort.rows:
+        cohort = self._cohorts.get(key)
+        if cohort is not None and cohort.rows:
             cohort.mask = kv.join(cohort.cache, cohort.mask, cache, mask)
         else:
-            cohort.cache, cohort.mask = cache, mask
+            cohort = _Cohort(key, cache, mask)
         cohort.rows += rows
         cohort.next_tokens += [0] * len(rows)
         self._cohorts[key] = cohort
@@ -353,7 +353,9 @@ class Engine:
         """The job's vectors as (name, layers, positions, coef), the recommended layer read (from disk) once, at
         admission, not at every step; and the (vector, layer) pairs it meters: each vector at its first layer."""
         persona = job.persona or PersonaRequest()
-        uses = [(use.name, tuple(use.layers or [self.library.layer(use.name)]), persona.positions, use.coef) for use in persona.vectors]
+        uses: list[tuple[str, tuple[int, ...], str, float]] = [
+            (use.name, tuple(use.layers or [self.library.layer(use.name)]), persona.positions, use.coef) for use in persona.vectors
+        ]
         return uses, [(name, layers[0]) for name, layers, _, _ in uses] if persona.meter else []
 
     def _steering(self, rows: list[Row]) -> list[SteeringTerm]:
@@ -362,8 +364,10 @@ class Engine:
         for i, row in enumerate(rows):
             for name, layers, positions, coef in row.uses:
                 coefs.setdefault((name, layers, positions), [0.0] * len(rows))[i] += coef
+        # TEMPORARY: being refactored: the positions of `uses` become steering.StepPositions (an import), not str
         return [
-            SteeringTerm(self.library.vector(name), list(layers), values, positions=positions) for (name, layers, positions), values in coefs.items()
+            SteeringTerm(self.library.vector(name), list(layers), values, positions=positions)  # type: ignore[arg-type]
+            for (name, layers, positions), values in coefs.items()
         ]
 
     @contextmanager
