@@ -19,7 +19,7 @@ from typing import Protocol
 from .errors import PersonactlError
 from .generation import chat_prompt, generate
 from .models import Backbone
-from .steering import SteeringTerm, weighted_terms
+from .steering import SteeringTerm, StepPositions, weighted_terms
 from .traits import AnyTrait, Trait
 from .vectors import PersonaVector
 
@@ -56,7 +56,7 @@ class MethodContext:
     trait: AnyTrait
     vector: PersonaVector | None
     settings: GenerationSettings
-    positions: str = "all"
+    positions: StepPositions = "all"
     options: dict[str, str] = field(default_factory=dict)  # method-specific inputs, e.g. {"lora": DIR, "adapter": NAME}
     blends: dict[str, dict[int, float]] = field(default_factory=dict)  # "auto:K" -> {layer: weight}, weights summing to 1
     pairs: list = field(default_factory=list)  # the vector's extraction answers (ContrastivePair), for fewshot and modulation
@@ -78,9 +78,9 @@ class VectorMethod:
         if isinstance(layer, str):
             if layer not in self.ctx.blends:
                 raise MethodError(f"no weights for the layer blend '{layer}': resolve it with experiment.choose_layers first")
-            terms = weighted_terms(self.ctx.vector, self.ctx.blends[layer], list(coefs), positions=self.ctx.positions)  # type: ignore[arg-type]
+            terms = weighted_terms(self.ctx.vector, self.ctx.blends[layer], list(coefs), positions=self.ctx.positions)
         else:
-            terms = [SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)]  # type: ignore[arg-type]
+            terms = [SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)]
         return generate(
             self.ctx.backbone,
             [chat_prompt(q) for q in questions],
