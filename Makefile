@@ -14,7 +14,7 @@ INTEROP_PACKAGES := steering-vectors==0.12.2 repeng==0.4.0
 # AVX2/FMA/F16C only (CI machines may lack AVX512); --no-cache-dir so no wheel built with other flags is reused.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: setup interop demo test docs imports lint browser rebuild-llamacpp
+.PHONY: setup interop demo test docs imports lint typecheck browser rebuild-llamacpp
 
 setup: $(STAMP)
 
@@ -35,13 +35,17 @@ $(INTEROP)/.installed: Makefile | $(STAMP)
 demo: setup
 	$(VENV)/bin/personactl demo
 
-test: setup interop browser docs imports lint
+test: setup interop browser docs imports lint typecheck
 	$(PY) -m pytest -q
 
 # ruff's lint rules and its formatting (pyproject.toml, [tool.ruff]); `ruff format` fixes the second.
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments docs scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks experiments docs scripts
+
+# The types of src/personactl (pyproject.toml, [tool.mypy]).
+typecheck: setup
+	$(VENV)/bin/mypy
 
 # The layers of docs/architecture.md (pyproject.toml, [tool.importlinter]): a module importing from a layer above fails.
 imports: setup

@@ -76,6 +76,7 @@ def test_sweep_config_accepts_auto_blends_and_mixed_lists():
     assert validate_config({"layers": "auto:3"}).layers == "auto:3"
     assert validate_config({"layers": ["auto", "auto:3"]}).layers == ["auto", "auto:3"]
     assert validate_config({"layers": ["4", 7, "auto:2"]}).layers == [4, 7, "auto:2"]
+    assert validate_config({"layers": "7"}).layers == [7]  # a list, as the sweep reads it (it was the int 7)
     for bad, message in (("auto:0", "blends no layers"), (["auto", "top3"], "'top3' is not a layer, 'auto' or 'auto:K'"), ([], "at least one")):
         with pytest.raises(SweepError, match=message):
             validate_config({"layers": bad})

@@ -177,6 +177,17 @@ def test_geometry_and_latency_cover_every_layer_and_mode(adapters):
     assert rows[0].ratio_to_unsteered == 1.0 and all(r.tokens_per_second > 0 for r in rows)
 
 
+def test_compare_refuses_a_layer_blend_or_no_lora_before_the_sweep(tmp_path):
+    from personactl.errors import OptionError
+    from personactl.evaluate import SweepConfig
+    from personactl.lora.compare import compare
+
+    for config, message in ((SweepConfig(lora=str(tmp_path / "lora"), layers=["auto:2"]), "one layer"), (SweepConfig(), "needs a persona direction")):
+        with pytest.raises(OptionError, match=message):
+            compare(config, tmp_path, backbone=None)  # no model needed: refused first
+    assert not any(tmp_path.iterdir())
+
+
 def test_preventative_steering_trains_and_leaves_the_base_untouched(adapters):
     from personactl import PersonaVector, SteeringTerm
     from personactl.lora.finetune import finetune

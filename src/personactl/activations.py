@@ -10,14 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
 from .models import Backbone
 
 Positions = Literal["response_avg", "prompt_avg", "prompt_last", "last", "all_avg"]
-POSITIONS: tuple[str, ...] = ("response_avg", "prompt_avg", "prompt_last", "last", "all_avg")
+POSITIONS: tuple[Positions, ...] = get_args(Positions)
+
+
+def checked_positions(name: str) -> Positions:
+    """`name` as one of POSITIONS; ValueError naming them when it is none."""
+    for choice in POSITIONS:
+        if choice == name:
+            return choice
+    raise ValueError(f"unknown positions '{name}': use one of {', '.join(POSITIONS)}")
 
 
 @dataclass(frozen=True)
@@ -137,8 +145,7 @@ def collect_layer(
     Cheaper than `collect(...)[:, layer]` when only one layer is wanted: the
     forward stops after that layer's block (`layer_states`), and the texts are
     batched shortest first, so long and short ones do not share a padded batch."""
-    if positions not in POSITIONS:
-        raise ValueError(f"unknown positions '{positions}': use one of {', '.join(POSITIONS)}")
+    checked_positions(positions)
     lengths = [len(ids) for ids in backbone.encode([p + r for p, r in zip(prompts, responses)])]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     reduced: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
@@ -183,8 +190,7 @@ def collect(
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Reduced activations of every layer for each (prompt, response): [n, layers+1, hidden]."""
-    if positions not in POSITIONS:
-        raise ValueError(f"unknown positions '{positions}': use one of {', '.join(POSITIONS)}")
+    checked_positions(positions)
     chunks = []
     for start in range(0, len(prompts), batch_size):
         batch = make_batch(

@@ -15,7 +15,7 @@ leaves out, are not counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -132,7 +132,7 @@ class _BatchState:
     def _embeddings(self, module: torch.nn.Module, args: Any, kwargs: dict) -> None:
         self.add(0, args[0] if args else kwargs["hidden_states"])
 
-    def _block_output(self, layer: int):
+    def _block_output(self, layer: int) -> Callable[[torch.nn.Module, Any, Any], None]:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             self.add(layer, output[0] if isinstance(output, tuple) else output)
 

@@ -374,11 +374,11 @@ def rise_bound(fired: Sequence[bool], rises: Sequence[float], *, scale: float = 
     """
     from scipy.stats import beta  # noqa: PLC0415
 
-    fired = np.asarray(fired, dtype=bool)
-    k, n = int(fired.sum()), len(fired)
+    fires = np.asarray(fired, dtype=bool)
+    k, n = int(fires.sum()), len(fires)
     level = 1 - (1 - confidence) / 2  # each factor's two-sided level: its upper end errs half as often
     share = float(beta.ppf((1 + level) / 2, k + 1, n - k)) if k < n else 1.0  # Clopper-Pearson's upper bound
-    hit = np.asarray(rises, dtype=float)[fired]
+    hit = np.asarray(rises, dtype=float)[fires]
     rise = min(t_interval(hit, level)[2], scale) if len(hit) >= 2 else scale
     return share * max(rise, 0.0)
 

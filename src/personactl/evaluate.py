@@ -81,7 +81,8 @@ class SweepConfig(BaseModel):
                 if k is not None and k < 1:
                     raise ValueError(f"'{item}' blends no layers: K must be at least 1")
             checked.append(item)
-        return checked[0] if isinstance(value, str) else checked
+        single = checked[0]
+        return single if isinstance(value, str) and isinstance(single, str) else checked  # "7" alone is the list [7]
 
     @field_validator("backend")
     @classmethod
@@ -131,7 +132,7 @@ class Condition:
 
 def plan(config: SweepConfig, methods: Sequence[SteeringMethod], layers: Sequence[LayerSpec], n_questions: int) -> list[Condition]:
     """Every condition of the sweep, grouped so that one (method, layer) shares batches."""
-    rows = []
+    rows: list[Condition] = []
     for method in methods:
         for layer in layers if method.uses_layers else [0]:
             for sample in range(config.samples):

@@ -146,9 +146,9 @@ def pair_activations(
             backbone,
             prompts,
             responses,
-            positions=positions,
+            positions=activations.checked_positions(positions),
             batch_size=batch_size,
-            on_batch=advance,  # type: ignore[arg-type]
+            on_batch=advance,
         )
     return acts[: len(pairs)], acts[len(pairs) :]
 
@@ -339,10 +339,13 @@ def score_pairs(pairs: list[ContrastivePair], judges: Judges) -> PairScores:
     for k in range(n):
         pos_t, neg_t, pos_c, neg_c = trait[k], trait[n + k], coherence[k], coherence[n + k]
         passing.append(
-            None not in (pos_t, neg_t, pos_c, neg_c)
+            pos_t is not None
+            and neg_t is not None
+            and pos_c is not None
+            and neg_c is not None
             and pos_t >= TRAIT_THRESHOLD
             and neg_t < TRAIT_THRESHOLD
-            and min(pos_c, neg_c) >= COHERENCE_THRESHOLD  # type: ignore[operator]
+            and min(pos_c, neg_c) >= COHERENCE_THRESHOLD
         )
     return PairScores(trait[:n], trait[n:], passing)
 

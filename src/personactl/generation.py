@@ -62,7 +62,7 @@ class RowSampler(LogitsProcessor):
         u = torch.stack([1.0 - torch.rand((), generator=g) for g in self.generators]).to(cdf.device)
         picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(cdf.shape[-1] - 1)
         only = torch.full_like(scores, -float("inf"))
-        return only.scatter_(1, picked, 0.0)
+        return only.scatter_(1, picked, 0.0)  # type: ignore[return-value]  # HF types logits FloatTensor (CPU float32 only)
 
 
 @torch.no_grad()
@@ -138,6 +138,7 @@ def generate(
             if capture and capture.positions == "response_avg":
                 _feed_last_tokens(backbone, out, attention_mask)
         if gate is not None and on_condition is not None:
+            assert gate.fired is not None and gate.scores is not None  # the prefill decided
             on_condition(gate.fired, gate.scores)
         new_tokens = out.sequences[:, input_ids.shape[1] :]
         answers.extend(_clean(backbone, backbone.tokenizer.decode(t, skip_special_tokens=True)) for t in new_tokens)

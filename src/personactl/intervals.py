@@ -22,6 +22,7 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 CONFIDENCE = 0.95
 
@@ -38,7 +39,7 @@ def group_means(values: Sequence[float | None], groups: Sequence[Hashable] | Non
     return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
-def t_interval(units: Sequence[float], confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+def t_interval(units: ArrayLike, confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """(mean, low, high): Student's t interval of the mean of independent units (nan bounds with one unit),
     clipped to `bounds`, the range the quantity can take (e.g. (0, 1) for a rate), when given."""
     from scipy.stats import t  # noqa: PLC0415

@@ -28,7 +28,7 @@ from .judges.base import Judges
 from .methods import GenerationSettings
 from .models import Backbone
 from .progress import progress_bar
-from .steering import SteeringTerm
+from .steering import SteeringTerm, StepPositions
 from .vectors import PersonaVector, load_vector
 
 MIN_COHERENCE = 50.0
@@ -104,7 +104,7 @@ def measure_effects(
     layers: Sequence[int],
     coef: float,
     settings: GenerationSettings = GenerationSettings(),
-    positions: str = "all",
+    positions: StepPositions = "all",
 ) -> dict[int, tuple[float, float]]:
     """(trait(coef) - trait(0), coherence(coef)) per layer, all layers in one batched generation.
 
@@ -117,7 +117,7 @@ def measure_effects(
     for j, layer in enumerate(layers):
         coefs = [0.0] * len(prompts)
         coefs[(j + 1) * n : (j + 2) * n] = [coef] * n
-        terms.append(SteeringTerm(vector, layer, coefs, positions=positions))  # type: ignore[arg-type]
+        terms.append(SteeringTerm(vector, layer, coefs, positions=positions))
     seeds = [record_seed(settings.seed, "probe", f"q{i % n}") for i in range(len(prompts))]  # the same dice for every layer
     with progress_bar("measuring the effect per layer", len(prompts)) as advance:
         answers = generate(
@@ -265,7 +265,7 @@ def select_layer(
     candidates: Sequence[int] | None = None,
     coef: float = PROBE_COEF,
     settings: GenerationSettings = GenerationSettings(),
-    positions: str = "all",
+    positions: StepPositions = "all",
     probe: str = "",
 ) -> LayerSelection:
     """Score every layer's separation from the answers' projections `pos`, `neg` [n, n_layers] (layers 1..n, as

@@ -20,7 +20,7 @@ from .capping import DEFAULT_CAP, cap_term
 from .errors import PersonactlError
 from .generation import chat_prompt, generate
 from .models import Backbone
-from .steering import SteeringTerm, weighted_terms
+from .steering import SteeringTerm, StepPositions, weighted_terms
 from .traits import AnyTrait, Trait
 from .vectors import PersonaVector
 
@@ -57,7 +57,7 @@ class MethodContext:
     trait: AnyTrait
     vector: PersonaVector | None
     settings: GenerationSettings
-    positions: str = "all"
+    positions: StepPositions = "all"
     options: dict[str, str] = field(default_factory=dict)  # method-specific inputs, e.g. {"lora": DIR, "adapter": NAME}
     blends: dict[str, dict[int, float]] = field(default_factory=dict)  # "auto:K" -> {layer: weight}, weights summing to 1
     pairs: list = field(default_factory=list)  # the vector's extraction answers (ContrastivePair), for fewshot and modulation
@@ -79,9 +79,9 @@ class VectorMethod:
         if isinstance(layer, str):
             if layer not in self.ctx.blends:
                 raise MethodError(f"no weights for the layer blend '{layer}': resolve it with experiment.choose_layers first")
-            terms = weighted_terms(self.ctx.vector, self.ctx.blends[layer], list(coefs), positions=self.ctx.positions)  # type: ignore[arg-type]
+            terms = weighted_terms(self.ctx.vector, self.ctx.blends[layer], list(coefs), positions=self.ctx.positions)
         else:
-            terms = [SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)]  # type: ignore[arg-type]
+            terms = [SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)]
         return generate(
             self.ctx.backbone,
             [chat_prompt(q) for q in questions],
@@ -112,7 +112,7 @@ class CapMethod:
         if isinstance(layer, str) and layer not in self.ctx.blends:
             raise MethodError(f"no layers for the blend '{layer}': resolve it with experiment.choose_layers first")
         band = list(self.ctx.blends[layer]) if isinstance(layer, str) else [layer]
-        term = cap_term(self.ctx.vector, band, self.ctx.options.get("cap_at") or DEFAULT_CAP, list(coefs), self.ctx.positions)  # type: ignore[arg-type]
+        term = cap_term(self.ctx.vector, band, self.ctx.options.get("cap_at") or DEFAULT_CAP, list(coefs), self.ctx.positions)
         s = self.ctx.settings
         return generate(
             self.ctx.backbone,

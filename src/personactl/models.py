@@ -353,5 +353,5 @@ def load_model(
     if cache is not None and not is_complete(cache) and model.dtype == torch.float32:
         write_cache(model, tokenizer, cache)  # next time: a plain folder, seconds instead of a GGUF conversion
     if device is not None and device_map is None:
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers wraps `to` with functools.wraps: mypy sees it unbound
     return from_model(model, tokenizer, name, layers_path)

@@ -32,33 +32,28 @@ def project(
 
     Positions default to `prompt_last` without responses and `response_avg` with them.
     """
-    positions = check_request(len(prompts), responses, positions)
+    checked = check_request(len(prompts), responses, positions)
     vector.check_compatible(backbone)
     layers = list(range(1, backbone.n_layers + 1)) if layers is None else [backbone.check_layer(l) for l in layers]
-    acts = activations.collect(
-        backbone,
-        format_prompts(backbone, prompts),
-        responses,
-        positions=positions,
-        batch_size=batch_size,  # type: ignore[arg-type]
-    )
+    acts = activations.collect(backbone, format_prompts(backbone, prompts), responses, positions=checked, batch_size=batch_size)
     return projections(acts, vector, layers)
 
 
-def check_request(n_prompts: int, responses: Sequence[str] | None, positions: str | None) -> str:
+def check_request(n_prompts: int, responses: Sequence[str] | None, positions: str | None) -> activations.Positions:
     """The positions to use, after checking what needs no model (call it before loading one): OptionError if wrong."""
-    positions = positions or ("prompt_last" if responses is None else "response_avg")
-    if positions not in activations.POSITIONS:
-        raise OptionError(f"unknown positions '{positions}': use one of {', '.join(activations.POSITIONS)}")
+    try:
+        checked = activations.checked_positions(positions or ("prompt_last" if responses is None else "response_avg"))
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
     if responses is not None:
         if len(responses) != n_prompts:
             raise OptionError(f"{len(responses)} responses for {n_prompts} prompts: give one response per prompt")
         empty = [i + 1 for i, r in enumerate(responses) if not r.strip()]
-        if empty and positions == "response_avg":
+        if empty and checked == "response_avg":
             raise OptionError(
                 f"response {empty[0]} is empty: response_avg averages the response tokens, so give its text (or use --positions prompt_last)"
             )
-    return positions
+    return checked
 
 
 def projections(acts: torch.Tensor, vector: PersonaVector, layers: Sequence[int]) -> torch.Tensor:

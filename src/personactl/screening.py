@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import activations
 from ._io import atomic_path, check_replaceable, write_text_atomic
@@ -202,7 +203,7 @@ def screen(
     for i, value in zip(kept, (acts @ vector.unit(layer)).tolist()):
         values[i] = _value(value)
     data_projection, model_projection = dict(zip(pairs, values[: len(pairs)])), dict(zip(questions, values[len(pairs) :]))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, (q, a, reason) in enumerate(zip(data.questions, data.answers, reasons)):
         data_p, own_p = data_projection.get((q, a)), model_projection.get(q)
         difference = None if data_p is None or own_p is None else data_p - own_p

@@ -124,7 +124,8 @@ class _LayerHook:
             self.offset = 0
             self.prompt_length = self.explicit_prompt_length or seq
         unsteered = hidden
-        rows = True if self.gate is None else self.gate.rows()  # None: not decided yet (prefill before the condition layer)
+        # None: not decided yet (prefill before the condition layer)
+        rows: Literal[True] | torch.Tensor | None = True if self.gate is None else self.gate.rows()
         if rows is not None and (rows is True or bool(rows.any())):
             for term in self.terms:
                 selected = self._selection(term.positions, seq, hidden)
@@ -255,8 +256,8 @@ class ConditionGate:
             return
         hidden = output[0] if isinstance(output, tuple) else output
         batch, seq = hidden.shape[:2]
-        usable = mask is not None and mask.shape[0] == batch and mask.shape[1] >= seq
-        self.scores = (prompt_mean(hidden, mask[:, -seq:] if usable else None, self.condition.skip_prefix) @ self.unit).cpu()
+        usable = mask[:, -seq:] if mask is not None and mask.shape[0] == batch and mask.shape[1] >= seq else None
+        self.scores = (prompt_mean(hidden, usable, self.condition.skip_prefix) @ self.unit).cpu()
         self.fired = self.condition.fires(self.scores)
         self._pending = False
 

@@ -28,7 +28,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -36,6 +36,9 @@ from ._io import write_text_atomic
 from .errors import OutputError, TraitError
 from .models import Message
 from .traits import MIN_EVAL_QUESTIONS, MIN_PAIRS, MIN_QUESTIONS, Trait
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 FORMATS = ("personactl", "persona_vectors")
 N_PAIRS = MIN_PAIRS
@@ -329,10 +332,10 @@ def _openai_chat(model: str, *, max_tokens: int, temperature: float, seed: int, 
             completion = await with_retries(
                 lambda: client.chat.completions.create(
                     model=model,
-                    messages=messages,
+                    messages=cast("list[ChatCompletionMessageParam]", messages),  # role/content dicts, typed by role in the SDK
                     max_tokens=max_tokens,
                     temperature=temperature,
-                    seed=seed,  # type: ignore[arg-type]
+                    seed=seed,
                 ),
                 label,
                 5,

@@ -25,10 +25,15 @@ import asyncio
 import concurrent.futures
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, cast
 
 from ..backends import BackendError, parse_backend
 from ..judges.llm import DEFAULT_BASE_URL, _env, async_client, with_retries
 from ..models import Message
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
 BASE_URL_ENVS = ("PERSONACTL_API_BASE_URL", "OPENAI_BASE_URL")
 API_KEY_ENVS = ("PERSONACTL_API_KEY", "OPENAI_API_KEY")
@@ -119,13 +124,13 @@ class ApiGenerator:
                     task.cancel()
                 raise
 
-    async def _one(self, client, semaphore: asyncio.Semaphore, messages: list[Message], s: Sampling, seed: int) -> str:  # noqa: ANN001
+    async def _one(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, messages: list[Message], s: Sampling, seed: int) -> str:
         label = f"model {self.model!r} at {self.base_url or DEFAULT_BASE_URL}"
         async with semaphore:
             completion = await with_retries(
                 lambda: client.chat.completions.create(
                     model=self.model,
-                    messages=messages,
+                    messages=cast("list[ChatCompletionMessageParam]", messages),  # role/content dicts, typed by role in the SDK
                     max_tokens=s.max_tokens,
                     temperature=s.temperature,
                     top_p=s.top_p,

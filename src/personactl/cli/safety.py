@@ -143,12 +143,9 @@ def finetune_cmd(
     if freeze == "random":
         masks = load_masks(backbone, frozen_masks / RANDOM_MASKS) if summary else random_like(masks)
     base = LORA_UTILITY if peft else FULL_UTILITY
-    config = replace(
-        base,
-        epochs=epochs,
-        learning_rate=learning_rate or base.learning_rate,
-        **({"rank": r, "alpha": alpha, "target_modules": tuple(t.strip() for t in targets.split(",") if t.strip())} if peft else {}),
-    )
+    config = replace(base, epochs=epochs, learning_rate=learning_rate or base.learning_rate)
+    if peft:
+        config = replace(config, rank=r, alpha=alpha, target_modules=tuple(t.strip() for t in targets.split(",") if t.strip()))
     examples = chat_examples(backbone, data or "benign_train")
     card = frozen_finetune(backbone, examples, out_dir, None if freeze == "none" else masks, peft=peft, config=config, freeze_label=freeze)
     _print(

@@ -167,7 +167,7 @@ def transfer_evaluate(
     from ..vectors import load_vector  # noqa: PLC0415
 
     loaded_trait = load_trait(trait)
-    if not getattr(loaded_trait, "eval_questions", None):
+    if not hasattr(loaded_trait, "eval_questions") or not loaded_trait.eval_questions:
         raise typer.BadParameter(f"'{trait}' has no evaluation questions: use a trait with questions (e.g. pirate)", param_hint="--trait")
     backbone = _common._load(target, None, None, None)
     steering = load_vector(vector, backbone=backbone)

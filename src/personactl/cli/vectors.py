@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.table import Table
@@ -27,6 +28,9 @@ from ._common import (
     traits_app,
 )
 
+if TYPE_CHECKING:
+    from ..steering import Op, SteeringTerm, StepPositions
+
 
 @traits_app.command("list")
 def traits_list() -> None:
@@ -36,7 +40,9 @@ def traits_list() -> None:
     table = Table("trait", "pairs", "questions", "eval", "description")
     for name in builtin_traits():
         trait = load_trait(name)
-        table.add_row(name, str(len(trait.instructions)), str(len(trait.questions)), str(len(trait.eval_questions)), trait.description)
+        # TEMPORARY: being refactored: every built-in trait is a Trait (isinstance once traits.Trait is imported)
+        row = (str(len(trait.instructions)), str(len(trait.questions)), str(len(trait.eval_questions)))  # type: ignore[union-attr]
+        table.add_row(name, *row, trait.description)
     out.print(table)
 
 
@@ -323,39 +329,33 @@ def generate(
     backbone = _common._load(model, device, dtype, device_map)
     cond = None
     if condition is not None:
+        # TEMPORARY: being refactored: --format checked into vectors' Literal (an import), here and below
         cond_vector = load_vector(condition, fmt=vector_format, backbone=backbone, layer=condition_layer)  # type: ignore[arg-type]
         cond = condition_from_vector(cond_vector, condition_layer, threshold_value, comparison)
     fired: list = []
-    terms = []
+    terms: list[SteeringTerm] = []
+    layers: list[int] = []
     if vector is not None:
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
-        blend, layer = _steered_layers(layer, vector, backbone.n_layers)  # type: ignore[assignment]
+        blend, layers = _steered_layers(layer, vector, backbone.n_layers)
         if blend and op == "cap":
             raise OptionError("--op cap takes a band of layers (--layer 4,5,6 or 4-6), not an auto blend")
-        loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layer[0])  # type: ignore[arg-type]
-        if op == "cap":
-            terms = [cap_term(loaded, layer, cap_at, coef, positions)]  # type: ignore[arg-type]
+        loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layers[0])  # type: ignore[arg-type]
+        where, how = cast("StepPositions", positions), cast("Op", op)  # op checked above, positions by steer()
+        if how == "cap":
+            terms = [cap_term(loaded, layers, cap_at, coef, where)]
+        elif blend:
+            terms = weighted_terms(loaded, blend.weights, coef, where, how, norm_preserving)
         else:
-            terms = (
-                weighted_terms(loaded, blend.weights, coef, positions, op, norm_preserving)
-                if blend  # type: ignore[arg-type]
-                else [SteeringTerm(loaded, layer, coef, positions, op, norm_preserving)]
-            )  # type: ignore[arg-type]
+            terms = [SteeringTerm(loaded, layers, coef, where, how, norm_preserving)]
         if blend and not as_json:
             out.print(f"layers {blend.describe()}")
     messages = [chat_prompt(p, system) for p in prompt]
-    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    answer = partial(run_generate, backbone, messages, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     with _merged_lora(backbone, lora, lora_scale):
-        steered = run_generate(
-            backbone,
-            messages,
-            steering=terms,
-            condition=cond,  # type: ignore[arg-type]
-            on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())),
-            **kwargs,
-        )
-    base = run_generate(backbone, messages, **kwargs) if baseline else None  # type: ignore[arg-type]
+        steered = answer(steering=terms, condition=cond, on_condition=lambda f, s: fired.extend(zip(f.tolist(), s.tolist())))
+    base = answer() if baseline else None
     rows = [
         {
             "prompt": p,
@@ -374,7 +374,7 @@ def generate(
                 {
                     "model": backbone.name,
                     "vector": str(vector) if vector else None,
-                    "layers": layer,
+                    "layers": layers,
                     "coef": coef,
                     **extra,
                     **({"weights": {str(k): w for k, w in blend.weights.items()}} if vector is not None and blend else {}),
@@ -425,7 +425,7 @@ def _generate_via_llamacpp(
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
         blend, layers = _steered_layers(layer, vector, backend.n_layers)
-        loaded = load_vector(vector, fmt=vector_format, layer=layers[0])  # type: ignore[arg-type]
+        loaded = load_vector(vector, fmt=vector_format, layer=layers[0])
         control = Control(loaded, dict(blend.weights) if blend else {int(x): 1.0 for x in layers}, coef, positions)
     messages = [chat_prompt(p, system) for p in prompt]
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.table import Table
@@ -11,6 +12,9 @@ from rich.table import Table
 from ..errors import OptionError
 from . import _common
 from ._common import DeviceOpt, DtypeOpt, ModelOpt, adapter_app, app, err, lora_app, out
+
+if TYPE_CHECKING:
+    from ..steering import Op
 
 
 @lora_app.command("extract")
@@ -116,7 +120,8 @@ def finetune(
     questions, answers = examples.questions, examples.answers
     premerge = [(LoRADirection.load(premerge_lora), premerge_coef)] if premerge_lora else []
     backbone = _common._load(model, device, None, None)
-    steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layers, steer_coef, op=steer_op)] if steer_vector else []
+    op = cast("Op", steer_op)  # checked above
+    steering = [SteeringTerm(load_vector(steer_vector, backbone=backbone), steer_layers, steer_coef, op=op)] if steer_vector else []
     prompts = format_prompts(backbone, [chat_prompt(q) for q in questions])
     losses = run_finetune(backbone, prompts, answers, out_dir, config, steering=steering, premerge=premerge, metadata={"data": str(data)}, full=full)
     out.print(f"trained {len(losses)} steps on {len(questions)} examples, final loss {losses[-1]:.3f}")
@@ -192,7 +197,8 @@ def adapter_train(
         "gradient_checkpointing": gradient_checkpointing,
         "checkpoint_every": checkpoint_every,
     }
-    LoRATrainConfig(**settings)  # bad values are refused before the model loads
+    # TEMPORARY: being refactored: `settings` a dict[str, Any] (an import)
+    LoRATrainConfig(**settings)  # type: ignore[arg-type]  # bad values are refused before the model loads
     backbone = _common._load(model, device, None, None, quantize)
     config = LoRATrainConfig(**{**vars(adapter_defaults(backbone)), **settings})
     card = train_adapter(backbone, data, name, target, config, heldout, resume=not restart)
@@ -373,7 +379,7 @@ def screen(
         out.print(note)
     out.print(f"verdict: {summary['conclusion']}")
     out.print(f"written to {write_screening(result, out_dir)} (screen.jsonl, summary.json, histogram.png, screen.html)")
-    if write is not None:
+    if write is not None and filter_out is not None:  # both or neither, checked above
         removed = {result.rows[i]["line"] for i in result.flagged(filter_out)}
         out.print(
             f"{len(removed)} flagged samples dropped (lines {', '.join(map(str, sorted(removed)))}); every other line of "

@@ -190,7 +190,7 @@ def train_adapter(
     torch.manual_seed(config.seed)
     lora = LoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates int; its scaling alpha / r takes any number
         use_rslora=config.rslora,
         lora_dropout=config.dropout,
         target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
@@ -234,7 +234,7 @@ def train_adapter(
         save_adapter(model, out_dir, card)  # built aside and swapped in: no half-written adapter under the real name
         remove_checkpoint(checkpoint)
     finally:
-        model.unload()  # type: ignore[attr-defined]
+        model.unload()
     return card
 
 

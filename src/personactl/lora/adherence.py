@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,18 @@ def persona_rubric(persona: str, examples: Sequence[str], description: str | Non
 
 def neutral_text() -> tuple[list[str], list[str]]:
     """Everyday questions with plain answers written by this team: the general-ability yardstick."""
-    data = read_persona_data(resources.files("personactl") / "data" / "neutral_qa.jsonl")
+    data = read_persona_data(Path(str(resources.files("personactl") / "data" / "neutral_qa.jsonl")))
     return data.questions, data.answers
 
 
 def _mean(values: list[float | None]) -> float:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else float("nan")
+
+
+def _scored(scores: list[float | None]) -> dict[int, float]:
+    """{answer index: score} of the answers the judge scored."""
+    return {i: s for i, s in enumerate(scores) if s is not None}
 
 
 def adherence(
@@ -91,11 +97,11 @@ def adherence(
         rubric = persona_rubric(card.get("name", "persona"), [data.answers[i] for i in train_idx[:3]], description)
         (llm_judge,) = rubric_judges(judge_spec, (rubric, ":persona"))
     ask = lambda idx: [chat_prompt(data.questions[i]) for i in idx]  # noqa: E731
-    settings = dict(max_new_tokens=max_new_tokens, batch_size=32)
-    base_train = generate(backbone, ask(train_idx), **settings)
+    answer = partial(generate, backbone, max_new_tokens=max_new_tokens, batch_size=32)
+    base_train = answer(ask(train_idx))
     judge = EmbeddingJudge.fit([data.answers[i] for i in train_idx], base_train, trait=card.get("name", "persona"))
     val_questions = [data.questions[i] for i in val_idx]
-    base_val = generate(backbone, ask(val_idx), **settings)
+    base_val = answer(ask(val_idx))
     neutral_q, neutral_a = neutral_text()
     neutral_prompts = format_prompts(backbone, [chat_prompt(q) for q in neutral_q])
     persona_prompts = format_prompts(backbone, ask(val_idx))
@@ -103,7 +109,7 @@ def adherence(
     ppl_before = _mean(perplexity(backbone, persona_prompts, persona_answers))
     neutral_before = _mean(perplexity(backbone, neutral_prompts, neutral_a))
     with merged(backbone, (direction, 1.0)):
-        adapted_val = generate(backbone, ask(val_idx), **settings)
+        adapted_val = answer(ask(val_idx))
         ppl_after = _mean(perplexity(backbone, persona_prompts, persona_answers))
         neutral_after = _mean(perplexity(backbone, neutral_prompts, neutral_a))
     base_scores, adapted_scores = judge.score(val_questions, base_val), judge.score(val_questions, adapted_val)
@@ -113,7 +119,7 @@ def adherence(
         "adapter",
         None,
         [
-            Cell(c, *mean_ci(scores), _mean(coherence.score(val_questions, answers)), dict(enumerate(scores)))
+            Cell(c, *mean_ci(scores), _mean(coherence.score(val_questions, answers)), _scored(scores))
             for c, scores, answers in ((0.0, base_scores, base_val), (1.0, adapted_scores, adapted_val))
         ],
         expressed=from_embedding_judge(card.get("name", "persona"), judge, len(train_idx)).expressed,

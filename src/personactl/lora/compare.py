@@ -10,21 +10,26 @@ with the persona vector at that layer.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import activations
 from .._plot import two_panels
+from ..errors import OptionError
 from ..generation import Prompt, format_prompts, generate
 from ..models import Backbone
 from ..steering import SteeringTerm
 from ..vectors import PersonaVector
 from .direction import LoRADirection, merged
 from .runtime import runtime
+
+if TYPE_CHECKING:
+    from ..evaluate import SweepConfig
 
 
 @dataclass(frozen=True)
@@ -60,11 +65,11 @@ def latencies(
     direction = LoRADirection.load(lora_folder)
     texts = format_prompts(backbone, prompts)
     hook = [SteeringTerm(vector, layer, coef)]
-    modes = {
-        "unsteered": (nullcontext, ()),
+    modes: dict[str, tuple[Callable[[], AbstractContextManager[object]], list[SteeringTerm]]] = {
+        "unsteered": (nullcontext, []),
         "activation hook": (nullcontext, hook),
-        "LoRA merged": (lambda: merged(backbone, (direction, coef)), ()),
-        "LoRA unmerged": (lambda: runtime(backbone, lora_folder, coef), ()),
+        "LoRA merged": (lambda: merged(backbone, (direction, coef)), []),
+        "LoRA unmerged": (lambda: runtime(backbone, lora_folder, coef), []),
     }
     best = {mode: float("inf") for mode in modes}
     for round_ in range(repeats + 1):  # round 0 warms every mode up
@@ -119,7 +124,7 @@ class Comparison:
     verdicts: list = field(default_factory=list)  # verdicts.Verdict per method
 
 
-def compare(config, out_dir: str | Path = "runs", backbone: Backbone | None = None, n_timing_prompts: int = 8) -> Comparison:
+def compare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, n_timing_prompts: int = 8) -> Comparison:
     """Sweep `vector` and `lora` on the same questions (one report), then time and compare geometry.
 
     `config` is a SweepConfig with `lora` set; its methods are replaced by
@@ -132,13 +137,20 @@ def compare(config, out_dir: str | Path = "runs", backbone: Backbone | None = No
     from ..experiment import run  # noqa: PLC0415
     from ..generation import chat_prompt  # noqa: PLC0415
 
+    lora = config.lora
+    if lora is None:
+        raise OptionError("compare needs a persona direction: set the config's lora to a `personactl lora extract` folder")
+    specs = [config.layers] if isinstance(config.layers, str) else config.layers
+    if any(isinstance(spec, str) and spec != "auto" for spec in specs):
+        raise OptionError(f"compare steers at one layer: give layer numbers or 'auto', not the blend {config.layers!r}")
     config = config.model_copy(update={"methods": ["vector", "lora"]})
     result = run(config, out_dir, backbone=backbone)
     prep = result.prepared
     layer = result.layers[0]
+    assert isinstance(layer, int)  # no blend, checked above
     prompts = [chat_prompt(q) for q in prep.trait.eval_questions[:n_timing_prompts]]
-    timing = latencies(prep.backbone, prompts, prep.vector, layer, config.lora)
-    shifts = residual_shift(prep.backbone, prompts, prep.vector, config.lora)
+    timing = latencies(prep.backbone, prompts, prep.vector, layer, lora)
+    shifts = residual_shift(prep.backbone, prompts, prep.vector, lora)
     figure = plot_geometry(shifts, result.run_dir / "figures" / "geometry.png")
     data = {"layer": layer, "latency": [asdict(t) for t in timing], "geometry": [asdict(s) for s in shifts]}
     written = [write_text_atomic(result.run_dir / "compare.json", json.dumps(data, indent=2)), figure]

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -172,7 +172,7 @@ def combine(terms: Sequence[tuple[LoRADirection, float]], metadata: dict[str, An
     rank = sum(d.rank for d, _ in terms)
     rslora = bool(first.config.get("use_rslora"))
     config = dict(first.config, r=rank, lora_alpha=shared * (math.sqrt(rank) if rslora else rank))
-    inherited = {k: first.metadata[k] for k in ("base_model", "base_model_type") if k in first.metadata}
+    inherited: dict[str, Any] = {k: first.metadata[k] for k in ("base_model", "base_model_type") if k in first.metadata}
     return LoRADirection(modules, config, {**inherited, **(metadata or {})})
 
 
@@ -190,7 +190,7 @@ def difference(pos: LoRADirection, neg: LoRADirection, metadata: dict[str, Any] 
 
 def _weight_shape(module: torch.nn.Module) -> tuple[int, int]:
     """(out, in) of a linear layer; gpt2's Conv1D stores its weight as [in, out]."""
-    weight = module.weight
+    weight = cast(torch.Tensor, module.weight)  # nn.Module's __getattr__ is typed Tensor | Module
     return (weight.shape[1], weight.shape[0]) if _is_conv1d(module) else (weight.shape[0], weight.shape[1])
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from ..errors import PersonactlError
 from ..models import Backbone
@@ -339,7 +340,7 @@ def fisher_ci(r: float, n: int, z: float = _Z975, ranks: bool = False) -> list[f
     return [math.tanh(centre - half), math.tanh(centre + half)]
 
 
-def permutation_p(x: Sequence[float], y: Sequence[float], ranks: bool = False, n_perm: int = N_PERM, seed: int = 0) -> float:
+def permutation_p(xs: ArrayLike, ys: ArrayLike, ranks: bool = False, n_perm: int = N_PERM, seed: int = 0) -> float:
     """Two-sided permutation p-value of Pearson's |r| (of the ranks: Spearman).
 
     Exact over every pairing for n <= EXACT_P_MAX; otherwise Monte-Carlo over
@@ -347,7 +348,7 @@ def permutation_p(x: Sequence[float], y: Sequence[float], ranks: bool = False, n
     """
     from scipy import stats  # noqa: PLC0415
 
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     if ranks:
         x, y = stats.rankdata(x), stats.rankdata(y)
     n = len(y)

@@ -158,7 +158,7 @@ def train_lora(
     torch.manual_seed(config.seed)
     lora_config = LoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates int; its scaling alpha / r takes any number
         use_rslora=config.rslora,
         lora_dropout=config.dropout,
         target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),

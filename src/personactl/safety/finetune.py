@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from ..lora.config import LoRATrainConfig
 from ..lora.train import all_weights_trainable, check_out_dir, optimise, save_adapter, save_model, train_lora
@@ -36,7 +37,7 @@ def frozen_finetune(
     peft: bool,
     config: LoRATrainConfig | None = None,
     freeze_label: str = "safety",
-) -> dict:
+) -> dict[str, Any]:
     """Fine-tune on `data` with `masks` frozen (None: nothing frozen); save a model folder (full) or adapter (peft).
 
     Raises FrozenWeightsChanged, before anything is saved, if a masked weight moved.
@@ -44,7 +45,7 @@ def frozen_finetune(
     """
     out = check_out_dir(out_dir)
     config = config or (LORA_UTILITY if peft else FULL_UTILITY)
-    card = {
+    card: dict[str, Any] = {
         "kind": CARD_KIND,
         "base_model": backbone.name,
         "method": "lora" if peft else "full",

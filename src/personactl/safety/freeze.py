@@ -9,7 +9,7 @@ invariant, not a hope.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -54,8 +54,9 @@ class FrozenWeights:
             raise FrozenWeightsChanged(f"{moved} of {self.count} frozen weights changed during fine-tuning: the result is not a frozen fine-tune")
 
 
-def _zero_grad_at(index: torch.Tensor):
+def _zero_grad_at(index: torch.Tensor) -> Callable[[torch.Tensor], None]:
     def hook(weight: torch.Tensor) -> None:
+        assert weight.grad is not None  # a post-accumulate-grad hook runs once the gradient is there
         weight.grad.view(-1).index_fill_(0, index, 0.0)
 
     return hook

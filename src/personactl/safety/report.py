@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_path, write_text_atomic
 from .._markdown import markdown_table
@@ -13,6 +13,10 @@ from .._plot import data_uri
 from ..judges.text import is_collapsed
 from .errors import SafetyError
 from .refusal import rate_with_ci
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 GROUPS = ("frozen", "others", "random")
 
@@ -87,19 +91,19 @@ def results_markdown(results: dict) -> str:
     return "\n\n".join(f"**{title}**\n\n{markdown_table(rows, cols)}" for title, (rows, cols) in tables(results).items() if rows)
 
 
-def _figure(width: float = 8.0, height: float = 4.2):
+def _figure(width: float = 8.0, height: float = 4.2) -> Figure:
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
 
 
-def _rate_bars(ax, labels: list[str], rates: list[dict], title: str) -> None:
+def _rate_bars(ax: Axes, labels: list[str], rates: list[dict], title: str) -> None:
     values = [100 * r["rate"] for r in rates]
     errors = [[100 * (r["rate"] - r["low"]) for r in rates], [100 * (r["high"] - r["rate"]) for r in rates]]
     ax.bar(range(len(values)), values, yerr=errors, capsize=3, color="C0")

@@ -8,7 +8,7 @@ layer's activations; the hooks live only inside `input_norms`'s context.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -37,7 +37,7 @@ class _NormSums:
         self.rows: torch.Tensor | None = None  # flat indices of the tokens of the current batch that count
         self.tokens = 0
 
-    def hook(self, name: str):
+    def hook(self, name: str) -> Callable[[nn.Module, tuple], None]:
         def record(_module: nn.Module, args: tuple) -> None:
             x = args[0].reshape(-1, args[0].shape[-1])
             if self.rows is not None:

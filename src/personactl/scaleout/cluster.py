@@ -132,7 +132,7 @@ def _accepts(address: str) -> bool:
     """Whether the GCS at `address` answers this process as it is now set (auth mode, token); False when it wants
     another token. Ray's C++ client writes a warning on file descriptor 2 for a refusal: it is silenced here."""
     import ray.exceptions  # noqa: PLC0415
-    from ray._raylet import GcsClient  # noqa: PLC0415
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # noqa: PLC0415 - ray/_raylet.pyi lists a few of its names
 
     refused = getattr(ray.exceptions, "AuthenticationError", ())  # older Ray has no token authentication
     with _fd2_silenced():
@@ -151,7 +151,7 @@ def _accepts(address: str) -> bool:
 
 def _has_token() -> bool:
     """Whether Ray finds a token here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), read afresh."""
-    from ray._raylet import AuthenticationTokenLoader  # noqa: PLC0415
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # noqa: PLC0415 - ray/_raylet.pyi lists a few of its names
 
     loader = AuthenticationTokenLoader.instance()
     loader.reset_cache()
@@ -169,7 +169,7 @@ def _ray_environment(env: dict[str, str]) -> Iterator[None]:
     if not env:
         yield
         return
-    from ray._raylet import Config  # noqa: PLC0415
+    from ray._raylet import Config  # type: ignore[attr-defined]  # noqa: PLC0415 - ray/_raylet.pyi lists a few of its names
 
     before = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -188,7 +188,7 @@ def _ray_environment(env: dict[str, str]) -> Iterator[None]:
 
 def _forget_token() -> None:
     """Drop the token Ray's loader cached, so a later connection in this process reads its own environment."""
-    from ray._raylet import AuthenticationTokenLoader  # noqa: PLC0415
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # noqa: PLC0415 - ray/_raylet.pyi lists a few of its names
 
     AuthenticationTokenLoader.instance().reset_cache()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ..evaluate import Condition, Generated, generate_group
@@ -21,7 +21,7 @@ class SweepSpec:
     """Everything a worker needs to rebuild a run's steering methods around its own model."""
 
     methods: list[str]
-    context: MethodContext  # without its backbone: each worker brings its own
+    context: dict[str, Any]  # the MethodContext's fields but its backbone: each worker brings its own
     questions: list[str]
     run_seed: int
     key: str  # the worker builds the methods once per key
@@ -31,7 +31,7 @@ def sweep_group(backbone: Backbone, memo: dict[str, Any], group: list[Condition]
     """One group of a sweep (same method and layer), answered and measured on this worker's model."""
     methods = memo.get(spec.key)
     if methods is None:
-        context = replace(spec.context, backbone=backbone)
+        context = MethodContext(backbone=backbone, **spec.context)
         methods = memo[spec.key] = {name: make_method(name, context) for name in spec.methods}
     return generate_group(backbone, methods, spec.questions, group, spec.run_seed)
 
@@ -46,7 +46,8 @@ class RayRunner:
 
     def __init__(self, pool: WorkerPool, context: MethodContext, methods: Sequence[str], questions: Sequence[str], run_seed: int) -> None:
         self.pool = pool
-        self.spec = SweepSpec(list(methods), replace(context, backbone=None), list(questions), run_seed, uuid.uuid4().hex)
+        unbound = {name: value for name, value in vars(context).items() if name != "backbone"}
+        self.spec = SweepSpec(list(methods), unbound, list(questions), run_seed, uuid.uuid4().hex)
 
     def run(self, groups: Sequence[list[Condition]]) -> Iterator[tuple[list[Condition], Generated]]:
         spec = self.pool.ray.put(self.spec)  # sent once per worker, not once per group

@@ -94,7 +94,7 @@ class Job:
     persona: PersonaRequest | None = None
     top_logprobs: int | None = None  # None: no log-probabilities
     stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
-    emit: Callable[[object], None] = lambda _event: None  # set by whoever waits for the events
+    emit: Callable[[TokenEvent | DoneEvent | ErrorEvent], None] = lambda _event: None  # set by whoever waits for the events
     cancelled: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = 0  # counted by the engine when the job is submitted
     background: bool = False  # low-priority work (set by submit_background)
@@ -109,9 +109,9 @@ class _Cohort:
     """Rows that share weights (one adapter or blend), their KV cache, attention mask and next input tokens."""
 
     adapter: str
+    cache: kv.DynamicCache
+    mask: torch.Tensor
     rows: list[Row] = field(default_factory=list)
-    cache: object = None
-    mask: torch.Tensor | None = None
     next_tokens: list[int] = field(default_factory=list)
 
 
@@ -245,11 +245,11 @@ class Engine:
         ids, mask = batch.input_ids.to(self.backbone.device), batch.attention_mask.to(self.backbone.device)
         cache = kv.new_cache()
         logits, meters = self._forward(key, rows, ids=ids, mask=mask, positions=position_ids(mask), cache=cache)
-        cohort = self._cohorts.get(key) or _Cohort(key)
-        if cohort.rows:
+        cohort = self._cohorts.get(key)
+        if cohort is not None and cohort.rows:
             cohort.mask = kv.join(cohort.cache, cohort.mask, cache, mask)
         else:
-            cohort.cache, cohort.mask = cache, mask
+            cohort = _Cohort(key, cache, mask)
         cohort.rows += rows
         cohort.next_tokens += [0] * len(rows)
         self._cohorts[key] = cohort

@@ -30,15 +30,19 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
-async def job_events(engine: Engine, job: Job, request: Request | None = None) -> AsyncIterator[object]:
+async def job_events(engine: Engine, job: Job, request: Request | None = None) -> AsyncIterator[TokenEvent | DoneEvent]:
     """Submit `job` and yield its TokenEvents then its DoneEvent; errors become ApiError.
 
     Leaving early cancels the job, and so does the client going away (checked every DISCONNECT_POLL_S when
     `request` is given, streaming or not): the engine drops the row at its next step instead of computing an
     answer nobody reads.
     """
-    loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+    loop, events = asyncio.get_running_loop(), asyncio.Queue[TokenEvent | DoneEvent | ErrorEvent]()
+
+    def emit(event: TokenEvent | DoneEvent | ErrorEvent) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    job.emit = emit
     try:
         engine.submit(job)
     except QueueFull as exc:

@@ -182,7 +182,14 @@ class Extractions:
             chunk = pairs[start : start + CAPTURE_PAIRS]
             prompts = [p.pos_prompt for p in chunk] + [p.neg_prompt for p in chunk]
             responses = [p.pos_answer for p in chunk] + [p.neg_answer for p in chunk]
-            collect = partial(activations.collect, self.engine.backbone, prompts, responses, positions=SETTINGS.positions, batch_size=len(prompts))
+            collect = partial(
+                activations.collect,
+                self.engine.backbone,
+                prompts,
+                responses,
+                positions=activations.checked_positions(SETTINGS.positions),
+                batch_size=len(prompts),
+            )
             acts = self.engine.call(collect)
             pos.append(acts[: len(chunk)])
             neg.append(acts[len(chunk) :])

@@ -21,10 +21,19 @@ def new_cache() -> DynamicCache:
 
 
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    layers = []
     for layer in cache.layers:
         if type(layer) is not DynamicLayer:
             raise TypeError(f"cannot re-align a {type(layer).__name__} cache layer: create the cache with new_cache()")
-    return cache.layers
+        layers.append(layer)
+    return layers
+
+
+def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's keys and values, which it holds from its first forward pass on."""
+    if layer.keys is None or layer.values is None:
+        raise TypeError("cannot re-align a cache layer that holds nothing yet: run a forward pass first")
+    return layer.keys, layer.values
 
 
 def pad_left(cache: DynamicCache, mask: torch.Tensor, columns: int) -> torch.Tensor:
@@ -32,9 +41,10 @@ def pad_left(cache: DynamicCache, mask: torch.Tensor, columns: int) -> torch.Ten
     if columns <= 0:
         return mask
     for layer in _layers(cache):
-        shape = (*layer.keys.shape[:-2], columns, layer.keys.shape[-1])
-        layer.keys = torch.cat([layer.keys.new_zeros(shape), layer.keys], dim=-2)
-        layer.values = torch.cat([layer.values.new_zeros(shape[:-1] + layer.values.shape[-1:]), layer.values], dim=-2)
+        keys, values = _kv(layer)
+        shape = (*keys.shape[:-2], columns, keys.shape[-1])
+        layer.keys = torch.cat([keys.new_zeros(shape), keys], dim=-2)
+        layer.values = torch.cat([values.new_zeros(shape[:-1] + values.shape[-1:]), values], dim=-2)
     return torch.cat([mask.new_zeros(mask.shape[0], columns), mask], dim=1)
 
 
@@ -44,8 +54,9 @@ def join(cache: DynamicCache, mask: torch.Tensor, other: DynamicCache, other_mas
     mask = pad_left(cache, mask, width - mask.shape[1])
     other_mask = pad_left(other, other_mask, width - other_mask.shape[1])
     for layer, extra in zip(_layers(cache), _layers(other)):
-        layer.keys = torch.cat([layer.keys, extra.keys], dim=0)
-        layer.values = torch.cat([layer.values, extra.values], dim=0)
+        (keys, values), (extra_keys, extra_values) = _kv(layer), _kv(extra)
+        layer.keys = torch.cat([keys, extra_keys], dim=0)
+        layer.values = torch.cat([values, extra_values], dim=0)
     return torch.cat([mask, other_mask], dim=0)
 
 
@@ -56,6 +67,7 @@ def keep_rows(cache: DynamicCache, mask: torch.Tensor, rows: list[int]) -> torch
     used = mask.any(dim=0).nonzero()
     start = int(used[0]) if len(used) else mask.shape[1]
     for layer in _layers(cache):
-        layer.keys = layer.keys[index.to(layer.keys.device), :, start:]
-        layer.values = layer.values[index.to(layer.values.device), :, start:]
+        keys, values = _kv(layer)
+        layer.keys = keys[index.to(keys.device), :, start:]
+        layer.values = values[index.to(values.device), :, start:]
     return mask[:, start:]

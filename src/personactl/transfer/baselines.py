@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from ..errors import TransferError
-from .ridge import Array, as_float64, checked_pairs, same_kind_as
+from .ridge import Array, ArrayT, as_float64, checked_pairs, same_kind_as
 
 
-def pad_or_truncate(v: Array, d_t: int) -> Array:
+def pad_or_truncate(v: ArrayT, d_t: int) -> ArrayT:
     """The first d_t coordinates of v, zero-padded: the 'same basis' guess; keeps the norm when d_t >= d_s."""
     v64 = _vector(v)
     out = torch.zeros(_size(d_t), dtype=torch.float64, device=v64.device)
@@ -22,7 +22,7 @@ def pad_or_truncate(v: Array, d_t: int) -> Array:
     return same_kind_as(out, v)
 
 
-def interpolate(v: Array, d_t: int) -> Array:
+def interpolate(v: ArrayT, d_t: int) -> ArrayT:
     """v resampled linearly at d_t evenly spaced points of its index range: the 'smooth in index' guess."""
     v64 = _vector(v).cpu().numpy()
     out = np.interp(np.linspace(0.0, 1.0, _size(d_t)), np.linspace(0.0, 1.0, len(v64)), v64)
@@ -40,7 +40,7 @@ def random_orthogonal(d_s: int, d_t: int, seed: int = 0) -> np.ndarray:
     return q if d_s >= d_t else q.T
 
 
-def procrustes(X: Array, Y: Array) -> Array:
+def procrustes(X: ArrayT, Y: Array) -> ArrayT:
     """Orthogonal Procrustes [d_s, d_t]: the semi-orthogonal R minimising ||Xc R - Yc|| (R = U V^T of Xc^T Yc).
 
     The best map that only rotates (and embeds or projects): ridge's competitor when pairs are few.
@@ -50,7 +50,7 @@ def procrustes(X: Array, Y: Array) -> Array:
     return same_kind_as(u @ vh, X)
 
 
-def rescale(v: Array, norm: float) -> Array:
+def rescale(v: ArrayT, norm: float) -> ArrayT:
     """v scaled to length `norm`, e.g. to a typical activation norm of the target layer."""
     v64 = _vector(v)
     length = float(torch.linalg.vector_norm(v64))

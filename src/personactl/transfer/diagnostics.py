@@ -127,10 +127,11 @@ def hypothesis_b(rows: Sequence[dict[str, Any]], cosines: dict[str, float], null
     random = matched(random_rows, ridge) if ridge else None
     procrustes = matched(_rows(rows, "B", "procrustes@oracle_norm"), ridge) if ridge else None
     angle = test["p"] < LEVEL
-    effect = compare(ridge, random) if ridge and random else None
-    if effect is None:
+    if ridge is None or random is None:
+        effect = None
         behaviour = "no effect comparison: the ridge direction is coherent at no multiple of the oracle norm tested"
     else:
+        effect = compare(ridge, random)
         behaviour = (
             f"at the same applied norms ({ridge.chosen('applied_norm')}) the ridge direction scores {ridge.said()} "
             f"vs a random direction's {random.said()} (coherence {random.mean('coherence')[0]:.1f}), {effect.said()}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -144,9 +144,10 @@ def _jackknife(values: PerQuestion, replicate: Callable[[Hashable], PerQuestion 
     n = len(values)
     estimate = sum(values.values()) / n if values else math.nan
     replicates = [replicate(q) for q in values] if n >= 2 else [None]
-    if any(not r for r in replicates):
+    made = [r for r in replicates if r]
+    if len(made) < len(replicates):
         return estimate, math.nan
-    means = np.array([sum(r.values()) / len(r) for r in replicates])
+    means = np.array([sum(r.values()) / len(r) for r in made])
     se = math.sqrt((n - 1) / n * float(((means - means.mean()) ** 2).sum()))
     return estimate, 0.0 if se <= 1e-12 * max(1.0, abs(estimate)) else se
 
@@ -212,13 +213,19 @@ def _assemble(
             values = row[key]
             for i in at:
                 column[i] = values[i]
-    return Choice(*(columns[k] for k in KEYS), questions, [p for _, p in chosen], remake)
+    trait, coherence, collapsed = (columns[k] for k in KEYS)
+    return Choice(trait, coherence, collapsed, questions, [p for _, p in chosen], remake)
 
 
+@overload
+def crossfit(rows: Sequence[dict[str, Any]], fallback: dict[str, Any]) -> Choice: ...
+@overload
+def crossfit(rows: Sequence[dict[str, Any]], fallback: None = None) -> Choice | None: ...
 def crossfit(rows: Sequence[dict[str, Any]], fallback: dict[str, Any] | None = None) -> Choice | None:
     """Each question scored under the condition picked on the other fold; `fallback` where no row is coherent there.
 
-    Made again without a question (for the jackknife), a fold where no row is coherent keeps its first pick.
+    Made again without a question (for the jackknife), a fold where no row is coherent keeps its first pick. None
+    when a fold has no coherent row and no `fallback`: with a fallback there is always a Choice.
     """
     questions = questions_of(rows[0])
     means = [{k: group_means(r[k], questions) for k in KEYS[:2]} for r in rows]
@@ -261,4 +268,5 @@ def matched(rows: Sequence[dict[str, Any]], choice: Choice, key: str = "coef") -
 
 def fixed(row: dict[str, Any]) -> Choice:
     """One condition's own scores, as a Choice with no pick (e.g. the unsteered baseline)."""
-    return Choice(*(row[k] for k in KEYS), questions_of(row))
+    trait, coherence, collapsed = (row[k] for k in KEYS)
+    return Choice(trait, coherence, collapsed, questions_of(row))

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from .._io import atomic_path
 from ..errors import TransferError
 
 Array = np.ndarray | torch.Tensor
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)  # a result of the same kind as the input
 DEFAULT_LAMBDAS = (0.01, 0.1, 1.0, 10.0)
 MIN_ROWS = 3
 _FORMAT = "personactl.ridge_map"
@@ -53,13 +55,13 @@ class RidgeMap:
         """Intercept b of y = x @ weight + b."""
         return self.y_mean - self.x_mean @ self.weight
 
-    def predict(self, x: Array) -> Array:
+    def predict(self, x: ArrayT) -> ArrayT:
         """Target activations for source activations x [..., d_s], in x's array type and dtype."""
         x64 = self._source(x, "x")
         w, x_mean, y_mean = (a.to(x64.device) for a in (self.weight, self.x_mean, self.y_mean))
         return same_kind_as((x64 - x_mean) @ w + y_mean, x)
 
-    def map_direction(self, v: Array) -> Array:
+    def map_direction(self, v: ArrayT) -> ArrayT:
         """v @ weight, the linear part only: a steering direction is a difference, so the intercept cancels."""
         v64 = self._source(v, "v")
         return same_kind_as(v64 @ self.weight.to(v64.device), v)
@@ -342,7 +344,7 @@ def as_float64(a: Array, name: str) -> torch.Tensor:
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
-def same_kind_as(result: torch.Tensor, ref: Array) -> Array:
+def same_kind_as(result: torch.Tensor, ref: ArrayT) -> ArrayT:
     """result as ref's kind of array, in ref's floating dtype (float64 for integer input) and device."""
     if isinstance(ref, torch.Tensor):
         return result.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else torch.float64)
