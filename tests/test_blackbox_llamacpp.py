@@ -265,3 +265,12 @@ def test_a_sweep_on_llama_cpp_writes_results_and_summary_the_report_reads(smollm
     by = {(r["method"], r["coef"], r["question_id"]): r["answer"] for r in records}
     assert by[("llamacpp-vector", 0.0, 0)] == by[("llamacpp-lora", 0.0, 0)]  # coefficient 0: the same plain model
     assert by[("llamacpp-vector", 4.0, 0)] != by[("llamacpp-vector", 0.0, 0)]
+
+
+def test_the_llamacpp_chat_refuses_what_llamacpp_cannot_do_in_one_line(backend):
+    from personactl.blackbox import LlamaCppChat
+
+    session = LlamaCppChat(backend, 2)
+    for command, message in [("/cap v.safetensors neg-p90", "/cap needs the hf backend"), ("/blend a=1", "/blend needs the hf backend")]:
+        answer = session.handle(command)
+        assert answer.startswith("error: ") and message in answer

@@ -201,3 +201,28 @@ def test_sweep_method_cap_with_a_range_nothing_leaves_answers_as_unsteered(model
 def test_sweep_method_cap_refuses_a_negative_strength(model_dir, tmp_path, capsys):
     assert _sweep(model_dir, tmp_path, "neg", "--coefs=-1,1") == 2
     assert "strengths in [0, 1]" in capsys.readouterr().err
+
+
+def test_chat_caps_and_refuses_bad_caps_in_one_line(tmp_path):
+    from personactl.lora import ChatSession
+
+    backbone = tiny_backbone("llama")
+    path = _vector(backbone, stored=False).save(tmp_path / "v.safetensors")
+    session = ChatSession(backbone, max_new_tokens=4)
+    try:
+        plain = session.handle("hello")
+        session.handle("/reset")
+        assert session.handle(f"/cap {path} -1e9:1e9 1-3") == "cap v.safetensors at -1e9:1e9 on layers 1, 2, 3"
+        assert session.handle("hello") == plain  # a range nothing leaves changes nothing
+        for command, message in [
+            (f"/cap {path} 3:1", "low 3 is above high 1"),
+            (f"/cap {path} neg-p90", "has none: re-extract it"),
+            (f"/cap {path} 0:1 2-9", "layer 4 is out of range"),
+            (f"/cap {path} 0:1 2 extra", "use /cap PATH [RANGE] [LAYERS]"),
+        ]:
+            answer = session.handle(command)
+            assert answer.startswith("error: ") and message in answer and "\n" not in answer, answer
+        assert len(session.caps) == 1  # a refused command leaves the cap as it was
+        assert session.handle("/cap off") == "cap off" and session.caps == []
+    finally:
+        session.close()

@@ -42,6 +42,8 @@ class LlamaCppChat:
                 return CHAT_HELP
             if command == "/blend":
                 return "error: /blend needs the hf backend (llama.cpp: /persona with one LoRA GGUF and a scale)"
+            if command == "/cap":
+                return "error: /cap needs the hf backend (llama.cpp's C API only adds control vectors: it cannot clamp a projection)"
             return f"unknown command {command}; {CHAT_HELP}"
         except PersonactlError as exc:
             return f"error: {exc}"

@@ -1,8 +1,9 @@
 """A terminal chat where persona adapters and persona vectors combine.
 
 Commands: `/persona NAME` (or `/persona off`), `/blend a=0.5,b=0.5`,
-`/vector PATH COEF [LAYER]` (`/vector off`), `/reset` (forget the
-conversation), `/help`. Anything else is a user message.
+`/vector PATH COEF [LAYER]` (`/vector off`), `/cap PATH [RANGE] [LAYERS]`
+(`/cap off`), `/reset` (forget the conversation), `/help`. Anything else is
+a user message.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..capping import DEFAULT_CAP, cap_term, parse_cap_at
 from ..errors import PersonactlError
 from ..generation import generate
+from ..layer_list import layer_numbers
 from ..models import Backbone
 from ..steering import SteeringTerm
 from ..vectors import load_vector
@@ -21,7 +24,8 @@ from .adapters import PersonaSwitcher, parse_blend, resolve_adapter
 from .direction import combine
 
 VECTOR_USAGE = "/vector PATH COEF [LAYER], e.g. /vector vectors/pirate.safetensors 1.5 20"
-CHAT_HELP = "commands: /persona NAME|off, /blend a=0.5,b=0.5, /vector PATH COEF [LAYER]|off, /reset, /help"
+CAP_USAGE = "/cap PATH [RANGE] [LAYERS], e.g. /cap vectors/pirate.safetensors neg-p90 18-22"
+CHAT_HELP = "commands: /persona NAME|off, /blend a=0.5,b=0.5, /vector PATH COEF [LAYER]|off, /cap PATH [RANGE] [LAYERS]|off, /reset, /help"
 
 
 class ChatSession:
@@ -31,6 +35,7 @@ class ChatSession:
         self.backbone = backbone
         self.switcher = PersonaSwitcher(backbone)
         self.steering: list[SteeringTerm] = []
+        self.caps: list[SteeringTerm] = []
         self.history: list[dict[str, str]] = []
         self.max_new_tokens = max_new_tokens
         self._blends = tempfile.TemporaryDirectory(prefix="personactl-blend-")
@@ -49,6 +54,7 @@ class ChatSession:
                 "/persona": self._persona,
                 "/blend": self._blend,
                 "/vector": self._vector,
+                "/cap": self._cap,
                 "/reset": lambda _: self._reset(),
                 "/help": lambda _: CHAT_HELP,
             }
@@ -62,7 +68,7 @@ class ChatSession:
 
     def _reply(self, message: str) -> str:
         messages = [*self.history, {"role": "user", "content": message}]
-        answer = generate(self.backbone, [messages], steering=self.steering, max_new_tokens=self.max_new_tokens)[0]
+        answer = generate(self.backbone, [messages], steering=[*self.steering, *self.caps], max_new_tokens=self.max_new_tokens)[0]
         self.history = [*messages, {"role": "assistant", "content": answer}]  # a failed reply leaves no half turn
         return answer
 
@@ -100,6 +106,22 @@ class ChatSession:
         layer = self.backbone.check_layer(default_layer(path, self.backbone.n_layers) if layer is None else layer, allow_embedding=False)
         self.steering = [SteeringTerm(vector, layer, coef)]
         return f"vector {path.name} at layer {layer}, coef {coef:g}"
+
+    def _cap(self, spec: str) -> str:
+        """Keep a vector's projection in a range (`capping`): RANGE defaults to neg-p90, LAYERS to the vector's layer."""
+        if spec in ("off", "none", ""):
+            self.caps = []
+            return "cap off"
+        parts = spec.split()
+        if len(parts) > 3:
+            return f"error: use {CAP_USAGE}"
+        path, at = Path(parts[0]), parts[1] if len(parts) > 1 else DEFAULT_CAP
+        parse_cap_at(at)
+        vector = load_vector(path, backbone=self.backbone)
+        default = [default_layer(path, self.backbone.n_layers)]
+        layers = [self.backbone.check_layer(l, allow_embedding=False) for l in (layer_numbers(parts[2], "LAYERS") if len(parts) == 3 else default)]
+        self.caps = [cap_term(vector, layers, at)]
+        return f"cap {path.name} at {at} on layers {', '.join(map(str, layers))}"
 
     def _reset(self) -> str:
         self.history = []
