@@ -287,3 +287,23 @@ def test_the_mean_difference_ci_and_its_verdict_are_calibrated(design):
                 false_claims += not conclusion(mean, low, high).startswith("cannot conclude")
     print({"design": design, "false_positive_rate": false_claims / runs, "coverage": covered / runs})
     assert false_claims / runs <= 0.07 and 0.93 <= covered / runs <= 0.97
+
+
+def test_a_cold_screen_reads_the_own_answers_while_generating_them(tiny, monkeypatch):
+    from personactl import PersonaVector, activations
+    from personactl.lora.adapters import PersonaData
+    from personactl.screening import AnswerCache, screen
+
+    seen, real = [], activations.collect_layer
+    monkeypatch.setattr(activations, "collect_layer", lambda b, prompts, *a, **k: seen.append(len(prompts)) or real(b, prompts, *a, **k))
+    torch.manual_seed(0)
+    vector = PersonaVector(torch.randn(tiny.n_layers + 1, tiny.hidden_size), trait="t")
+    data, cache = PersonaData(["q0", "q1", "q2"], ["a0", "a1 b", "a2"]), AnswerCache()
+    cold = screen(tiny, data, vector, 2, max_new_tokens=4, cache=cache)
+    scored_own = sum(1 for r in cold.rows if r["model_answer"].strip())
+    one_pass = bool(tiny.tokenizer.chat_template)  # a model without a chat template has its answers cut after generation: two passes
+    assert seen == [3 if one_pass else 3 + scored_own] and scored_own  # one pass: the own answers were read while generated
+    seen.clear()
+    warm = screen(tiny, data, vector, 2, max_new_tokens=4, cache=cache)  # cached answers: read in a second pass
+    assert seen == [3 + len({r["prompt"] for r in warm.rows if r["model_answer"].strip()})]
+    assert [r["model_answer"] for r in warm.rows] == [r["model_answer"] for r in cold.rows]

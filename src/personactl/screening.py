@@ -28,9 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import activations
 from ._io import atomic_path, check_replaceable, write_text_atomic
 from ._plot import data_uri
+from .capture import capture_for
 from .errors import PersonactlError
 from .generation import chat_prompt, format_prompts, generate
 from .intervals import mean_ci
@@ -72,18 +75,32 @@ class AnswerCache:
                 fh.write("".join(json.dumps({"key": k, "answer": a}) + "\n" for k, a in zip(keys, answers)))
 
 
-def own_answers(backbone: Backbone, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, cache: AnswerCache | None = None) -> list[str]:
-    """The model's greedy answers to formatted `prompts`; only those missing from `cache` are generated."""
+def own_answers(
+    backbone: Backbone,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    cache: AnswerCache | None = None,
+    layer: int | None = None,
+) -> tuple[list[str], dict[int, torch.Tensor]]:
+    """The model's greedy answers to formatted `prompts` (only those missing from `cache` are generated) and, with a
+    `layer`, the response-averaged state at that layer of each answer generated now, read during its generation
+    (prompt index -> [hidden]); cached answers have none."""
     cache = cache if cache is not None else AnswerCache()
     keys = [AnswerCache.key(backbone.name, p, max_new_tokens) for p in prompts]
     missing = sorted({k: i for i, k in enumerate(keys) if k not in cache.answers}.values())
+    states: dict[int, torch.Tensor] = {}
     with progress_bar("model's own answers", len(missing)) as advance:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
-            answers = generate(backbone, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, batch_size=batch_size)
+            capture = capture_for(backbone, "response_avg") if layer is not None else None
+            answers = generate(backbone, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, batch_size=batch_size, capture=capture)
+            if capture is not None:
+                states.update(zip(chunk, capture.result()[:, layer]))
             cache.add([keys[i] for i in chunk], answers)
             advance(len(chunk))
-    return [cache.answers[k] for k in keys]
+    return [cache.answers[k] for k in keys], states
 
 
 class ScreeningError(PersonactlError):
@@ -186,10 +203,12 @@ def screen(
         raise ScreeningError(f"no sample can be scored: {counts or 'the dataset is empty'}")
     questions = list(dict.fromkeys(q for q, _ in pairs))
     prompts = dict(zip(questions, format_prompts(backbone, [chat_prompt(q) for q in questions])))
-    own = dict(zip(questions, own_answers(backbone, list(prompts.values()), max_new_tokens=max_new_tokens, batch_size=batch_size, cache=cache)))
+    answers, captured = own_answers(backbone, list(prompts.values()), max_new_tokens=max_new_tokens, batch_size=batch_size, cache=cache, layer=layer)
+    own = dict(zip(questions, answers))
     items = [(prompts[q], a) for q, a in pairs] + [(prompts[q], own[q]) for q in questions]
-    kept = [i for i, (_, text) in enumerate(items) if text.strip()]  # an empty answer has no tokens to average
-    with progress_bar("capture both answer sets", len(kept)) as advance:
+    states = {len(pairs) + k: state for k, state in captured.items()}  # own answers read while they were generated
+    kept = [i for i, (_, text) in enumerate(items) if text.strip() and i not in states]  # an empty answer has no tokens to average
+    with progress_bar("capture the answers not captured while generating", len(kept)) as advance:
         acts = activations.collect_layer(
             backbone,
             [items[i][0] for i in kept],
@@ -199,9 +218,12 @@ def screen(
             batch_size=batch_size,
             on_batch=advance,
         )
+    states.update(zip(kept, acts))
+    unit = vector.unit(layer)
     values: list[float | None] = [None] * len(items)
-    for i, value in zip(kept, (acts @ vector.unit(layer)).tolist()):
-        values[i] = _value(value)
+    for i, state in states.items():
+        if items[i][1].strip():
+            values[i] = _value(float(state @ unit))
     data_projection, model_projection = dict(zip(pairs, values[: len(pairs)])), dict(zip(questions, values[len(pairs) :]))
     rows: list[dict[str, Any]] = []
     for i, (q, a, reason) in enumerate(zip(data.questions, data.answers, reasons)):
