@@ -94,3 +94,16 @@ def test_one_pass_extraction_gives_the_two_pass_vector_on_smollm2(smollm2, pirat
     two_pass = vector_from_pairs(smollm2, pairs, trait="pirate", batch_size=32)
     cosine = _per_layer_cosine(one_pass, two_pass)
     assert cosine.min() >= 0.999, cosine
+
+
+def test_monitor_generate_projects_the_answers_it_generates(model_dir, vector_file, capsys):
+    import json
+
+    from personactl.cli import run
+
+    argv = ["monitor", "--model", str(model_dir), "--vector", str(vector_file), "--prompt", "hi", "--prompt", "hello there", "--json"]
+    assert run([*argv, "--generate", "5", "--layer", "1-2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["answers"]) == 2 and len(result["projections"]) == 2 and all(len(row) == 2 for row in result["projections"])
+    assert run([*argv, "--generate", "5", "--response", "a", "--response", "b"]) == 2
+    assert "--generate projects the generated answers" in capsys.readouterr().err

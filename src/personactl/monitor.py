@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import torch
 
 from . import activations
+from .capture import capture_for
 from .errors import OptionError
-from .generation import Prompt, format_prompts
+from .generation import Prompt, format_prompts, generate
 from .models import Backbone
+from .steering import SteeringTerm
 from .vectors import PersonaVector
 
 
@@ -37,6 +39,34 @@ def project(
     layers = list(range(1, backbone.n_layers + 1)) if layers is None else [backbone.check_layer(l) for l in layers]
     acts = activations.collect(backbone, format_prompts(backbone, prompts), responses, positions=checked, batch_size=batch_size)
     return projections(acts, vector, layers)
+
+
+def project_generated(
+    backbone: Backbone,
+    vector: PersonaVector,
+    prompts: Sequence[Prompt],
+    *,
+    layers: Sequence[int] | None = None,
+    steering: Sequence[SteeringTerm] = (),
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+) -> tuple[list[str], torch.Tensor]:
+    """Greedy answers to `prompts` and their projections [n_prompts, n_layers_asked] (response_avg; NaN for an empty
+    answer), read while the answers are generated: one pass (`capture`). A model without a chat template answers,
+    then is read again."""
+    vector.check_compatible(backbone)
+    layers = list(range(1, backbone.n_layers + 1)) if layers is None else [backbone.check_layer(l) for l in layers]
+    capture = capture_for(backbone, "response_avg")
+    answers = generate(backbone, prompts, steering=steering, max_new_tokens=max_new_tokens, batch_size=batch_size, capture=capture)
+    kept = [i for i, answer in enumerate(answers) if answer.strip()]
+    if capture is not None:
+        acts = capture.result()[kept]
+    else:
+        texts = format_prompts(backbone, [prompts[i] for i in kept])
+        acts = activations.collect(backbone, texts, [answers[i] for i in kept], positions="response_avg", batch_size=batch_size)
+    scores = torch.full((len(answers), len(layers)), float("nan"))
+    scores[kept] = projections(acts, vector, layers)
+    return answers, scores
 
 
 def check_request(n_prompts: int, responses: Sequence[str] | None, positions: str | None) -> activations.Positions:

@@ -529,31 +529,55 @@ def monitor(
     system: str | None = typer.Option(None, help="system message"),
     response: list[str] | None = typer.Option(None, "--response", "-r", help="answer to project instead of the prompt (one per --prompt)"),
     layer: list[str] = typer.Option([], "--layer", "-l", help="layers to show: 9,10,11 or 18-28 (default: all)"),
-    positions: str | None = typer.Option(None, help="default: prompt_last, or response_avg with --response"),
+    positions: str | None = typer.Option(None, help="default: prompt_last, or response_avg with --response or --generate"),
+    generate_tokens: int | None = typer.Option(
+        None,
+        "--generate",
+        min=1,
+        help="answer each prompt (greedy, up to N tokens) and project the answers, read while they are generated (one pass)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     vector_format: str | None = FormatOpt,
     device: str | None = DeviceOpt,
     dtype: str | None = DtypeOpt,
 ) -> None:
-    """Project prompts (or responses) onto a persona vector, layer by layer."""
+    """Project prompts (or responses, or the model's own answers with --generate) onto a persona vector, layer by layer."""
     from ..generation import chat_prompt  # noqa: PLC0415
     from ..layer_list import layer_numbers  # noqa: PLC0415
-    from ..monitor import check_request, project  # noqa: PLC0415
+    from ..monitor import check_request, project, project_generated  # noqa: PLC0415
     from ..vectors import load_vector  # noqa: PLC0415
 
+    if generate_tokens is not None and (response or positions not in (None, "response_avg")):
+        raise OptionError("--generate projects the generated answers (response_avg): drop --response and --positions")
     positions = check_request(len(prompt), response or None, positions)
     chosen = layer_numbers(layer, "--layer") if layer else None
     backbone = _common._load(model, device, dtype, None)
     loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=chosen[0] if chosen else None)  # type: ignore[arg-type]
     layers = chosen or list(range(1, backbone.n_layers + 1))
-    scores = project(backbone, loaded, [chat_prompt(p, system) for p in prompt], response or None, layers=layers, positions=positions)
+    messages = [chat_prompt(p, system) for p in prompt]
+    answers = None
+    if generate_tokens is not None:
+        answers, scores = project_generated(backbone, loaded, messages, layers=layers, max_new_tokens=generate_tokens)
+    else:
+        scores = project(backbone, loaded, messages, response or None, layers=layers, positions=positions)
     if as_json:
-        print(json.dumps({"layers": layers, "prompts": prompt, "projections": scores.tolist()}, indent=2))
+        print(
+            json.dumps(
+                {"layers": layers, "prompts": prompt, **({"answers": answers} if answers else {}), "projections": _finite(scores.tolist())}, indent=2
+            )
+        )
         return
+    for p, a in zip(prompt, answers or []):
+        out.print(f"{p[:30]}: {a}", markup=False)
     table = Table("layer", *[p[:30] for p in prompt])
     for j, l in enumerate(layers):
         table.add_row(str(l), *[f"{scores[i, j]:+.3f}" for i in range(len(prompt))])
     out.print(table)
+
+
+def _finite(rows: list[list[float]]) -> list[list[float | None]]:
+    """NaN (an empty answer's projection) as null: JSON has no NaN."""
+    return [[None if x != x else x for x in row] for row in rows]
 
 
 def _steered_layers(values: list[str], vector: Path, n_layers: int):
