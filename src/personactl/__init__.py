@@ -7,6 +7,7 @@ from .aggregators import METHODS
 from .blackbox.cvec import set_control_vector
 from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
 from .capping import CapRangeError, cap_bounds, cap_term
+from .capture import GenerationCapture
 from .conditions import find_condition
 from .errors import (
     ArchitectureError,
@@ -37,7 +38,7 @@ from .lora.config import LoRATrainConfig
 from .lora.direction import LoRADirection, combine, difference, merged
 from .lora.runtime import runtime
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, Backbone, from_model, load_model
-from .monitor import project
+from .monitor import project, project_generated
 from .portable import (
     ControlVectorError,
     PortableFormatError,
@@ -77,6 +78,8 @@ from .vectors import PersonaVector, load_vector
 from .verdicts import Verdict, sweep_verdicts, verdict_for
 
 __all__ = [
+    "GenerationCapture",
+    "project_generated",
     "CapRangeError",
     "cap_bounds",
     "cap_term",

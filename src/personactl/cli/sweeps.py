@@ -291,9 +291,14 @@ def demo(
     out_dir: Path = typer.Option(Path("runs"), "--out", help="folder of runs"),
     device: str | None = DeviceOpt,
 ) -> None:
-    """The main job: extract pirate and silly, choose layers, sweep, judge offline, report."""
+    """The main job: extract pirate and silly, choose layers, sweep, judge offline, report; says how long it took."""
+    import time  # noqa: PLC0415
+
     from ..demo import run_demo  # noqa: PLC0415
 
+    started = time.monotonic()
     backbone = _common._load(model, device, None, None)
     for result in run_demo(backbone, out_dir):
         _print_run(result)
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    out.print(f"demo done in {minutes} min {seconds:02d} s (model load included)")
