@@ -63,6 +63,20 @@ class MethodContext:
     pairs: list = field(default_factory=list)  # the vector's extraction answers (ContrastivePair), for fewshot and modulation
 
 
+def steered_answers(ctx: MethodContext, questions: Sequence[str], terms: Sequence[SteeringTerm], seeds: Sequence[int]) -> list[str]:
+    """Answers to `questions` under `terms`, generated with the context's settings (what every method shares)."""
+    s = ctx.settings
+    return generate(
+        ctx.backbone,
+        [chat_prompt(q) for q in questions],
+        steering=terms,
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        seeds=seeds,
+        batch_size=s.batch_size,
+    )
+
+
 @dataclass
 class VectorMethod:
     """Activation steering h' = h + coef * v[layer], one coefficient per row; for a blend
@@ -75,22 +89,13 @@ class VectorMethod:
     def generate(self, questions: Sequence[str], coefs: Sequence[float], layer: LayerSpec, seeds: Sequence[int]) -> list[str]:
         if self.ctx.vector is None:
             raise MethodError("method 'vector' needs a persona vector: pass --vector or let the sweep extract one")
-        s = self.ctx.settings
         if isinstance(layer, str):
             if layer not in self.ctx.blends:
                 raise MethodError(f"no weights for the layer blend '{layer}': resolve it with experiment.choose_layers first")
             terms = weighted_terms(self.ctx.vector, self.ctx.blends[layer], list(coefs), positions=self.ctx.positions)
         else:
             terms = [SteeringTerm(self.ctx.vector, layer, list(coefs), positions=self.ctx.positions)]
-        return generate(
-            self.ctx.backbone,
-            [chat_prompt(q) for q in questions],
-            steering=terms,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            seeds=seeds,
-            batch_size=s.batch_size,
-        )
+        return steered_answers(self.ctx, questions, terms, seeds)
 
 
 @dataclass
@@ -113,16 +118,7 @@ class CapMethod:
             raise MethodError(f"no layers for the blend '{layer}': resolve it with experiment.choose_layers first")
         band = list(self.ctx.blends[layer]) if isinstance(layer, str) else [layer]
         term = cap_term(self.ctx.vector, band, self.ctx.options.get("cap_at") or DEFAULT_CAP, list(coefs), self.ctx.positions)
-        s = self.ctx.settings
-        return generate(
-            self.ctx.backbone,
-            [chat_prompt(q) for q in questions],
-            steering=[term],
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            seeds=seeds,
-            batch_size=s.batch_size,
-        )
+        return steered_answers(self.ctx, questions, [term], seeds)
 
 
 @dataclass
