@@ -54,6 +54,8 @@ def _error_line(capsys):
         (["monitor", "--vector", "{vector}", "--prompt", "hi", "--positions", "middle"], "unknown positions 'middle'"),
         (["monitor", "--vector", "{vector}", "--prompt", "hi", "-r", ""], "response 1 is empty"),
         (["monitor", "--vector", "{vector}", "--prompt", "hi", "--prompt", "yo", "-r", "arr"], "1 responses for 2 prompts"),
+        (["monitor", "--vector", "{vector}", "--prompt", "hi", "--format", "gguf"], "--format 'gguf' is not one of: safetensors, pt, npy"),
+        (["generate", "--vector", "{vector}", "--prompt", "hi", "-l", "1", "--format", "gguf"], "--format 'gguf' is not one of: safetensors"),
         (["finetune", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/ft", "--max-steps", "0"], "max_steps must be at least 1, got 0"),
         (["finetune", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/ft", "--max-steps=-3"], "max_steps must be at least 1, got -3"),
         (["finetune", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/theirs"], "not a folder personactl wrote"),

@@ -29,6 +29,7 @@ import random
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from .errors import ConditionError
 from .generation import chat_prompt, format_prompts
 from .intervals import CONFIDENCE, group_means, t_interval
 from .models import Backbone
-from .steering import Condition, prompt_mean
+from .steering import Comparison, Condition, prompt_mean
 from .vectors import PersonaVector
 
 BUILTIN = Path(__file__).parent / "data" / "conditions"
@@ -351,7 +352,7 @@ def condition_from_vector(
     comparison = comparison or meta.get("comparison", "greater")
     if comparison not in ("greater", "less"):
         raise ConditionError(f"comparison '{comparison}' is not one of: greater, less")
-    return Condition(vector, layer, threshold, comparison, int(meta.get("skip_prefix", 1)))  # type: ignore[arg-type]
+    return Condition(vector, layer, threshold, cast(Comparison, comparison), int(meta.get("skip_prefix", 1)))
 
 
 def layer_table(search: ConditionSearch) -> list[dict]:

@@ -92,10 +92,9 @@ def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run
         raise SweepError("the embed judge is fitted on the extraction answers: give a vector with its .pairs.jsonl beside it, or no --vector")
     judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs], question_groups(pairs))
     info: dict[str, Any] = {"spec": config.judge, "trait_judge": judges.trait.name, "coherence_judge": judges.coherence.name}
-    accuracy = getattr(judges.trait, "heldout_accuracy", None)
-    if accuracy is not None:
-        info["heldout_accuracy"] = accuracy
-        judges.trait.save(run_dir / "judge.json")  # type: ignore[attr-defined]
+    if isinstance(judges.trait, EmbeddingJudge):  # the one judge fitted here (on the extraction answers)
+        info["heldout_accuracy"] = judges.trait.heldout_accuracy
+        judges.trait.save(run_dir / "judge.json")
     update_info(run_dir, judge=info)
     return judges
 

@@ -66,11 +66,12 @@ class EmbeddedModel:
 
     def locate(self) -> Path:
         """Return the .gguf file of this model, or explain how to install it."""
-        if importlib.util.find_spec(self.package) is None:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
             raise ModelLoadError(f"model alias '{self.alias}' needs the package '{self.package}': {self.install_hint()}")
         if self.assembled:
             return Path(importlib.import_module(self.package).assemble())
-        folder = Path(importlib.util.find_spec(self.package).origin).parent  # type: ignore[union-attr,arg-type]
+        folder = Path(spec.origin).parent
         found = sorted(folder.glob("*.gguf"))
         if not found:
             raise ModelLoadError(f"no .gguf file inside package '{self.package}' ({folder}); reinstall it")

@@ -22,11 +22,15 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_path, write_text_atomic
 from ._plot import data_uri
 from .errors import PersonactlError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
 SUMMARY_FIELDS = (
     "method",
@@ -249,10 +253,8 @@ def load_run(run_dir: str | Path) -> RunData:
         if not isinstance(layers, dict) or not isinstance(layers.get("rows", []), list):
             raise ReportError(f"{run_dir / 'layers.json'} must be an object with a 'rows' list")
         layers.setdefault("rows", [])
-        layers["rows"] = sorted(
-            (r for r in layers["rows"] if isinstance(r, dict) and _int(r.get("layer")) is not None),
-            key=lambda r: _int(r["layer"]),
-        )
+        by_layer = [(layer, r) for r in layers["rows"] if isinstance(r, dict) and (layer := _int(r.get("layer"))) is not None]
+        layers["rows"] = [r for _, r in sorted(by_layer, key=lambda pair: pair[0])]
 
     projections = None
     if (run_dir / "projections.json").is_file():
@@ -269,7 +271,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 # Fonts sized for a figure shown about 600 px wide (two per row in the report).
-_STYLE = {
+_STYLE: dict[RcKeyType, Any] = {
     "font.size": 11,
     "axes.titlesize": 12,
     "axes.labelsize": 11,
@@ -280,7 +282,7 @@ _STYLE = {
 }
 
 
-def _new_figure(width: float = 7.2, height: float = 4.4):
+def _new_figure(width: float = 7.2, height: float = 4.4) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -289,7 +291,7 @@ def _new_figure(width: float = 7.2, height: float = 4.4):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -381,21 +383,21 @@ def _layers_figure(run: RunData, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _projections_figure(run: RunData, path: Path) -> Path:
+def _projections_figure(projections: dict[str, Any], path: Path) -> Path:
     import numpy as np
 
-    pos, neg = run.projections["pos"], run.projections["neg"]
+    pos, neg = projections["pos"], projections["neg"]
     both = np.asarray(pos + neg, dtype=float)
     fig = _new_figure(7.2, 4.4)
     ax = fig.add_subplot()
     if both.size:
-        bins = np.histogram_bin_edges(both, bins=min(40, max(8, int(math.sqrt(both.size)) * 2)))
+        bins = np.histogram_bin_edges(both, bins=min(40, max(8, int(math.sqrt(both.size)) * 2))).tolist()
         for values, label, color in ((pos, "positive instruction", "C3"), (neg, "negative instruction", "C0")):
             if values:
                 ax.hist(values, bins=bins, alpha=0.5, color=color, label=f"{label} (n={len(values)})")
                 ax.axvline(float(np.mean(values)), color=color, lw=1.5, ls="--")
         ax.legend()
-    layer = _int(run.projections.get("layer"))
+    layer = _int(projections.get("layer"))
     ax.set_title("Extraction answers projected onto the vector" + (f" (layer {layer})" if layer is not None else ""))
     ax.set_xlabel("projection")
     ax.set_ylabel("answers")
@@ -421,7 +423,7 @@ def _draw_all(run: RunData) -> dict[str, Path]:
     if run.layers and run.layers["rows"]:
         figures["layers"] = _layers_figure(run, out_dir / "layers.png")
     if run.projections and (run.projections["pos"] or run.projections["neg"]):
-        figures["projections"] = _projections_figure(run, out_dir / "projections.png")
+        figures["projections"] = _projections_figure(run.projections, out_dir / "projections.png")
     return figures
 
 
@@ -483,7 +485,8 @@ def _judged(row: dict[str, Any], metric: str) -> str:
 
 
 def _summary_rows(run: RunData) -> list[dict[str, Any]]:
-    rows, previous = [], None
+    rows: list[dict[str, Any]] = []
+    previous = None
     for r in run.summary:
         group = (r["method"], r["layer"])
         rows.append(

@@ -29,6 +29,7 @@ from .vectors import PersonaVector
 
 StepPositions = Literal["all", "prompt", "response"]
 Op = Literal["add", "ablate", "cap"]
+Comparison = Literal["greater", "less"]  # a Condition fires above (greater) or below (less) its threshold
 OPS = ("add", "ablate", "cap")
 Coefficient = float | Sequence[float] | torch.Tensor
 Bounds = tuple[float | None, float | None]  # [low, high] of h . u; None = open on that side
@@ -175,7 +176,7 @@ class Condition:
     vector: PersonaVector | torch.Tensor
     layer: int
     threshold: float
-    comparison: Literal["greater", "less"] = "greater"
+    comparison: Comparison = "greater"
     skip_prefix: int = 1  # leading real tokens of each prompt left out of its score (the shared template prefix)
 
     def unit(self, backbone: Backbone) -> torch.Tensor:

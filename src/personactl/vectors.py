@@ -25,6 +25,7 @@ from .errors import IncompatibleVectorError, VectorFileError
 from .models import Backbone
 
 TensorFormat = Literal["safetensors", "pt", "npy"]
+_SUFFIX_FORMATS: dict[str, TensorFormat] = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".npy": "npy"}
 
 
 @dataclass
@@ -173,7 +174,7 @@ def load_vector(
     path = Path(path)
     if not path.is_file():
         raise VectorFileError(f"vector file not found: {path}")
-    fmt = fmt or {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".npy": "npy"}.get(path.suffix)  # type: ignore[assignment]
+    fmt = fmt or _SUFFIX_FORMATS.get(path.suffix)
     if fmt == "safetensors":
         vector = _load_safetensors(path)
     elif fmt in ("pt", "npy"):

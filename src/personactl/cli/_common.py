@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import TYPE_CHECKING, cast
+
 import typer
 from rich.console import Console
 
 from ..errors import OptionError
+
+if TYPE_CHECKING:
+    from ..models import Backbone
+    from ..vectors import TensorFormat
 
 app = typer.Typer(
     help="Find, measure, steer and move the character traits (personas) of language models.",
@@ -84,7 +91,7 @@ DeviceMapOpt = typer.Option(None, "--device-map", help="'auto' spreads a big mod
 FormatOpt = typer.Option(None, "--format", help="vector file format: safetensors, pt or npy (default: by suffix)")
 
 
-def _load(model: str, device: str | None, dtype: str | None, device_map: str | None, quantize: str | None = None):
+def _load(model: str, device: str | None, dtype: str | None, device_map: str | None, quantize: str | None = None) -> Backbone:
     import warnings  # noqa: PLC0415
 
     from ..models import load_model  # noqa: PLC0415 - keep --help fast
@@ -131,10 +138,22 @@ def parse_number(text: str, option: str) -> float:
     return value
 
 
-def check_choice(value: str, choices, option: str) -> None:
+def check_choice(value: str, choices: Collection[str], option: str) -> None:
 
     if value not in choices:
         raise OptionError(f"{option} {value!r} is not one of: {', '.join(choices)}")
+
+
+def tensor_format(value: str | None) -> TensorFormat | None:
+    """`--format` checked against the vector file formats; None leaves the format to the file's suffix."""
+    from typing import get_args  # noqa: PLC0415
+
+    from .. import vectors  # noqa: PLC0415 - imports torch
+
+    if value is None:
+        return None
+    check_choice(value, get_args(vectors.TensorFormat), "--format")
+    return cast("TensorFormat", value)
 
 
 def parse_floats(text: str, option: str) -> list[float]:

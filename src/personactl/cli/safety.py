@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from . import _common
 from ._common import out
+
+if TYPE_CHECKING:
+    from ..models import Backbone
 
 safety_app = typer.Typer(
     help="Safety-critical neurons: align a model to refuse, find the weights that carry refusal (Wanda, set difference), "
@@ -19,7 +23,7 @@ safety_app = typer.Typer(
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="alias, HF folder or .gguf file")
 
 
-def _load(model: str):
+def _load(model: str) -> Backbone:
     return _common._load(model, None, None, None)
 
 

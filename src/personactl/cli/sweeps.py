@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -13,8 +15,14 @@ from ..errors import OptionError
 from . import _common
 from ._common import DeviceOpt, DtypeOpt, ModelOpt, RayActorsOpt, RayOpt, app, out, parse_numbers
 
+if TYPE_CHECKING:
+    from ..evaluate import SweepConfig
+    from ..experiment import RunResult
+    from ..expressibility import Expressibility
+    from ..verdicts import Verdict
 
-def _layer_specs(text: str):
+
+def _layer_specs(text: str) -> int | str | list[int | str]:
     """'8,12' or '8-12' -> those layers; 'auto' or 'auto:3' alone -> that string; a mix such as 'auto,auto:3,9' -> a list of both kinds."""
     from ..layer_list import parse_layers  # noqa: PLC0415
 
@@ -40,7 +48,7 @@ def _print_summary(summary: list[dict], title: str) -> None:
     out.print(table)
 
 
-def _print_verdicts(verdicts, expressibility=None) -> None:
+def _print_verdicts(verdicts: Iterable[Verdict], expressibility: Expressibility | None = None) -> None:
     """The run's conclusions, one line each (verdicts.py): what the table can and cannot say."""
     if expressibility is not None:
         out.print(f"expressibility: {expressibility.line()}", markup=False)
@@ -48,7 +56,7 @@ def _print_verdicts(verdicts, expressibility=None) -> None:
         out.print(f"verdict: {verdict.line()}", markup=False)
 
 
-def _print_run(result) -> None:
+def _print_run(result: RunResult) -> None:
     if result.selection is not None:
         out.print(f"layer {result.selection.chosen} chosen: {result.selection.reason}")
         for blend in result.selection.blends.values():
@@ -61,7 +69,7 @@ def _print_run(result) -> None:
         out.print(f"report:  {result.report}")
 
 
-def _sweep_config(config: Path | None, overrides: dict):
+def _sweep_config(config: Path | None, overrides: dict[str, Any]) -> SweepConfig:
     from ..evaluate import SweepError, validate_config  # noqa: PLC0415
 
     data = {}
@@ -174,7 +182,7 @@ def sweep(
     )
 
 
-def _sweep_on_ray(cfg, out_dir: Path, ray: str, actors: int, device: str | None, dtype: str | None) -> None:
+def _sweep_on_ray(cfg: SweepConfig, out_dir: Path, ray: str, actors: int, device: str | None, dtype: str | None) -> None:
     """The sweep on Ray actors; against a cluster it runs in the driver process of personactl.scaleout.driver."""
     from ..experiment import run as run_experiment  # noqa: PLC0415
     from ..scaleout import PoolSettings, RayRunner, ray_pool  # noqa: PLC0415

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -25,23 +27,29 @@ from ._common import (
     err,
     out,
     parse_number,
+    tensor_format,
     traits_app,
 )
 
 if TYPE_CHECKING:
+    from ..extraction import ContrastivePair, ExtractionSettings
+    from ..layer_selection import LayerBlend
+    from ..models import Backbone
     from ..steering import Op, SteeringTerm, StepPositions
+    from ..traits import AnyTrait
+    from ..vectors import PersonaVector
 
 
 @traits_app.command("list")
 def traits_list() -> None:
     """List the built-in traits."""
-    from ..traits import builtin_traits, load_trait  # noqa: PLC0415
+    from ..traits import Trait, builtin_traits, load_trait  # noqa: PLC0415
 
     table = Table("trait", "pairs", "questions", "eval", "description")
     for name in builtin_traits():
         trait = load_trait(name)
-        # TEMPORARY: being refactored: every built-in trait is a Trait (isinstance once traits.Trait is imported)
-        row = (str(len(trait.instructions)), str(len(trait.questions)), str(len(trait.eval_questions)))  # type: ignore[union-attr]
+        assert isinstance(trait, Trait)  # every built-in trait is a full Trait
+        row = (str(len(trait.instructions)), str(len(trait.questions)), str(len(trait.eval_questions)))
         table.add_row(name, *row, trait.description)
     out.print(table)
 
@@ -168,7 +176,7 @@ def extract(
     _save_vector(vector, pairs, out_path or Path("vectors") / backbone.name / f"{loaded_trait.name}.safetensors")
 
 
-def _save_vector(vector, pairs, path: Path) -> None:
+def _save_vector(vector: PersonaVector, pairs: list[ContrastivePair], path: Path) -> None:
     from ..extraction import save_pairs  # noqa: PLC0415
 
     vector.save(path)
@@ -179,7 +187,17 @@ def _save_vector(vector, pairs, path: Path) -> None:
     out.print(f"contrastive answers written to {pairs_path}")
 
 
-def _extract_many(traits, settings, model: str, folder: Path | None, ray: str | None, actors: int, device, dtype, device_map) -> None:
+def _extract_many(
+    traits: list[AnyTrait],
+    settings: ExtractionSettings,
+    model: str,
+    folder: Path | None,
+    ray: str | None,
+    actors: int,
+    device: str | None,
+    dtype: str | None,
+    device_map: str | None,
+) -> None:
     """One vector per trait: in turn on one model, or in parallel on Ray actors (one model each)."""
     from ..extraction import extract as run_extract  # noqa: PLC0415
 
@@ -197,7 +215,9 @@ def _extract_many(traits, settings, model: str, folder: Path | None, ray: str | 
     )
 
 
-def _extract_on_ray(traits, settings, model: str, folder: Path | None, ray: str, actors: int, device) -> None:
+def _extract_on_ray(
+    traits: list[AnyTrait], settings: ExtractionSettings, model: str, folder: Path | None, ray: str, actors: int, device: str | None
+) -> None:
     """The traits on Ray actors; against a cluster it runs in the driver process of personactl.scaleout.driver."""
     from ..scaleout import PoolSettings, extract_traits, ray_pool  # noqa: PLC0415
 
@@ -207,7 +227,7 @@ def _extract_on_ray(traits, settings, model: str, folder: Path | None, ray: str,
             _save_trait(folder, trait, vector, pairs)
 
 
-def _save_trait(folder: Path | None, trait, vector, pairs) -> None:
+def _save_trait(folder: Path | None, trait: AnyTrait, vector: PersonaVector, pairs: list[ContrastivePair]) -> None:
     """Say what the trait's extraction found and write its vector and answers (FOLDER/NAME.safetensors)."""
     out.print(f"{trait.name}: " + vector.extra.get("expressibility", {}).get("line", "extracted"), markup=False)
     _save_vector(vector, pairs, (folder or Path("vectors") / vector.model) / f"{trait.name}.safetensors")
@@ -326,11 +346,11 @@ def generate(
     threshold_value = parse_number(threshold, "--threshold") if threshold is not None else None
     if comparison is not None:
         check_choice(comparison, ("greater", "less"), "--comparison")
+    fmt = tensor_format(vector_format)
     backbone = _common._load(model, device, dtype, device_map)
     cond = None
     if condition is not None:
-        # TEMPORARY: being refactored: --format checked into vectors' Literal (an import), here and below
-        cond_vector = load_vector(condition, fmt=vector_format, backbone=backbone, layer=condition_layer)  # type: ignore[arg-type]
+        cond_vector = load_vector(condition, fmt=fmt, backbone=backbone, layer=condition_layer)
         cond = condition_from_vector(cond_vector, condition_layer, threshold_value, comparison)
     fired: list = []
     terms: list[SteeringTerm] = []
@@ -341,7 +361,7 @@ def generate(
         blend, layers = _steered_layers(layer, vector, backbone.n_layers)
         if blend and op == "cap":
             raise OptionError("--op cap takes a band of layers (--layer 4,5,6 or 4-6), not an auto blend")
-        loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=layers[0])  # type: ignore[arg-type]
+        loaded = load_vector(vector, fmt=fmt, backbone=backbone, layer=layers[0])
         where, how = cast("StepPositions", positions), cast("Op", op)  # op checked above, positions by steer()
         if how == "cap":
             terms = [cap_term(loaded, layers, cap_at, coef, where)]
@@ -396,7 +416,7 @@ def generate(
     out.print(table)
 
 
-def _merged_lora(backbone, lora: str | None, scale: float):
+def _merged_lora(backbone: Backbone, lora: str | None, scale: float) -> AbstractContextManager[None]:
     """`--lora` on the hf backend: coef * dW merged for the steered answers (restored afterwards)."""
     import contextlib  # noqa: PLC0415
 
@@ -410,7 +430,21 @@ def _merged_lora(backbone, lora: str | None, scale: float):
 
 
 def _generate_via_llamacpp(
-    model, prompt, vector, vector_format, layer, coef, positions, system, baseline, as_json, max_new_tokens, temperature, seed, lora, lora_scale
+    model: str,
+    prompt: list[str],
+    vector: Path | None,
+    vector_format: str | None,
+    layer: list[str],
+    coef: float,
+    positions: str,
+    system: str | None,
+    baseline: bool,
+    as_json: bool,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    lora: str | None,
+    lora_scale: float,
 ) -> None:
     """`generate --backend llamacpp`: the GGUF model under llama.cpp, the vector as a control vector (blackbox/llamacpp.py)."""
     from ..blackbox import Control, LlamaCppBackend, context_size, generate_answers  # noqa: PLC0415
@@ -418,14 +452,17 @@ def _generate_via_llamacpp(
     from ..vectors import load_vector  # noqa: PLC0415
 
     check_choice(positions, ("all", "response", "prompt"), "--positions")
+    fmt = tensor_format(vector_format)
     with err.status(f"loading {model} (llama.cpp) ..."):
         backend = LlamaCppBackend(model, n_ctx=context_size(max_new_tokens), seed=seed)
-    control, layers, blend = None, [], None
+    control: Control | None = None
+    layers: list[int] = []
+    blend: LayerBlend | None = None
     if vector is not None:
         if not layer:
             raise typer.BadParameter("--layer is required with --vector", param_hint="--layer")
         blend, layers = _steered_layers(layer, vector, backend.n_layers)
-        loaded = load_vector(vector, fmt=vector_format, layer=layers[0])
+        loaded = load_vector(vector, fmt=fmt, layer=layers[0])
         control = Control(loaded, dict(blend.weights) if blend else {int(x): 1.0 for x in layers}, coef, positions)
     messages = [chat_prompt(p, system) for p in prompt]
     try:
@@ -470,7 +507,19 @@ def _generate_via_llamacpp(
     out.print(table)
 
 
-def _generate_via_api(backend, prompt, vector, layer, coef, system, temperature, max_new_tokens, seed, as_json, load_local) -> None:
+def _generate_via_api(
+    backend: str,
+    prompt: list[str],
+    vector: Path | None,
+    layer: list[str],
+    coef: float,
+    system: str | None,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    as_json: bool,
+    load_local: Callable[[], Backbone],
+) -> None:
     """`generate --backend openai:MODEL`: parameter modulation (blackbox/modulation.py); prints the parameters it used."""
     from ..blackbox import ApiGenerator, Sampling, generate_modulated  # noqa: PLC0415
     from ..generation import chat_prompt  # noqa: PLC0415
@@ -551,8 +600,9 @@ def monitor(
         raise OptionError("--generate projects the generated answers (response_avg): drop --response and --positions")
     positions = check_request(len(prompt), response or None, positions)
     chosen = layer_numbers(layer, "--layer") if layer else None
+    fmt = tensor_format(vector_format)
     backbone = _common._load(model, device, dtype, None)
-    loaded = load_vector(vector, fmt=vector_format, backbone=backbone, layer=chosen[0] if chosen else None)  # type: ignore[arg-type]
+    loaded = load_vector(vector, fmt=fmt, backbone=backbone, layer=chosen[0] if chosen else None)
     layers = chosen or list(range(1, backbone.n_layers + 1))
     messages = [chat_prompt(p, system) for p in prompt]
     answers = None
@@ -580,7 +630,7 @@ def _finite(rows: list[list[float]]) -> list[list[float | None]]:
     return [[None if x != x else x for x in row] for row in rows]
 
 
-def _steered_layers(values: list[str], vector: Path, n_layers: int):
+def _steered_layers(values: list[str], vector: Path, n_layers: int) -> tuple[LayerBlend | None, list[int]]:
     """`--layer` values as (blend, layers): `auto` / `auto:K` alone -> the LayerBlend measured in the layers.json
     beside the vector and its layers; numbers and ranges (9,10,11 or 9-11, the syntax of every layer list) -> (None, them)."""
     from ..layer_list import parse_layers  # noqa: PLC0415

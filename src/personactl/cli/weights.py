@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.table import Table
@@ -184,7 +184,7 @@ def adapter_train(
     from ..lora import LoRATrainConfig, adapter_defaults, adapter_target, train_adapter  # noqa: PLC0415
 
     target = adapter_target(name, out_dir)
-    settings = {
+    settings: dict[str, Any] = {
         "rank": rank,
         "alpha": alpha,
         "dropout": dropout,
@@ -197,8 +197,7 @@ def adapter_train(
         "gradient_checkpointing": gradient_checkpointing,
         "checkpoint_every": checkpoint_every,
     }
-    # TEMPORARY: being refactored: `settings` a dict[str, Any] (an import)
-    LoRATrainConfig(**settings)  # type: ignore[arg-type]  # bad values are refused before the model loads
+    LoRATrainConfig(**settings)  # bad values are refused before the model loads
     backbone = _common._load(model, device, None, None, quantize)
     config = LoRATrainConfig(**{**vars(adapter_defaults(backbone)), **settings})
     card = train_adapter(backbone, data, name, target, config, heldout, resume=not restart)

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from ..generation import chat_prompt, format_prompts
 from ..lora.adapters import PersonaData, read_persona_data
 from ..models import Backbone
 
 Split = Literal["harmful_train", "harmful_heldout", "benign_train", "benign_heldout"]
-SPLITS: tuple[str, ...] = ("harmful_train", "harmful_heldout", "benign_train", "benign_heldout")
+SPLITS: tuple[Split, ...] = get_args(Split)
 
 
 def builtin_path(split: Split) -> Path:
@@ -27,7 +27,8 @@ def builtin_path(split: Split) -> Path:
 
 def load_examples(source: str | Path) -> PersonaData:
     """A split name (harmful_train, ...) or a JSONL file of {"instruction", "output"}; bad lines name their number."""
-    return read_persona_data(builtin_path(source) if str(source) in SPLITS else Path(source))  # type: ignore[arg-type]
+    name = str(source)
+    return read_persona_data(builtin_path(name) if name in SPLITS else Path(source))
 
 
 @dataclass(frozen=True)

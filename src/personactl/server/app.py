@@ -7,7 +7,7 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -28,21 +28,21 @@ def create_app(engine: Engine, model_name: str = "personactl") -> FastAPI:
     add_guard(app, settings)
 
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError):
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError):
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
         return error_response(400, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def crashed(_request: Request, exc: Exception):
+    async def crashed(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(500, f"internal error ({type(exc).__name__})")
 
     app.include_router(openai_routes(engine, model_name))

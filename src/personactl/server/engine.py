@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -385,7 +385,15 @@ class Engine:
                 vector = self.library.vector(name)
                 unit, (middle, half_gap) = vector.unit(layer), _meter_scale(vector, layer)
 
-                def record(_module, _inputs, output, key=(name, layer), unit=unit, middle=middle, half_gap=half_gap) -> None:
+                def record(
+                    _module: torch.nn.Module,
+                    _inputs: Any,
+                    output: Any,
+                    key: tuple[str, int] = (name, layer),
+                    unit: torch.Tensor = unit,
+                    middle: float = middle,
+                    half_gap: float = half_gap,
+                ) -> None:
                     hidden = output[0] if isinstance(output, tuple) else output
                     values[key] = ((hidden[:, -1].float() @ unit.to(hidden.device) - middle) / half_gap).cpu()
 

@@ -15,7 +15,7 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -31,7 +31,7 @@ from .tokens import TokenBytes
 
 DEFAULT_MAX_TOKENS = 128  # per choice, when the request does not say (less when n choices would pass the server's cap)
 
-Events = AsyncIterator[tuple[int, TokenEvent | DoneEvent]]  # (choice index, event)
+Events = AsyncGenerator[tuple[int, TokenEvent | DoneEvent], None]  # (choice index, event)
 
 
 async def _merged(engine: Engine, jobs: list[Job], request: Request) -> Events:
@@ -73,7 +73,7 @@ async def _reply(events: Events, base: dict, n: int, choice: Callable[[int, list
     """The whole answer: every choice once all are done."""
     tokens: dict[int, list[TokenEvent]] = defaultdict(list)
     dones: dict[int, DoneEvent] = {}
-    async with aclosing(events):  # type: ignore[type-var]  # TEMPORARY: being refactored: Events an AsyncGenerator (an import)
+    async with aclosing(events):
         async for index, event in events:
             if isinstance(event, DoneEvent):
                 dones[index] = event
@@ -94,7 +94,7 @@ async def _stream(
     async def chunks() -> AsyncIterator[dict]:
         ids: dict[int, list[int]] = defaultdict(list)
         dones: dict[int, DoneEvent] = {}
-        async with aclosing(events):  # type: ignore[type-var]  # TEMPORARY: being refactored: Events an AsyncGenerator
+        async with aclosing(events):
             for choice in opening:
                 yield {**base, "choices": [choice], **usage}
             item: tuple[int, TokenEvent | DoneEvent] | None = first

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -36,7 +36,7 @@ class Row:
     row ends: "stop" (end of turn or a stop string) or "length".
     """
 
-    def __init__(self, job: Job, tokenizer, eos_ids: set[int], uses: Sequence[Use] = (), meters: Sequence[tuple[str, int]] = ()) -> None:
+    def __init__(self, job: Job, tokenizer: Any, eos_ids: set[int], uses: Sequence[Use] = (), meters: Sequence[tuple[str, int]] = ()) -> None:
         self.job, self.tokenizer, self.eos_ids = job, tokenizer, eos_ids
         self.uses = list(uses)  # its steering, resolved once by the engine
         self.meters = list(meters)  # (vector, layer) pairs it meters

@@ -12,12 +12,16 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..models import Backbone
 from .app import create_app
 from .engine import Engine
 from .personas import PersonaLibrary
 from .settings import ServerError, ServerSettings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -35,8 +39,7 @@ def base_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-# TEMPORARY: being refactored: returns uvicorn.Server (imported under TYPE_CHECKING), not object
-def _server(backbone: Backbone, settings: ServerSettings) -> tuple[object, Engine]:
+def _server(backbone: Backbone, settings: ServerSettings) -> tuple[uvicorn.Server, Engine]:
     import uvicorn  # noqa: PLC0415
 
     settings.check()
@@ -52,7 +55,7 @@ def serve(backbone: Backbone, settings: ServerSettings, sock: socket.socket | No
     server, engine = _server(backbone, settings)
     with closing(sock):
         try:
-            server.run(sockets=[sock])  # type: ignore[attr-defined]  # TEMPORARY: being refactored
+            server.run(sockets=[sock])
         finally:
             engine.close()
 
@@ -69,16 +72,16 @@ def running_server(backbone: Backbone, settings: ServerSettings, start_timeout: 
     sock = listen(settings.host, settings.port)
     with closing(sock):
         server, engine = _server(backbone, settings)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="personactl-server", daemon=True)  # type: ignore[attr-defined]  # TEMPORARY: being refactored
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="personactl-server", daemon=True)
         thread.start()
         try:
             deadline = time.monotonic() + start_timeout
-            while not server.started:  # type: ignore[attr-defined]  # TEMPORARY: being refactored
+            while not server.started:
                 if not thread.is_alive() or time.monotonic() > deadline:
                     raise ServerError(f"the server did not start on {base_url(sock)}")
                 time.sleep(0.02)
             yield Served(base_url(sock), engine)
         finally:
-            server.should_exit = True  # type: ignore[attr-defined]  # TEMPORARY: being refactored
+            server.should_exit = True
             thread.join(timeout=30)
             engine.close()
