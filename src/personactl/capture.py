@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -33,7 +33,7 @@ def capture_for(backbone: Backbone, positions: str) -> GenerationCapture | None:
     generation, and the tokens past it must not count)."""
     if positions not in CAPTURED_POSITIONS or not getattr(backbone.tokenizer, "chat_template", None):
         return None
-    return GenerationCapture(backbone, positions)  # type: ignore[arg-type]
+    return GenerationCapture(backbone, cast(Positions, positions))
 
 
 class GenerationCapture:

@@ -42,7 +42,7 @@ from ..generation import eos_ids
 from ..lora import LoRADirection, PersonaSwitcher, merged
 from ..models import Backbone
 from ..monitor import stored_projections
-from ..steering import SteeringTerm, steer
+from ..steering import SteeringTerm, StepPositions, steer
 from ..vectors import PersonaVector
 from . import kv
 from .personas import CapUse, PersonaLibrary, PersonaRequest, VectorUse
@@ -365,14 +365,14 @@ class Engine:
     def _steering(self, rows: list[Row]) -> list[SteeringTerm]:
         """One term per (vector, layers, positions, cap range), with a coefficient per row (0 where a row does not
         use it: for a cap, 0 is no cap)."""
-        coefs: dict[tuple[str, tuple[int, ...], str, str | None], list[float]] = {}
+        coefs: dict[tuple[str, tuple[int, ...], StepPositions, str | None], list[float]] = {}
         for i, row in enumerate(rows):
             for use in row.uses:
                 coefs.setdefault((use.name, use.layers, use.positions, use.cap_at), [0.0] * len(rows))[i] += use.coef
         return [
-            SteeringTerm(self.library.vector(name), list(layers), values, positions=positions)  # type: ignore[arg-type]
+            SteeringTerm(self.library.vector(name), list(layers), values, positions=positions)
             if cap_at is None
-            else cap_term(self.library.vector(name), list(layers), cap_at, values, positions)  # type: ignore[arg-type]
+            else cap_term(self.library.vector(name), list(layers), cap_at, values, positions)
             for (name, layers, positions, cap_at), values in coefs.items()
         ]
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ..generation import RowSampler
+from ..steering import StepPositions
 
 if TYPE_CHECKING:
     from .engine import Job
@@ -23,7 +24,7 @@ class Use(NamedTuple):
 
     name: str
     layers: tuple[int, ...]
-    positions: str
+    positions: StepPositions
     coef: float
     cap_at: str | None = None
 
