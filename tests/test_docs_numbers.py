@@ -114,7 +114,12 @@ def test_drift_note_and_stored_correlation_recompute_exactly():
 
 @pytest.mark.parametrize(
     "name, script",
-    [("preventative", "preventative_steering"), ("persona_adapters", "persona_adapters"), ("conditional_steering", "conditional_steering")],
+    [
+        ("preventative", "preventative_steering"),
+        ("persona_adapters", "persona_adapters"),
+        ("conditional_steering", "conditional_steering"),
+        ("capping", "capping"),
+    ],
 )
 def test_notes_are_written_from_the_stored_settings(name, script):
     data = json.loads((ROOT / "docs" / "experiments" / f"{name}.json").read_text())
@@ -175,3 +180,10 @@ def test_expressibility_table_is_the_estimators_own_verdicts():
     assert len(placebos) == 4 and all(v.level == "not expressed" and v.auroc_lo <= 0.5 <= v.auroc_hi for v in placebos)
     assert max(v.auroc_hi for v in placebos) < EXPRESSED_AUROC
     assert verdicts["pirate"].expressed and verdicts["silly"].expressed
+
+
+def test_the_capping_table_is_written_from_its_stored_settings():
+    import capping  # noqa: PLC0415 - the script's own table writer
+
+    data = json.loads((ROOT / "docs" / "experiments" / "capping.json").read_text())
+    assert json.dumps(capping.rows_of(data["settings"])) == json.dumps(data["rows"]), f"{_regenerate('capping')} (its table differs)"
