@@ -44,7 +44,7 @@ from personactl.extraction import best_projection_separation, question_groups, s
 from personactl.generation import format_prompts
 from personactl.intervals import group_means, mean_ci, paired_difference_ci
 from personactl.judges.factory import make_judges
-from personactl.judges.text import perplexity
+from personactl.judges.text import RepetitionCoherenceJudge, perplexity
 from personactl.monitor import project, stored_projections
 from personactl.steering import steer, weighted_terms
 
@@ -164,18 +164,22 @@ def drift(backbone, vector, judges, turns: list[str], term: SteeringTerm, layer:
     }
 
 
-def drift_summary(run: dict, high: float) -> dict:
-    """Per conversation: projection at the first and last turn, mean, slope per turn, turns above the cap, mean judged trait."""
+def drift_summary(run: dict, high: float | None) -> dict:
+    """Per conversation: projection at the first and last turn, mean, slope per turn, turns above the cap high, mean
+    judged trait and coherence, and how many of its answers differ from each other (a small model may repeat one)."""
     out = {}
     for name, series in run.items():
         p = np.array(series["projection"], dtype=float)
+        said = ~np.isnan(p)
         out[name] = {
             "first": float(p[0]),
             "last": float(p[-1]),
             "mean": float(np.nanmean(p)),
-            "slope": float(np.polyfit(np.arange(len(p))[~np.isnan(p)], p[~np.isnan(p)], 1)[0]),
-            "above_cap": int((p > high).sum()),
+            "slope": float(np.polyfit(np.arange(len(p))[said], p[said], 1)[0]),
+            "above_cap": int((p > high).sum()) if high is not None else 0,
             "trait_mean": float(np.mean([t for t in series["trait"] if t is not None])),
+            "coherence_mean": float(np.mean(RepetitionCoherenceJudge().score([], series["answers"]))),
+            "distinct_answers": len(set(series["answers"])),
         }
     return out
 
@@ -275,7 +279,6 @@ def measure(backbone, name: str, args) -> tuple[dict, dict]:
         "results": results,
         "drift_cap": drift_cap,
         "drift_bounds": drift_bounds,
-        "drift_summary": drift_summary(drift_run, drift_bounds[1] if drift_bounds[1] is not None else float("inf")),
         "pos_mean": float(pos[:, layers.index(middle)].mean()),
     }
     raw = {
@@ -330,6 +333,32 @@ def rows_of(settings: dict) -> list[dict]:
     return rows
 
 
+def conversation(d: dict) -> str:
+    """One conversation's drift summary in words."""
+    return (
+        f"the projection went {d['first']:.2f} -> {d['last']:.2f} (mean {d['mean']:.2f}, slope {d['slope']:+.3f} per turn, "
+        f"{d['above_cap']} turns above the cap high; judged trait {d['trait_mean']:.1f}, coherence {d['coherence_mean']:.1f}, "
+        f"{d['distinct_answers']} distinct answers)"
+    )
+
+
+def clipped(s: dict) -> str:
+    """A reading of the caps that missed the identical-answer target (empty when none did)."""
+    missed = [
+        f"{name} {c}"
+        for name, t in s["traits"].items()
+        for c, r in t["results"].items()
+        if c.startswith("cap ") and r["identical"][0] < IDENTICAL_TARGET * r["identical"][1]
+    ]
+    if not missed:
+        return ""
+    return (
+        f"\n\nMissed the identical-answer target: {', '.join(missed)}. A cap acts on every token's state, while its range "
+        "comes from the extraction answers' token-averaged projections, which spread less than single tokens do: "
+        "normal tokens above the range are clipped, and greedy answers change."
+    )
+
+
 def note(s: dict) -> str:
     """The section's note, from the run's settings (no number written by hand)."""
     parts = []
@@ -356,12 +385,8 @@ def note(s: dict) -> str:
             f"{t['judge_heldout_accuracy']:.2f}): the instruction raised the judged trait by {fmt(t['rise'], sign=True)} "
             f"points (paired over questions). Share of the way back, {HALFWAY:g} needed: {defence}. Identical greedy answers "
             f"on {t['n_plain']} questions with no instruction: {identical}. Within the paired CI: {unchanged}. Drift "
-            f"({len(DRIFT_TURNS[name])} turns, layer {t['middle']}, cap high {high:.2f}): without the cap the projection "
-            f"went {d['uncapped']['first']:.2f} -> {d['uncapped']['last']:.2f} (mean {d['uncapped']['mean']:.2f}, slope "
-            f"{d['uncapped']['slope']:+.3f} per turn, {d['uncapped']['above_cap']} turns above the cap, judged trait "
-            f"{d['uncapped']['trait_mean']:.1f}); with {t['drift_cap']} {d['capped']['first']:.2f} -> {d['capped']['last']:.2f} "
-            f"(mean {d['capped']['mean']:.2f}, slope {d['capped']['slope']:+.3f}, {d['capped']['above_cap']} above, judged "
-            f"trait {d['capped']['trait_mean']:.1f})."
+            f"({len(DRIFT_TURNS[name])} turns, layer {t['middle']}, cap high {high:.2f}): without the cap "
+            f"{conversation(d['uncapped'])}; with {t['drift_cap']} {conversation(d['capped'])}."
         )
     return (
         f"SmolLM2-135M-Instruct; per trait a persona vector (mean difference of response-averaged states) and the band "
@@ -380,6 +405,7 @@ def note(s: dict) -> str:
         f"answers' coherence. Drift: the projection of each answer (token-averaged, re-read by the unsteered model in "
         f"its own conversation) at the band's middle layer.\n\n"
         + "\n\n".join(parts)
+        + clipped(s)
         + f"\n\n![drift with and without capping](experiments/{FIGURE.name})"
     )
 
@@ -434,6 +460,8 @@ def main() -> None:
 def publish(settings: dict, raw: dict) -> None:
     """The figure and the docs section, from a run's settings and raw answers."""
     traits = settings["traits"]
+    for name, t in traits.items():
+        t["drift_summary"] = drift_summary(raw[name]["drift"], t["drift_bounds"][1])
     plot_drift(FIGURE, {name: {**t, "drift": raw[name]["drift"]} for name, t in traits.items()})
     text = note(settings)
     print(text)
