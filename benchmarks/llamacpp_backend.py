@@ -23,7 +23,7 @@ from personactl.blackbox import Control, LlamaCppBackend, lora_gguf
 from personactl.generation import generate
 
 NEW_TOKENS = 64
-LORA_COST = " The GGUF LoRA's cost is llama.cpp's own: each adapted weight (here 7 projections x 30 blocks) adds two small matmuls, a scale and an add per token, which at batch 1 on a 135M model is ~25%, above the 8% target; a persona at a fixed scale can be merged into the GGUF instead (llama.cpp's llama-export-lora)."
+LORA_COST = " The GGUF LoRA's cost is llama.cpp's own: each adapted weight (here 7 projections x 30 blocks) adds two small matmuls, a scale and an add per token, which at batch 1 on a 135M model is ~25%, above the 8% target; a persona at a fixed scale can be merged into the GGUF instead (`personactl export gguf-merged`; measured against rank, targets and lower-rank exports by benchmarks/gguf_lora_cost.py)."
 
 
 def timed(fn) -> float:

@@ -8,6 +8,8 @@ exported lora_b of q/k is permuted too (without it the q shift is unrelated).
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import numpy as np
 import pytest
@@ -144,6 +146,18 @@ def test_export_gguf_lora_command_reads_a_lora_extract_folder(tmp_path, smollm2)
     _direction(smollm2).save(tmp_path / "run" / "diff")
     assert run(["export", "gguf-lora", str(tmp_path / "run"), "--out", str(tmp_path / "x.gguf")]) == 0
     assert len(gguf.GGUFReader(str(tmp_path / "x.gguf")).tensors) == 4
+
+
+def test_export_gguf_lora_at_a_lower_rank_prints_and_stores_the_energy_kept(tmp_path, smollm2, capsys):
+    _direction(smollm2).save(tmp_path / "adapter")
+    assert run(["export", "gguf-lora", str(tmp_path / "adapter"), "--rank", "2", "--out", str(tmp_path / "x.gguf")]) == 0
+    said = capsys.readouterr().out
+    reader = gguf.GGUFReader(str(tmp_path / "x.gguf"))
+    stored = json.loads(reader.fields["personactl.metadata"].contents())["lower_rank"]
+    assert stored["from_rank"] == RANK and stored["rank"] == 2 and 0 < stored["energy_kept"] < 1
+    assert f"rank 2 keeps {100 * stored['energy_kept']:.2f}% of the delta's energy (squared Frobenius norm)" in said
+    assert list({t.name: t for t in reader.tensors}[f"blk.{LAYER}.attn_q.weight.lora_a"].shape) == [576, 2]
+    assert reader.fields["adapter.lora.alpha"].contents() == pytest.approx(2.0 * 2)  # scaling 2 kept at rank 2
 
 
 def test_a_folder_that_is_no_lora_is_refused_in_one_line(tmp_path, capsys):

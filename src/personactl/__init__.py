@@ -6,6 +6,7 @@ from .activations import hidden_states
 from .aggregators import METHODS
 from .blackbox.cvec import set_control_vector
 from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
+from .blackbox.gguf_merge import MergedGGUF, write_merged_gguf
 from .capping import CapRangeError, cap_bounds, cap_term
 from .capture import GenerationCapture
 from .conditions import find_condition
@@ -36,6 +37,7 @@ from .lora.adapters import PersonaSwitcher, train_adapter
 from .lora.adherence import adherence
 from .lora.config import LoRATrainConfig
 from .lora.direction import LoRADirection, combine, difference, merged
+from .lora.rank import lower_rank
 from .lora.runtime import runtime
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, Backbone, from_model, load_model
 from .monitor import project, project_generated
@@ -120,6 +122,9 @@ __all__ = [
     "to_repeng",
     "to_steering_vector",
     "write_gguf_lora",
+    "MergedGGUF",
+    "write_merged_gguf",
+    "lower_rank",
     "LoRATrainConfig",
     "PairedActivations",
     "RidgeMap",

@@ -2,7 +2,7 @@
 
 `cvec` hands a control vector to a running llama.cpp (the file format is
 `personactl.portable`), `gguf_lora` writes LoRA persona directions and
-adapters as llama.cpp LoRA GGUF files. The
+adapters as llama.cpp LoRA GGUF files, `gguf_merge` folds one into a GGUF model. The
 llama.cpp backend: `llamacpp` (the model and generation), `llamacpp_files`
 (the GGUF files it loads, checked first), `llamacpp_controls` (a persona
 vector as a control vector), `llamacpp_methods` (its sweep methods),
@@ -16,6 +16,7 @@ from .api import ApiGenerator, Sampling
 from .cvec import set_control_vector
 from .fewshot import FewShotMethod, fewshot_messages, shots
 from .gguf_lora import GGUFLoRAError, load_lora_folder, permute_rows, write_gguf_lora
+from .gguf_merge import WEIGHT_TYPES, MergedGGUF, write_merged_gguf
 from .llamacpp import LlamaCppBackend, context_size, generate_answers
 from .llamacpp_chat import CHAT_HELP, LlamaCppChat
 from .llamacpp_controls import Control, control_buffer
@@ -27,6 +28,7 @@ from .modulation import MAGNITUDE_UNIT, ApiPromptMethod, ModulationError, Modula
 __all__ = [
     "CHAT_HELP",
     "MAGNITUDE_UNIT",
+    "WEIGHT_TYPES",
     "ApiGenerator",
     "ApiPromptMethod",
     "Control",
@@ -39,6 +41,7 @@ __all__ = [
     "LlamaCppLoRAMethod",
     "LlamaCppPromptMethod",
     "LlamaCppVectorMethod",
+    "MergedGGUF",
     "ModulationError",
     "ModulationMethod",
     "Sampling",
@@ -60,4 +63,5 @@ __all__ = [
     "set_control_vector",
     "shots",
     "write_gguf_lora",
+    "write_merged_gguf",
 ]

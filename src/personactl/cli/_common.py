@@ -55,7 +55,8 @@ app.add_typer(condition_app, name="condition")
 
 
 export_app = typer.Typer(
-    help="Export personas to other tools: vectors (llama.cpp, repeng, steering-vectors, ...), LoRAs as GGUF.", no_args_is_help=True
+    help="Export personas to other tools: vectors (llama.cpp, repeng, steering-vectors, ...), LoRAs as GGUF adapters or merged into a GGUF model.",
+    no_args_is_help=True,
 )
 
 

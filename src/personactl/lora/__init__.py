@@ -23,6 +23,7 @@ from .direction import PERSONA, LoRADirection, combine, difference, merged
 from .finetune import finetune
 from .persona import extract_lora_direction
 from .projection import drift_report
+from .rank import energy_line, lower_rank
 from .runtime import runtime
 from .train import check_out_dir
 
@@ -43,9 +44,11 @@ __all__ = [
     "default_layer",
     "difference",
     "drift_report",
+    "energy_line",
     "extract_lora_direction",
     "finetune",
     "list_adapters",
+    "lower_rank",
     "merge_adapter",
     "merged",
     "plot_svd",

@@ -230,12 +230,18 @@ def merged_delta(backbone: Backbone, terms: Sequence[tuple[LoRADirection, float]
     return after - before
 
 
+def factor_svd(factors: LoRAFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, V) with dW = U @ diag(S) @ V.T, in float64, from the factors alone (never the dense dW).
+
+    dW = s * B @ A; with B = Qb Rb and A^T = Qa Ra (QR), dW = s * Qb (Rb Ra^T) Qa^T, so the SVD needs only
+    the r x r core: U = Qb U_core, V = Qa V_core.
+    """
+    qb, rb = torch.linalg.qr(factors.B.double())
+    qa, ra = torch.linalg.qr(factors.A.double().T)
+    u, s, vh = torch.linalg.svd(factors.scaling * (rb @ ra.T), full_matrices=False)
+    return qb @ u, s, qa @ vh.T
+
+
 def singular_values(direction: LoRADirection) -> dict[str, torch.Tensor]:
     """Singular values of each module's dW, computed from the factors (rank r, cheap)."""
-    result = {}
-    for name, f in direction.modules.items():
-        # dW = s * B @ A; with QR of B and A^T the SVD needs only an r x r core.
-        qb, rb = torch.linalg.qr(f.B.double())
-        qa, ra = torch.linalg.qr(f.A.double().T)
-        result[name] = (f.scaling * torch.linalg.svdvals(rb @ ra.T)).float()
-    return result
+    return {name: factor_svd(f)[1].float() for name, f in direction.modules.items()}
