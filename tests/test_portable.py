@@ -272,7 +272,7 @@ def test_missing_layers_are_refused(tmp_path, model_dir, vector_file, capsys):
     _one_line_error(
         capsys,
         ["import", "vector", str(tmp_path / "deep.gguf"), "--from", "repeng", "--out", str(tmp_path / "x.safetensors"), "--model", str(model_dir)],
-        "steers our layer 5 (repeng index 4) but tiny-llama0 has layers 1..3: it was made for a deeper model",
+        f"steers our layer 5 (repeng index 4) but {model_dir.name} has layers 1..3: it was made for a deeper model",
     )
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.gguf").exists()
 
