@@ -89,7 +89,7 @@ def own_answers(
     (prompt index -> [hidden]); cached answers have none."""
     cache = cache if cache is not None else AnswerCache()
     keys = [AnswerCache.key(backbone.name, p, max_new_tokens) for p in prompts]
-    missing = sorted({k: i for i, k in enumerate(keys) if k not in cache.answers}.values())
+    missing = sorted({k: i for i, k in enumerate(keys) if k not in cache.answers}.values(), key=lambda i: len(prompts[i]))  # less padding
     states: dict[int, torch.Tensor] = {}
     with progress_bar("model's own answers", len(missing)) as advance:
         for start in range(0, len(missing), batch_size):
@@ -186,7 +186,7 @@ def screen(
     layer: int,
     *,
     max_new_tokens: int = 64,
-    batch_size: int = 16,
+    batch_size: int = 64,
     cache: AnswerCache | None = None,
     max_chars: int = MAX_RECORD_CHARS,
 ) -> Screening:

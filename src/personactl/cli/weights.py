@@ -338,6 +338,7 @@ def screen(
     write: Path | None = typer.Option(None, help="write the dataset without the --filter-out samples here (every other line as it is)"),
     model: str = ModelOpt,
     max_new_tokens: int = typer.Option(64, help="length of the model's own answers"),
+    batch_size: int = typer.Option(64, min=1, help="prompts generated together (CPU: 64 is ~1.7x faster than 16; lower it if memory runs out)"),
     device: str | None = DeviceOpt,
 ) -> None:
     """Before fine-tuning: which samples pull the model toward a trait (dataset answer vs the model's own, projected)."""
@@ -364,6 +365,7 @@ def screen(
         persona,
         layer if layer is not None else default_layer(vector, backbone.n_layers, lowest=1),
         max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
         cache=cache,
     )
     summary = result.summary
