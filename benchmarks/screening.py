@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from _table import write_section
 
-from personactl import PersonaVector, load_model
+from personactl import Backbone, PersonaVector, load_model
 from personactl.generation import chat_prompt, format_prompts
 from personactl.lora.adapters import PersonaData, read_persona_data
 from personactl.lora.config import LoRATrainConfig
@@ -43,6 +43,21 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - started, value
 
 
+def random_vector_and_layer(backbone: Backbone) -> tuple[PersonaVector, int]:
+    """A seeded random vector (the cost does not depend on it) and the screened layer, two thirds of the way up."""
+    torch.manual_seed(0)
+    return PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size), trait="random"), round(2 * backbone.n_layers / 3)
+
+
+def one_lora_epoch(backbone: Backbone, data: PersonaData) -> tuple[float, int]:
+    """(seconds, optimizer steps) of one LoRA epoch (rank 8, batch 8) on `data`, the adapter thrown away."""
+    config = LoRATrainConfig(rank=8, alpha=16.0, epochs=1, batch_size=8, learning_rate=5e-4)
+    prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds, losses = timed(lambda: finetune(backbone, prompts, data.answers, Path(tmp) / "adapter", config))
+    return seconds, len(losses)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=320)
@@ -52,18 +67,13 @@ def main() -> None:
 
     backbone = load_model("smollm2-135m")
     data = shipped_data(args.samples)
-    torch.manual_seed(0)
-    vector = PersonaVector(torch.randn(backbone.n_layers + 1, backbone.hidden_size), trait="random")
-    layer = round(2 * backbone.n_layers / 3)
+    vector, layer = random_vector_and_layer(backbone)
     cache = AnswerCache()
     screen(backbone, PersonaData(data.questions[:4], data.answers[:4]), vector, layer, max_new_tokens=8)  # warm up
 
     screen_s, _ = timed(lambda: screen(backbone, data, vector, layer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cache=cache))
     cached_s, _ = timed(lambda: screen(backbone, data, vector, layer, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cache=cache))
-    config = LoRATrainConfig(rank=8, alpha=16.0, epochs=1, batch_size=8, learning_rate=5e-4)
-    prompts = format_prompts(backbone, [chat_prompt(q) for q in data.questions])
-    with tempfile.TemporaryDirectory() as tmp:
-        epoch_s, losses = timed(lambda: finetune(backbone, prompts, data.answers, Path(tmp) / "adapter", config))
+    epoch_s, steps = one_lora_epoch(backbone, data)
     n = len(data.questions)
     rows = [
         {
@@ -74,7 +84,7 @@ def main() -> None:
         },
         {"step": "screen again, model answers cached", "seconds": cached_s, "samples/s": n / cached_s, "ratio vs one LoRA epoch": cached_s / epoch_s},
         {
-            "step": f"one LoRA epoch (rank 8, batch 8, {len(losses)} steps)",
+            "step": f"one LoRA epoch (rank 8, batch 8, {steps} steps)",
             "seconds": epoch_s,
             "samples/s": n / epoch_s,
             "ratio vs one LoRA epoch": 1.0,

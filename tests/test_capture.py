@@ -2,41 +2,14 @@
 
 import pytest
 import torch
+from capture_reference import forward_over_tokens, greedy_tokens
 from conftest import TINY_ARCHS, tiny_backbone
 
-from personactl import activations, generate
+from personactl import generate
 from personactl.capture import GenerationCapture
 from personactl.generation import format_prompts
 
 PROMPTS = ["<user>hello there", "<user>what is up?", "<user>tell me a story about the sea", "<user>hi"]
-
-
-def _two_pass(backbone, prompts, new_tokens, eos, positions):
-    """The reference: one full forward over each prompt + its answer tokens up to (not including) the first end token,
-    averaged over the answer tokens that are not special."""
-    prompt_ids = backbone.encode(prompts)
-    special = set(backbone.tokenizer.all_special_ids)
-    answers = []
-    for row in new_tokens.tolist():
-        ends = [k for k, t in enumerate(row) if t in eos]
-        answers.append(row[: ends[0]] if ends else row)
-    ids, mask = activations.left_pad([p + a for p, a in zip(prompt_ids, answers)], backbone.pad_id)
-    width = ids.shape[1]
-    prompt_mask = torch.zeros(ids.shape, dtype=torch.bool)
-    response_mask = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, (p, a) in enumerate(zip(prompt_ids, answers)):
-        prompt_mask[i, width - len(p) - len(a) : width - len(a)] = True
-        response_mask[i, width - len(a) :] = torch.tensor([t not in special for t in a], dtype=torch.bool)  # the text has no special tokens
-    batch = activations.Batch(ids, mask, prompt_mask, response_mask)
-    return activations.reduce_positions(activations.hidden_states(backbone, ids, mask), batch, positions)
-
-
-def _greedy_tokens(backbone, prompts, max_new_tokens):
-    batch = activations.make_batch(backbone, prompts)
-    out = backbone.model.generate(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=backbone.pad_id
-    )
-    return out[:, batch.input_ids.shape[1] :]
 
 
 def _relative_error(captured, reference):
@@ -48,7 +21,7 @@ def _relative_error(captured, reference):
 def test_captured_states_equal_a_second_pass_over_the_generated_tokens(arch, positions):
     backbone = tiny_backbone(arch)
     prompts = format_prompts(backbone, PROMPTS)
-    first = _greedy_tokens(backbone, prompts, 8)
+    first = greedy_tokens(backbone, prompts, 8)
     # an end token some row produces mid-answer, so rows end at different steps and the later ones are not counted
     # (the tiny gpt2 repeats one token per row: there, no row ends early and every answer is fed whole)
     end = next((int(t) for t in first[:, 1:].flatten() if t not in first[:, 0]), None)  # and no row's answer is empty
@@ -57,7 +30,7 @@ def test_captured_states_equal_a_second_pass_over_the_generated_tokens(arch, pos
     eos = {end}
     capture = GenerationCapture(backbone, positions)
     generate(backbone, prompts, max_new_tokens=8, capture=capture, batch_size=4)
-    reference = _two_pass(backbone, prompts, _greedy_tokens(backbone, prompts, 8), eos, positions)
+    reference = forward_over_tokens(backbone, prompts, greedy_tokens(backbone, prompts, 8), eos, positions)
     assert capture.result().shape == reference.shape == (len(prompts), backbone.n_layers + 1, backbone.hidden_size)
     assert _relative_error(capture.result(), reference) < 1e-4
 
