@@ -424,7 +424,7 @@ def main() -> None:
     parser.add_argument("--traits", default="pirate,silly", help="traits of the equivalence part (default pirate,silly)")
     parser.add_argument("--samples", type=int, default=320, help="screened samples (default 320, the shipped data)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="screening answer length (default 64, as benchmarks/screening.py)")
-    parser.add_argument("--screen-batch-size", type=int, default=32, help="screening generation batch (default 32)")
+    parser.add_argument("--screen-batch-size", type=int, default=64, help="screening generation batch (default 64, as `screen`)")
     parser.add_argument("--screen-repeats", type=int, default=2, help="interleaved rounds of the screening variants (default 2)")
     parser.add_argument("--screen-two-pass", action=argparse.BooleanOptionalAction, default=True, help="also time the two-pass screen (default on)")
     parser.add_argument("--demo-dir", type=Path, default=None, help="where the demo's temporary --out folder goes (default: the system's)")
