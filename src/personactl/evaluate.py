@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,11 +176,13 @@ class ResultsFile:
 
 @dataclass
 class Generated:
-    """The model's side of a group of records: answers, with their perplexity under the unsteered model and their length."""
+    """The model's side of a group of records: answers, with their perplexity under the unsteered model and their length,
+    and the seconds the method took to generate them (perplexity excluded), for cost per token."""
 
     answers: list[str]
     perplexities: list[float | None]
     n_tokens: list[int]
+    seconds: float = 0.0
 
 
 def generate_group(
@@ -187,9 +190,11 @@ def generate_group(
 ) -> Generated:
     """Answer one group of conditions (same method and layer, one coefficient and seed per row) and measure the answers."""
     qs = [questions[c.question_id] for c in group]
+    started = time.perf_counter()
     answers = methods[group[0].method].generate(qs, [c.coef for c in group], group[0].layer, [c.seed(run_seed) for c in group])
+    seconds = time.perf_counter() - started
     ppl = perplexity(backbone, format_prompts(backbone, [chat_prompt(q) for q in qs]), answers)
-    return Generated(answers, ppl, [len(ids) for ids in backbone.encode(answers)])
+    return Generated(answers, ppl, [len(ids) for ids in backbone.encode(answers)], seconds)
 
 
 class GroupRunner(Protocol):
@@ -218,7 +223,7 @@ def pending_groups(
 ) -> list[list[Condition]]:
     """The batches of conditions not yet in results.jsonl, each one (method, layer), at most `config.batch_size` rows."""
     todo = [c for c in plan(config, methods, layers, n_questions) if c.key not in done]
-    return list(_batches(todo, config.batch_size))
+    return list(batch_conditions(todo, config.batch_size))
 
 
 def run_sweep(
@@ -248,20 +253,26 @@ def run_sweep(
 
 def claim_run_dir(config: SweepConfig, run_dir: Path) -> None:
     """Write config.json, or check that a run being resumed had the same config."""
-    path = run_dir / "config.json"
+    claim_config(run_dir, "sweep", config, "use another --name/--out or delete it")
+
+
+def claim_config(folder: Path, section: str, config: BaseModel, advice: str) -> None:
+    """Write `config` as `section` of folder/config.json, or refuse (SweepError) a folder whose `section` differs, so a
+    resumed run never mixes records of two configs. A field added since the folder was written counts as its default."""
+    path = folder / "config.json"
     wanted = config.model_dump()
-    if path.exists():
-        found = json.loads(path.read_text(encoding="utf-8")).get("sweep")
-        # a field added since the run was written counts as its default
-        found = None if found is None else {**{k: f.default for k, f in SweepConfig.model_fields.items() if k not in found}, **found}
-        if found is not None and found != wanted:
-            diff = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise SweepError(f"{run_dir} holds a sweep with another config ({', '.join(diff)} differ): use another --name/--out or delete it")
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    found = data.get(section)
+    if found is None:
+        write_text_atomic(path, json.dumps({**data, section: wanted}, indent=2))
         return
-    write_text_atomic(path, json.dumps({"sweep": wanted}, indent=2))
+    found = {**{k: f.default for k, f in type(config).model_fields.items() if k not in found}, **found}
+    if found != wanted:
+        diff = sorted(k for k in wanted if found.get(k) != wanted[k])
+        raise SweepError(f"{folder} holds a {section} with another config ({', '.join(diff)} differ): {advice}")
 
 
-def _batches(conditions: Sequence[Condition], size: int) -> Iterator[list[Condition]]:
+def batch_conditions(conditions: Sequence[Condition], size: int) -> Iterator[list[Condition]]:
     """Consecutive runs of the same (method, layer), at most `size` long (rows carry their own seeds)."""
     group: list[Condition] = []
     for c in conditions:

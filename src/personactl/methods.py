@@ -135,11 +135,12 @@ class PromptMethod:
         if not isinstance(trait, Trait):
             raise MethodError("method 'prompt' needs a trait with instructions, not plain contrastive texts")
         s = self.ctx.settings
-        prompts = [chat_prompt(q, self._system(trait, c)) for q, c in zip(questions, coefs)]
+        prompts = [chat_prompt(q, self.instruction(trait, c)) for q, c in zip(questions, coefs)]
         return generate(self.ctx.backbone, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds, batch_size=s.batch_size)
 
     @staticmethod
-    def _system(trait: Trait, coef: float) -> str | None:
+    def instruction(trait: Trait, coef: float) -> str | None:
+        """The system instruction at `coef` (None at 0)."""
         if coef == 0:
             return None
         pair = trait.instructions[(max(1, round(abs(coef))) - 1) % len(trait.instructions)]

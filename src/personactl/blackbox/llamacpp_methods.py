@@ -140,5 +140,5 @@ class LlamaCppPromptMethod:
         if not isinstance(trait, Trait):
             raise MethodError(f"method '{self.name}' needs a trait with instructions, not plain contrastive texts")
         s = self.ctx.settings
-        prompts = [chat_prompt(q, PromptMethod._system(trait, c)) for q, c in zip(questions, coefs)]  # noqa: SLF001
+        prompts = [chat_prompt(q, PromptMethod.instruction(trait, c)) for q, c in zip(questions, coefs)]
         return self.backend.generate(prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seeds=seeds)

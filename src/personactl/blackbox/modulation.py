@@ -143,7 +143,7 @@ class ApiPromptMethod:
             raise MethodError("method 'api-prompt' needs a trait with instructions, not plain contrastive texts")
         client = api_generator(self.ctx, self.name)
         s = self.ctx.settings
-        conversations = [chat_prompt(q, PromptMethod._system(self.ctx.trait, c)) for q, c in zip(questions, coefs)]
+        conversations = [chat_prompt(q, PromptMethod.instruction(self.ctx.trait, c)) for q, c in zip(questions, coefs)]
         return client.chat(conversations, Sampling(s.temperature, max_tokens=s.max_new_tokens), seeds)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import PersonactlError
-from . import blackbox, portable, serving, sweeps, transfer, vectors, weights  # noqa: F401, I001 - they register their commands, in this order
+from . import bench, blackbox, portable, serving, sweeps, transfer, vectors, weights  # noqa: F401, I001 - they register their commands, in this order
 from ._common import app, err, out
 from .safety import safety_app
 
