@@ -1,0 +1,1 @@
+"""personactl bench: methods compared on one budget."""
