@@ -60,6 +60,10 @@ class ConditionError(PersonactlError):
     """A conditional-steering request that cannot be carried out (prompt files, thresholds, condition vectors)."""
 
 
+class BenchError(PersonactlError):
+    """Bench records that cannot be scored (a key missing, a score outside 0-100, an answer recorded twice)."""
+
+
 def first_validation_error(exc: ValidationError, root: str = "config") -> str:
     """The first problem pydantic found, as `where: what` (one line for a PersonactlError message)."""
     first = exc.errors()[0]
