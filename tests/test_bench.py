@@ -7,8 +7,8 @@ import pytest
 from conftest import tiny_backbone
 
 from personactl.bench import ENTRIES, BenchConfig, Choice, bench_config, choose, run_bench, write_bench_report
-from personactl.bench.config import BenchError
 from personactl.cli import run
+from personactl.errors import BenchError
 
 METHODS = ["none", "prompt", "fewshot", "vector", "multilayer", "adapter", "cap", "llamacpp-vector"]
 

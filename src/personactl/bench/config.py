@@ -6,13 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from ..errors import PersonactlError, first_validation_error
+from ..errors import BenchError, first_validation_error
 from ..models import DEFAULT_MODEL
 from .entries import DEFAULT_METHODS, ENTRIES
-
-
-class BenchError(PersonactlError):
-    """A bench that cannot run or resume as asked."""
 
 
 class BenchConfig(BaseModel):
@@ -52,7 +48,7 @@ class BenchConfig(BaseModel):
         return names
 
 
-def validate_bench_config(data: dict[str, Any]) -> BenchConfig:
+def bench_config(data: dict[str, Any]) -> BenchConfig:
     """BenchConfig from a mapping, with a one-line error."""
     try:
         return BenchConfig.model_validate({k: v for k, v in data.items() if v is not None})

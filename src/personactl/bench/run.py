@@ -40,8 +40,10 @@ from ..methods import GenerationSettings, MethodContext, PromptMethod, SteeringM
 from ..models import Backbone, load_model
 from ..progress import note, progress_bar
 from ..traits import Trait, load_trait
-from .config import BenchConfig, BenchError
+from ..errors import BenchError
+from .config import BenchConfig
 from .entries import ENTRIES, Entry, strengths
+from .leaderboard import combined_score
 from .tuning import Choice, choose
 
 MIN_TUNING_QUESTIONS = 3
@@ -272,8 +274,6 @@ class _Stage:
 
 def bench_record(judged: dict[str, Any], trait: str, label: str, stage: str, seconds: float) -> dict[str, Any]:
     """A sweep record as the bench keeps it: the trait's name, the bench method, the three scores and their combination."""
-    from .leaderboard import combined_score  # noqa: PLC0415
-
     record = {**judged, "trait": trait, "method": label, "sweep_method": judged["method"], "stage": stage, "seconds": seconds}
     record["trait_score"] = judged["trait"]
     record["relevance"] = judged.get("relevance")
@@ -323,6 +323,11 @@ def _prompt_tokens(ctx: MethodContext, entry: Entry, questions: Sequence[str], c
 def _tokens_per_second(records: Sequence[dict[str, Any]]) -> float | None:
     seconds = sum(r["seconds"] for r in records)
     return sum(r["n_tokens"] for r in records) / seconds if seconds > 0 else None
+
+
+def count_records(out_dir: str | Path) -> int:
+    """Records a bench folder holds (tuning and scoring, every trait): what an interrupted bench keeps."""
+    return sum(len(ResultsFile(path).records) for path in Path(out_dir).glob("*/*.jsonl") if path.stem in ("tune", "score"))
 
 
 def _write_status(folder: Path, status: str, reason: str, verdict: Expressibility | None, left_out: dict[str, str]) -> None:

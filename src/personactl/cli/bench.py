@@ -99,6 +99,7 @@ def _bench_on_ray(config: BenchConfig, out_dir: Path, ray: str, actors: int, dev
 
 
 def _print(written: BenchReport) -> None:
+    from ..bench.report import COLUMNS  # noqa: PLC0415
     for trait in written.result.traits:
         if trait.status == "skipped":
             out.print(f"{trait.trait}: skipped: {trait.reason}")
