@@ -12,10 +12,13 @@ from conftest import tiny_backbone
 
 from personactl import PersonaVector
 from personactl.evaluate import (
+    Condition,
+    Generated,
     ResultsFile,
     SweepConfig,
     SweepError,
     claim_run_dir,
+    judged_records,
     plan,
     run_sweep,
     summarize,
@@ -180,3 +183,13 @@ def test_a_condition_without_usable_scores_says_so_instead_of_nan():
         score_cell(one["coherence_mean"], one["coherence_lo"], one["coherence_hi"], one["coherence_scored"], one["n"])
         == "80.0 (one question: no CI) (1/2 unscored)"
     )
+
+
+def test_records_carry_relevance_only_with_a_relevance_judge():
+    group = [Condition("vector", 1, 0.0, 0, 0), Condition("vector", 1, 1.0, 1, 0)]
+    generated = Generated(["Arr", "Ahoy matey"], [2.0, 3.0], [1, 3])
+    plain = judged_records(Judges(LengthJudge(), RepetitionCoherenceJudge()), group, ["q0", "q1"], generated)
+    assert all("relevance" not in r for r in plain)
+    judged = judged_records(Judges(LengthJudge(), RepetitionCoherenceJudge(), LengthJudge()), group, ["q0", "q1"], generated)
+    assert [r["relevance"] for r in judged] == [30.0, 100.0]
+    assert [{k: v for k, v in r.items() if k != "relevance"} for r in judged] == plain

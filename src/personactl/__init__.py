@@ -28,11 +28,12 @@ from .expressibility import Expressibility
 from .extraction import ContrastivePair, ExtractionSettings, extract, generate_pairs, load_pairs, save_pairs, vector_from_pairs
 from .generation import chat_prompt, generate
 from .intervals import auroc_ci, mean_ci, paired_difference_ci
-from .judges.base import Judges
+from .judges.base import RELEVANCE_RUBRIC, Judges
 from .judges.embedding import EmbeddingJudge
 from .judges.factory import make_judges
 from .judges.llm import OpenAIJudge
 from .judges.local import LocalJudge
+from .judges.relevance import EmbeddingRelevanceJudge
 from .lora.adapters import PersonaSwitcher, train_adapter
 from .lora.adherence import adherence
 from .lora.config import LoRATrainConfig
@@ -137,7 +138,9 @@ __all__ = [
     "fit_ridge",
     "map_vector",
     "run_transfer",
+    "RELEVANCE_RUBRIC",
     "EmbeddingJudge",
+    "EmbeddingRelevanceJudge",
     "Judges",
     "LoRADirection",
     "LocalJudge",

@@ -285,29 +285,32 @@ def batch_conditions(conditions: Sequence[Condition], size: int) -> Iterator[lis
 
 
 def judged_records(judges: Judges, group: Sequence[Condition], qs: Sequence[str], generated: Generated) -> list[dict[str, Any]]:
-    """The records of one generated group, with trait and coherence scores."""
+    """The records of one generated group, with trait and coherence scores, and relevance where `judges` has a
+    relevance judge (records without one keep their old keys)."""
     answers = generated.answers
     trait = judges.trait.score(qs, answers)
     coherence = judges.coherence.score(qs, answers)
+    relevance = None if judges.relevance is None else judges.relevance.score(qs, answers)
     records = []
-    for c, q, a, t, coh, p, n in zip(group, qs, answers, trait, coherence, generated.perplexities, generated.n_tokens):
-        records.append(
-            {
-                "key": c.key,
-                "method": c.method,
-                "layer": c.layer,
-                "coef": c.coef,
-                "question_id": c.question_id,
-                "question": q,
-                "sample": c.sample,
-                "answer": a,
-                "trait": t,
-                "coherence": coh,
-                "perplexity": p,
-                "collapsed": text_metrics(a).collapsed,
-                "n_tokens": n,
-            }
-        )
+    for i, (c, q, a, t, coh, p, n) in enumerate(zip(group, qs, answers, trait, coherence, generated.perplexities, generated.n_tokens)):
+        record: dict[str, Any] = {
+            "key": c.key,
+            "method": c.method,
+            "layer": c.layer,
+            "coef": c.coef,
+            "question_id": c.question_id,
+            "question": q,
+            "sample": c.sample,
+            "answer": a,
+            "trait": t,
+            "coherence": coh,
+            "perplexity": p,
+            "collapsed": text_metrics(a).collapsed,
+            "n_tokens": n,
+        }
+        if relevance is not None:
+            record["relevance"] = relevance[i]
+        records.append(record)
     return records
 
 

@@ -50,6 +50,16 @@ COHERENCE_RUBRIC = (
 Rate the answer from 0 to 100: 0 means gibberish, endless repetition or text unrelated to the question; 50 means understandable but rambling or partly broken; 100 means clear, fluent and on topic. Respond with a number between 0 and 100 and nothing else."""
 )
 
+RELEVANCE_RUBRIC = (
+    """You are judging how relevant an AI assistant's answer is to the question asked, regardless of its style, persona or correctness.
+
+"""
+    + QUESTION_AND_ANSWER
+    + """
+
+Rate the answer from 0 to 100: 0 means it ignores the question or talks about something else; 50 means it touches the question but is mostly off topic; 100 means it answers the question asked. Respond with a number between 0 and 100 and nothing else."""
+)
+
 
 class TraitJudge(Protocol):
     """Anything that scores answers 0-100 (None = no usable score)."""
@@ -61,10 +71,11 @@ class TraitJudge(Protocol):
 
 @dataclass
 class Judges:
-    """The two judges an evaluation scores with: trait expression and coherence."""
+    """The judges an evaluation scores with: trait expression, coherence and, where asked for, relevance to the question."""
 
     trait: TraitJudge
     coherence: TraitJudge
+    relevance: TraitJudge | None = None
 
 
 def fill_rubric(rubric: str, question: str, answer: str) -> str:

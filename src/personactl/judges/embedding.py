@@ -25,7 +25,7 @@ REGULARISATION_C = 10.0
 
 
 class EmbeddingJudgeError(PersonactlError):
-    """The embedding judge cannot be fitted or loaded."""
+    """An embedding judge (trait or relevance) cannot be built, fitted or loaded."""
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,8 @@
-"""Build the (trait, coherence) judge pair from a `--judge` spec.
+"""Build the trait and coherence judges (and, when asked for, the relevance judge) from a `--judge` spec.
 
 - `embed` (default, offline): the embedding classifier fitted on the
-  extraction answers, with the repetition-based coherence score;
+  extraction answers, with the repetition-based coherence score and the
+  embedding relevance score (`relevance.EmbeddingRelevanceJudge`);
 - `local:MODEL`: the rubric prompts with logprob weighting on a local model;
 - `openai:MODEL`: any OpenAI-compatible endpoint (base URL and key from the
   environment), with a disk cache.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 from ..traits import AnyTrait, Trait
-from .base import COHERENCE_RUBRIC, Judges, TraitJudge
+from .base import COHERENCE_RUBRIC, RELEVANCE_RUBRIC, Judges, TraitJudge
 from .llm import JudgeError, parse_judge_spec
 
 
@@ -22,18 +23,26 @@ def make_judges(
     positives: Sequence[str] = (),
     negatives: Sequence[str] = (),
     groups: Sequence[Hashable] | None = None,
+    relevance_questions: Sequence[str] | None = None,
 ) -> Judges:
     """Judges for `trait`; the embedding judge is fitted on `positives` vs `negatives`, pair i answering question
-    `groups[i]` (extraction.question_groups), so its out-of-fold scores hold whole questions out."""
+    `groups[i]` (extraction.question_groups), so its out-of-fold scores hold whole questions out. With
+    `relevance_questions` (the questions the answers will answer) a relevance judge too: offline, their
+    embedding ranks; with an LLM judge, RELEVANCE_RUBRIC."""
     kind, model = parse_judge_spec(spec)
     if kind == "embed":
         from .embedding import EmbeddingJudge  # noqa: PLC0415
+        from .relevance import EmbeddingRelevanceJudge  # noqa: PLC0415
         from .text import RepetitionCoherenceJudge  # noqa: PLC0415
 
-        return Judges(EmbeddingJudge.fit(positives, negatives, trait=trait.name, groups=groups), RepetitionCoherenceJudge())
+        relevance = None if relevance_questions is None else EmbeddingRelevanceJudge(relevance_questions)
+        return Judges(EmbeddingJudge.fit(positives, negatives, trait=trait.name, groups=groups), RepetitionCoherenceJudge(), relevance)
     if not isinstance(trait, Trait):
         raise JudgeError(f"the {kind} judge needs a trait with a rubric; '{trait.name}' is plain contrastive texts: use --judge embed")
-    return Judges(*rubric_judges(spec, (trait.rubric, ""), (COHERENCE_RUBRIC, ":coherence")))
+    rubrics = [(trait.rubric, ""), (COHERENCE_RUBRIC, ":coherence")]
+    if relevance_questions is not None:
+        rubrics.append((RELEVANCE_RUBRIC, ":relevance"))
+    return Judges(*rubric_judges(spec, *rubrics))
 
 
 def rubric_judges(spec: str, *rubrics: tuple[str, str]) -> list[TraitJudge]:
