@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(importlib.util.find_spec("personactl").submodule_search_locations[0])
 INTERFACES = ("cli", "server")
-API_PACKAGES = ("blackbox", "judges", "lora", "portable", "safety", "scaleout", "server", "transfer")
+API_PACKAGES = ("bench", "blackbox", "judges", "lora", "portable", "safety", "scaleout", "server", "transfer")
 
 
 def module_name(path: Path) -> str:

@@ -87,11 +87,14 @@ def _vector_and_pairs(config: SweepConfig, backbone: Backbone, trait: Trait, run
     return vector, pairs
 
 
-def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run_dir: Path) -> Judges:
+def _judges(config: SweepConfig, trait: Trait, pairs: list[ContrastivePair], run_dir: Path, relevance: bool) -> Judges:
     if config.judge == "embed" and not pairs:
         raise SweepError("the embed judge is fitted on the extraction answers: give a vector with its .pairs.jsonl beside it, or no --vector")
-    judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs], question_groups(pairs))
+    questions = [*trait.questions, *trait.eval_questions] if relevance else None
+    judges = make_judges(config.judge, trait, [p.pos_answer for p in pairs], [p.neg_answer for p in pairs], question_groups(pairs), questions)
     info: dict[str, Any] = {"spec": config.judge, "trait_judge": judges.trait.name, "coherence_judge": judges.coherence.name}
+    if judges.relevance is not None:
+        info["relevance_judge"] = judges.relevance.name
     if isinstance(judges.trait, EmbeddingJudge):  # the one judge fitted here (on the extraction answers)
         info["heldout_accuracy"] = judges.trait.heldout_accuracy
         judges.trait.save(run_dir / "judge.json")
@@ -185,8 +188,9 @@ class Prepared:
     expressibility: Expressibility | None
 
 
-def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None) -> Prepared:
-    """Claim `out_dir/<name>/` and get (or reuse) the vector, its answers and the judges."""
+def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbone | None = None, relevance: bool = False) -> Prepared:
+    """Claim `out_dir/<name>/` and get (or reuse) the vector, its answers and the judges (with `relevance`, a judge of
+    relevance to the question too, over the trait's questions)."""
     run_dir = Path(out_dir) / config.name
     trait = load_trait(config.trait)
     if not isinstance(trait, Trait):
@@ -197,7 +201,7 @@ def prepare(config: SweepConfig, out_dir: str | Path = "runs", backbone: Backbon
     claim_run_dir(config, run_dir)
     vector, pairs = _vector_and_pairs(config, backbone, trait, run_dir)
     update_info(run_dir, vector={"trait": vector.trait, "model": vector.model, "method": vector.method, "fingerprint": vector.fingerprint()})
-    judges = _judges(config, trait, pairs, run_dir)
+    judges = _judges(config, trait, pairs, run_dir, relevance)
     return Prepared(config, run_dir, backbone, trait, vector, pairs, judges, _expressibility(trait, vector, pairs, judges, run_dir))
 
 

@@ -15,7 +15,7 @@ from .leaderboard import Comparison, Estimate, MethodRow, method_rows, overall_r
 from .run import BenchResult, TraitBench
 
 LEADERBOARD_JSON, LEADERBOARD_MD, FIGURE, PAGE = "leaderboard.json", "leaderboard.md", "trait_vs_coherence.png", "bench.html"
-COLUMNS = ("method", "strength", "trait", "coherence", "relevance", "combined [95% CI]", "+prompt tokens", "speed", "set-up s")
+BENCH_COLUMNS = ("method", "strength", "trait", "coherence", "relevance", "combined [95% CI]", "+prompt tokens", "speed", "set-up s")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class BenchReport:
     paths: list[Path]
 
     def table(self, trait: str) -> list[dict[str, str]]:
-        """One trait's leaderboard as text cells (COLUMNS), best combined score first."""
+        """One trait's leaderboard as text cells (BENCH_COLUMNS), best combined score first."""
         bench = next(t for t in self.result.traits if t.trait == trait)
         return [_cells(row, bench) for row in self.rows if row.trait == trait]
 
@@ -103,13 +103,16 @@ def bench_markdown(report: BenchReport, heading: str = "##") -> str:
     for t in result.traits:
         if t.status != "benched":
             continue
-        parts.append(f"{heading} {t.trait}\n\n{markdown_table(report.table(t.trait), COLUMNS)}")
+        parts.append(f"{heading} {t.trait}\n\n{markdown_table(report.table(t.trait), BENCH_COLUMNS)}")
         if t.expressibility is not None:
             parts.append(t.expressibility.line())
         parts.extend(f"- {label}: left out: {why}" for label, why in t.left_out.items())
     if report.rows:
         overall = [{"method": r.method, "traits": ", ".join(r.traits), "combined [95% CI]": _estimate(r.combined)} for r in overall_rows(report.rows)]
-        parts.append(f"{heading} Overall (mean over traits of each trait's combined score)\n\n" + markdown_table(overall, ("method", "traits", "combined [95% CI]")))
+        parts.append(
+            f"{heading} Overall (mean over traits of each trait's combined score)\n\n"
+            + markdown_table(overall, ("method", "traits", "combined [95% CI]"))
+        )
     parts.append(f"{heading} What the data support\n\n" + "\n".join(f"- {line}" for line in report.verdicts))
     skipped = [t for t in result.traits if t.status == "skipped"]
     if skipped:
@@ -152,7 +155,7 @@ def _page(report: BenchReport, figure: Path | None, path: Path) -> Path:
     html = env.get_template("bench.html.j2").render(
         config=result.config,
         traits=[(t, report.table(t.trait) if t.status == "benched" else []) for t in result.traits],
-        columns=COLUMNS,
+        columns=BENCH_COLUMNS,
         overall=overall_rows(report.rows) if report.rows else [],
         estimate=_estimate,
         verdicts=report.verdicts,

@@ -26,7 +26,7 @@ from typing import Any
 
 from .._io import write_text_atomic
 from ..blackbox.fewshot import fewshot_messages
-from ..errors import PersonactlError
+from ..errors import BenchError, PersonactlError
 from ..evaluate import Condition, GroupRunner, LocalRunner, ResultsFile, SweepConfig, batch_conditions, claim_config, judged_records
 from ..experiment import RunnerFactory, choose_layers, prepare
 from ..expressibility import Expressibility
@@ -39,15 +39,15 @@ from ..lora.direction import PERSONA
 from ..methods import GenerationSettings, MethodContext, PromptMethod, SteeringMethod, make_method
 from ..models import Backbone, load_model
 from ..progress import note, progress_bar
+from ..steering import StepPositions
 from ..traits import Trait, load_trait
-from ..errors import BenchError
 from .config import BenchConfig
 from .entries import ENTRIES, Entry, strengths
 from .leaderboard import combined_score
 from .tuning import Choice, choose
 
 MIN_TUNING_QUESTIONS = 3
-POSITIONS = "response"  # steer the last prompt token and every new one, as persona_vectors does
+POSITIONS: StepPositions = "response"  # steer the last prompt token and every new one, as persona_vectors does
 
 
 @dataclass
@@ -97,13 +97,17 @@ def run_bench(config: BenchConfig, out_dir: str | Path, backbone: Backbone | Non
     out = Path(out_dir)
     traits = claim_bench(config, out)
     backbone = backbone or load_model(config.model)
-    return BenchResult(out, config, [bench_trait(config, trait, backbone, out, runner) for trait in traits])
+    return BenchResult(out, config, [bench_trait(config, spec, trait, backbone, out, runner) for spec, trait in zip(config.traits, traits)])
 
 
 def claim_bench(config: BenchConfig, out_dir: Path) -> list[Trait]:
     """The config's traits, after checking that each can be benched as configured and that `out_dir` is new or holds
     this same bench (nothing is loaded or generated before these checks pass)."""
     traits = [_checked_trait(name, config) for name in config.traits]
+    names = [t.name for t in traits]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise BenchError(f"two of the traits are named '{twice}': each trait's files go to a folder of its name; rename one")
     out_dir.mkdir(parents=True, exist_ok=True)
     claim_config(out_dir, "bench", config, "use another --out or delete it")
     return traits
@@ -124,12 +128,13 @@ def _checked_trait(name: str, config: BenchConfig) -> Trait:
     return trait
 
 
-def sweep_config(config: BenchConfig, trait: Trait) -> SweepConfig:
-    """The trait's run folder config (what experiment.prepare and the layer choice read)."""
+def sweep_config(config: BenchConfig, spec: str, trait: Trait) -> SweepConfig:
+    """The run folder config of `trait` (a built-in name or a file: `spec`), what experiment.prepare and the layer
+    choice read."""
     return SweepConfig(
         name=trait.name,
         model=config.model,
-        trait=trait.name,
+        trait=spec,
         methods=["vector"],
         layers=["auto", f"auto:{config.blend}"],
         samples=config.samples,
@@ -144,13 +149,13 @@ def sweep_config(config: BenchConfig, trait: Trait) -> SweepConfig:
     )
 
 
-def bench_trait(config: BenchConfig, trait: Trait, backbone: Backbone, out: Path, runner: RunnerFactory | None) -> TraitBench:
+def bench_trait(config: BenchConfig, spec: str, trait: Trait, backbone: Backbone, out: Path, runner: RunnerFactory | None) -> TraitBench:
     """One trait: prepare, tune, score (each step resumed from its files)."""
     folder = out / trait.name
     folder.mkdir(parents=True, exist_ok=True)
     setup = SetupTimes(folder / "setup.json")
     with setup.timed("extraction"):
-        prep = prepare(sweep_config(config, trait), out, backbone)
+        prep = prepare(sweep_config(config, spec, trait), out, backbone, relevance=True)
     verdict = prep.expressibility
     if not (verdict is not None and verdict.expressed) and not config.keep_unexpressed:
         reason = verdict.line() if verdict is not None else "no expressibility verdict"
@@ -174,8 +179,7 @@ def bench_trait(config: BenchConfig, trait: Trait, backbone: Backbone, out: Path
     ctx = MethodContext(backbone, trait, prep.vector, settings, POSITIONS, options, blends, prep.pairs)
     methods, left_out = _methods(entries, ctx)
     entries = [e for e in entries if e.label not in left_out]
-    judges = _with_relevance(prep.judges, config, trait)
-    stage = _Stage(config, trait, ctx, methods, judges, runner)
+    stage = _Stage(config, trait, ctx, methods, prep.judges, runner)
     tuning = trait.questions[config.extraction_questions :]
     tune_plan = {
         c: e.label
@@ -234,12 +238,6 @@ def _persona_adapter(config: BenchConfig, trait: Trait, pairs: Sequence[Any], ba
     return target
 
 
-def _with_relevance(judges: Judges, config: BenchConfig, trait: Trait) -> Judges:
-    from ..judges.factory import relevance_judge  # noqa: PLC0415
-
-    return replace(judges, relevance=relevance_judge(config.judge, [*trait.questions, *trait.eval_questions]))
-
-
 @dataclass
 class _Stage:
     """Generates, judges and appends the records of one stage (tune or score), resuming from its file."""
@@ -253,7 +251,10 @@ class _Stage:
 
     def run(self, stage: str, path: Path, plan: dict[Condition, str], questions: Sequence[str]) -> list[dict[str, Any]]:
         results = ResultsFile(path)
+        keys = {c.key for c in plan}
         todo = [c for c in plan if c.key not in results.done]
+        if not todo:
+            return [r for r in results.records if r["key"] in keys]
         groups = [
             g for label in dict.fromkeys(plan.values()) for g in batch_conditions([c for c in todo if plan[c] == label], self.config.batch_size)
         ]
@@ -268,7 +269,6 @@ class _Stage:
                 share = generated.seconds / len(group)
                 results.append([bench_record(r, self.trait.name, plan[c], stage, share) for r, c in zip(judged, group)])
                 advance(len(group))
-        keys = {c.key for c in plan}
         return [r for r in results.records if r["key"] in keys]
 
 

@@ -99,16 +99,15 @@ def _bench_on_ray(config: BenchConfig, out_dir: Path, ray: str, actors: int, dev
 
 
 def _print(written: BenchReport) -> None:
-    from ..bench.report import COLUMNS  # noqa: PLC0415
+    from ..bench import BENCH_COLUMNS  # noqa: PLC0415
+
     for trait in written.result.traits:
         if trait.status == "skipped":
             out.print(f"{trait.trait}: skipped: {trait.reason}")
             continue
-        table = Table(
-            "method", "strength", "trait", "coherence", "relevance", "combined [95% CI]", "+prompt tokens", "speed", "set-up s", title=trait.trait
-        )
-        for row in written.rows(trait.trait):
-            table.add_row(*row)
+        table = Table(*BENCH_COLUMNS, title=trait.trait)
+        for row in written.table(trait.trait):
+            table.add_row(*(row[c] for c in BENCH_COLUMNS))
         out.print(table)
         for label, why in trait.left_out.items():
             out.print(f"{label}: left out: {why}")
