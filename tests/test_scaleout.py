@@ -294,3 +294,33 @@ def test_a_port_that_speaks_http_is_not_taken_for_a_ray_head():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_bench_on_ray_gives_the_single_process_records(pool, model_dir, tmp_path):
+    from functools import partial
+
+    from personactl import BenchConfig, run_bench
+
+    config = BenchConfig(
+        model=str(model_dir),
+        traits=["pirate"],
+        methods=["prompt", "vector", "adapter"],
+        extraction_questions=21,
+        n_questions=3,
+        max_new_tokens=4,
+        batch_size=8,
+        blend=2,
+        adapter_epochs=1,
+        keep_unexpressed=True,
+    )
+    backbone = load_model(str(model_dir))
+    alone = run_bench(config, tmp_path / "alone", backbone)
+    spread = run_bench(config, tmp_path / "ray", backbone, partial(RayRunner, pool))
+
+    def scored(result):
+        return {r["key"]: (r["method"], r["answer"], r["trait_score"], r["coherence"], r["relevance"]) for r in result.records}
+
+    assert len(scored(alone)) == 4 * 3 and scored(spread) == scored(alone)
+    assert {t.trait: {k: c.coef for k, c in t.choices.items()} for t in spread.traits} == {
+        t.trait: {k: c.coef for k, c in t.choices.items()} for t in alone.traits
+    }

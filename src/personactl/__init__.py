@@ -4,6 +4,7 @@ from ._version import __version__ as __version__
 from .activations import collect as collect_activations
 from .activations import hidden_states
 from .aggregators import METHODS
+from .bench import BenchConfig, BenchReport, BenchResult, TraitBench, combined_score, paired_comparisons, run_bench, write_bench_report
 from .blackbox.cvec import set_control_vector
 from .blackbox.gguf_lora import GGUFLoRAError, write_gguf_lora
 from .blackbox.gguf_merge import MergedGGUF, write_merged_gguf
@@ -12,6 +13,7 @@ from .capture import GenerationCapture
 from .conditions import find_condition
 from .errors import (
     ArchitectureError,
+    BenchError,
     ConditionError,
     IncompatibleVectorError,
     LayerError,
@@ -81,6 +83,15 @@ from .vectors import PersonaVector, load_vector
 from .verdicts import Verdict, sweep_verdicts, verdict_for
 
 __all__ = [
+    "BenchConfig",
+    "BenchError",
+    "BenchReport",
+    "BenchResult",
+    "TraitBench",
+    "combined_score",
+    "paired_comparisons",
+    "run_bench",
+    "write_bench_report",
     "GenerationCapture",
     "project_generated",
     "CapRangeError",
