@@ -29,12 +29,12 @@ def demo_config(trait: str) -> SweepConfig:
         methods=["vector"],
         layers="auto",
         coefs=DEMO_COEFS,
-        samples=2,
+        samples=1,  # intervals are over the 12 questions; a second sample per question cost 30 s of the 2-minute demo
         temperature=0.7,
         judge="embed",
         extraction_questions=10,
         positions="response",
-        batch_size=60,
+        batch_size=128,  # the layer probe (4 questions x 31 rows) and the sweep (120 rows) each in one batch
     )
 
 
