@@ -29,8 +29,9 @@ held-out extraction questions (the largest mean trait whose mean coherence stays
 method answers the same evaluation questions once with the same seeds and judge. `combined` is the per-answer
 harmonic mean of trait, coherence and relevance (0-100), averaged by question; intervals are 95% Student's t over
 questions; pairs of methods are compared by question with Holm's correction per trait (see docs/bench.md).
-`speed` is generated tokens per second relative to the plain model on the same engine (llama.cpp's is its own
-engine, so its speed is not the cost of steering); `set-up s` is extraction, layer choice and training as the
+`speed` is generated tokens per second relative to the plain model, read from the one scoring batch of each
+method (12 answers), so it is coarse: methods that add no work (cap, vector) land between 0.6x and 1.3x; few-shot's long
+prompts are the one cost it shows clearly, and llama.cpp's speed is its own engine's, not the cost of steering; `set-up s` is extraction, layer choice and training as the
 method needs them, plus its tuning generations. The offline judge (embedding classifier, repetition coherence,
 embedding relevance) is coarse: read the intervals, not the point estimates.
 """

@@ -163,3 +163,15 @@ def test_a_different_config_in_an_existing_bench_folder_is_refused_before_any_mo
     monkeypatch.setattr("personactl.cli._common._load", lambda *a, **k: pytest.fail("loaded a model for a refused bench"))
     assert run(["bench", "--out", str(out), "--traits", "pirate", "--max-new-tokens", "7"]) == 2
     assert "holds a bench with another config" in capsys.readouterr().err
+
+
+def test_the_command_prints_each_leaderboard_its_verdicts_and_where_it_wrote(model_dir, tmp_path, capsys):
+    argv = ["bench", "--model", str(model_dir), "--traits", "pirate", "--methods", "prompt,vector", "--out", str(tmp_path / "b")]
+    small = ["--extraction-questions", "21", "--n-questions", "3", "--max-new-tokens", "4", "--blend", "2", "--keep-unexpressed"]
+    assert run([*argv, *small]) == 0
+    printed = capsys.readouterr().out
+    assert "combined" in printed and "leads pirate" in printed
+    for name in ("leaderboard.json", "leaderboard.md", "trait_vs_coherence.png", "bench.html"):
+        assert f"written: {tmp_path / 'b' / name}" in printed
+    board = json.loads((tmp_path / "b" / "leaderboard.json").read_text())
+    assert {r["method"] for r in board["rows"]} == {"none", "prompt", "vector"} and board["traits"]["pirate"]["status"] == "benched"

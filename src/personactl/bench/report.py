@@ -116,8 +116,13 @@ def bench_markdown(report: BenchReport, heading: str = "##") -> str:
     parts.append(f"{heading} What the data support\n\n" + "\n".join(f"- {line}" for line in report.verdicts))
     skipped = [t for t in result.traits if t.status == "skipped"]
     if skipped:
-        parts.append(f"{heading} Skipped traits\n\n" + "\n".join(f"- {t.trait}: {t.reason}" for t in skipped))
+        parts.append(f"{heading} Skipped traits\n\n" + "\n".join(f"- {skip_line(t)}" for t in skipped))
     return "\n\n".join(parts) + "\n"
+
+
+def skip_line(bench: TraitBench) -> str:
+    """Why a trait was skipped, naming it once (the expressibility line starts with the trait's name)."""
+    return bench.reason if bench.reason.startswith(f"{bench.trait}:") else f"{bench.trait}: {bench.reason}"
 
 
 def _figure(rows: list[MethodRow], path: Path) -> Path | None:

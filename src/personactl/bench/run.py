@@ -28,7 +28,7 @@ from .._io import write_text_atomic
 from ..blackbox.fewshot import fewshot_messages
 from ..errors import BenchError, PersonactlError
 from ..evaluate import Condition, GroupRunner, LocalRunner, ResultsFile, SweepConfig, batch_conditions, claim_config, judged_records
-from ..experiment import RunnerFactory, choose_layers, prepare
+from ..experiment import Prepared, RunnerFactory, choose_layers, prepare
 from ..expressibility import Expressibility
 from ..extraction import usable_pairs
 from ..generation import Prompt, chat_prompt, format_prompts
@@ -163,20 +163,7 @@ def bench_trait(config: BenchConfig, spec: str, trait: Trait, backbone: Backbone
         note(f"{trait.name}: skipped ({reason})")
         return TraitBench(trait.name, "skipped", reason, verdict)
     entries = [ENTRIES[label] for label in config.methods]
-    layers: dict[str, LayerSpec] = {}
-    blends: dict[str, dict[int, float]] = {}
-    if any("layers" in e.needs for e in entries):
-        with setup.timed("layers"):
-            _, selection = choose_layers(prep)
-        assert selection is not None  # the trait's layers are "auto" and "auto:K"
-        layers = {"auto": selection.chosen, "auto:K": f"auto:{config.blend}"}
-        blends = {label: blend.weights for label, blend in selection.blends.items()}
-    options = {"cap_at": "", "backend": "hf", "model": config.model}
-    if "adapter" in config.methods:
-        with setup.timed("adapter"):
-            options["adapter"] = str(_persona_adapter(config, trait, prep.pairs, backbone, folder))
-    settings = GenerationSettings(config.max_new_tokens, config.temperature, config.seed, config.batch_size)
-    ctx = MethodContext(backbone, trait, prep.vector, settings, POSITIONS, options, blends, prep.pairs)
+    ctx, layers = _method_context(config, trait, prep, entries, folder, setup)
     methods, left_out = _methods(entries, ctx)
     entries = [e for e in entries if e.label not in left_out]
     stage = _Stage(config, trait, ctx, methods, prep.judges, runner)
@@ -200,6 +187,27 @@ def bench_trait(config: BenchConfig, spec: str, trait: Trait, backbone: Backbone
     costs = _costs(entries, choices, scored, tuned, setup.seconds, ctx, evaluation)
     _write_status(folder, "benched", "", verdict, left_out)
     return TraitBench(trait.name, "benched", "", verdict, choices, scored, costs, left_out)
+
+
+def _method_context(
+    config: BenchConfig, trait: Trait, prep: Prepared, entries: Sequence[Entry], folder: Path, setup: SetupTimes
+) -> tuple[MethodContext, dict[str, LayerSpec]]:
+    """What the methods steer with (the chosen layer and blend, the persona adapter, the extraction answers), paying
+    each set-up step only if an entry needs it; and the layers the entries' "auto" and "auto:K" resolve to."""
+    layers: dict[str, LayerSpec] = {}
+    blends: dict[str, dict[int, float]] = {}
+    if any("layers" in e.needs for e in entries):
+        with setup.timed("layers"):
+            _, selection = choose_layers(prep)
+        assert selection is not None  # the trait's layers are "auto" and "auto:K"
+        layers = {"auto": selection.chosen, "auto:K": f"auto:{config.blend}"}
+        blends = {label: blend.weights for label, blend in selection.blends.items()}
+    options = {"cap_at": "", "backend": "hf", "model": config.model}
+    if any("adapter" in e.needs for e in entries):
+        with setup.timed("adapter"):
+            options["adapter"] = str(_persona_adapter(config, trait, prep.pairs, prep.backbone, folder))
+    settings = GenerationSettings(config.max_new_tokens, config.temperature, config.seed, config.batch_size)
+    return MethodContext(prep.backbone, trait, prep.vector, settings, POSITIONS, options, blends, prep.pairs), layers
 
 
 def _layer(entry: Entry, layers: dict[str, LayerSpec]) -> LayerSpec:
