@@ -3,7 +3,7 @@
 from .config import BenchConfig, bench_config
 from .entries import ENTRIES, Entry
 from .leaderboard import Comparison, MethodRow, OverallRow, combined_score, method_rows, overall_rows, paired_comparisons, verdict_lines
-from .report import BENCH_COLUMNS, BenchReport, bench_markdown, skip_line, write_bench_report
+from .report import BENCH_COLUMNS, BenchReport, bench_markdown, write_bench_report
 from .run import BenchResult, TraitBench, claim_bench, count_records, run_bench
 from .tuning import Choice, choose
 
@@ -29,7 +29,6 @@ __all__ = [
     "overall_rows",
     "paired_comparisons",
     "run_bench",
-    "skip_line",
     "verdict_lines",
     "write_bench_report",
 ]

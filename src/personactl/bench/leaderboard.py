@@ -193,11 +193,11 @@ def verdict_lines(rows: Sequence[MethodRow], comparisons: Sequence[Comparison], 
         ranked = [r for r in rows if r.trait == trait]
         leader = ranked[0]
         if len(ranked) == 1:
-            lines.append(f"{leader.method} is the only method on {trait} (combined {_estimate(leader.combined)})")
+            lines.append(f"{leader.method} is the only method on {trait} (combined {format_estimate(leader.combined)})")
             continue
         runner_up = ranked[1].method
         lead = combined.get((trait, frozenset((leader.method, runner_up))))
-        text = f"{leader.method} leads {trait} (combined {_estimate(leader.combined)}); "
+        text = f"{leader.method} leads {trait} (combined {format_estimate(leader.combined)}); "
         if lead is None or lead.questions < MIN_QUESTIONS:
             shared = 0 if lead is None else lead.questions
             lines.append(text + f"too few questions to compare it with {runner_up} ({shared} answered by both)")
@@ -270,7 +270,9 @@ def _descending(value: float) -> float:
     return math.inf if math.isnan(value) else -value
 
 
-def _estimate(estimate: Estimate) -> str:
-    """'61 [55, 67]', or '61' where there is no interval (a single question)."""
+def format_estimate(estimate: Estimate) -> str:
+    """'61 [55, 67]', '61' where there is no interval (a single question), '' where there is no value."""
     mean, lo, hi = estimate
+    if math.isnan(mean):
+        return ""
     return f"{mean:.0f}" if math.isnan(lo) else f"{mean:.0f} [{lo:.0f}, {hi:.0f}]"

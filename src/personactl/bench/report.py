@@ -11,7 +11,7 @@ from typing import Any
 from .._io import atomic_path, write_text_atomic
 from .._markdown import markdown_table
 from .._plot import data_uri
-from .leaderboard import Comparison, Estimate, MethodRow, method_rows, overall_rows, paired_comparisons, verdict_lines
+from .leaderboard import Comparison, MethodRow, OverallRow, format_estimate, method_rows, overall_rows, paired_comparisons, verdict_lines
 from .run import BenchResult, TraitBench
 
 LEADERBOARD_JSON, LEADERBOARD_MD, FIGURE, PAGE = "leaderboard.json", "leaderboard.md", "trait_vs_coherence.png", "bench.html"
@@ -24,6 +24,7 @@ class BenchReport:
 
     result: BenchResult
     rows: list[MethodRow]
+    overall: list[OverallRow]
     comparisons: list[Comparison]
     verdicts: list[str]
     paths: list[Path]
@@ -37,23 +38,17 @@ class BenchReport:
 def write_bench_report(result: BenchResult) -> BenchReport:
     """Write leaderboard.json, leaderboard.md, the figure and bench.html into the bench folder."""
     records = result.records
-    rows = method_rows(records) if records else []
-    comparisons = paired_comparisons(records) if records else []
-    verdicts = verdict_lines(rows, comparisons) if records else ["no trait was benched: every one was skipped (see the skipped list)"]
+    if records:
+        rows, comparisons = method_rows(records), paired_comparisons(records)
+        report = BenchReport(result, rows, overall_rows(rows), comparisons, verdict_lines(rows, comparisons), [])
+    else:
+        report = BenchReport(result, [], [], [], ["no trait was benched: every one was skipped (see the skipped list)"], [])
     out = result.out_dir
-    report = BenchReport(result, rows, comparisons, verdicts, [])
     write_text_atomic(out / LEADERBOARD_JSON, json.dumps(_leaderboard(report), indent=2))
     write_text_atomic(out / LEADERBOARD_MD, bench_markdown(report))
-    figure = _figure(rows, out / FIGURE)
+    figure = _figure(report.rows, out / FIGURE)
     report.paths = [out / LEADERBOARD_JSON, out / LEADERBOARD_MD, *([figure] if figure else []), _page(report, figure, out / PAGE)]
     return report
-
-
-def _estimate(value: Estimate, digits: int = 0) -> str:
-    mean, low, high = value
-    if mean != mean:  # nan: no scored answer
-        return ""
-    return f"{mean:.{digits}f}" if low != low else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _cells(row: MethodRow, bench: TraitBench) -> dict[str, str]:
@@ -64,10 +59,10 @@ def _cells(row: MethodRow, bench: TraitBench) -> dict[str, str]:
     return {
         "method": row.method,
         "strength": strength,
-        "trait": _estimate(row.trait_score),
-        "coherence": _estimate(row.coherence),
-        "relevance": _estimate(row.relevance),
-        "combined [95% CI]": _estimate(row.combined),
+        "trait": format_estimate(row.trait_score),
+        "coherence": format_estimate(row.coherence),
+        "relevance": format_estimate(row.relevance),
+        "combined [95% CI]": format_estimate(row.combined),
         "+prompt tokens": f"{cost.get('extra_prompt_tokens') or 0:.0f}",
         "speed": "" if speed is None else f"{speed:.2f}x",
         "set-up s": f"{cost.get('setup_s') or 0:.0f}",
@@ -90,7 +85,7 @@ def _leaderboard(report: BenchReport) -> dict[str, Any]:
             for t in result.traits
         },
         "rows": [{k: v for k, v in asdict(row).items() if k != "per_question"} for row in report.rows],
-        "overall": [asdict(row) for row in overall_rows(report.rows)] if report.rows else [],
+        "overall": [asdict(row) for row in report.overall],
         "comparisons": [{**asdict(c), "supported": c.supported} for c in report.comparisons],
         "verdicts": report.verdicts,
     }
@@ -107,8 +102,8 @@ def bench_markdown(report: BenchReport, heading: str = "##") -> str:
         if t.expressibility is not None:
             parts.append(t.expressibility.line())
         parts.extend(f"- {label}: left out: {why}" for label, why in t.left_out.items())
-    if report.rows:
-        overall = [{"method": r.method, "traits": ", ".join(r.traits), "combined [95% CI]": _estimate(r.combined)} for r in overall_rows(report.rows)]
+    if report.overall:
+        overall = [{"method": r.method, "traits": ", ".join(r.traits), "combined [95% CI]": format_estimate(r.combined)} for r in report.overall]
         parts.append(
             f"{heading} Overall (mean over traits of each trait's combined score)\n\n"
             + markdown_table(overall, ("method", "traits", "combined [95% CI]"))
@@ -116,13 +111,8 @@ def bench_markdown(report: BenchReport, heading: str = "##") -> str:
     parts.append(f"{heading} What the data support\n\n" + "\n".join(f"- {line}" for line in report.verdicts))
     skipped = [t for t in result.traits if t.status == "skipped"]
     if skipped:
-        parts.append(f"{heading} Skipped traits\n\n" + "\n".join(f"- {skip_line(t)}" for t in skipped))
+        parts.append(f"{heading} Skipped traits\n\n" + "\n".join(f"- {t.reason}" for t in skipped))
     return "\n\n".join(parts) + "\n"
-
-
-def skip_line(bench: TraitBench) -> str:
-    """Why a trait was skipped, naming it once (the expressibility line starts with the trait's name)."""
-    return bench.reason if bench.reason.startswith(f"{bench.trait}:") else f"{bench.trait}: {bench.reason}"
 
 
 def _figure(rows: list[MethodRow], path: Path) -> Path | None:
@@ -161,8 +151,8 @@ def _page(report: BenchReport, figure: Path | None, path: Path) -> Path:
         config=result.config,
         traits=[(t, report.table(t.trait) if t.status == "benched" else []) for t in result.traits],
         columns=BENCH_COLUMNS,
-        overall=overall_rows(report.rows) if report.rows else [],
-        estimate=_estimate,
+        overall=report.overall,
+        estimate=format_estimate,
         verdicts=report.verdicts,
         figure=data_uri(figure) if figure else None,
     )

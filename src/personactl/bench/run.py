@@ -56,7 +56,7 @@ class TraitBench:
 
     trait: str
     status: str  # "benched" or "skipped"
-    reason: str
+    reason: str  # why it was skipped, starting with the trait's name ("" when benched)
     expressibility: Expressibility | None
     choices: dict[str, Choice] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -158,9 +158,9 @@ def bench_trait(config: BenchConfig, spec: str, trait: Trait, backbone: Backbone
         prep = prepare(sweep_config(config, spec, trait), out, backbone, relevance=True)
     verdict = prep.expressibility
     if not (verdict is not None and verdict.expressed) and not config.keep_unexpressed:
-        reason = verdict.line() if verdict is not None else "no expressibility verdict"
+        reason = verdict.line() if verdict is not None else f"{trait.name}: no expressibility verdict"  # names the trait, as line() does
         _write_status(folder, "skipped", reason, verdict, {})
-        note(f"{trait.name}: skipped ({reason})")
+        note(f"skipped: {reason}")
         return TraitBench(trait.name, "skipped", reason, verdict)
     entries = [ENTRIES[label] for label in config.methods]
     ctx, layers = _method_context(config, trait, prep, entries, folder, setup)
@@ -259,10 +259,14 @@ class _Stage:
 
     def run(self, stage: str, path: Path, plan: dict[Condition, str], questions: Sequence[str]) -> list[dict[str, Any]]:
         results = ResultsFile(path)
-        keys = {c.key for c in plan}
         todo = [c for c in plan if c.key not in results.done]
-        if not todo:
-            return [r for r in results.records if r["key"] in keys]
+        if todo:  # a finished stage starts no runner (on Ray, no pool work)
+            self._generate(stage, results, plan, todo, questions)
+        keys = {c.key for c in plan}
+        return [r for r in results.records if r["key"] in keys]
+
+    def _generate(self, stage: str, results: ResultsFile, plan: dict[Condition, str], todo: list[Condition], questions: Sequence[str]) -> None:
+        """Answer, judge and append `todo`, one method's rows per batch so each batch times one method."""
         groups = [
             g for label in dict.fromkeys(plan.values()) for g in batch_conditions([c for c in todo if plan[c] == label], self.config.batch_size)
         ]
@@ -277,7 +281,6 @@ class _Stage:
                 share = generated.seconds / len(group)
                 results.append([bench_record(r, self.trait.name, plan[c], stage, share) for r, c in zip(judged, group)])
                 advance(len(group))
-        return [r for r in results.records if r["key"] in keys]
 
 
 def bench_record(judged: dict[str, Any], trait: str, label: str, stage: str, seconds: float) -> dict[str, Any]:

@@ -99,11 +99,11 @@ def _bench_on_ray(config: BenchConfig, out_dir: Path, ray: str, actors: int, dev
 
 
 def _print(written: BenchReport) -> None:
-    from ..bench import BENCH_COLUMNS, skip_line  # noqa: PLC0415
+    from ..bench import BENCH_COLUMNS  # noqa: PLC0415
 
     for trait in written.result.traits:
         if trait.status == "skipped":
-            out.print(f"skipped: {skip_line(trait)}")
+            out.print(f"skipped: {trait.reason}")
             continue
         table = Table(*BENCH_COLUMNS, title=trait.trait)
         for row in written.table(trait.trait):
