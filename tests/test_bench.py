@@ -149,6 +149,7 @@ def test_unknown_methods_and_empty_traits_are_refused():
         (["--traits", "pirate", "--methods", "vector,steer"], "unknown bench method 'steer'"),
         (["--traits", "pirate", "--extraction-questions", "23"], "lower --extraction-questions to 21 or less"),
         (["--traits", "no-such-trait"], "no-such-trait"),
+        (["--traits", "pirate", "--samples", "2"], "samples > 1 needs --temperature > 0"),
     ],
 )
 def test_the_command_refuses_bad_input_in_one_line_before_loading_a_model(tmp_path, capsys, monkeypatch, argv, message):
@@ -175,3 +176,14 @@ def test_the_command_prints_each_leaderboard_its_verdicts_and_where_it_wrote(mod
         assert f"written: {tmp_path / 'b' / name}" in printed
     board = json.loads((tmp_path / "b" / "leaderboard.json").read_text())
     assert {r["method"] for r in board["rows"]} == {"none", "prompt", "vector"} and board["traits"]["pirate"]["status"] == "benched"
+
+
+def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert run(["bench", "--out", str(tmp_path), "--traits", "pirate"]) == 2
+    err = capsys.readouterr().err
+    assert "holds files but no bench" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    assert run(["bench", "--out", str(tmp_path / "file"), "--traits", "pirate"]) == 2
+    assert "is a file" in capsys.readouterr().err

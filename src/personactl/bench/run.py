@@ -27,7 +27,7 @@ from typing import Any
 from .._io import write_text_atomic
 from ..blackbox.fewshot import fewshot_messages
 from ..errors import BenchError, PersonactlError
-from ..evaluate import Condition, GroupRunner, LocalRunner, ResultsFile, SweepConfig, batch_conditions, claim_config, judged_records
+from ..evaluate import Condition, GroupRunner, LocalRunner, ResultsFile, SweepConfig, batch_conditions, claim_config, judged_records, validate_config
 from ..experiment import Prepared, RunnerFactory, choose_layers, prepare
 from ..expressibility import Expressibility
 from ..extraction import usable_pairs
@@ -104,13 +104,31 @@ def claim_bench(config: BenchConfig, out_dir: Path) -> list[Trait]:
     """The config's traits, after checking that each can be benched as configured and that `out_dir` is new or holds
     this same bench (nothing is loaded or generated before these checks pass)."""
     traits = [_checked_trait(name, config) for name in config.traits]
+    for spec, trait in zip(config.traits, traits):
+        sweep_config(config, spec, trait)
     names = [t.name for t in traits]
     if len(set(names)) < len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise BenchError(f"two of the traits are named '{twice}': each trait's files go to a folder of its name; rename one")
+    _check_bench_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     claim_config(out_dir, "bench", config, "use another --out or delete it")
     return traits
+
+
+def _check_bench_folder(out_dir: Path) -> None:
+    """Refuse an --out that holds files but no bench: a bench writes a folder per trait and never into someone else's."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"--out {out_dir} is a file: give a new or empty folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _holds_bench(out_dir / "config.json"):
+        raise BenchError(f"--out {out_dir} holds files but no bench (no bench config.json): give a new or empty folder")
+
+
+def _holds_bench(config: Path) -> bool:
+    try:
+        return "bench" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _checked_trait(name: str, config: BenchConfig) -> Trait:
@@ -131,21 +149,23 @@ def _checked_trait(name: str, config: BenchConfig) -> Trait:
 def sweep_config(config: BenchConfig, spec: str, trait: Trait) -> SweepConfig:
     """The run folder config of `trait` (a built-in name or a file: `spec`), what experiment.prepare and the layer
     choice read."""
-    return SweepConfig(
-        name=trait.name,
-        model=config.model,
-        trait=spec,
-        methods=["vector"],
-        layers=["auto", f"auto:{config.blend}"],
-        samples=config.samples,
-        n_questions=config.n_questions,
-        extraction_questions=config.extraction_questions,
-        judge=config.judge,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        positions=POSITIONS,
+    return validate_config(  # a one-line error for what a sweep refuses too (say, samples > 1 at temperature 0)
+        {
+            "name": trait.name,
+            "model": config.model,
+            "trait": spec,
+            "methods": ["vector"],
+            "layers": ["auto", f"auto:{config.blend}"],
+            "samples": config.samples,
+            "n_questions": config.n_questions,
+            "extraction_questions": config.extraction_questions,
+            "judge": config.judge,
+            "max_new_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "positions": POSITIONS,
+        }
     )
 
 
